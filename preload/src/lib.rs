@@ -1,0 +1,1 @@
+//! libspanalloc.so (placeholder until the preload issue lands).

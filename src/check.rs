@@ -1,0 +1,78 @@
+//! Fatal errors: one fixed line on stderr with `write(2)`, then `abort`. See `lib.rs` for an
+//! overview.
+//!
+//! Nothing here allocates, formats or unwinds, so it is safe to call from inside the
+//! allocator while it serves a request.
+
+/// Writes `spanalloc: <msg>\n` to stderr with raw `write(2)` calls and aborts the process.
+///
+/// `msg` is a static string: no formatting, no allocation.
+#[cold]
+#[inline(never)]
+pub fn fatal(msg: &'static str) -> ! {
+    write_stderr(b"spanalloc: ");
+    write_stderr(msg.as_bytes());
+    write_stderr(b"\n");
+    // SAFETY: `abort` has no preconditions; it never returns.
+    unsafe { libc::abort() }
+}
+
+/// Writes all of `bytes` to file descriptor 2, retrying short writes and `EINTR`; gives up
+/// silently on any other error (there is nowhere left to report it).
+pub fn write_stderr(bytes: &[u8]) {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        // SAFETY: `rest` is a valid readable buffer of `rest.len()` bytes.
+        let n = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
+        if n > 0 {
+            rest = &rest[n as usize..];
+        } else if n < 0 && errno() == libc::EINTR {
+            continue;
+        } else {
+            return;
+        }
+    }
+}
+
+fn errno() -> i32 {
+    // SAFETY: `__errno_location` returns this thread's errno slot, always valid.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Formats `value` as decimal into `buf` without allocating; returns the digits written.
+///
+/// Used by the exit-time statistics and by tests; never by a request path.
+pub fn format_decimal(mut value: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+/// An internal consistency check that is cheap enough to keep in release builds: when
+/// `cond` is false the heap is corrupt or the caller misused it, so stop at once.
+#[inline(always)]
+pub fn ensure(cond: bool, msg: &'static str) {
+    if !cond {
+        fatal(msg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_formatting() {
+        let mut buf = [0u8; 20];
+        assert_eq!(format_decimal(0, &mut buf), b"0");
+        assert_eq!(format_decimal(1234567890, &mut buf), b"1234567890");
+        assert_eq!(format_decimal(u64::MAX, &mut buf), b"18446744073709551615");
+    }
+}

@@ -1,0 +1,598 @@
+//! The page heap: runs of pages, split on allocation and merged with free neighbours on
+//! release; large objects; giving memory back to the OS. See `lib.rs` for an overview.
+//!
+//! Guarded by one lock (the page heap lock, [`crate::heap::Heap::page_heap`]), which also
+//! guards page-map writes and the span-record allocator. Nothing here is on the small-object
+//! fast path: thread caches reach it only through their central lists, a span at a time.
+//!
+//! Free runs of up to [`LISTED_PAGES`] pages sit on one list per length, with a bitmask of
+//! the non-empty lists, so finding the smallest fitting run is a mask and a trailing-zero
+//! count. Longer runs sit on one list searched best-fit (lowest address on ties).
+
+use crate::fixed_alloc::FixedAlloc;
+use crate::page_map::PageMap;
+use crate::pages::{PAGE_SIZE, PageId, Pages};
+use crate::size_class::SizeClass;
+use crate::span::{ListId, Span, SpanKind, SpanList};
+use crate::sys::PageSource;
+use core::ptr::{NonNull, null_mut};
+
+/// Free runs up to this many pages have a list per length.
+pub const LISTED_PAGES: usize = 128;
+/// Memory is mapped from the source at least this much at a time.
+pub const DEFAULT_GROW_BYTES: usize = 32 << 20;
+/// Mappings are aligned to this, so that released runs can be whole huge pages.
+pub const MAP_ALIGN: usize = 2 << 20;
+
+/// Counters of the page heap, exact under its lock.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct PageHeapStats {
+    /// Bytes mapped for spans (all runs, free or in use).
+    pub mapped: usize,
+    /// Bytes in free runs.
+    pub free: usize,
+    /// Bytes in free runs that may be resident (not yet given back).
+    pub free_resident: usize,
+    /// Bytes in large spans handed out.
+    pub large_in_use: usize,
+    /// Bytes in small-object spans handed to central lists.
+    pub small_spans: usize,
+    /// Bytes given back to the OS over the heap's life.
+    pub released_total: usize,
+    /// Bytes mapped for span records.
+    pub metadata: usize,
+}
+
+/// Runs of pages.
+pub struct PageHeap {
+    /// `by_length[n]`: free runs of exactly `n` pages (index 0 unused).
+    by_length: [SpanList; LISTED_PAGES + 1],
+    /// Bit `n - 1` set when `by_length[n]` is non-empty.
+    nonempty: u128,
+    /// Free runs longer than `LISTED_PAGES`.
+    long_runs: SpanList,
+    records: FixedAlloc<Span>,
+    grow_bytes: usize,
+    stats: PageHeapStats,
+}
+
+impl PageHeap {
+    /// An empty page heap that maps [`DEFAULT_GROW_BYTES`] at a time.
+    pub const fn new() -> PageHeap {
+        PageHeap::with_grow_bytes(DEFAULT_GROW_BYTES)
+    }
+
+    /// An empty page heap that maps `grow_bytes` (a multiple of [`MAP_ALIGN`]) at a time.
+    pub const fn with_grow_bytes(grow_bytes: usize) -> PageHeap {
+        PageHeap {
+            by_length: [const { SpanList::new(ListId::PageHeapFree) }; LISTED_PAGES + 1],
+            nonempty: 0,
+            long_runs: SpanList::new(ListId::PageHeapFree),
+            records: FixedAlloc::new(),
+            grow_bytes,
+            stats: PageHeapStats {
+                mapped: 0,
+                free: 0,
+                free_resident: 0,
+                large_in_use: 0,
+                small_spans: 0,
+                released_total: 0,
+                metadata: 0,
+            },
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> PageHeapStats {
+        PageHeapStats { metadata: self.records.mapped_bytes(), ..self.stats }
+    }
+
+    /// Span records in use.
+    pub fn records_in_use(&self) -> usize {
+        self.records.in_use()
+    }
+
+    /// Allocates a span of `pages` pages whose start is a multiple of `align` pages, for a
+    /// small span of `class` or (class [`SizeClass::LARGE`]) one large object. Returns the
+    /// span and whether all its bytes are known to be zero. `None` when the source cannot
+    /// map more.
+    pub fn alloc(
+        &mut self,
+        pages: Pages,
+        align: Pages,
+        class: SizeClass,
+        map: &PageMap,
+        source: &impl PageSource,
+    ) -> Option<(NonNull<Span>, bool)> {
+        debug_assert!(pages.0 > 0 && align.0.is_power_of_two());
+        let want = Pages(pages.0.checked_add(align.0 - 1)?);
+        let mut run = self.find(want);
+        if run.is_null() {
+            self.grow(want, align, map, source)?;
+            run = self.find(want);
+            if run.is_null() {
+                return None;
+            }
+        }
+        let span = self.carve(run, pages, align, map, source)?;
+        // SAFETY: `carve` returned a live record we now own.
+        let s = unsafe { span.as_ref() };
+        // SAFETY: the page heap lock (held by the caller, as `&mut self`) guards `zeroed`.
+        let zeroed = unsafe { s.zeroed.get() };
+        if class == SizeClass::LARGE {
+            s.set_kind(SpanKind::Large, class);
+            map.set_ends(s.start(), pages, span.as_ptr());
+            self.stats.large_in_use += pages.bytes();
+        } else {
+            // SAFETY: the span is not yet published as a small span.
+            unsafe { s.init_small(class) };
+            map.set_range(s.start(), pages, span.as_ptr());
+            self.stats.small_spans += pages.bytes();
+        }
+        Some((span, zeroed))
+    }
+
+    /// Returns a small or large span to the free runs, merging it with free neighbours.
+    /// `now` is the caller's clock, for decay.
+    ///
+    /// # Safety
+    /// `span` came from [`PageHeap::alloc`] on this heap (possibly reshaped by
+    /// `grow_in_place` / `shrink`), is not used afterwards, and none of its memory is live.
+    pub unsafe fn free(&mut self, span: NonNull<Span>, now: u64, map: &PageMap) {
+        // SAFETY: per the caller, a live record of ours.
+        let s = unsafe { span.as_ref() };
+        match s.kind() {
+            SpanKind::Large => self.stats.large_in_use -= s.bytes(),
+            SpanKind::Small => self.stats.small_spans -= s.bytes(),
+            _ => crate::check::fatal("page heap: free of a span that is not in use"),
+        }
+        // SAFETY: the lock is held (`&mut self`); the span is ours.
+        unsafe {
+            s.resident.set(s.pages().0);
+            s.zeroed.set(false);
+            s.freed_at.set(now);
+        }
+        s.set_kind(SpanKind::Free, SizeClass::LARGE);
+        self.stats.free += s.bytes();
+        self.stats.free_resident += s.bytes();
+        // SAFETY: a free run, not on a list.
+        unsafe { self.insert_merging(span, map) };
+    }
+
+    /// Grows large span `span` in place to `pages` pages if the run right after it is free
+    /// and long enough. Returns whether it did.
+    ///
+    /// # Safety
+    /// `span` is a large span of this heap, in use by the caller.
+    pub unsafe fn grow_in_place(
+        &mut self,
+        span: NonNull<Span>,
+        pages: Pages,
+        map: &PageMap,
+    ) -> bool {
+        // SAFETY: per the caller.
+        let s = unsafe { span.as_ref() };
+        let have = s.pages();
+        if pages <= have {
+            return true;
+        }
+        let extra = pages - have;
+        let next = map.lookup(s.end().addr());
+        // SAFETY: page-map entries point to live records (records are never unmapped).
+        if next.is_null() || !unsafe { self.is_free_run_starting(next, s.end()) } {
+            return false;
+        }
+        // SAFETY: checked just above: a free run of this heap.
+        let n = unsafe { &*next };
+        if n.pages() < extra {
+            return false;
+        }
+        // SAFETY: `next` is on its free list.
+        unsafe { self.unlist(next) };
+        // SAFETY: the lock is held.
+        let n_resident = unsafe { n.resident.get() };
+        let taken_resident = n_resident.min(extra.0);
+        self.stats.free -= extra.bytes();
+        self.stats.free_resident -= taken_resident * PAGE_SIZE;
+        if n.pages() == extra {
+            n.set_kind(SpanKind::Unused, SizeClass::LARGE);
+            // SAFETY: the record is off every list and no page maps to it any more below.
+            unsafe { self.records.free(NonNull::new_unchecked(next)) };
+        } else {
+            n.set_range(n.start() + extra, n.pages() - extra);
+            // SAFETY: the lock is held.
+            unsafe { n.resident.set(n_resident - taken_resident) };
+            map.set_ends(n.start(), n.pages(), next);
+            // SAFETY: a free run on no list, whose neighbours did not change.
+            unsafe { self.list(next) };
+        }
+        s.set_range(s.start(), pages);
+        map.set_ends(s.start(), pages, span.as_ptr());
+        self.stats.large_in_use += extra.bytes();
+        true
+    }
+
+    /// Shrinks large span `span` to `pages` pages, freeing the tail. `false` (nothing done)
+    /// when no record can be had for the tail.
+    ///
+    /// # Safety
+    /// `span` is a large span of this heap, in use by the caller, whose bytes past `pages`
+    /// pages are not live.
+    pub unsafe fn shrink(
+        &mut self,
+        span: NonNull<Span>,
+        pages: Pages,
+        now: u64,
+        map: &PageMap,
+        source: &impl PageSource,
+    ) -> bool {
+        // SAFETY: per the caller.
+        let s = unsafe { span.as_ref() };
+        if pages >= s.pages() {
+            return true;
+        }
+        let Some(tail) = self.records.alloc(source) else {
+            return false;
+        };
+        let tail_pages = s.pages() - pages;
+        // SAFETY: a fresh record.
+        unsafe { Span::init(tail.as_ptr(), s.start() + pages, tail_pages, SpanKind::Large) };
+        s.set_range(s.start(), pages);
+        map.set_ends(s.start(), pages, span.as_ptr());
+        // SAFETY: the tail is a large span of ours that nobody uses; `free` handles the
+        // counters as if it had been allocated (it was, as part of `span`).
+        unsafe { self.free(tail, now, map) };
+        true
+    }
+
+    /// Gives back to the OS the resident pages of every free run freed at or before
+    /// `freed_by` (all of them for `u64::MAX`), at most `max_bytes` in this call. Returns the
+    /// bytes given back.
+    pub fn release(&mut self, freed_by: u64, max_bytes: usize, source: &impl PageSource) -> usize {
+        let mut done = 0;
+        let os_page = source.os_page_size().max(PAGE_SIZE);
+        let mut lists: [*const SpanList; LISTED_PAGES + 1] = [core::ptr::null(); LISTED_PAGES + 1];
+        lists[0] = &self.long_runs;
+        for (n, l) in self.by_length.iter().enumerate().skip(1) {
+            lists[n] = l;
+        }
+        // Longest runs first: they are the most likely to be whole huge pages.
+        for i in [0].into_iter().chain((1..=LISTED_PAGES).rev()) {
+            if done >= max_bytes {
+                break;
+            }
+            // SAFETY: the lists live in `self`, borrowed mutably by this call; we do not
+            // change list membership while iterating.
+            let list = unsafe { &*lists[i] };
+            // SAFETY: the lock is held (`&mut self`).
+            for run in unsafe { list.iter() } {
+                if done >= max_bytes {
+                    break;
+                }
+                // SAFETY: runs on our lists are live records guarded by the lock.
+                let r = unsafe { &*run };
+                // SAFETY: the lock is held.
+                let (resident, freed_at) = unsafe { (r.resident.get(), r.freed_at.get()) };
+                if resident == 0 || freed_at > freed_by {
+                    continue;
+                }
+                let begin = r.start_addr().next_multiple_of(os_page);
+                let end = r.start_addr() + r.bytes();
+                let end = end - end % os_page;
+                if end > begin {
+                    // SAFETY: a free run of ours: nothing in it is live.
+                    unsafe {
+                        source.release(NonNull::new_unchecked(begin as *mut u8), end - begin)
+                    };
+                    done += end - begin;
+                    self.stats.released_total += end - begin;
+                }
+                self.stats.free_resident -= resident * PAGE_SIZE;
+                // SAFETY: the lock is held.
+                unsafe {
+                    r.resident.set(0);
+                    r.zeroed.set(begin == r.start_addr() && end == r.start_addr() + r.bytes());
+                }
+            }
+        }
+        done
+    }
+
+    /// Checks every invariant of the free runs against the page map and the counters; stops
+    /// the test with a message on the first violation.
+    pub fn check_invariants(&self, map: &PageMap) {
+        let mut free = 0;
+        let mut resident = 0;
+        let mut check_run = |run: *mut Span, list_len: Option<usize>| {
+            // SAFETY: runs on our lists are live records; the caller holds the lock.
+            let r = unsafe { &*run };
+            assert_eq!(r.kind(), SpanKind::Free, "a listed run is free");
+            // SAFETY: as above.
+            assert_eq!(unsafe { r.list() }, ListId::PageHeapFree);
+            if let Some(n) = list_len {
+                assert_eq!(r.pages().0, n, "run on the list of its length");
+            } else {
+                assert!(r.pages().0 > LISTED_PAGES);
+            }
+            assert_eq!(map.lookup(r.start_addr()), run, "first page maps to the run");
+            assert_eq!(map.lookup(r.end().addr() - 1), run, "last page maps to the run");
+            for neighbour in [map.lookup(r.start_addr().wrapping_sub(1)), map.lookup(r.end().addr())] {
+                if !neighbour.is_null() && neighbour != run {
+                    // SAFETY: page-map entries point to live (maybe stale) records.
+                    let n = unsafe { &*neighbour };
+                    let adjacent = n.end() == r.start() || n.start() == r.end();
+                    assert!(
+                        !(adjacent && n.kind() == SpanKind::Free),
+                        "free neighbours are merged"
+                    );
+                }
+            }
+            // SAFETY: as above.
+            let res = unsafe { r.resident.get() };
+            assert!(res <= r.pages().0);
+            free += r.bytes();
+            resident += res * PAGE_SIZE;
+        };
+        for (n, list) in self.by_length.iter().enumerate().skip(1) {
+            assert_eq!(list.is_empty(), self.nonempty & (1 << (n - 1)) == 0, "nonempty mask");
+            // SAFETY: the caller holds the lock.
+            for run in unsafe { list.iter() } {
+                check_run(run, Some(n));
+            }
+        }
+        // SAFETY: as above.
+        for run in unsafe { self.long_runs.iter() } {
+            check_run(run, None);
+        }
+        assert_eq!(free, self.stats.free, "free bytes counter");
+        assert_eq!(resident, self.stats.free_resident, "resident bytes counter");
+        assert_eq!(
+            self.stats.mapped,
+            self.stats.free + self.stats.large_in_use + self.stats.small_spans,
+            "mapped = free + large + small"
+        );
+    }
+
+    // ---------------------------------------------------------------------------------
+
+    /// The smallest listed run of at least `pages` pages, or null.
+    fn find(&self, pages: Pages) -> *mut Span {
+        if pages.0 <= LISTED_PAGES {
+            let mask = self.nonempty & (u128::MAX << (pages.0 - 1));
+            if mask != 0 {
+                return self.by_length[mask.trailing_zeros() as usize + 1].first();
+            }
+        }
+        let mut best: *mut Span = null_mut();
+        // SAFETY: the lock is held (`&self` inside the lock's guard).
+        for run in unsafe { self.long_runs.iter() } {
+            // SAFETY: live records on our list.
+            let (r, b) = unsafe { (&*run, best.as_ref()) };
+            if r.pages() >= pages
+                && b.is_none_or(|b| (r.pages(), r.start()) < (b.pages(), b.start()))
+            {
+                best = run;
+            }
+        }
+        best
+    }
+
+    /// Maps more memory from the source and adds it as a free run.
+    fn grow(
+        &mut self,
+        pages: Pages,
+        align: Pages,
+        map: &PageMap,
+        source: &impl PageSource,
+    ) -> Option<()> {
+        let align_bytes = align.bytes().max(MAP_ALIGN);
+        let need = pages.bytes().checked_next_multiple_of(MAP_ALIGN)?;
+        // Try the usual step first; when that fails (an address-space limit), just enough.
+        let (ptr, bytes) = match source.map(need.max(self.grow_bytes), align_bytes) {
+            Some(p) => (p, need.max(self.grow_bytes)),
+            None => (source.map(need, align_bytes)?, need),
+        };
+        let start = PageId::containing(ptr.as_ptr() as usize);
+        let pages = Pages(bytes / PAGE_SIZE);
+        if !map.ensure(start, pages, source) {
+            // The memory stays mapped but unused; the page map could not cover it.
+            return None;
+        }
+        let record = self.records.alloc(source)?;
+        // SAFETY: a fresh record.
+        unsafe {
+            Span::init(record.as_ptr(), start, pages, SpanKind::Free);
+            let r = record.as_ref();
+            r.resident.set(0);
+            r.zeroed.set(true);
+            r.freed_at.set(0);
+        }
+        self.stats.mapped += bytes;
+        self.stats.free += bytes;
+        // SAFETY: a new free run on no list.
+        unsafe { self.insert_merging(record, map) };
+        Some(())
+    }
+
+    /// Takes `pages` pages aligned to `align` out of free run `run` (which has room for
+    /// them), returning the leftovers before and after to the free lists.
+    fn carve(
+        &mut self,
+        run: *mut Span,
+        pages: Pages,
+        align: Pages,
+        map: &PageMap,
+        source: &impl PageSource,
+    ) -> Option<NonNull<Span>> {
+        // SAFETY: `run` is a live free run on our lists.
+        let r = unsafe { &*run };
+        let start = PageId(r.start().0.next_multiple_of(align.0));
+        let before = start - r.start();
+        let after = r.pages() - before - pages;
+        // Get both leftover records first so that failure changes nothing.
+        let rec_before = if before.0 > 0 { Some(self.records.alloc(source)?) } else { None };
+        let rec_after = if after.0 > 0 {
+            match self.records.alloc(source) {
+                Some(rec) => Some(rec),
+                None => {
+                    if let Some(b) = rec_before {
+                        // SAFETY: just allocated, unused.
+                        unsafe { self.records.free(b) };
+                    }
+                    return None;
+                }
+            }
+        } else {
+            None
+        };
+        // SAFETY: `run` is on its list.
+        unsafe { self.unlist(run) };
+        // SAFETY: the lock is held.
+        let (mut resident, zeroed, freed_at) =
+            unsafe { (r.resident.get(), r.zeroed.get(), r.freed_at.get()) };
+        // The span takes resident pages first (the free leftovers' count stays an upper
+        // bound that sums to the whole).
+        let span_resident = resident.min(pages.0);
+        resident -= span_resident;
+        self.stats.free -= pages.bytes();
+        self.stats.free_resident -= span_resident * PAGE_SIZE;
+        let mut leftover = |rec: Option<NonNull<Span>>, at: PageId, n: Pages| {
+            if let Some(rec) = rec {
+                let take = resident.min(n.0);
+                resident -= take;
+                // SAFETY: a fresh record, listed at once below.
+                unsafe {
+                    Span::init(rec.as_ptr(), at, n, SpanKind::Free);
+                    let l = rec.as_ref();
+                    l.resident.set(take);
+                    l.zeroed.set(zeroed);
+                    l.freed_at.set(freed_at);
+                }
+                map.set_ends(at, n, rec.as_ptr());
+                // SAFETY: a free run on no list whose neighbours are in use (the span) or
+                // were already not free (it was one run).
+                unsafe { self.list(rec.as_ptr()) };
+            }
+        };
+        leftover(rec_before, r.start(), before);
+        leftover(rec_after, start + pages, after);
+        r.set_range(start, pages);
+        // SAFETY: the lock is held.
+        unsafe { r.freed_at.set(0) };
+        // SAFETY: `run` is non-null.
+        Some(unsafe { NonNull::new_unchecked(run) })
+    }
+
+    /// Whether `candidate` (from the page map) is a free run of ours that starts at `page`.
+    ///
+    /// # Safety
+    /// `candidate` is a span record (live or recycled, never unmapped).
+    unsafe fn is_free_run_starting(&self, candidate: *mut Span, page: PageId) -> bool {
+        // SAFETY: per the caller; the lock guards `list`.
+        let c = unsafe { &*candidate };
+        // SAFETY: as above.
+        c.kind() == SpanKind::Free && unsafe { c.list() } == ListId::PageHeapFree && c.start() == page
+    }
+
+    /// Whether `candidate` (from the page map) is a free run of ours that ends just before
+    /// `page`.
+    ///
+    /// # Safety
+    /// As [`PageHeap::is_free_run_starting`].
+    unsafe fn is_free_run_ending(&self, candidate: *mut Span, page: PageId) -> bool {
+        // SAFETY: per the caller; the lock guards `list`.
+        let c = unsafe { &*candidate };
+        // SAFETY: as above.
+        c.kind() == SpanKind::Free && unsafe { c.list() } == ListId::PageHeapFree && c.end() == page
+    }
+
+    /// Adds free run `span` to the lists, first merging it with free neighbours.
+    ///
+    /// # Safety
+    /// `span` is a free run of ours on no list, with its counters already in `stats`.
+    unsafe fn insert_merging(&mut self, span: NonNull<Span>, map: &PageMap) {
+        // SAFETY: per the caller.
+        let s = unsafe { span.as_ref() };
+        let left = map.lookup(s.start_addr().wrapping_sub(1));
+        // SAFETY: page-map entries point to records, which are never unmapped.
+        if !left.is_null() && left != span.as_ptr() && unsafe { self.is_free_run_ending(left, s.start()) } {
+            // SAFETY: as above (read before `absorb` recycles the record).
+            let (left_start, left_pages) = unsafe { ((*left).start(), (*left).pages()) };
+            // SAFETY: a free run of ours, on its list.
+            unsafe { self.absorb(s, left) };
+            s.set_range(left_start, s.pages() + left_pages);
+        }
+        let right = map.lookup(s.end().addr());
+        // SAFETY: as above.
+        if !right.is_null() && right != span.as_ptr() && unsafe { self.is_free_run_starting(right, s.end()) } {
+            // SAFETY: as above.
+            let right_pages = unsafe { (*right).pages() };
+            // SAFETY: a free run of ours, on its list.
+            unsafe { self.absorb(s, right) };
+            s.set_range(s.start(), s.pages() + right_pages);
+        }
+        map.set_ends(s.start(), s.pages(), span.as_ptr());
+        // SAFETY: on no list.
+        unsafe { self.list(span.as_ptr()) };
+    }
+
+    /// Merges free neighbour `other`'s bookkeeping into `into` and frees its record. The
+    /// caller then widens `into`'s range.
+    ///
+    /// # Safety
+    /// `other` is a free run on our lists adjacent to `into`.
+    unsafe fn absorb(&mut self, into: &Span, other: *mut Span) {
+        // SAFETY: per the caller; the lock is held.
+        unsafe {
+            self.unlist(other);
+            let o = &*other;
+            into.resident.set(into.resident.get() + o.resident.get());
+            into.zeroed.set(into.zeroed.get() && o.zeroed.get());
+            into.freed_at.set(into.freed_at.get().max(o.freed_at.get()));
+            o.set_kind(SpanKind::Unused, SizeClass::LARGE);
+            self.records.free(NonNull::new_unchecked(other));
+        }
+    }
+
+    /// Puts free run `span` on the list for its length.
+    ///
+    /// # Safety
+    /// `span` is a free run on no list.
+    unsafe fn list(&mut self, span: *mut Span) {
+        // SAFETY: per the caller.
+        let n = unsafe { (*span).pages().0 };
+        if n <= LISTED_PAGES {
+            // SAFETY: on no list; we hold the lock.
+            unsafe { self.by_length[n].push(span) };
+            self.nonempty |= 1 << (n - 1);
+        } else {
+            // SAFETY: as above.
+            unsafe { self.long_runs.push(span) };
+        }
+    }
+
+    /// Takes free run `span` off its list.
+    ///
+    /// # Safety
+    /// `span` is on one of our free lists.
+    unsafe fn unlist(&mut self, span: *mut Span) {
+        // SAFETY: per the caller.
+        let n = unsafe { (*span).pages().0 };
+        if n <= LISTED_PAGES {
+            // SAFETY: on this list; we hold the lock.
+            unsafe { self.by_length[n].remove(span) };
+            if self.by_length[n].is_empty() {
+                self.nonempty &= !(1 << (n - 1));
+            }
+        } else {
+            // SAFETY: as above.
+            unsafe { self.long_runs.remove(span) };
+        }
+    }
+}
+
+impl Default for PageHeap {
+    fn default() -> Self {
+        Self::new()
+    }
+}

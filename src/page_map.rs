@@ -1,0 +1,180 @@
+//! The page map: which span holds an address, answered in three loads without a lock. See
+//! `lib.rs` for an overview.
+//!
+//! A two-level radix tree over 48-bit addresses: the root has one entry per GiB (2^18
+//! entries, 2 MiB of address space, mapped on first use and touched only where used), each
+//! leaf one entry per page of its GiB (2^17 entries, 1 MiB, mapped when the page heap first
+//! takes memory in that GiB). Nodes come from the page source, never from the heap, and are
+//! never freed, so a reader holding a stale entry still reads valid memory; readers validate
+//! what they find against the span's own range and kind.
+//!
+//! Writers hold the page heap lock. A writer fills in a span record completely, then
+//! publishes it with a Release store; readers load with Acquire, so they never see a
+//! half-made span.
+
+use crate::pages::{PAGE_SHIFT, PAGE_SIZE, PageId, Pages};
+use crate::span::Span;
+use crate::sync::{AtomicPtr, Ordering};
+use crate::sys::PageSource;
+use core::ptr::null_mut;
+
+/// Address bits covered; higher addresses are never ours.
+pub const ADDRESS_BITS: u32 = 48;
+const LEAF_SPAN_BITS: u32 = 30;
+const ROOT_BITS: u32 = ADDRESS_BITS - LEAF_SPAN_BITS;
+const LEAF_BITS: u32 = LEAF_SPAN_BITS - PAGE_SHIFT;
+const ROOT_LEN: usize = 1 << ROOT_BITS;
+const LEAF_LEN: usize = 1 << LEAF_BITS;
+
+type Leaf = [AtomicPtr<Span>; LEAF_LEN];
+type Root = [AtomicPtr<Leaf>; ROOT_LEN];
+
+/// Address to span.
+pub struct PageMap {
+    root: AtomicPtr<Root>,
+}
+
+impl PageMap {
+    /// An empty map; maps nothing until the first [`PageMap::ensure`].
+    #[cfg(not(loom))]
+    pub const fn new() -> PageMap {
+        PageMap { root: AtomicPtr::new(null_mut()) }
+    }
+
+    /// An empty map; maps nothing until the first [`PageMap::ensure`].
+    #[cfg(loom)]
+    pub fn new() -> PageMap {
+        PageMap { root: AtomicPtr::new(null_mut()) }
+    }
+
+    /// The span recorded for the page holding `addr`, or null. Lock-free. The result may be
+    /// stale for pages inside large or free spans: callers check `span.contains(addr)`.
+    #[inline(always)]
+    pub fn lookup(&self, addr: usize) -> *mut Span {
+        // Acquire pairs with the Release stores in `ensure`: the nodes' zeroing is visible.
+        let root = self.root.load(Ordering::Acquire);
+        let r = addr >> LEAF_SPAN_BITS;
+        if root.is_null() || r >= ROOT_LEN {
+            return null_mut();
+        }
+        // SAFETY: `root` points to a live root node and `r` is in bounds.
+        let leaf = unsafe { (*root)[r].load(Ordering::Acquire) };
+        if leaf.is_null() {
+            return null_mut();
+        }
+        let l = (addr >> PAGE_SHIFT) & (LEAF_LEN - 1);
+        // Acquire pairs with the Release in `set`: the span record is fully written.
+        // SAFETY: `leaf` points to a live leaf and `l` is in bounds.
+        unsafe { (*leaf)[l].load(Ordering::Acquire) }
+    }
+
+    /// Makes sure every page in `[start, start + pages)` has a slot. `false` if a node could
+    /// not be mapped or the range is beyond [`ADDRESS_BITS`]. Caller holds the page heap
+    /// lock.
+    pub fn ensure(&self, start: PageId, pages: Pages, source: &impl PageSource) -> bool {
+        if pages.0 == 0 {
+            return true;
+        }
+        let last_addr = (start + pages).addr() - 1;
+        if last_addr >> ADDRESS_BITS != 0 {
+            return false;
+        }
+        let mut root = self.root.load(Ordering::Relaxed);
+        if root.is_null() {
+            let bytes = core::mem::size_of::<Root>().next_multiple_of(PAGE_SIZE);
+            root = match source.map(bytes, PAGE_SIZE) {
+                Some(p) => p.as_ptr().cast(),
+                None => return false,
+            };
+            // Release pairs with the Acquire in `lookup`.
+            self.root.store(root, Ordering::Release);
+        }
+        for r in (start.addr() >> LEAF_SPAN_BITS)..=(last_addr >> LEAF_SPAN_BITS) {
+            // SAFETY: `root` is live and `r < ROOT_LEN` (checked against ADDRESS_BITS).
+            let slot = unsafe { &(*root)[r] };
+            if slot.load(Ordering::Relaxed).is_null() {
+                let bytes = core::mem::size_of::<Leaf>().next_multiple_of(PAGE_SIZE);
+                let Some(leaf) = source.map(bytes, PAGE_SIZE) else {
+                    return false;
+                };
+                // Release pairs with the Acquire in `lookup`: the leaf reads as null.
+                slot.store(leaf.as_ptr().cast(), Ordering::Release);
+            }
+        }
+        true
+    }
+
+    /// Records `span` for `page`, which [`PageMap::ensure`] has covered. Caller holds the page
+    /// heap lock.
+    #[inline]
+    pub fn set(&self, page: PageId, span: *mut Span) {
+        let addr = page.addr();
+        let root = self.root.load(Ordering::Relaxed);
+        debug_assert!(!root.is_null());
+        // SAFETY: `ensure` covered this page, so the root and leaf exist.
+        unsafe {
+            let leaf = (*root)[addr >> LEAF_SPAN_BITS].load(Ordering::Relaxed);
+            debug_assert!(!leaf.is_null());
+            // Release pairs with the Acquire in `lookup`: the record is published whole.
+            (*leaf)[(addr >> PAGE_SHIFT) & (LEAF_LEN - 1)].store(span, Ordering::Release);
+        }
+    }
+
+    /// Records `span` for every page in `[start, start + pages)`.
+    pub fn set_range(&self, start: PageId, pages: Pages, span: *mut Span) {
+        for p in start.0..start.0 + pages.0 {
+            self.set(PageId(p), span);
+        }
+    }
+
+    /// Records `span` for its first and last page (enough for coalescing and for finding a
+    /// large object from its start).
+    pub fn set_ends(&self, start: PageId, pages: Pages, span: *mut Span) {
+        self.set(start, span);
+        if pages.0 > 1 {
+            self.set(PageId(start.0 + pages.0 - 1), span);
+        }
+    }
+}
+
+impl Default for PageMap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::sys::FakePages;
+
+    #[test]
+    fn lookup_finds_what_was_set_and_nothing_else() {
+        let source = FakePages::new();
+        let map = PageMap::new();
+        assert!(map.lookup(0x1234_5678).is_null());
+        let base = PageId(3 << (LEAF_SPAN_BITS - PAGE_SHIFT)) ; // 3 GiB
+        // A range straddling a GiB boundary.
+        let start = PageId(base.0 - 2);
+        assert!(map.ensure(start, Pages(4), &source));
+        let fake = 0x1000 as *mut Span;
+        map.set_range(start, Pages(4), fake);
+        for p in 0..4 {
+            assert_eq!(map.lookup(PageId(start.0 + p).addr() + 17), fake);
+        }
+        assert!(map.lookup(PageId(start.0 + 4).addr()).is_null());
+        assert!(map.lookup(1 << ADDRESS_BITS).is_null());
+        assert!(map.lookup(usize::MAX).is_null());
+        assert!(!map.ensure(PageId::containing(1 << ADDRESS_BITS), Pages(1), &source));
+    }
+
+    #[test]
+    fn failing_source_is_reported() {
+        let source = FakePages::new();
+        source.fail_after(0);
+        let map = PageMap::new();
+        assert!(!map.ensure(PageId(1000), Pages(1), &source));
+        source.heal();
+        assert!(map.ensure(PageId(1000), Pages(1), &source));
+    }
+}

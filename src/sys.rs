@@ -1,0 +1,46 @@
+//! The operating-system contract: where pages come from and where they go back. See `lib.rs`
+//! for an overview.
+//!
+//! [`PageSource`] is the narrow interface every tier above uses; [`OsPages`] is the real one
+//! (`sys/linux.rs`, the only code that names `libc` memory calls) and [`FakePages`] is an
+//! in-memory one for tests that can fail on demand.
+
+mod fake;
+mod linux;
+
+pub use fake::FakePages;
+pub use linux::{OsPages, os_page_size};
+
+use core::ptr::NonNull;
+
+/// Where the page heap and the metadata allocator get memory.
+///
+/// # Safety
+/// Implementations must keep the contract of each method: memory returned by `map` is
+/// readable, writable, zero-filled, aligned as asked, owned by the caller until process exit
+/// (nothing is ever unmapped), and distinct from every other mapping handed out.
+pub unsafe trait PageSource: Sync {
+    /// Maps `bytes` bytes aligned to `align`; both are multiples of the page size and `align`
+    /// is a power of two. The memory reads as zero. `None` when the system is out of memory
+    /// (or the fake source was told to fail).
+    fn map(&self, bytes: usize, align: usize) -> Option<NonNull<u8>>;
+
+    /// Gives the physical memory behind `[ptr, ptr + bytes)` back to the system. The range
+    /// stays mapped and reads as zero afterwards. `ptr` and `bytes` are multiples of
+    /// [`PageSource::os_page_size`].
+    ///
+    /// # Safety
+    /// The range lies inside memory this source mapped, and nothing in it is live.
+    unsafe fn release(&self, ptr: NonNull<u8>, bytes: usize);
+
+    /// The operating system's page size, read at run time.
+    fn os_page_size(&self) -> usize;
+}
+
+/// Milliseconds since an arbitrary fixed point (CLOCK_MONOTONIC, through the vDSO).
+pub fn monotonic_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000 + 1
+}

@@ -1,0 +1,85 @@
+//! An in-memory page source for tests: hands out memory from the system allocator, counts
+//! what it gave, and fails on demand. See `lib.rs` for an overview.
+
+use super::PageSource;
+use crate::sync::{AtomicUsize, Ordering};
+use core::ptr::NonNull;
+
+/// A page source for tests, backed by `std::alloc::System`.
+///
+/// It never frees what it hands out (a page source never gets memory back), so it is meant
+/// for short-lived test values.
+#[derive(Debug, Default)]
+pub struct FakePages {
+    /// Bytes handed out by `map`.
+    pub mapped: AtomicUsize,
+    /// Bytes passed to `release`.
+    pub released: AtomicUsize,
+    /// Number of `map` calls that succeeded.
+    pub maps: AtomicUsize,
+    /// The next this-many `map` calls succeed; after that they fail. `usize::MAX`: never fail.
+    fail_after: AtomicUsize,
+    /// Fail every call whose size is at least this many bytes.
+    fail_at_least: AtomicUsize,
+}
+
+impl FakePages {
+    /// A source that never fails.
+    pub fn new() -> FakePages {
+        FakePages {
+            fail_after: AtomicUsize::new(usize::MAX),
+            fail_at_least: AtomicUsize::new(usize::MAX),
+            ..FakePages::default()
+        }
+    }
+
+    /// After `n` more successful maps, every map fails (until [`FakePages::heal`]).
+    pub fn fail_after(&self, n: usize) {
+        self.fail_after.store(n, Ordering::Relaxed);
+    }
+
+    /// Every map of `bytes` or more fails.
+    pub fn fail_at_least(&self, bytes: usize) {
+        self.fail_at_least.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Stops failing.
+    pub fn heal(&self) {
+        self.fail_after.store(usize::MAX, Ordering::Relaxed);
+        self.fail_at_least.store(usize::MAX, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every `map` is a fresh zeroed allocation from the system allocator that is never
+// freed, so mappings are distinct and live forever.
+unsafe impl PageSource for FakePages {
+    fn map(&self, bytes: usize, align: usize) -> Option<NonNull<u8>> {
+        if bytes >= self.fail_at_least.load(Ordering::Relaxed) {
+            return None;
+        }
+        let left = self.fail_after.load(Ordering::Relaxed);
+        if left == 0 {
+            return None;
+        }
+        if left != usize::MAX {
+            self.fail_after.store(left - 1, Ordering::Relaxed);
+        }
+        let layout = std::alloc::Layout::from_size_align(bytes, align).ok()?;
+        // SAFETY: `bytes` is non-zero (a multiple of the page size, never zero here).
+        let ptr = NonNull::new(unsafe { std::alloc::GlobalAlloc::alloc_zeroed(&std::alloc::System, layout) })?;
+        self.mapped.fetch_add(bytes, Ordering::Relaxed);
+        self.maps.fetch_add(1, Ordering::Relaxed);
+        Some(ptr)
+    }
+
+    unsafe fn release(&self, ptr: NonNull<u8>, bytes: usize) {
+        // Released memory reads as zero, as after MADV_DONTNEED.
+        // SAFETY: the caller guarantees the range is ours and holds nothing live.
+        unsafe { core::ptr::write_bytes(ptr.as_ptr(), 0, bytes) };
+        self.released.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn os_page_size(&self) -> usize {
+        4096
+    }
+}

@@ -1,0 +1,487 @@
+//! The thread cache: per thread, per size class, one owned span whose free objects the
+//! thread pops and pushes with no atomic and no lock (Go's `mcache`). See `lib.rs` for an
+//! overview.
+//!
+//! Each [`Bin`] holds the owned span's local free list and its address range. An empty bin
+//! (no span) has a null list and an empty range, so the fast paths need no separate test for
+//! "no span": allocation finds the list empty, and the range check of a free fails.
+//!
+//! The value itself is plain data without `Drop`; `global.rs` keeps one per thread in a
+//! `const`-initialised thread local and flushes it at thread exit. Tests build them freely
+//! over a heap of fake pages.
+
+use crate::check::fatal;
+use crate::heap::{Heap, Owner};
+use crate::pages::PAGE_SIZE;
+use crate::size_class::{self, CLASS_COUNT, SizeClass};
+use crate::span::{self, Span};
+use crate::sys::PageSource;
+use core::ptr::{NonNull, null_mut};
+
+/// One size class of a thread cache.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Bin {
+    /// Free objects of the owned span, popped by allocation, pushed by local frees.
+    free: *mut u8,
+    /// Address of the owned span's first byte (0 with no span).
+    start: usize,
+    /// Bytes of the owned span (0 with no span, so no address is in range).
+    len: usize,
+    /// The owned span, or null.
+    span: *mut Span,
+}
+
+impl Bin {
+    const EMPTY: Bin = Bin { free: null_mut(), start: 0, len: 0, span: null_mut() };
+}
+
+/// A thread's cache: one owned span per size class.
+#[repr(C)]
+pub struct ThreadCache {
+    bins: [Bin; CLASS_COUNT],
+}
+
+// SAFETY: the cache only holds pointers to spans and objects it owns; moving it to another
+// thread (the orphan cache behind its lock) moves that ownership with it.
+unsafe impl Send for ThreadCache {}
+
+/// Objects carved from a span's never-used tail at a time: about 4 KiB worth, at least one.
+#[inline]
+fn carve_batch(class: SizeClass) -> usize {
+    (PAGE_SIZE / 2 / class.size()).max(1)
+}
+
+impl ThreadCache {
+    /// A cache with no spans.
+    pub const fn new() -> ThreadCache {
+        ThreadCache { bins: [Bin::EMPTY; CLASS_COUNT] }
+    }
+
+    #[inline(always)]
+    fn bin(&mut self, class: SizeClass) -> &mut Bin {
+        // SAFETY: a `SizeClass` always indexes the class table, which has CLASS_COUNT
+        // entries (classes are made only from the table or checked lookups).
+        unsafe { self.bins.get_unchecked_mut(class.index()) }
+    }
+
+    /// Pops a free object of `class` from the owned span, or null when there is none
+    /// (then call [`ThreadCache::alloc_slow`]). No atomic, no lock.
+    #[inline(always)]
+    pub fn pop(&mut self, class: SizeClass) -> *mut u8 {
+        let bin = self.bin(class);
+        let obj = bin.free;
+        if !obj.is_null() {
+            // SAFETY: objects on the local list are free objects of the owned span.
+            bin.free = unsafe { span::next_free(obj) };
+        }
+        obj
+    }
+
+    /// Pushes `ptr` onto the local list of `class` if it lies in the span this cache owns for
+    /// that class. Returns whether it did. No atomic, no lock.
+    ///
+    /// # Safety
+    /// `ptr` is an object the caller gives up, allocated from this allocator with `class`.
+    #[inline(always)]
+    pub unsafe fn push_if_owned(&mut self, ptr: *mut u8, class: SizeClass) -> bool {
+        let bin = self.bin(class);
+        if (ptr as usize).wrapping_sub(bin.start) < bin.len {
+            // SAFETY: the object is in our owned span and given up by the caller.
+            unsafe { span::set_next_free(ptr, bin.free) };
+            bin.free = ptr;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether this cache owns `span`.
+    #[inline]
+    pub fn owns(&mut self, span: NonNull<Span>) -> bool {
+        // SAFETY: a live small span (the caller got it from the page map and validated it).
+        let class = unsafe { span.as_ref() }.class();
+        self.bin(class).span == span.as_ptr()
+    }
+
+    /// Allocates an object of `class` when the local list is empty: collect the owned span's
+    /// remote frees, else carve never-used objects, else give the span back and take another
+    /// from the central list. Null when out of memory.
+    #[cold]
+    #[inline(never)]
+    pub fn alloc_slow<S: PageSource>(&mut self, heap: &Heap<S>, class: SizeClass) -> *mut u8 {
+        let obj = self.pop(class);
+        if !obj.is_null() {
+            return obj;
+        }
+        if let Some(span) = NonNull::new(self.bin(class).span) {
+            // SAFETY: we own the span.
+            let remote = unsafe { span.as_ref().take_remote_owned() };
+            if !remote.is_null() {
+                self.bin(class).free = remote;
+                return self.pop(class);
+            }
+            // SAFETY: we own the span.
+            let carved = unsafe { carve(span, class) };
+            if !carved.is_null() {
+                self.bin(class).free = carved;
+                return self.pop(class);
+            }
+            self.give_back(heap, class);
+        }
+        let Some((span, list)) = heap.central(class).cache_span(class, &heap.backing()) else {
+            return null_mut();
+        };
+        // SAFETY: the central list just made us the owner.
+        let s = unsafe { span.as_ref() };
+        let free = if list.is_null() {
+            // SAFETY: we own the span.
+            unsafe { carve(span, class) }
+        } else {
+            list
+        };
+        debug_assert!(!free.is_null(), "a lent span has a free object");
+        *self.bin(class) = Bin { free, start: s.start_addr(), len: s.bytes(), span: span.as_ptr() };
+        self.pop(class)
+    }
+
+    /// Returns the owned span of `class` (if any) to its central list with the local list.
+    fn give_back<S: PageSource>(&mut self, heap: &Heap<S>, class: SizeClass) {
+        let bin = core::mem::replace(self.bin(class), Bin::EMPTY);
+        if let Some(span) = NonNull::new(bin.span) {
+            // SAFETY: the local list holds free objects of the span only.
+            let count = unsafe { span::list_len(bin.free) };
+            // SAFETY: we owned the span and give it up with all our free objects of it.
+            unsafe { heap.central(class).uncache_span(span, bin.free, count, &heap.backing()) };
+        }
+    }
+
+    /// Gives every owned span back to the central lists (thread exit, or
+    /// `flush_thread_cache`). The cache stays usable.
+    pub fn flush<S: PageSource>(&mut self, heap: &Heap<S>) {
+        for class in SizeClass::all() {
+            self.give_back(heap, class);
+        }
+    }
+
+    /// Free objects held in owned spans (local lists and never-used tails), by class, for
+    /// statistics: `(class, objects)` pairs for every bin that owns a span.
+    pub fn held_objects(&self) -> impl Iterator<Item = (SizeClass, usize)> + '_ {
+        SizeClass::all().filter_map(move |class| {
+            let bin = &self.bins[class.index()];
+            // SAFETY: the list belongs to this cache; the span is owned by it.
+            NonNull::new(bin.span).map(|s| unsafe {
+                let tail = class.objects() - s.as_ref().bump.get() as usize;
+                (class, span::list_len(bin.free) + tail)
+            })
+        })
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Whole operations over a heap, as the global allocator and the C ABI use them.
+
+    /// Allocates `size` bytes aligned to `align` (a power of two). Null when out of memory.
+    #[inline]
+    pub fn alloc<S: PageSource>(&mut self, heap: &Heap<S>, size: usize, align: usize) -> *mut u8 {
+        match size_class::class_for(size, align) {
+            Some(class) => {
+                let obj = self.pop(class);
+                if !obj.is_null() {
+                    return obj;
+                }
+                self.alloc_slow(heap, class)
+            }
+            None => match heap.alloc_large(size, align) {
+                Some((p, _)) => p.as_ptr(),
+                None => null_mut(),
+            },
+        }
+    }
+
+    /// As [`ThreadCache::alloc`], with the first `size` bytes zero. Large objects fresh from
+    /// the OS (or given back to it and not reused since) are not cleared again.
+    pub fn alloc_zeroed<S: PageSource>(
+        &mut self,
+        heap: &Heap<S>,
+        size: usize,
+        align: usize,
+    ) -> *mut u8 {
+        match size_class::class_for(size, align) {
+            Some(_) => {
+                let p = self.alloc(heap, size, align);
+                if !p.is_null() {
+                    // SAFETY: `p` is a new object of at least `size` bytes.
+                    unsafe { core::ptr::write_bytes(p, 0, size) };
+                }
+                p
+            }
+            None => match heap.alloc_large(size, align) {
+                Some((p, zeroed)) => {
+                    if !zeroed {
+                        // SAFETY: a new large object of at least `size` bytes.
+                        unsafe { core::ptr::write_bytes(p.as_ptr(), 0, size) };
+                    }
+                    p.as_ptr()
+                }
+                None => null_mut(),
+            },
+        }
+    }
+
+    /// Frees `ptr` given the size and alignment it was allocated with.
+    ///
+    /// # Safety
+    /// `ptr` was returned by an allocation of this heap with this `size` and `align`, and is
+    /// not used afterwards.
+    #[inline]
+    pub unsafe fn dealloc<S: PageSource>(
+        &mut self,
+        heap: &Heap<S>,
+        ptr: *mut u8,
+        size: usize,
+        align: usize,
+    ) {
+        if let Some(class) = size_class::class_for(size, align) {
+            // SAFETY: per the caller.
+            if unsafe { self.push_if_owned(ptr, class) } {
+                return;
+            }
+            if cfg!(debug_assertions) {
+                if let Owner::Small(span) = heap.owner(ptr) {
+                    // SAFETY: validated by `owner`.
+                    if unsafe { span.as_ref() }.class() != class {
+                        fatal("dealloc with a layout of another size class than alloc");
+                    }
+                }
+            }
+        }
+        // SAFETY: per the caller.
+        unsafe { self.free(heap, ptr) }
+    }
+
+    /// Frees `ptr` without knowing its size (C `free`). Stops the process with a message on
+    /// a pointer this heap did not hand out, where the page map can tell.
+    ///
+    /// # Safety
+    /// `ptr` is non-null, and if it was handed out by this heap, it is not used afterwards.
+    #[inline]
+    pub unsafe fn free<S: PageSource>(&mut self, heap: &Heap<S>, ptr: *mut u8) {
+        match heap.owner(ptr) {
+            Owner::Small(span) => {
+                // SAFETY: validated by `owner`: a live small span holding object `ptr`.
+                let class = unsafe { span.as_ref() }.class();
+                let bin = self.bin(class);
+                if bin.span == span.as_ptr() {
+                    // SAFETY: an object of our owned span, given up by the caller.
+                    unsafe { span::set_next_free(ptr, bin.free) };
+                    bin.free = ptr;
+                } else {
+                    // SAFETY: an object of a span we do not own, given up by the caller.
+                    unsafe { heap.free_remote(span, ptr) };
+                }
+            }
+            // SAFETY: validated by `owner`; the caller gives the object up.
+            Owner::Large(span) => unsafe { heap.free_large(span) },
+        }
+    }
+
+    /// Resizes `ptr` (allocated with `align`) to `new_size` bytes, in place when the new size
+    /// stays in the same class or a large span can be kept; otherwise moves it. Returns null
+    /// (leaving `ptr` intact) when out of memory.
+    ///
+    /// # Safety
+    /// `ptr` was handed out by this heap with alignment `align`, and is not used afterwards
+    /// unless null is returned.
+    pub unsafe fn realloc<S: PageSource>(
+        &mut self,
+        heap: &Heap<S>,
+        ptr: *mut u8,
+        align: usize,
+        new_size: usize,
+    ) -> *mut u8 {
+        let (old_usable, old_span) = match heap.owner(ptr) {
+            // SAFETY: validated by `owner`.
+            Owner::Small(span) => (unsafe { span.as_ref() }.class().size(), None),
+            // SAFETY: validated by `owner`.
+            Owner::Large(span) => (unsafe { span.as_ref() }.bytes(), Some(span)),
+        };
+        match (size_class::class_for(new_size, align), old_span) {
+            (Some(class), None) if class.size() == old_usable => return ptr,
+            // SAFETY: we own the large object; its alignment is unchanged.
+            (None, Some(span)) if unsafe { heap.resize_large_in_place(span, new_size) } => {
+                return ptr;
+            }
+            _ => {}
+        }
+        let new = self.alloc(heap, new_size, align);
+        if !new.is_null() {
+            // SAFETY: both are live, distinct objects of at least the copied length.
+            unsafe {
+                core::ptr::copy_nonoverlapping(ptr, new, old_usable.min(new_size));
+                self.free(heap, ptr);
+            }
+        }
+        new
+    }
+}
+
+impl Default for ThreadCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Links up to [`carve_batch`] never-used objects of owned span `span` into a list, in
+/// address order. Null when the span has no never-used object.
+///
+/// # Safety
+/// The calling thread cache owns `span`.
+unsafe fn carve(span: NonNull<Span>, class: SizeClass) -> *mut u8 {
+    // SAFETY: per the caller.
+    let s = unsafe { span.as_ref() };
+    // SAFETY: the owner guards `bump`.
+    let bump = unsafe { s.bump.get() } as usize;
+    let n = (class.objects() - bump).min(carve_batch(class));
+    if n == 0 {
+        return null_mut();
+    }
+    let size = class.size();
+    let first = s.start_addr() + bump * size;
+    for i in 0..n {
+        let obj = (first + i * size) as *mut u8;
+        let next = if i + 1 < n { (first + (i + 1) * size) as *mut u8 } else { null_mut() };
+        // SAFETY: never-used objects of our owned span.
+        unsafe { span::set_next_free(obj, next) };
+    }
+    // SAFETY: the owner guards `bump`.
+    unsafe { s.bump.set((bump + n) as u32) };
+    first as *mut u8
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::page_heap::PageHeap;
+    use crate::sys::FakePages;
+    use std::collections::BTreeMap;
+
+    fn heap() -> Box<Heap<FakePages>> {
+        Box::new(Heap::with_page_heap(FakePages::new(), PageHeap::with_grow_bytes(4 << 20)))
+    }
+
+    /// A tiny deterministic generator (xorshift), so failures replay.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// Live blocks: start -> (size, fill byte). Checks no overlap and contents.
+    #[derive(Default)]
+    struct Shadow(BTreeMap<usize, (usize, u8)>);
+    impl Shadow {
+        fn add(&mut self, p: *mut u8, size: usize, fill: u8) {
+            let a = p as usize;
+            if let Some((&b, &(bs, _))) = self.0.range(..=a).next_back() {
+                assert!(b + bs.max(1) <= a, "new block {a:#x} overlaps {b:#x}+{bs}");
+            }
+            if let Some((&b, _)) = self.0.range(a..).next() {
+                assert!(a + size.max(1) <= b, "new block {a:#x}+{size} overlaps {b:#x}");
+            }
+            // SAFETY: a fresh block of `size` bytes.
+            unsafe { core::ptr::write_bytes(p, fill, size) };
+            self.0.insert(a, (size, fill));
+        }
+        fn check(&self, a: usize) {
+            let (size, fill) = self.0[&a];
+            // SAFETY: a live block.
+            let bytes = unsafe { core::slice::from_raw_parts(a as *const u8, size) };
+            assert!(bytes.iter().all(|&b| b == fill), "block {a:#x}+{size} corrupted");
+        }
+    }
+
+    fn random_size(rng: &mut Rng) -> usize {
+        match rng.below(10) {
+            0..=5 => rng.below(256) as usize,
+            6..=8 => rng.below(32 * 1024) as usize,
+            _ => rng.below(600 * 1024) as usize,
+        }
+    }
+
+    #[test]
+    fn one_cache_against_a_shadow_model() {
+        let heap = heap();
+        let mut cache = ThreadCache::new();
+        let mut rng = Rng(0x9e3779b97f4a7c15);
+        let mut shadow = Shadow::default();
+        let mut live: Vec<(usize, usize, usize)> = Vec::new(); // (addr, size, align)
+        for step in 0..40_000 {
+            if live.is_empty() || rng.below(100) < 55 {
+                let size = random_size(&mut rng);
+                let shift_range = if rng.below(10) == 0 { 16 } else { 4 };
+                let align = 1usize << rng.below(shift_range);
+                let p = if rng.below(4) == 0 {
+                    let p = cache.alloc_zeroed(&heap, size, align);
+                    // SAFETY: a fresh block of `size` bytes.
+                    assert!(unsafe { core::slice::from_raw_parts(p, size) }.iter().all(|&b| b == 0));
+                    p
+                } else {
+                    cache.alloc(&heap, size, align)
+                };
+                assert!(!p.is_null());
+                assert_eq!(p as usize % align, 0, "alignment {align}");
+                assert!(heap.usable_size(p) >= size);
+                shadow.add(p, size, step as u8);
+                live.push((p as usize, size, align));
+            } else {
+                let i = rng.below(live.len() as u64) as usize;
+                let (a, size, align) = live.swap_remove(i);
+                shadow.check(a);
+                shadow.0.remove(&a);
+                if rng.below(5) == 0 {
+                    let new_size = random_size(&mut rng);
+                    // SAFETY: a live block of ours with this alignment.
+                    let p = unsafe { cache.realloc(&heap, a as *mut u8, align, new_size) };
+                    assert!(!p.is_null());
+                    assert_eq!(p as usize % align, 0);
+                    let kept = size.min(new_size);
+                    // SAFETY: the first `kept` bytes were kept.
+                    let bytes = unsafe { core::slice::from_raw_parts(p, kept) };
+                    let fill = bytes.first().copied().unwrap_or(0);
+                    assert!(bytes.iter().all(|&b| b == fill), "realloc kept the contents");
+                    shadow.add(p, new_size, step as u8);
+                    live.push((p as usize, new_size, align));
+                } else if rng.below(2) == 0 {
+                    // SAFETY: a live block of ours, freed once.
+                    unsafe { cache.dealloc(&heap, a as *mut u8, size, align) };
+                } else {
+                    // SAFETY: as above.
+                    unsafe { cache.free(&heap, a as *mut u8) };
+                }
+            }
+            if step % 5000 == 0 {
+                heap.check_invariants();
+            }
+        }
+        for &(a, _, _) in &live {
+            shadow.check(a);
+        }
+        for (a, size, align) in live.drain(..) {
+            // SAFETY: live blocks of ours.
+            unsafe { cache.dealloc(&heap, a as *mut u8, size, align) };
+        }
+        cache.flush(&heap);
+        heap.check_invariants();
+        let st = heap.page_heap_stats();
+        assert_eq!(st.small_spans, 0, "every span is back in the page heap");
+        assert_eq!(st.large_in_use, 0);
+        assert_eq!(st.free, st.mapped);
+    }
+}
