@@ -312,9 +312,12 @@ pub fn release_free_memory() -> usize {
 
 /// spanalloc as a Rust global allocator:
 ///
-/// ```ignore
+/// ```
 /// #[global_allocator]
 /// static GLOBAL: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
+///
+/// let v: Vec<u64> = (0..1000).collect();
+/// assert_eq!(v.iter().sum::<u64>(), 499_500);
 /// ```
 #[derive(Copy, Clone, Debug, Default)]
 pub struct SpanAlloc;

@@ -178,7 +178,7 @@ impl<S: PageSource> Heap<S> {
                 }
                 Owner::Large(span)
             }
-            _ => fatal("double free or invalid free: memory is not allocated"),
+            _ => fatal("double free detected"),
         }
     }
 

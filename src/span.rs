@@ -286,12 +286,12 @@ impl Span {
             let flags = word & !(HEAD_MASK | COUNT_MASK);
             let (new_count, new_flags, action) = if flags & OWNED != 0 {
                 if count >= capacity {
-                    fatal("double free detected (remote free count exceeds span capacity)");
+                    fatal("double free detected");
                 }
                 (count + 1, flags, RemoteAction::Nothing)
             } else {
                 if count == 0 || flags & DEAD != 0 {
-                    fatal("double free detected (free into a span with no object in use)");
+                    fatal("double free detected");
                 }
                 let left = count - 1;
                 if flags & FULL != 0 {
@@ -387,7 +387,7 @@ impl Span {
             let on_remote = ((word & COUNT_MASK) >> COUNT_SHIFT) as usize;
             let free = never_used + local_count + on_remote;
             if free > capacity {
-                fatal("double free detected (more free objects than the span holds)");
+                fatal("double free detected");
             }
             let in_use = (capacity - free) as u64;
             let (flags, result) = if in_use == 0 {
