@@ -64,6 +64,35 @@ pub fn ensure(cond: bool, msg: &'static str) {
     }
 }
 
+/// Whether the always-on free checks are compiled in (cargo feature `free-checks`, on by
+/// default): every freed small object carries [`free_key`] in its second word, checked on
+/// free and cleared on allocation, as glibc's tcache does.
+pub const FREE_CHECKS: bool = cfg!(feature = "free-checks");
+
+/// The per-process double-free key. Starts as a fixed odd constant and is replaced by a
+/// random value when the process first sets up (`seed_free_key`). An object freed before
+/// the reseed carries the old key, so a double free of it is missed, never misreported.
+static FREE_KEY: core::sync::atomic::AtomicU64 =
+    core::sync::atomic::AtomicU64::new(0x9e37_79b9_7f4a_7c15);
+
+/// The current double-free key.
+#[inline(always)]
+pub fn free_key() -> u64 {
+    FREE_KEY.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// Replaces the double-free key with a random one from `getrandom(2)` (no allocation).
+pub fn seed_free_key() {
+    let mut key: u64 = 0;
+    // SAFETY: `key` is a valid 8-byte buffer; GRND_NONBLOCK never blocks.
+    let n = unsafe {
+        libc::getrandom((&mut key as *mut u64).cast(), 8, libc::GRND_NONBLOCK)
+    };
+    if n == 8 && key != 0 {
+        FREE_KEY.store(key | 1, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -119,7 +119,7 @@ mod tests {
     #[test]
     fn records_are_distinct_aligned_and_reused() {
         #[repr(align(64))]
-        struct Rec([u8; 100]);
+        struct Rec(#[allow(dead_code)] [u8; 100]);
         let source = FakePages::new();
         let mut fa = FixedAlloc::<Rec>::new();
         let mut got: Vec<usize> = (0..1000)

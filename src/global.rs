@@ -90,6 +90,7 @@ fn ensure_process_init() {
             fatal("pthread_key_create failed");
         }
         EXIT_KEY.store(key, Ordering::Relaxed);
+        crate::check::seed_free_key();
         // SAFETY: the handlers are `extern "C" fn`s that only take and release our locks.
         unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
         // Release pairs with the Acquire loads above.

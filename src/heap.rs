@@ -163,6 +163,11 @@ impl<S: PageSource> Heap<S> {
         if !s.contains(addr) {
             fatal("invalid free: pointer not allocated by spanalloc");
         }
+        if s.kind() == SpanKind::Free {
+            // Its pages were given back: a large object freed twice, or a pointer into
+            // memory spanalloc holds but never handed out.
+            fatal("double free detected");
+        }
         // SAFETY: non-null (checked above).
         let span = unsafe { NonNull::new_unchecked(span) };
         match s.kind() {

@@ -155,8 +155,12 @@ impl PageHeap {
         s.set_kind(SpanKind::Free, SizeClass::LARGE);
         self.stats.free += s.bytes();
         self.stats.free_resident += s.bytes();
+        let old_start = s.start();
         // SAFETY: a free run, not on a list.
-        unsafe { self.insert_merging(span, map) };
+        let run = unsafe { self.insert_merging(span, map) };
+        // The freed span's first page now names the free run that holds it, so a second free
+        // of the same pointer is reported as a double free (until the pages are reused).
+        map.set(old_start, run.as_ptr());
     }
 
     /// Grows large span `span` in place to `pages` pages if the run right after it is free
@@ -510,7 +514,7 @@ impl PageHeap {
     ///
     /// # Safety
     /// `span` is a free run of ours on no list, with its counters already in `stats`.
-    unsafe fn insert_merging(&mut self, span: NonNull<Span>, map: &PageMap) {
+    unsafe fn insert_merging(&mut self, span: NonNull<Span>, map: &PageMap) -> NonNull<Span> {
         // SAFETY: per the caller.
         let s = unsafe { span.as_ref() };
         let left = map.lookup(s.start_addr().wrapping_sub(1));
@@ -534,6 +538,7 @@ impl PageHeap {
         map.set_ends(s.start(), s.pages(), span.as_ptr());
         // SAFETY: on no list.
         unsafe { self.list(span.as_ptr()) };
+        span
     }
 
     /// Merges free neighbour `other`'s bookkeeping into `into` and frees its record. The

@@ -6,7 +6,7 @@
 //! `size_class_table_is_fresh` fails when the checked-in table differs from what the
 //! generator makes, and `SPANALLOC_BLESS=1 cargo test size_class_table_is_fresh` rewrites it.
 //!
-//! Policy: classes step by 8 bytes, then by 16 from 32 B, then by `size / 8` from 128 B (so
+//! Policy: classes start at 16 bytes and step by 8, then by 16 from 32 B, then by `size / 8` from 128 B (so
 //! rounding a request up to its class wastes at most 12.5%), then by 256 from 2 KiB. Each
 //! class gets the fewest pages whose tail (the bytes after the last whole object) is at most
 //! 1/8 of the span. Neighbouring sizes that give the same pages and object count merge into
@@ -26,8 +26,11 @@ pub const LARGE_THRESHOLD: usize = 32 * 1024;
 pub const MAX_SMALL_SIZE: usize = LARGE_THRESHOLD - 1;
 /// Requests up to this size are looked up in the 8-byte-step table.
 pub const SMALL_STEP_LIMIT: usize = 1024;
-/// Every small object is aligned to at least this (the smallest class is 8 bytes).
+/// Every small object is aligned to at least this.
 pub const MIN_ALIGN: usize = 8;
+/// The smallest object: two words, so that a free object holds its list link and the
+/// double-free key (see `check::FREE_KEY`). Go and TCMalloc start at 8 bytes.
+pub const MIN_OBJECT_SIZE: usize = 16;
 
 /// A size class: an index into the class table. Class 0 is not a class; spans with class 0
 /// hold one large object.
@@ -145,8 +148,8 @@ pub(crate) mod generator {
     /// The classes, index 0 being the "large" placeholder, as Go's `makeClasses`.
     pub fn generate() -> Vec<ClassInfo> {
         let mut classes = vec![ClassInfo { size: 0, pages: 0 }];
-        let mut align = 8;
-        let mut size = align;
+        let mut align = MIN_ALIGN;
+        let mut size = MIN_OBJECT_SIZE;
         while size <= LARGE_THRESHOLD {
             if size.is_power_of_two() {
                 if size >= 2048 {

@@ -277,6 +277,8 @@ impl Span {
         let start = self.start_addr();
         let offset_plus_one = (obj as usize - start + 1) as u64;
         let capacity = self.capacity() as u64;
+        // SAFETY: per the caller, an object of this span being given up.
+        unsafe { mark_freed(obj) };
         let mut word = self.remote.load(Ordering::Relaxed);
         loop {
             let head = decode_head(word, start);
@@ -502,6 +504,39 @@ fn decode_head(word: u64, start: usize) -> *mut u8 {
     }
 }
 
+/// Marks `obj` free: stops the process if it already carries the free key (a double free),
+/// then writes the key into its second word. Nothing when the free checks are off.
+///
+/// # Safety
+/// `obj` is an object of at least [`crate::size_class::MIN_OBJECT_SIZE`] bytes that the
+/// caller gives up.
+#[inline(always)]
+pub unsafe fn mark_freed(obj: *mut u8) {
+    if crate::check::FREE_CHECKS {
+        let key = crate::check::free_key();
+        // SAFETY: per the caller, the object has a second word and is ours to write.
+        unsafe {
+            let word = obj.cast::<u64>().add(1);
+            if word.read() == key {
+                fatal("double free detected");
+            }
+            word.write(key);
+        }
+    }
+}
+
+/// Clears the free key of an object being handed out.
+///
+/// # Safety
+/// `obj` is a free object of at least two words that the caller is handing out.
+#[inline(always)]
+pub unsafe fn mark_allocated(obj: *mut u8) {
+    if crate::check::FREE_CHECKS {
+        // SAFETY: per the caller.
+        unsafe { obj.cast::<u64>().add(1).write(0) };
+    }
+}
+
 /// Reads the link stored in a free object.
 ///
 /// # Safety
@@ -664,7 +699,7 @@ mod tests {
     use super::*;
     use crate::pages::PAGE_SIZE;
 
-    /// A small span of class 6 (64 B, 128 objects) over real memory.
+    /// A small span of the 64-byte class (128 objects) over real memory.
     struct TestSpan {
         _mem: Vec<u64>,
         span: Box<core::mem::MaybeUninit<Span>>,
@@ -679,7 +714,7 @@ mod tests {
             unsafe { Span::init(span.as_mut_ptr(), PageId::containing(start), Pages(1), SpanKind::Unused) };
             let t = TestSpan { _mem: mem, span };
             // SAFETY: not shared.
-            unsafe { t.get().init_small(SizeClass(6)) };
+            unsafe { t.get().init_small(crate::size_class::class_of(64).unwrap()) };
             t
         }
         fn get(&self) -> &Span {
@@ -746,9 +781,15 @@ mod tests {
                 local = t.obj(i);
             }
             assert_eq!(s.disown(local, 126), Disowned::Partial);
-            let list = s.own().unwrap();
+            let mut list = s.own().unwrap();
             assert_eq!(list_len(list), 126);
-            // Use everything and give it back full.
+            // Hand everything out (clearing the free key, as allocation does) and give the
+            // span back full.
+            while !list.is_null() {
+                let next = next_free(list);
+                mark_allocated(list);
+                list = next;
+            }
             assert_eq!(s.disown(null_mut(), 0), Disowned::Full);
             assert_eq!(s.push_remote(t.obj(0)), RemoteAction::Move);
             for i in 1..128 {
@@ -777,6 +818,19 @@ mod tests {
             let list = s.own().unwrap();
             assert_eq!(list_len(list), 5);
             assert!(s.remote_word() & OWNED != 0);
+        }
+    }
+
+    #[test]
+    fn freed_objects_carry_the_key_and_allocation_clears_it() {
+        let t = TestSpan::new();
+        // SAFETY: an object of the span, freed once, then handed out again.
+        unsafe {
+            mark_freed(t.obj(0));
+            let word = t.obj(0).cast::<u64>().add(1).read();
+            assert_eq!(word == crate::check::free_key(), crate::check::FREE_CHECKS);
+            mark_allocated(t.obj(0));
+            assert_ne!(t.obj(0).cast::<u64>().add(1).read(), crate::check::free_key());
         }
     }
 

@@ -73,7 +73,10 @@ impl ThreadCache {
         let obj = bin.free;
         if !obj.is_null() {
             // SAFETY: objects on the local list are free objects of the owned span.
-            bin.free = unsafe { span::next_free(obj) };
+            unsafe {
+                bin.free = span::next_free(obj);
+                span::mark_allocated(obj);
+            }
         }
         obj
     }
@@ -88,7 +91,10 @@ impl ThreadCache {
         let bin = self.bin(class);
         if (ptr as usize).wrapping_sub(bin.start) < bin.len {
             // SAFETY: the object is in our owned span and given up by the caller.
-            unsafe { span::set_next_free(ptr, bin.free) };
+            unsafe {
+                span::mark_freed(ptr);
+                span::set_next_free(ptr, bin.free);
+            }
             bin.free = ptr;
             true
         } else {
@@ -273,7 +279,10 @@ impl ThreadCache {
                 let bin = self.bin(class);
                 if bin.span == span.as_ptr() {
                     // SAFETY: an object of our owned span, given up by the caller.
-                    unsafe { span::set_next_free(ptr, bin.free) };
+                    unsafe {
+                        span::mark_freed(ptr);
+                        span::set_next_free(ptr, bin.free);
+                    }
                     bin.free = ptr;
                 } else {
                     // SAFETY: an object of a span we do not own, given up by the caller.
