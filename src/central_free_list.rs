@@ -62,7 +62,20 @@ pub struct Backing<'a, S: PageSource> {
 
 impl CentralFreeList {
     /// An empty central list.
+    #[cfg(not(loom))]
     pub const fn new() -> CentralFreeList {
+        CentralFreeList {
+            lists: Lock::new(Lists {
+                partial: SpanList::new(ListId::Partial),
+                full: SpanList::new(ListId::Full),
+                spans: 0,
+            }),
+        }
+    }
+
+    /// An empty central list (not `const` under loom, whose lock is made at run time).
+    #[cfg(loom)]
+    pub fn new() -> CentralFreeList {
         CentralFreeList {
             lists: Lock::new(Lists {
                 partial: SpanList::new(ListId::Partial),
@@ -97,8 +110,13 @@ impl CentralFreeList {
                 at = next;
             }
         }
-        let (span, _zeroed) =
-            backing.page_heap.lock().alloc(class.pages(), Pages(1), class, backing.map, backing.source)?;
+        let (span, _zeroed) = backing.page_heap.lock().alloc(
+            class.pages(),
+            Pages(1),
+            class,
+            backing.map,
+            backing.source,
+        )?;
         self.lists.lock().spans += 1;
         Some((span, null_mut()))
     }
@@ -202,7 +220,10 @@ impl CentralFreeList {
     /// Checks every invariant of the listed spans; panics (in tests) on a violation.
     pub fn check_invariants(&self, class: SizeClass, map: &PageMap) {
         let lists = self.lists.lock();
-        for (list, want) in [(&lists.partial, ListId::Partial), (&lists.full, ListId::Full)] {
+        for (list, want) in [
+            (&lists.partial, ListId::Partial),
+            (&lists.full, ListId::Full),
+        ] {
             // SAFETY: we hold the lock for the whole walk.
             for s in unsafe { list.iter() } {
                 // SAFETY: live spans on our lists; the lock guards the guarded fields.

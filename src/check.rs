@@ -9,7 +9,12 @@
 /// `msg` is a static string: no formatting, no allocation.
 #[cold]
 #[inline(never)]
+#[cfg_attr(loom, allow(unreachable_code))]
 pub fn fatal(msg: &'static str) -> ! {
+    // Under loom (test builds only) a fatal error is a panic, so that the model checker
+    // reports the interleaving that led to it instead of the process dying.
+    #[cfg(loom)]
+    panic!("spanalloc: {msg}");
     write_stderr(b"spanalloc: ");
     write_stderr(msg.as_bytes());
     write_stderr(b"\n");
@@ -85,9 +90,7 @@ pub fn free_key() -> u64 {
 pub fn seed_free_key() {
     let mut key: u64 = 0;
     // SAFETY: `key` is a valid 8-byte buffer; GRND_NONBLOCK never blocks.
-    let n = unsafe {
-        libc::getrandom((&mut key as *mut u64).cast(), 8, libc::GRND_NONBLOCK)
-    };
+    let n = unsafe { libc::getrandom((&mut key as *mut u64).cast(), 8, libc::GRND_NONBLOCK) };
     if n == 8 && key != 0 {
         FREE_KEY.store(key | 1, core::sync::atomic::Ordering::Relaxed);
     }

@@ -134,7 +134,10 @@ mod tests {
         // SAFETY: `last` came from `fa` and is not used again.
         unsafe { fa.free(NonNull::new(last as *mut Rec).unwrap()) };
         assert_eq!(fa.alloc(&source).unwrap().as_ptr() as usize, last);
-        assert_eq!(fa.mapped_bytes(), source.mapped.load(core::sync::atomic::Ordering::Relaxed));
+        assert_eq!(
+            fa.mapped_bytes(),
+            source.mapped.load(core::sync::atomic::Ordering::Relaxed)
+        );
     }
 
     #[test]

@@ -48,6 +48,7 @@ struct Local {
     state: u8,
 }
 
+#[cfg(not(feature = "small-tls"))]
 thread_local! {
     static LOCAL: UnsafeCell<Local> = const {
         UnsafeCell::new(Local { cache: ThreadCache::new(), state: FRESH })
@@ -55,9 +56,184 @@ thread_local! {
 }
 
 /// This thread's slot. Valid for the thread's whole life, including its key destructors.
+#[cfg(not(feature = "small-tls"))]
 #[inline(always)]
 fn local() -> *mut Local {
     LOCAL.with(|l| l.get())
+}
+
+// With the `small-tls` feature (what libspanalloc.so builds with), thread-local storage
+// holds one pointer, read with the initial-exec TLS model, and the `Local` itself comes from
+// the metadata allocator. A library loaded with `dlopen` then needs 8 bytes of static TLS
+// (glibc keeps a few hundred spare; a whole `Local` does not fit), and the fast path never
+// calls `__tls_get_addr`, which glibc may make call `malloc` (see docs/preload.md).
+//
+// The pointer is 0 before the thread's first request, `SLOT_DEAD` after its exit flush, and
+// otherwise the thread's `Local`. `local()` makes and registers a `Local` on first use and
+// answers `DEAD_LOCAL` (empty, DEAD: everything goes to the orphan cache) after the flush,
+// so it never returns null, as without the feature.
+
+#[cfg(feature = "small-tls")]
+const SLOT_DEAD: usize = 1;
+
+/// The `Local` of threads that have been flushed at exit (or could not get one). Its cache
+/// has no spans and is never written: `pop` finds every list empty, `push_if_owned` every
+/// range empty, and a DEAD state sends the slow paths to the orphan cache.
+#[cfg(feature = "small-tls")]
+struct DeadLocal(UnsafeCell<Local>);
+// SAFETY: never written after initialisation (see above); only read.
+#[cfg(feature = "small-tls")]
+unsafe impl Sync for DeadLocal {}
+#[cfg(feature = "small-tls")]
+static DEAD_LOCAL: DeadLocal = DeadLocal(UnsafeCell::new(Local {
+    cache: ThreadCache::new(),
+    state: DEAD,
+}));
+
+/// Where `Local`s come from and go back to at thread exit. A leaf lock: nothing else is
+/// taken while it is held.
+#[cfg(feature = "small-tls")]
+static LOCALS: Lock<crate::fixed_alloc::FixedAlloc<Local>> =
+    Lock::new(crate::fixed_alloc::FixedAlloc::new());
+
+/// The thread-local pointer itself, accessed with the initial-exec model.
+#[cfg(all(feature = "small-tls", target_arch = "x86_64", target_os = "linux"))]
+mod slot {
+    use super::Local;
+
+    // An 8-byte `.tbss` object. Global but hidden so that code inlined into other crates
+    // (the preload library) can name it; invisible outside the linked object.
+    core::arch::global_asm!(
+        ".pushsection .tbss.__spanalloc_local_slot,\"awT\",@nobits",
+        ".globl __spanalloc_local_slot",
+        ".hidden __spanalloc_local_slot",
+        ".type __spanalloc_local_slot,@object",
+        ".size __spanalloc_local_slot,8",
+        ".p2align 3",
+        "__spanalloc_local_slot:",
+        ".zero 8",
+        ".popsection",
+    );
+
+    /// This thread's slot value.
+    #[inline(always)]
+    pub fn get() -> *mut Local {
+        let value: *mut Local;
+        // SAFETY: initial-exec access to our own TLS object: its offset from the thread
+        // pointer comes from the GOT, the thread pointer is %fs; reads 8 bytes of this
+        // thread's TLS block, which exists for the thread's whole life.
+        unsafe {
+            core::arch::asm!(
+                "mov {v}, qword ptr [rip + __spanalloc_local_slot@GOTTPOFF]",
+                "mov {v}, qword ptr fs:[{v}]",
+                v = out(reg) value,
+                options(nostack, preserves_flags, readonly, pure),
+            );
+        }
+        value
+    }
+
+    /// Sets this thread's slot value.
+    #[inline(always)]
+    pub fn set(value: *mut Local) {
+        // SAFETY: as in `get`; writes this thread's own 8 bytes.
+        unsafe {
+            core::arch::asm!(
+                "mov {off}, qword ptr [rip + __spanalloc_local_slot@GOTTPOFF]",
+                "mov qword ptr fs:[{off}], {v}",
+                off = out(reg) _,
+                v = in(reg) value,
+                options(nostack, preserves_flags),
+            );
+        }
+    }
+}
+
+/// Elsewhere the pointer is an ordinary `const` thread local (the platform's default model).
+#[cfg(all(
+    feature = "small-tls",
+    not(all(target_arch = "x86_64", target_os = "linux"))
+))]
+mod slot {
+    use super::Local;
+    use core::cell::Cell;
+
+    thread_local! {
+        static SLOT: Cell<*mut Local> = const { Cell::new(core::ptr::null_mut()) };
+    }
+
+    /// This thread's slot value.
+    #[inline(always)]
+    pub fn get() -> *mut Local {
+        SLOT.with(|s| s.get())
+    }
+
+    /// Sets this thread's slot value.
+    #[inline(always)]
+    pub fn set(value: *mut Local) {
+        SLOT.with(|s| s.set(value))
+    }
+}
+
+/// This thread's slot. Valid for the thread's whole life, including its key destructors.
+#[cfg(feature = "small-tls")]
+#[inline(always)]
+fn local() -> *mut Local {
+    let l = slot::get();
+    if l as usize > SLOT_DEAD {
+        l
+    } else {
+        local_slow(l)
+    }
+}
+
+/// Gives the thread its `Local` on first use (registered for the exit flush), or
+/// `DEAD_LOCAL` once it has been flushed.
+#[cfg(feature = "small-tls")]
+#[cold]
+#[inline(never)]
+fn local_slow(current: *mut Local) -> *mut Local {
+    if current as usize == SLOT_DEAD {
+        return DEAD_LOCAL.0.get();
+    }
+    // glibc copies the TLS initialisation image into the main thread's block after the
+    // loader's first `malloc` calls, which can clear the slot: take back the `Local` this
+    // thread registered, if any.
+    if INIT.load(Ordering::Acquire) == INIT_DONE {
+        // SAFETY: a valid key; only `register` stores values, this thread's own `Local`.
+        let old = unsafe { libc::pthread_getspecific(EXIT_KEY.load(Ordering::Relaxed)) };
+        if !old.is_null() {
+            slot::set(old.cast());
+            return old.cast();
+        }
+    }
+    let Some(record) = LOCALS.lock().alloc(HEAP.source()) else {
+        return DEAD_LOCAL.0.get();
+    };
+    let l = record.as_ptr();
+    // SAFETY: a record of `Local` size and alignment that nobody else uses; then our own.
+    unsafe {
+        l.write(Local {
+            cache: ThreadCache::new(),
+            state: FRESH,
+        });
+        slot::set(l);
+        register(l);
+    }
+    l
+}
+
+/// Gives an exited thread's flushed `Local` back and points the slot at `DEAD_LOCAL`.
+///
+/// # Safety
+/// `l` is this thread's flushed `Local` (DEAD), or `DEAD_LOCAL`; nothing uses it afterwards.
+#[cfg(feature = "small-tls")]
+unsafe fn retire(l: *mut Local) {
+    slot::set(SLOT_DEAD as *mut Local);
+    if let Some(l) = core::ptr::NonNull::new(l).filter(|&l| l.as_ptr() != DEAD_LOCAL.0.get()) {
+        // SAFETY: per the caller, it came from LOCALS and is not used again.
+        unsafe { LOCALS.lock().free(l) };
+    }
 }
 
 /// The heap behind the global allocator (for statistics and tests).
@@ -81,7 +257,12 @@ fn ensure_process_init() {
         return;
     }
     if INIT
-        .compare_exchange(INIT_NONE, INIT_RUNNING, Ordering::Acquire, Ordering::Acquire)
+        .compare_exchange(
+            INIT_NONE,
+            INIT_RUNNING,
+            Ordering::Acquire,
+            Ordering::Acquire,
+        )
         .is_ok()
     {
         let mut key: libc::pthread_key_t = 0;
@@ -91,6 +272,9 @@ fn ensure_process_init() {
         }
         EXIT_KEY.store(key, Ordering::Relaxed);
         crate::check::seed_free_key();
+        if let Some(ms) = env_i64(c"SPANALLOC_DECAY_MS") {
+            HEAP.set_decay_ms(ms);
+        }
         // SAFETY: the handlers are `extern "C" fn`s that only take and release our locks.
         unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
         // Release pairs with the Acquire loads above.
@@ -125,6 +309,10 @@ unsafe fn register(l: *mut Local) {
 
 /// The thread-exit key's destructor: gives the cache's spans back.
 extern "C" fn thread_exit(_value: *mut libc::c_void) {
+    // With `small-tls` the key's value is the thread's `Local` (the slot may have changed).
+    #[cfg(feature = "small-tls")]
+    let l: *mut Local = _value.cast();
+    #[cfg(not(feature = "small-tls"))]
     let l = local();
     // SAFETY: our own slot; nothing else on this thread is using it during a destructor.
     unsafe {
@@ -134,9 +322,17 @@ extern "C" fn thread_exit(_value: *mut libc::c_void) {
         }
         (*l).state = DEAD;
     }
+    // SAFETY: this thread's `Local`, flushed and DEAD; later requests see `DEAD_LOCAL`.
+    #[cfg(feature = "small-tls")]
+    unsafe {
+        retire(l)
+    };
 }
 
 extern "C" fn fork_prepare() {
+    // `LOCALS` is a leaf lock: taking it first cannot wait on a thread that waits on us.
+    #[cfg(feature = "small-tls")]
+    LOCALS.raw_lock();
     ORPHAN.raw_lock();
     HEAP.lock_all();
 }
@@ -146,6 +342,8 @@ extern "C" fn fork_parent() {
     unsafe {
         HEAP.unlock_all();
         ORPHAN.raw_unlock();
+        #[cfg(feature = "small-tls")]
+        LOCALS.raw_unlock();
     }
 }
 
@@ -155,6 +353,8 @@ extern "C" fn fork_child() {
     unsafe {
         HEAP.unlock_all();
         ORPHAN.raw_unlock();
+        #[cfg(feature = "small-tls")]
+        LOCALS.raw_unlock();
     }
 }
 
@@ -311,6 +511,49 @@ pub fn release_free_memory() -> usize {
     HEAP.release_free_memory()
 }
 
+/// Sets how long free pages stay resident before the allocator gives them back to the OS on
+/// its own: `ms` milliseconds (default 1000, or `SPANALLOC_DECAY_MS` from the environment);
+/// 0 gives them back at once; a negative value never (only [`release_free_memory`]).
+pub fn set_decay_ms(ms: i64) {
+    HEAP.set_decay_ms(ms);
+}
+
+/// A snapshot of where the allocator's memory is (see [`crate::stats::Stats`]). Exact for
+/// the calling thread's cache; other threads' caches are counted as whole spans unless they
+/// called [`flush_thread_cache`] (or exited).
+pub fn stats() -> crate::stats::Stats {
+    let l = local();
+    // The orphan lock comes first in the lock order; the snapshot takes the central and page
+    // heap locks after it.
+    let orphan = ORPHAN.lock();
+    // SAFETY: our own slot; the snapshot only reads the cache, and makes no allocation.
+    match unsafe { ((*l).state == ACTIVE).then(|| &(*l).cache) } {
+        Some(own) => crate::stats::snapshot(&HEAP, &[own, &orphan]),
+        None => crate::stats::snapshot(&HEAP, &[&orphan]),
+    }
+}
+
+/// Reads an integer environment variable without allocating.
+fn env_i64(name: &core::ffi::CStr) -> Option<i64> {
+    // SAFETY: `name` is NUL-terminated; getenv returns null or a NUL-terminated string that
+    // stays valid while nobody calls setenv (none of our business during set-up).
+    let value = unsafe { libc::getenv(name.as_ptr()) };
+    if value.is_null() {
+        return None;
+    }
+    // SAFETY: non-null, NUL-terminated (above).
+    let bytes = unsafe { core::ffi::CStr::from_ptr(value) }.to_bytes();
+    let (negative, digits) = match bytes.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, bytes),
+    };
+    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits.iter().fold(0i64, |n, &d| n * 10 + (d - b'0') as i64);
+    Some(if negative { -n } else { n })
+}
+
 /// spanalloc as a Rust global allocator:
 ///
 /// ```
@@ -347,9 +590,10 @@ unsafe impl GlobalAlloc for SpanAlloc {
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let align = layout.align();
-        if let (Some(old), Some(new)) =
-            (size_class::class_for(layout.size(), align), size_class::class_for(new_size, align))
-        {
+        if let (Some(old), Some(new)) = (
+            size_class::class_for(layout.size(), align),
+            size_class::class_for(new_size, align),
+        ) {
             if old == new {
                 return ptr;
             }

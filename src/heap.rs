@@ -20,7 +20,7 @@ use crate::page_map::PageMap;
 use crate::pages::{PAGE_SIZE, Pages};
 use crate::size_class::{CLASS_COUNT, SizeClass};
 use crate::span::{RemoteAction, Span, SpanKind};
-use crate::sync::{AtomicU64, Lock, Ordering};
+use crate::sync::{AtomicI64, AtomicU64, Lock, Ordering};
 use crate::sys::PageSource;
 use core::ptr::NonNull;
 use crossbeam_utils::CachePadded;
@@ -34,7 +34,16 @@ pub struct Heap<S: PageSource> {
     source: S,
     /// A clock override for tests (0: use the real monotonic clock).
     fake_now: AtomicU64,
+    /// Free pages unused this long (ms) go back to the OS; 0: at once; negative: never.
+    decay_ms: AtomicI64,
+    /// The clock time at or after which the next decay release is due.
+    next_release_at: AtomicU64,
 }
+
+/// How long free pages stay resident by default before they go back to the OS.
+pub const DEFAULT_DECAY_MS: i64 = 1000;
+/// The most one decay step gives back, so that no single request stalls for long.
+pub const RELEASE_BYTES_PER_STEP: usize = 64 << 20;
 
 /// A pointer `free` was given, classified.
 pub enum Owner {
@@ -60,6 +69,22 @@ impl<S: PageSource> Heap<S> {
             map: PageMap::new(),
             source,
             fake_now: AtomicU64::new(0),
+            decay_ms: AtomicI64::new(DEFAULT_DECAY_MS),
+            next_release_at: AtomicU64::new(0),
+        }
+    }
+
+    /// A heap over `page_heap` (loom models: loom's locks and atomics are made at run time).
+    #[cfg(loom)]
+    pub fn with_page_heap(source: S, page_heap: PageHeap) -> Heap<S> {
+        Heap {
+            centrals: core::array::from_fn(|_| CachePadded::new(CentralFreeList::new())),
+            page_heap: CachePadded::new(Lock::new(page_heap)),
+            map: PageMap::new(),
+            source,
+            fake_now: AtomicU64::new(0),
+            decay_ms: AtomicI64::new(DEFAULT_DECAY_MS),
+            next_release_at: AtomicU64::new(0),
         }
     }
 
@@ -97,9 +122,66 @@ impl<S: PageSource> Heap<S> {
         self.fake_now.store(ms, Ordering::Relaxed);
     }
 
+    /// Sets the decay time: free pages unused for `ms` milliseconds go back to the OS; 0
+    /// gives them back at once, a negative value never (only `release_free_memory`).
+    pub fn set_decay_ms(&self, ms: i64) {
+        self.decay_ms.store(ms, Ordering::Relaxed);
+        self.next_release_at.store(0, Ordering::Relaxed);
+    }
+
+    /// The decay time in milliseconds (see [`Heap::set_decay_ms`]).
+    pub fn decay_ms(&self) -> i64 {
+        self.decay_ms.load(Ordering::Relaxed)
+    }
+
+    /// The decay step, called from slow paths (refills, large objects, spans returning to
+    /// the page heap): when due, gives back to the OS the free runs that have been unused for
+    /// the decay time, until [`RELEASE_BYTES_PER_STEP`] resident bytes are given back (the
+    /// run that crosses the bound is finished, so one step gives back at most the bound plus
+    /// one run). Costs a clock read and a compare
+    /// when not due; never waits for the page heap lock.
+    #[inline]
+    pub fn maybe_release(&self) {
+        let decay = self.decay_ms.load(Ordering::Relaxed);
+        if decay < 0 {
+            return;
+        }
+        let now = self.now();
+        if decay > 0 && now < self.next_release_at.load(Ordering::Relaxed) {
+            return;
+        }
+        self.release_step(now, decay as u64);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn release_step(&self, now: u64, decay: u64) {
+        let Some(mut page_heap) = self.page_heap.try_lock() else {
+            return;
+        };
+        let done = page_heap.release(
+            now.saturating_sub(decay),
+            RELEASE_BYTES_PER_STEP,
+            &self.source,
+        );
+        // More may be due: come back at once. Otherwise in a quarter of the decay time, so a
+        // page is given back at most 1.25 decay times after it was freed.
+        let next = if done >= RELEASE_BYTES_PER_STEP {
+            now
+        } else {
+            now + (decay / 4).max(1)
+        };
+        self.next_release_at.store(next, Ordering::Relaxed);
+    }
+
     /// What central lists need to grow and release.
     pub fn backing(&self) -> Backing<'_, S> {
-        Backing { page_heap: &self.page_heap, map: &self.map, source: &self.source, now: self.now() }
+        Backing {
+            page_heap: &self.page_heap,
+            map: &self.map,
+            source: &self.source,
+            now: self.now(),
+        }
     }
 
     /// Allocates a large object: a span of its own. Returns the object and whether it is
@@ -108,10 +190,13 @@ impl<S: PageSource> Heap<S> {
         if size > isize::MAX as usize {
             return None;
         }
+        self.maybe_release();
         let pages = Pages::for_bytes(size.max(1))?;
         let align = Pages((align / PAGE_SIZE).max(1));
         let (span, zeroed) =
-            self.page_heap.lock().alloc(pages, align, SizeClass::LARGE, &self.map, &self.source)?;
+            self.page_heap
+                .lock()
+                .alloc(pages, align, SizeClass::LARGE, &self.map, &self.source)?;
         // SAFETY: a live span just handed to us.
         let start = unsafe { span.as_ref() }.start();
         Some((NonNull::new(start.ptr())?, zeroed))
@@ -125,6 +210,7 @@ impl<S: PageSource> Heap<S> {
         let now = self.now();
         // SAFETY: per the caller.
         unsafe { self.page_heap.lock().free(span, now, &self.map) };
+        self.maybe_release();
     }
 
     /// Frees `ptr`, an object of small span `span` that the calling thread does not own:
@@ -147,7 +233,11 @@ impl<S: PageSource> Heap<S> {
         // SAFETY: a live small span; `action` came from our own push.
         let class = unsafe { span.as_ref() }.class();
         // SAFETY: as above.
-        unsafe { self.central(class).finish_remote(span, action, &self.backing()) };
+        unsafe {
+            self.central(class)
+                .finish_remote(span, action, &self.backing())
+        };
+        self.maybe_release();
     }
 
     /// Finds what `ptr` is, stopping the process with a message if it is not the start of
@@ -204,7 +294,9 @@ impl<S: PageSource> Heap<S> {
     /// `span` holds a large object the caller owns; on success its first `new_size` bytes
     /// are the object.
     pub unsafe fn resize_large_in_place(&self, span: NonNull<Span>, new_size: usize) -> bool {
-        let Some(pages) = Pages::for_bytes(new_size) else { return false };
+        let Some(pages) = Pages::for_bytes(new_size) else {
+            return false;
+        };
         // SAFETY: per the caller.
         let have = unsafe { span.as_ref() }.pages();
         let mut heap = self.page_heap.lock();
@@ -224,7 +316,9 @@ impl<S: PageSource> Heap<S> {
 
     /// Gives every free resident page back to the OS at once. Returns the bytes released.
     pub fn release_free_memory(&self) -> usize {
-        self.page_heap.lock().release(u64::MAX, usize::MAX, &self.source)
+        self.page_heap
+            .lock()
+            .release(u64::MAX, usize::MAX, &self.source)
     }
 
     /// Page heap counters.
@@ -265,5 +359,127 @@ impl<S: PageSource> Heap<S> {
                 self.central(class).unlock_after_fork();
             }
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::page_heap::PageHeap;
+    use crate::sys::FakePages;
+    use crate::thread_cache::ThreadCache;
+
+    fn heap() -> Box<Heap<FakePages>> {
+        Box::new(Heap::with_page_heap(
+            FakePages::new(),
+            PageHeap::with_grow_bytes(4 << 20),
+        ))
+    }
+
+    /// Resident bytes the page heap has given back so far.
+    fn released(heap: &Heap<FakePages>) -> usize {
+        heap.page_heap_stats().released_total
+    }
+
+    /// Frees a 1 MiB large object at fake time `t` and returns its bytes.
+    fn free_large_at(heap: &Heap<FakePages>, t: u64) -> usize {
+        heap.set_fake_now(t);
+        let (p, _) = heap.alloc_large(1 << 20, 8).unwrap();
+        let Owner::Large(span) = heap.owner(p.as_ptr()) else {
+            unreachable!()
+        };
+        // SAFETY: our large object, freed once.
+        unsafe { heap.free_large(span) };
+        1 << 20
+    }
+
+    #[test]
+    fn free_pages_go_back_after_the_decay_time_and_not_before() {
+        let heap = heap();
+        heap.set_decay_ms(1000);
+        let bytes = free_large_at(&heap, 10_000);
+        assert_eq!(heap.page_heap_stats().free_resident, bytes);
+        heap.set_fake_now(10_500);
+        heap.maybe_release();
+        assert_eq!(released(&heap), 0, "not before the decay time");
+        heap.set_fake_now(11_001);
+        heap.maybe_release();
+        assert_eq!(released(&heap), bytes);
+        assert_eq!(heap.page_heap_stats().free_resident, 0);
+        heap.check_invariants();
+    }
+
+    #[test]
+    fn decay_zero_releases_at_once_and_negative_never() {
+        let heap = heap();
+        heap.set_decay_ms(0);
+        let bytes = free_large_at(&heap, 5);
+        assert_eq!(released(&heap), bytes);
+        let heap = self::heap();
+        heap.set_decay_ms(-1);
+        free_large_at(&heap, 5);
+        heap.set_fake_now(1 << 40);
+        heap.maybe_release();
+        assert_eq!(released(&heap), 0);
+        assert_eq!(
+            heap.release_free_memory(),
+            1 << 20,
+            "explicit release still works"
+        );
+    }
+
+    #[test]
+    fn one_step_gives_back_at_most_its_bound() {
+        let heap = Box::new(Heap::with_page_heap(
+            FakePages::new(),
+            PageHeap::with_grow_bytes(256 << 20),
+        ));
+        heap.set_decay_ms(-1);
+        heap.set_fake_now(100);
+        // Three 48 MiB objects kept apart by live one-page spacers, so they stay three runs.
+        let mut big = Vec::new();
+        for _ in 0..3 {
+            big.push(heap.alloc_large(48 << 20, 8).unwrap().0);
+            heap.alloc_large(8192, 8).unwrap();
+        }
+        for p in big {
+            let Owner::Large(span) = heap.owner(p.as_ptr()) else {
+                unreachable!()
+            };
+            // SAFETY: our large object, freed once.
+            unsafe { heap.free_large(span) };
+        }
+        heap.set_decay_ms(10);
+        heap.set_fake_now(200);
+        heap.maybe_release();
+        assert_eq!(
+            released(&heap),
+            2 * (48 << 20),
+            "stops after the run that crosses 64 MiB"
+        );
+        heap.maybe_release();
+        assert_eq!(
+            released(&heap),
+            3 * (48 << 20),
+            "the next step finishes the work"
+        );
+        heap.check_invariants();
+    }
+
+    #[test]
+    fn small_spans_return_to_the_page_heap_through_remote_frees() {
+        let heap = heap();
+        let mut producer = ThreadCache::new();
+        let mut consumer = ThreadCache::new();
+        let objs: Vec<_> = (0..10_000).map(|_| producer.alloc(&heap, 48, 8)).collect();
+        producer.flush(&heap);
+        for p in objs {
+            // SAFETY: live objects, freed once, by a cache that does not own their spans.
+            unsafe { consumer.free(&heap, p) };
+        }
+        heap.check_invariants();
+        let st = heap.page_heap_stats();
+        assert_eq!(st.small_spans, 0, "every span went back");
+        assert_eq!(st.free, st.mapped);
     }
 }

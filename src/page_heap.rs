@@ -84,7 +84,10 @@ impl PageHeap {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> PageHeapStats {
-        PageHeapStats { metadata: self.records.mapped_bytes(), ..self.stats }
+        PageHeapStats {
+            metadata: self.records.mapped_bytes(),
+            ..self.stats
+        }
     }
 
     /// Span records in use.
@@ -181,11 +184,9 @@ impl PageHeap {
             return true;
         }
         let extra = pages - have;
-        let next = map.lookup(s.end().addr());
-        // SAFETY: page-map entries point to live records (records are never unmapped).
-        if next.is_null() || !unsafe { self.is_free_run_starting(next, s.end()) } {
+        let Some(next) = self.free_run_starting_at(map, s.end()) else {
             return false;
-        }
+        };
         // SAFETY: checked just above: a free run of this heap.
         let n = unsafe { &*next };
         if n.pages() < extra {
@@ -240,7 +241,14 @@ impl PageHeap {
         };
         let tail_pages = s.pages() - pages;
         // SAFETY: a fresh record.
-        unsafe { Span::init(tail.as_ptr(), s.start() + pages, tail_pages, SpanKind::Large) };
+        unsafe {
+            Span::init(
+                tail.as_ptr(),
+                s.start() + pages,
+                tail_pages,
+                SpanKind::Large,
+            )
+        };
         s.set_range(s.start(), pages);
         map.set_ends(s.start(), pages, span.as_ptr());
         // SAFETY: the tail is a large span of ours that nobody uses; `free` handles the
@@ -250,8 +258,9 @@ impl PageHeap {
     }
 
     /// Gives back to the OS the resident pages of every free run freed at or before
-    /// `freed_by` (all of them for `u64::MAX`), at most `max_bytes` in this call. Returns the
-    /// bytes given back.
+    /// `freed_by` (all of them for `u64::MAX`), stopping after the run that takes the total
+    /// past `max_bytes`. Returns the resident bytes given back (as far as the page heap
+    /// knows: its count of a run's resident pages is an upper bound).
     pub fn release(&mut self, freed_by: u64, max_bytes: usize, source: &impl PageSource) -> usize {
         let mut done = 0;
         let os_page = source.os_page_size().max(PAGE_SIZE);
@@ -288,14 +297,16 @@ impl PageHeap {
                     unsafe {
                         source.release(NonNull::new_unchecked(begin as *mut u8), end - begin)
                     };
-                    done += end - begin;
-                    self.stats.released_total += end - begin;
+                    let given = (resident * PAGE_SIZE).min(end - begin);
+                    done += given;
+                    self.stats.released_total += given;
                 }
                 self.stats.free_resident -= resident * PAGE_SIZE;
                 // SAFETY: the lock is held.
                 unsafe {
                     r.resident.set(0);
-                    r.zeroed.set(begin == r.start_addr() && end == r.start_addr() + r.bytes());
+                    r.zeroed
+                        .set(begin == r.start_addr() && end == r.start_addr() + r.bytes());
                 }
             }
         }
@@ -318,9 +329,20 @@ impl PageHeap {
             } else {
                 assert!(r.pages().0 > LISTED_PAGES);
             }
-            assert_eq!(map.lookup(r.start_addr()), run, "first page maps to the run");
-            assert_eq!(map.lookup(r.end().addr() - 1), run, "last page maps to the run");
-            for neighbour in [map.lookup(r.start_addr().wrapping_sub(1)), map.lookup(r.end().addr())] {
+            assert_eq!(
+                map.lookup(r.start_addr()),
+                run,
+                "first page maps to the run"
+            );
+            assert_eq!(
+                map.lookup(r.end().addr() - 1),
+                run,
+                "last page maps to the run"
+            );
+            for neighbour in [
+                map.lookup(r.start_addr().wrapping_sub(1)),
+                map.lookup(r.end().addr()),
+            ] {
                 if !neighbour.is_null() && neighbour != run {
                     // SAFETY: page-map entries point to live (maybe stale) records.
                     let n = unsafe { &*neighbour };
@@ -338,7 +360,11 @@ impl PageHeap {
             resident += res * PAGE_SIZE;
         };
         for (n, list) in self.by_length.iter().enumerate().skip(1) {
-            assert_eq!(list.is_empty(), self.nonempty & (1 << (n - 1)) == 0, "nonempty mask");
+            assert_eq!(
+                list.is_empty(),
+                self.nonempty & (1 << (n - 1)) == 0,
+                "nonempty mask"
+            );
             // SAFETY: the caller holds the lock.
             for run in unsafe { list.iter() } {
                 check_run(run, Some(n));
@@ -434,7 +460,11 @@ impl PageHeap {
         let before = start - r.start();
         let after = r.pages() - before - pages;
         // Get both leftover records first so that failure changes nothing.
-        let rec_before = if before.0 > 0 { Some(self.records.alloc(source)?) } else { None };
+        let rec_before = if before.0 > 0 {
+            Some(self.records.alloc(source)?)
+        } else {
+            None
+        };
         let rec_after = if after.0 > 0 {
             match self.records.alloc(source) {
                 Some(rec) => Some(rec),
@@ -487,27 +517,26 @@ impl PageHeap {
         Some(unsafe { NonNull::new_unchecked(run) })
     }
 
-    /// Whether `candidate` (from the page map) is a free run of ours that starts at `page`.
-    ///
-    /// # Safety
-    /// `candidate` is a span record (live or recycled, never unmapped).
-    unsafe fn is_free_run_starting(&self, candidate: *mut Span, page: PageId) -> bool {
-        // SAFETY: per the caller; the lock guards `list`.
-        let c = unsafe { &*candidate };
+    /// The free run of ours that starts at `page`, if any.
+    fn free_run_starting_at(&self, map: &PageMap, page: PageId) -> Option<*mut Span> {
+        let c = map.lookup(page.addr());
+        // SAFETY: page-map entries are span records, which are never unmapped (a stale
+        // entry reads a recycled record, which the checks below reject); the lock (held by
+        // `&self`) guards `list`.
+        let r = unsafe { c.as_ref()? };
         // SAFETY: as above.
-        c.kind() == SpanKind::Free && unsafe { c.list() } == ListId::PageHeapFree && c.start() == page
+        let listed = unsafe { r.list() } == ListId::PageHeapFree;
+        (r.kind() == SpanKind::Free && listed && r.start() == page).then_some(c)
     }
 
-    /// Whether `candidate` (from the page map) is a free run of ours that ends just before
-    /// `page`.
-    ///
-    /// # Safety
-    /// As [`PageHeap::is_free_run_starting`].
-    unsafe fn is_free_run_ending(&self, candidate: *mut Span, page: PageId) -> bool {
-        // SAFETY: per the caller; the lock guards `list`.
-        let c = unsafe { &*candidate };
+    /// The free run of ours whose last page is just before `page`, if any.
+    fn free_run_ending_at(&self, map: &PageMap, page: PageId) -> Option<*mut Span> {
+        let c = map.lookup(page.addr().wrapping_sub(1));
+        // SAFETY: as in `free_run_starting_at`.
+        let r = unsafe { c.as_ref()? };
         // SAFETY: as above.
-        c.kind() == SpanKind::Free && unsafe { c.list() } == ListId::PageHeapFree && c.end() == page
+        let listed = unsafe { r.list() } == ListId::PageHeapFree;
+        (r.kind() == SpanKind::Free && listed && r.end() == page).then_some(c)
     }
 
     /// Adds free run `span` to the lists, first merging it with free neighbours.
@@ -517,21 +546,17 @@ impl PageHeap {
     unsafe fn insert_merging(&mut self, span: NonNull<Span>, map: &PageMap) -> NonNull<Span> {
         // SAFETY: per the caller.
         let s = unsafe { span.as_ref() };
-        let left = map.lookup(s.start_addr().wrapping_sub(1));
-        // SAFETY: page-map entries point to records, which are never unmapped.
-        if !left.is_null() && left != span.as_ptr() && unsafe { self.is_free_run_ending(left, s.start()) } {
-            // SAFETY: as above (read before `absorb` recycles the record).
+        if let Some(left) = self.free_run_ending_at(map, s.start()) {
+            // SAFETY: a live record (read before `absorb` recycles it).
             let (left_start, left_pages) = unsafe { ((*left).start(), (*left).pages()) };
-            // SAFETY: a free run of ours, on its list.
+            // SAFETY: a free run of ours, on its list, adjacent to `s`.
             unsafe { self.absorb(s, left) };
             s.set_range(left_start, s.pages() + left_pages);
         }
-        let right = map.lookup(s.end().addr());
-        // SAFETY: as above.
-        if !right.is_null() && right != span.as_ptr() && unsafe { self.is_free_run_starting(right, s.end()) } {
-            // SAFETY: as above.
+        if let Some(right) = self.free_run_starting_at(map, s.end()) {
+            // SAFETY: a live record (read before `absorb` recycles it).
             let right_pages = unsafe { (*right).pages() };
-            // SAFETY: a free run of ours, on its list.
+            // SAFETY: a free run of ours, on its list, adjacent to `s`.
             unsafe { self.absorb(s, right) };
             s.set_range(s.start(), s.pages() + right_pages);
         }
@@ -599,5 +624,218 @@ impl PageHeap {
 impl Default for PageHeap {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::sys::FakePages;
+    use proptest::prelude::*;
+
+    struct Fixture {
+        heap: PageHeap,
+        map: PageMap,
+        source: FakePages,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            Fixture {
+                heap: PageHeap::with_grow_bytes(MAP_ALIGN),
+                map: PageMap::new(),
+                source: FakePages::new(),
+            }
+        }
+
+        /// Checks the heap, and that every live span is mapped on every page it must be,
+        /// and that no two live spans overlap.
+        fn check(&self, live: &[(NonNull<Span>, SizeClass)]) {
+            self.heap.check_invariants(&self.map);
+            let mut ranges: Vec<(usize, usize)> = Vec::new();
+            for &(span, class) in live {
+                // SAFETY: live spans handed out by the fixture's heap.
+                let s = unsafe { span.as_ref() };
+                let pages: Vec<usize> = if class == SizeClass::LARGE {
+                    vec![s.start().0, s.end().0 - 1]
+                } else {
+                    (s.start().0..s.end().0).collect()
+                };
+                for p in pages {
+                    assert_eq!(self.map.lookup(PageId(p).addr()), span.as_ptr(), "page map");
+                }
+                ranges.push((s.start().0, s.end().0));
+            }
+            ranges.sort();
+            for w in ranges.windows(2) {
+                assert!(w[0].1 <= w[1].0, "spans overlap: {w:?}");
+            }
+            let st = self.heap.stats();
+            let live_bytes: usize = live
+                .iter()
+                // SAFETY: as above.
+                .map(|(s, _)| unsafe { s.as_ref() }.bytes())
+                .sum();
+            assert_eq!(st.large_in_use + st.small_spans, live_bytes);
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Alloc {
+            pages: usize,
+            align_shift: u32,
+            small: bool,
+        },
+        Free(usize),
+        Grow(usize, usize),
+        Shrink(usize, usize),
+        Release,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (1usize..40, 0u32..4, any::<bool>())
+                .prop_map(|(pages, align_shift, small)| Op::Alloc { pages, align_shift, small }),
+            1 => (300usize..700).prop_map(|pages| Op::Alloc { pages, align_shift: 0, small: false }),
+            4 => any::<usize>().prop_map(Op::Free),
+            1 => (any::<usize>(), 1usize..50).prop_map(|(i, n)| Op::Grow(i, n)),
+            1 => (any::<usize>(), 1usize..50).prop_map(|(i, n)| Op::Shrink(i, n)),
+            1 => Just(Op::Release),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_sequences_keep_the_heap_consistent(ops in proptest::collection::vec(op(), 1..120)) {
+            let mut f = Fixture::new();
+            let mut live: Vec<(NonNull<Span>, SizeClass)> = Vec::new();
+            let small_class = crate::size_class::class_of(1000).unwrap();
+            for op in ops {
+                match op {
+                    Op::Alloc { pages, align_shift, small } => {
+                        let class = if small { small_class } else { SizeClass::LARGE };
+                        let pages = if small { class.pages() } else { Pages(pages) };
+                        let align = Pages(1 << align_shift);
+                        let (span, _) =
+                            f.heap.alloc(pages, align, class, &f.map, &f.source).unwrap();
+                        // SAFETY: just handed out.
+                        let s = unsafe { span.as_ref() };
+                        prop_assert_eq!(s.pages(), pages);
+                        prop_assert_eq!(s.start().0 % align.0, 0);
+                        live.push((span, class));
+                    }
+                    Op::Free(i) if !live.is_empty() => {
+                        let (span, _) = live.swap_remove(i % live.len());
+                        // SAFETY: a live span of this heap, freed once.
+                        unsafe { f.heap.free(span, 1, &f.map) };
+                    }
+                    Op::Grow(i, n) if !live.is_empty() => {
+                        let (span, class) = live[i % live.len()];
+                        if class == SizeClass::LARGE {
+                            // SAFETY: a live large span.
+                            let have = unsafe { span.as_ref() }.pages();
+                            // SAFETY: as above.
+                            let grown = unsafe { f.heap.grow_in_place(span, have + Pages(n), &f.map) };
+                            // SAFETY: as above.
+                            let now = unsafe { span.as_ref() }.pages();
+                            prop_assert_eq!(now, if grown { have + Pages(n) } else { have });
+                        }
+                    }
+                    Op::Shrink(i, n) if !live.is_empty() => {
+                        let (span, class) = live[i % live.len()];
+                        // SAFETY: a live span.
+                        let have = unsafe { span.as_ref() }.pages();
+                        if class == SizeClass::LARGE && have.0 > n {
+                            // SAFETY: a live large span; its tail holds nothing live.
+                            let shrunk = unsafe { f.heap.shrink(span, Pages(have.0 - n), 1, &f.map, &f.source) };
+                            prop_assert!(shrunk);
+                        }
+                    }
+                    Op::Release => {
+                        f.heap.release(u64::MAX, usize::MAX, &f.source);
+                        prop_assert_eq!(f.heap.stats().free_resident, 0);
+                    }
+                    _ => {}
+                }
+                f.check(&live);
+            }
+            for (span, _) in live.drain(..) {
+                // SAFETY: live spans, freed once.
+                unsafe { f.heap.free(span, 1, &f.map) };
+            }
+            f.check(&live);
+            let st = f.heap.stats();
+            prop_assert_eq!(st.free, st.mapped, "everything is free again");
+            prop_assert_eq!(f.heap.records_in_use(), f.heap.by_length.iter().map(SpanList::len).sum::<usize>() + f.heap.long_runs.len());
+        }
+    }
+
+    #[test]
+    fn failing_source_gives_none_and_leaks_nothing() {
+        let mut f = Fixture::new();
+        let class = SizeClass::LARGE;
+        let (a, _) = f
+            .heap
+            .alloc(Pages(10), Pages(1), class, &f.map, &f.source)
+            .unwrap();
+        let before = f.heap.stats();
+        let records = f.heap.records_in_use();
+        f.source.fail_after(0);
+        // Larger than anything free: the heap must grow, and cannot.
+        assert!(
+            f.heap
+                .alloc(Pages(1000), Pages(1), class, &f.map, &f.source)
+                .is_none()
+        );
+        assert!(
+            f.heap
+                .alloc(Pages(10), Pages(1 << 12), class, &f.map, &f.source)
+                .is_none()
+        );
+        assert_eq!(
+            f.heap.stats(),
+            before,
+            "a failed allocation changes nothing"
+        );
+        assert_eq!(f.heap.records_in_use(), records);
+        f.check(&[(a, class)]);
+        f.source.heal();
+        let (b, _) = f
+            .heap
+            .alloc(Pages(1000), Pages(1), class, &f.map, &f.source)
+            .unwrap();
+        f.check(&[(a, class), (b, class)]);
+        // SAFETY: live spans, freed once.
+        unsafe {
+            f.heap.free(a, 1, &f.map);
+            f.heap.free(b, 1, &f.map);
+        }
+        f.check(&[]);
+        assert_eq!(f.heap.stats().free, f.heap.stats().mapped);
+    }
+
+    #[test]
+    fn neighbours_coalesce_into_one_run() {
+        let mut f = Fixture::new();
+        let spans: Vec<_> = (0..5)
+            .map(|_| {
+                f.heap
+                    .alloc(Pages(3), Pages(1), SizeClass::LARGE, &f.map, &f.source)
+                    .unwrap()
+                    .0
+            })
+            .collect();
+        // Free in an order that merges left, right and both.
+        for i in [1, 3, 2, 0, 4] {
+            // SAFETY: live spans, freed once.
+            unsafe { f.heap.free(spans[i], 1, &f.map) };
+            f.heap.check_invariants(&f.map);
+        }
+        let runs: usize =
+            f.heap.by_length.iter().map(SpanList::len).sum::<usize>() + f.heap.long_runs.len();
+        assert_eq!(runs, 1, "one mapping, all free: a single run");
     }
 }

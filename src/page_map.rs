@@ -14,7 +14,7 @@
 
 use crate::pages::{PAGE_SHIFT, PAGE_SIZE, PageId, Pages};
 use crate::span::Span;
-use crate::sync::{AtomicPtr, Ordering};
+use crate::sync::{AtomicPtr, AtomicUsize, Ordering};
 use crate::sys::PageSource;
 use core::ptr::null_mut;
 
@@ -26,25 +26,70 @@ const LEAF_BITS: u32 = LEAF_SPAN_BITS - PAGE_SHIFT;
 const ROOT_LEN: usize = 1 << ROOT_BITS;
 const LEAF_LEN: usize = 1 << LEAF_BITS;
 
+#[cfg(not(loom))]
 type Leaf = [AtomicPtr<Span>; LEAF_LEN];
+#[cfg(not(loom))]
 type Root = [AtomicPtr<Leaf>; ROOT_LEN];
+#[cfg(loom)]
+type Leaf = loom_node::Node<Span, { loom_node::LEAF_SLOTS }>;
+#[cfg(loom)]
+type Root = loom_node::Node<Leaf, { loom_node::ROOT_SLOTS }>;
+
+/// Under loom a node is a few loom atomics, made by loom (written into the node's memory
+/// after it is mapped) rather than read from zeroed memory, and an index folds onto them
+/// (index mod slots). The models' pages are one mapping of at most 256 pages, so folding
+/// gives each of them, and each neighbour the page heap looks up, a slot of its own.
+#[cfg(loom)]
+mod loom_node {
+    use crate::sync::AtomicPtr;
+    use core::ptr::null_mut;
+
+    pub(super) const ROOT_SLOTS: usize = 2;
+    pub(super) const LEAF_SLOTS: usize = 264;
+
+    pub(super) struct Node<T, const N: usize>([AtomicPtr<T>; N]);
+
+    impl<T, const N: usize> Node<T, N> {
+        pub(super) fn new() -> Self {
+            Node(core::array::from_fn(|_| AtomicPtr::new(null_mut())))
+        }
+    }
+
+    impl<T, const N: usize> core::ops::Index<usize> for Node<T, N> {
+        type Output = AtomicPtr<T>;
+        fn index(&self, i: usize) -> &AtomicPtr<T> {
+            &self.0[i % N]
+        }
+    }
+}
 
 /// Address to span.
 pub struct PageMap {
     root: AtomicPtr<Root>,
+    /// Bytes mapped for nodes (root and leaves). Written under the page heap lock.
+    node_bytes: AtomicUsize,
 }
 
+// Under loom, indexing a node calls `Index` on a reference to it: nodes are live and never
+// freed, so the reference is valid.
+#[cfg_attr(loom, allow(unknown_lints, dangerous_implicit_autorefs))]
 impl PageMap {
     /// An empty map; maps nothing until the first [`PageMap::ensure`].
     #[cfg(not(loom))]
     pub const fn new() -> PageMap {
-        PageMap { root: AtomicPtr::new(null_mut()) }
+        PageMap {
+            root: AtomicPtr::new(null_mut()),
+            node_bytes: AtomicUsize::new(0),
+        }
     }
 
     /// An empty map; maps nothing until the first [`PageMap::ensure`].
     #[cfg(loom)]
     pub fn new() -> PageMap {
-        PageMap { root: AtomicPtr::new(null_mut()) }
+        PageMap {
+            root: AtomicPtr::new(null_mut()),
+            node_bytes: AtomicUsize::new(0),
+        }
     }
 
     /// The span recorded for the page holding `addr`, or null. Lock-free. The result may be
@@ -86,6 +131,12 @@ impl PageMap {
                 Some(p) => p.as_ptr().cast(),
                 None => return false,
             };
+            #[cfg(loom)]
+            // SAFETY: fresh memory of the node's size from the source, not yet shared.
+            unsafe {
+                root.write(Root::new())
+            };
+            self.node_bytes.fetch_add(bytes, Ordering::Relaxed);
             // Release pairs with the Acquire in `lookup`.
             self.root.store(root, Ordering::Release);
         }
@@ -97,11 +148,22 @@ impl PageMap {
                 let Some(leaf) = source.map(bytes, PAGE_SIZE) else {
                     return false;
                 };
+                #[cfg(loom)]
+                // SAFETY: as for the root.
+                unsafe {
+                    leaf.as_ptr().cast::<Leaf>().write(Leaf::new())
+                };
+                self.node_bytes.fetch_add(bytes, Ordering::Relaxed);
                 // Release pairs with the Acquire in `lookup`: the leaf reads as null.
                 slot.store(leaf.as_ptr().cast(), Ordering::Release);
             }
         }
         true
+    }
+
+    /// Bytes mapped for the map's nodes (address space; only touched pages are resident).
+    pub fn node_bytes(&self) -> usize {
+        self.node_bytes.load(Ordering::Relaxed)
     }
 
     /// Records `span` for `page`, which [`PageMap::ensure`] has covered. Caller holds the page
@@ -153,7 +215,7 @@ mod tests {
         let source = FakePages::new();
         let map = PageMap::new();
         assert!(map.lookup(0x1234_5678).is_null());
-        let base = PageId(3 << (LEAF_SPAN_BITS - PAGE_SHIFT)) ; // 3 GiB
+        let base = PageId(3 << (LEAF_SPAN_BITS - PAGE_SHIFT)); // 3 GiB
         // A range straddling a GiB boundary.
         let start = PageId(base.0 - 2);
         assert!(map.ensure(start, Pages(4), &source));

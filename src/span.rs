@@ -312,12 +312,10 @@ impl Span {
             let new = offset_plus_one | (new_count << COUNT_SHIFT) | new_flags;
             // Release: publishes the link written into `obj` (and the caller's writes to the
             // object) to whoever takes the list with an Acquire swap/CAS.
-            match self.remote.compare_exchange_weak(
-                word,
-                new,
-                Ordering::Release,
-                Ordering::Relaxed,
-            ) {
+            match self
+                .remote
+                .compare_exchange_weak(word, new, Ordering::Release, Ordering::Relaxed)
+            {
                 Ok(_) => return action,
                 Err(seen) => word = seen,
             }
@@ -434,12 +432,10 @@ impl Span {
             } else {
                 word & !MOVING
             };
-            match self.remote.compare_exchange_weak(
-                word,
-                new,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
+            match self
+                .remote
+                .compare_exchange_weak(word, new, Ordering::Relaxed, Ordering::Relaxed)
+            {
                 Ok(_) => return count != 0,
                 Err(seen) => word = seen,
             }
@@ -611,7 +607,11 @@ unsafe impl Send for SpanList {}
 impl SpanList {
     /// An empty list that stamps its spans with `id`.
     pub const fn new(id: ListId) -> SpanList {
-        SpanList { head: null_mut(), len: 0, id }
+        SpanList {
+            head: null_mut(),
+            len: 0,
+            id,
+        }
     }
 
     /// Number of spans.
@@ -711,7 +711,14 @@ mod tests {
             let start = (mem.as_ptr() as usize).div_ceil(PAGE_SIZE) * PAGE_SIZE;
             let mut span = Box::new(core::mem::MaybeUninit::<Span>::uninit());
             // SAFETY: fresh memory.
-            unsafe { Span::init(span.as_mut_ptr(), PageId::containing(start), Pages(1), SpanKind::Unused) };
+            unsafe {
+                Span::init(
+                    span.as_mut_ptr(),
+                    PageId::containing(start),
+                    Pages(1),
+                    SpanKind::Unused,
+                )
+            };
             let t = TestSpan { _mem: mem, span };
             // SAFETY: not shared.
             unsafe { t.get().init_small(crate::size_class::class_of(64).unwrap()) };
@@ -759,7 +766,11 @@ mod tests {
                 if i == 5 || i == 6 {
                     continue;
                 }
-                let want = if i == 127 { RemoteAction::Release } else { RemoteAction::Nothing };
+                let want = if i == 127 {
+                    RemoteAction::Release
+                } else {
+                    RemoteAction::Nothing
+                };
                 assert_eq!(s.push_remote(t.obj(i)), want);
             }
             assert!(s.remote_word() & DEAD != 0);
@@ -830,14 +841,20 @@ mod tests {
             let word = t.obj(0).cast::<u64>().add(1).read();
             assert_eq!(word == crate::check::free_key(), crate::check::FREE_CHECKS);
             mark_allocated(t.obj(0));
-            assert_ne!(t.obj(0).cast::<u64>().add(1).read(), crate::check::free_key());
+            assert_ne!(
+                t.obj(0).cast::<u64>().add(1).read(),
+                crate::check::free_key()
+            );
         }
     }
 
     #[test]
     fn span_list_links() {
         let spans: Vec<TestSpan> = (0..3).map(|_| TestSpan::new()).collect();
-        let ptrs: Vec<*mut Span> = spans.iter().map(|t| t.get() as *const Span as *mut Span).collect();
+        let ptrs: Vec<*mut Span> = spans
+            .iter()
+            .map(|t| t.get() as *const Span as *mut Span)
+            .collect();
         let mut list = SpanList::new(ListId::Partial);
         // SAFETY: single-threaded; records are live.
         unsafe {

@@ -8,11 +8,15 @@
 //! contended path allocates, or `std::sync::Mutex` on some platforms): it spins with
 //! `crossbeam_utils::Backoff`, then sleeps on a Linux futex.
 
-#[cfg(not(loom))]
-pub use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize};
 pub use core::sync::atomic::Ordering;
+#[cfg(not(loom))]
+pub use core::sync::atomic::{
+    AtomicBool, AtomicI64, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize,
+};
 #[cfg(loom)]
-pub use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize};
+pub use loom::sync::atomic::{
+    AtomicBool, AtomicI64, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize,
+};
 
 use core::ops::{Deref, DerefMut};
 
@@ -30,13 +34,17 @@ impl<T> GuardedCell<T> {
     /// A cell holding `value`.
     #[cfg(not(loom))]
     pub const fn new(value: T) -> Self {
-        GuardedCell { inner: core::cell::UnsafeCell::new(value) }
+        GuardedCell {
+            inner: core::cell::UnsafeCell::new(value),
+        }
     }
 
     /// A cell holding `value`.
     #[cfg(loom)]
     pub fn new(value: T) -> Self {
-        GuardedCell { inner: loom::cell::UnsafeCell::new(value) }
+        GuardedCell {
+            inner: loom::cell::UnsafeCell::new(value),
+        }
     }
 
     /// Calls `f` with a shared pointer to the contents.
@@ -120,13 +128,19 @@ impl<T> Lock<T> {
     /// An unlocked lock holding `value`.
     #[cfg(not(loom))]
     pub const fn new(value: T) -> Self {
-        Lock { state: AtomicU32::new(UNLOCKED), value: GuardedCell::new(value) }
+        Lock {
+            state: AtomicU32::new(UNLOCKED),
+            value: GuardedCell::new(value),
+        }
     }
 
     /// An unlocked lock holding `value`.
     #[cfg(loom)]
     pub fn new(value: T) -> Self {
-        Lock { state: AtomicU32::new(UNLOCKED), value: GuardedCell::new(value) }
+        Lock {
+            state: AtomicU32::new(UNLOCKED),
+            value: GuardedCell::new(value),
+        }
     }
 
     /// Takes the lock, waiting as long as it takes.
@@ -134,6 +148,16 @@ impl<T> Lock<T> {
     pub fn lock(&self) -> LockGuard<'_, T> {
         self.raw_lock();
         LockGuard { lock: self }
+    }
+
+    /// Takes the lock if it is free right now.
+    #[inline]
+    pub fn try_lock(&self) -> Option<LockGuard<'_, T>> {
+        // Acquire pairs with the Release in `raw_unlock` of the previous holder.
+        self.state
+            .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| LockGuard { lock: self })
     }
 
     /// Takes the lock without making a guard; for `fork` handlers, which take every lock in
@@ -165,7 +189,9 @@ impl<T> Lock<T> {
             {
                 return;
             }
-            if backoff.is_completed() {
+            // Under loom one round of spinning stands for all of them (each round is the
+            // same load and compare-and-swap), to keep the models small.
+            if backoff.is_completed() || cfg!(loom) {
                 break;
             }
             backoff.snooze();
@@ -266,13 +292,52 @@ fn futex_wake(state: &AtomicU32) {
     }
 }
 
+/// Under loom, a model of the futex that keeps its contract, so that a lost wakeup shows as
+/// a deadlock: `futex_wait` checks the value and goes to sleep atomically with respect to
+/// `futex_wake` (both under one loom mutex, as the kernel uses its hash-bucket lock), and
+/// `futex_wake` wakes exactly one sleeper on that address.
 #[cfg(loom)]
-fn futex_wait(_state: &AtomicU32, _expected: u32) {
-    loom::thread::yield_now();
+mod futex_model {
+    use loom::sync::{Condvar, Mutex};
+
+    /// Sleepers as (address, ticket), oldest first, and the next ticket.
+    pub(super) struct Futexes {
+        pub(super) sleepers: Mutex<(Vec<(usize, u64)>, u64)>,
+        pub(super) woken: Condvar,
+    }
+
+    loom::lazy_static! {
+        pub(super) static ref FUTEXES: Futexes =
+            Futexes { sleepers: Mutex::new((Vec::new(), 0)), woken: Condvar::new() };
+    }
 }
 
 #[cfg(loom)]
-fn futex_wake(_state: &AtomicU32) {}
+fn futex_wait(state: &AtomicU32, expected: u32) {
+    let f = &*futex_model::FUTEXES;
+    let addr = state as *const AtomicU32 as usize;
+    let mut g = f.sleepers.lock().unwrap();
+    if state.load(Ordering::Relaxed) != expected {
+        return;
+    }
+    let ticket = g.1;
+    g.1 += 1;
+    g.0.push((addr, ticket));
+    while g.0.iter().any(|&(_, t)| t == ticket) {
+        g = f.woken.wait(g).unwrap();
+    }
+}
+
+#[cfg(loom)]
+fn futex_wake(state: &AtomicU32) {
+    let f = &*futex_model::FUTEXES;
+    let addr = state as *const AtomicU32 as usize;
+    let mut g = f.sleepers.lock().unwrap();
+    if let Some(i) = g.0.iter().position(|&(a, _)| a == addr) {
+        g.0.remove(i);
+        f.woken.notify_all();
+    }
+}
 
 #[cfg(all(test, not(loom)))]
 mod tests {

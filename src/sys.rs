@@ -37,10 +37,14 @@ pub unsafe trait PageSource: Sync {
     fn os_page_size(&self) -> usize;
 }
 
-/// Milliseconds since an arbitrary fixed point (CLOCK_MONOTONIC, through the vDSO).
+/// Milliseconds since an arbitrary fixed point, never 0. `CLOCK_MONOTONIC_COARSE` through
+/// the vDSO: a few nanoseconds, a few milliseconds of resolution, ample for decay.
 pub fn monotonic_ms() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid timespec to write.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000 + 1
 }

@@ -33,7 +33,12 @@ pub struct Bin {
 }
 
 impl Bin {
-    const EMPTY: Bin = Bin { free: null_mut(), start: 0, len: 0, span: null_mut() };
+    const EMPTY: Bin = Bin {
+        free: null_mut(),
+        start: 0,
+        len: 0,
+        span: null_mut(),
+    };
 }
 
 /// A thread's cache: one owned span per size class.
@@ -55,7 +60,9 @@ fn carve_batch(class: SizeClass) -> usize {
 impl ThreadCache {
     /// A cache with no spans.
     pub const fn new() -> ThreadCache {
-        ThreadCache { bins: [Bin::EMPTY; CLASS_COUNT] }
+        ThreadCache {
+            bins: [Bin::EMPTY; CLASS_COUNT],
+        }
     }
 
     #[inline(always)]
@@ -135,6 +142,7 @@ impl ThreadCache {
             }
             self.give_back(heap, class);
         }
+        heap.maybe_release();
         let Some((span, list)) = heap.central(class).cache_span(class, &heap.backing()) else {
             return null_mut();
         };
@@ -147,7 +155,12 @@ impl ThreadCache {
             list
         };
         debug_assert!(!free.is_null(), "a lent span has a free object");
-        *self.bin(class) = Bin { free, start: s.start_addr(), len: s.bytes(), span: span.as_ptr() };
+        *self.bin(class) = Bin {
+            free,
+            start: s.start_addr(),
+            len: s.bytes(),
+            span: span.as_ptr(),
+        };
         self.pop(class)
     }
 
@@ -158,7 +171,10 @@ impl ThreadCache {
             // SAFETY: the local list holds free objects of the span only.
             let count = unsafe { span::list_len(bin.free) };
             // SAFETY: we owned the span and give it up with all our free objects of it.
-            unsafe { heap.central(class).uncache_span(span, bin.free, count, &heap.backing()) };
+            unsafe {
+                heap.central(class)
+                    .uncache_span(span, bin.free, count, &heap.backing())
+            };
         }
     }
 
@@ -168,17 +184,21 @@ impl ThreadCache {
         for class in SizeClass::all() {
             self.give_back(heap, class);
         }
+        heap.maybe_release();
     }
 
-    /// Free objects held in owned spans (local lists and never-used tails), by class, for
-    /// statistics: `(class, objects)` pairs for every bin that owns a span.
-    pub fn held_objects(&self) -> impl Iterator<Item = (SizeClass, usize)> + '_ {
+    /// For every owned span, its class and its free objects (local list, never-used tail,
+    /// and frees from other threads not yet collected), for statistics.
+    pub fn owned_spans(&self) -> impl Iterator<Item = (SizeClass, usize)> + '_ {
         SizeClass::all().filter_map(move |class| {
             let bin = &self.bins[class.index()];
-            // SAFETY: the list belongs to this cache; the span is owned by it.
+            // SAFETY: the list belongs to this cache and the span is owned by it, so this
+            // thread guards `bump`; the remote count is read atomically.
             NonNull::new(bin.span).map(|s| unsafe {
-                let tail = class.objects() - s.as_ref().bump.get() as usize;
-                (class, span::list_len(bin.free) + tail)
+                let s = s.as_ref();
+                let tail = class.objects() - s.bump.get() as usize;
+                let remote = Span::owned_remote_len(s.remote_word());
+                (class, span::list_len(bin.free) + tail + remote)
             })
         })
     }
@@ -358,7 +378,11 @@ unsafe fn carve(span: NonNull<Span>, class: SizeClass) -> *mut u8 {
     let first = s.start_addr() + bump * size;
     for i in 0..n {
         let obj = (first + i * size) as *mut u8;
-        let next = if i + 1 < n { (first + (i + 1) * size) as *mut u8 } else { null_mut() };
+        let next = if i + 1 < n {
+            (first + (i + 1) * size) as *mut u8
+        } else {
+            null_mut()
+        };
         // SAFETY: never-used objects of our owned span.
         unsafe { span::set_next_free(obj, next) };
     }
@@ -375,7 +399,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn heap() -> Box<Heap<FakePages>> {
-        Box::new(Heap::with_page_heap(FakePages::new(), PageHeap::with_grow_bytes(4 << 20)))
+        Box::new(Heap::with_page_heap(
+            FakePages::new(),
+            PageHeap::with_grow_bytes(4 << 20),
+        ))
     }
 
     /// A tiny deterministic generator (xorshift), so failures replay.
@@ -402,7 +429,10 @@ mod tests {
                 assert!(b + bs.max(1) <= a, "new block {a:#x} overlaps {b:#x}+{bs}");
             }
             if let Some((&b, _)) = self.0.range(a..).next() {
-                assert!(a + size.max(1) <= b, "new block {a:#x}+{size} overlaps {b:#x}");
+                assert!(
+                    a + size.max(1) <= b,
+                    "new block {a:#x}+{size} overlaps {b:#x}"
+                );
             }
             // SAFETY: a fresh block of `size` bytes.
             unsafe { core::ptr::write_bytes(p, fill, size) };
@@ -412,7 +442,10 @@ mod tests {
             let (size, fill) = self.0[&a];
             // SAFETY: a live block.
             let bytes = unsafe { core::slice::from_raw_parts(a as *const u8, size) };
-            assert!(bytes.iter().all(|&b| b == fill), "block {a:#x}+{size} corrupted");
+            assert!(
+                bytes.iter().all(|&b| b == fill),
+                "block {a:#x}+{size} corrupted"
+            );
         }
     }
 
@@ -439,7 +472,8 @@ mod tests {
                 let p = if rng.below(4) == 0 {
                     let p = cache.alloc_zeroed(&heap, size, align);
                     // SAFETY: a fresh block of `size` bytes.
-                    assert!(unsafe { core::slice::from_raw_parts(p, size) }.iter().all(|&b| b == 0));
+                    let bytes = unsafe { core::slice::from_raw_parts(p, size) };
+                    assert!(bytes.iter().all(|&b| b == 0));
                     p
                 } else {
                     cache.alloc(&heap, size, align)
@@ -464,7 +498,10 @@ mod tests {
                     // SAFETY: the first `kept` bytes were kept.
                     let bytes = unsafe { core::slice::from_raw_parts(p, kept) };
                     let fill = bytes.first().copied().unwrap_or(0);
-                    assert!(bytes.iter().all(|&b| b == fill), "realloc kept the contents");
+                    assert!(
+                        bytes.iter().all(|&b| b == fill),
+                        "realloc kept the contents"
+                    );
                     shadow.add(p, new_size, step as u8);
                     live.push((p as usize, new_size, align));
                 } else if rng.below(2) == 0 {
@@ -492,5 +529,136 @@ mod tests {
         assert_eq!(st.small_spans, 0, "every span is back in the page heap");
         assert_eq!(st.large_in_use, 0);
         assert_eq!(st.free, st.mapped);
+    }
+
+    /// Objects in use per class according to the central lists (all caches flushed).
+    fn in_use_by_class(heap: &Heap<FakePages>) -> Vec<usize> {
+        SizeClass::all()
+            .map(|c| heap.central_stats(c).unowned_in_use)
+            .collect()
+    }
+
+    #[test]
+    fn caches_trading_objects_keep_every_count_exact() {
+        let heap = heap();
+        let mut caches: Vec<ThreadCache> = (0..4).map(|_| ThreadCache::new()).collect();
+        let mut rng = Rng(12345);
+        let mut live: Vec<(usize, usize)> = Vec::new(); // (addr, size)
+        for round in 0..30 {
+            for _ in 0..3000 {
+                let who = rng.below(4) as usize;
+                if live.is_empty() || rng.below(100) < 60 {
+                    let size = 1 + rng.below(3000) as usize;
+                    let p = caches[who].alloc(&heap, size, 8);
+                    live.push((p as usize, size));
+                } else {
+                    // Freed by a random cache: usually not the owner, so a remote free.
+                    let (a, size) = live.swap_remove(rng.below(live.len() as u64) as usize);
+                    // SAFETY: a live object, freed once.
+                    unsafe { caches[who].dealloc(&heap, a as *mut u8, size, 8) };
+                }
+            }
+            // Give back: some caches flush (thread exit), the others keep their spans.
+            for (i, cache) in caches.iter_mut().enumerate() {
+                if (i + round) % 2 == 0 {
+                    cache.flush(&heap);
+                }
+            }
+            heap.check_invariants();
+        }
+        for cache in caches.iter_mut() {
+            cache.flush(&heap);
+        }
+        heap.check_invariants();
+        let mut want = vec![0usize; CLASS_COUNT - 1];
+        for &(_, size) in &live {
+            want[size_class::class_of(size).unwrap().index() - 1] += 1;
+        }
+        assert_eq!(
+            in_use_by_class(&heap),
+            want,
+            "objects in use per class are exact"
+        );
+        for (a, size) in live.drain(..) {
+            // SAFETY: live objects, freed once.
+            unsafe { caches[0].dealloc(&heap, a as *mut u8, size, 8) };
+        }
+        caches[0].flush(&heap);
+        heap.check_invariants();
+        assert!(in_use_by_class(&heap).iter().all(|&n| n == 0));
+        assert_eq!(
+            heap.page_heap_stats().small_spans,
+            0,
+            "every span back in the page heap"
+        );
+    }
+
+    #[test]
+    fn caches_on_threads_passing_objects_keep_every_count_exact() {
+        let heap: &'static Heap<FakePages> = Box::leak(heap());
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(usize, usize)>>(4);
+        let producer = std::thread::spawn(move || {
+            let mut cache = ThreadCache::new();
+            let mut rng = Rng(99);
+            for _ in 0..200 {
+                let batch: Vec<_> = (0..500)
+                    .map(|_| {
+                        let size = 1 + rng.below(2000) as usize;
+                        let p = cache.alloc(heap, size, 8);
+                        // SAFETY: a fresh object of `size` bytes.
+                        unsafe { p.write_bytes(size as u8, size) };
+                        (p as usize, size)
+                    })
+                    .collect();
+                tx.send(batch).unwrap();
+            }
+            cache.flush(heap);
+        });
+        let consumer = std::thread::spawn(move || {
+            let mut cache = ThreadCache::new();
+            for batch in rx {
+                for (a, size) in batch {
+                    // SAFETY: the producer's object, now ours.
+                    let bytes = unsafe { core::slice::from_raw_parts(a as *const u8, size) };
+                    assert!(bytes.iter().all(|&b| b == size as u8), "contents kept");
+                    // SAFETY: freed once.
+                    unsafe { cache.dealloc(heap, a as *mut u8, size, 8) };
+                }
+            }
+            cache.flush(heap);
+        });
+        producer.join().unwrap();
+        consumer.join().unwrap();
+        heap.check_invariants();
+        assert!(in_use_by_class(heap).iter().all(|&n| n == 0));
+        assert_eq!(heap.page_heap_stats().small_spans, 0);
+    }
+
+    #[test]
+    fn failing_source_gives_null_and_the_heap_stays_sound() {
+        let heap = heap();
+        let mut cache = ThreadCache::new();
+        let keep: Vec<_> = (0..100).map(|_| cache.alloc(&heap, 200, 8)).collect();
+        heap.source().fail_after(0);
+        let mut got = Vec::new();
+        loop {
+            let p = cache.alloc(&heap, 200, 8);
+            if p.is_null() {
+                break;
+            }
+            got.push(p);
+        }
+        assert!(cache.alloc(&heap, 100_000, 8).is_null(), "large fails too");
+        assert!(cache.alloc_zeroed(&heap, 5000, 8).is_null());
+        heap.check_invariants();
+        heap.source().heal();
+        assert!(!cache.alloc(&heap, 100_000, 8).is_null(), "and recovers");
+        for p in keep.into_iter().chain(got) {
+            // SAFETY: live objects, freed once.
+            unsafe { cache.free(&heap, p) };
+        }
+        cache.flush(&heap);
+        heap.check_invariants();
+        assert_eq!(heap.page_heap_stats().small_spans, 0);
     }
 }

@@ -66,7 +66,9 @@ unsafe impl PageSource for FakePages {
         }
         let layout = std::alloc::Layout::from_size_align(bytes, align).ok()?;
         // SAFETY: `bytes` is non-zero (a multiple of the page size, never zero here).
-        let ptr = NonNull::new(unsafe { std::alloc::GlobalAlloc::alloc_zeroed(&std::alloc::System, layout) })?;
+        let ptr = NonNull::new(unsafe {
+            std::alloc::GlobalAlloc::alloc_zeroed(&std::alloc::System, layout)
+        })?;
         self.mapped.fetch_add(bytes, Ordering::Relaxed);
         self.maps.fetch_add(1, Ordering::Relaxed);
         Some(ptr)

@@ -2,8 +2,11 @@
 //! overview. This file is the only code in the crate that names `libc` memory calls.
 
 use super::PageSource;
-use crate::sync::{AtomicUsize, Ordering};
+use crate::sync::Ordering;
+// A cached constant, not part of any protocol: core's atomic even under loom, whose atomics
+// cannot live in a static.
 use core::ptr::NonNull;
+use core::sync::atomic::AtomicUsize;
 
 /// Pages straight from the kernel.
 #[derive(Debug, Default, Clone, Copy)]

@@ -1,0 +1,135 @@
+//! Statistics: where every mapped byte is. See `lib.rs` for an overview.
+//!
+//! A snapshot is computed by walking the tiers under their locks (each central list, then
+//! the page heap), so the fast paths keep no shared counter. Spans owned by other threads'
+//! caches cannot be looked into (their free lists belong to those threads): they are
+//! reported whole, as [`Stats::other_thread_caches`]. After every live thread has called
+//! [`crate::flush_thread_cache`] (threads that exited are flushed already) no span is
+//! owned and every figure is exact; the calling thread's own cache is always exact.
+
+use crate::heap::Heap;
+use crate::size_class::{CLASS_COUNT, SizeClass};
+use crate::sys::PageSource;
+use crate::thread_cache::ThreadCache;
+
+/// One size class.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClassStats {
+    /// Bytes per object.
+    pub object_size: usize,
+    /// Spans of the class, wherever they are.
+    pub spans: usize,
+    /// Objects handed out (in spans this snapshot can see into).
+    pub objects_in_use: usize,
+    /// Free objects (in spans this snapshot can see into).
+    pub free_objects: usize,
+    /// Spans owned by other threads' caches, not looked into.
+    pub other_cached_spans: usize,
+}
+
+/// A snapshot of the allocator. The byte fields other than `mapped` and `metadata` add up
+/// to `mapped`: `in_use + thread_cache + other_thread_caches + central + span_overhead +
+/// page_heap_free + released == mapped`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// Bytes in objects the program holds, counted at their class size (small) or whole
+    /// pages (large): what a request was rounded up to, not what it asked for.
+    pub in_use: usize,
+    /// Of which in large objects.
+    pub large_in_use: usize,
+    /// Free object bytes in the calling thread's cache and the orphan cache (their owned
+    /// spans).
+    pub thread_cache: usize,
+    /// Bytes of whole spans owned by other threads' caches (their used and free objects).
+    pub other_thread_caches: usize,
+    /// Free object bytes in spans no thread owns (central lists).
+    pub central: usize,
+    /// Bytes of small spans past their last whole object.
+    pub span_overhead: usize,
+    /// Free page-heap bytes that may be resident (not yet given back to the OS).
+    pub page_heap_free: usize,
+    /// Free page-heap bytes given back to the OS (`MADV_DONTNEED`).
+    pub released: usize,
+    /// Bytes mapped for spans: the sum of the fields above.
+    pub mapped: usize,
+    /// Bytes mapped for metadata: span records and page-map nodes (address space; page-map
+    /// leaves are touched only where used).
+    pub metadata: usize,
+    /// Bytes given back to the OS over the process's life.
+    pub released_total: usize,
+    /// By size class (index 0, the large marker, is unused).
+    pub classes: [ClassStats; CLASS_COUNT],
+}
+
+/// Takes a snapshot of `heap`, looking into the caches in `own` (the calling thread's, and
+/// any other the caller holds exclusively, such as the orphan cache under its lock).
+pub fn snapshot<S: PageSource>(heap: &Heap<S>, own: &[&ThreadCache]) -> Stats {
+    let mut st = Stats {
+        in_use: 0,
+        large_in_use: 0,
+        thread_cache: 0,
+        other_thread_caches: 0,
+        central: 0,
+        span_overhead: 0,
+        page_heap_free: 0,
+        released: 0,
+        mapped: 0,
+        metadata: 0,
+        released_total: 0,
+        classes: [ClassStats::default(); CLASS_COUNT],
+    };
+    let mut own_held = [0usize; CLASS_COUNT];
+    let mut own_spans = [0usize; CLASS_COUNT];
+    for cache in own {
+        for (class, free) in cache.owned_spans() {
+            own_held[class.index()] += free;
+            own_spans[class.index()] += 1;
+        }
+    }
+    for class in SizeClass::all() {
+        let c = heap.central_stats(class);
+        let size = class.size();
+        let span_bytes = class.pages().bytes();
+        let cap = class.objects();
+        let unlisted = c.spans - c.partial_spans - c.full_spans;
+        // Unlisted spans are owned (by us or others), or in transit between a list and the
+        // page heap (only while another thread is mid-free: never on a quiescent process).
+        let others = unlisted.saturating_sub(own_spans[class.index()]);
+        let own_free = own_held[class.index()];
+        let own_in_use = own_spans[class.index()] * cap - own_free;
+        st.classes[class.index()] = ClassStats {
+            object_size: size,
+            spans: c.spans,
+            objects_in_use: c.unowned_in_use + own_in_use,
+            free_objects: c.unowned_free + own_free,
+            other_cached_spans: others,
+        };
+        st.in_use += (c.unowned_in_use + own_in_use) * size;
+        st.thread_cache += own_free * size;
+        st.central += c.unowned_free * size;
+        st.other_thread_caches += others * span_bytes;
+        st.span_overhead += (c.spans - others) * (span_bytes - cap * size);
+    }
+    let ph = heap.page_heap_stats();
+    st.large_in_use = ph.large_in_use;
+    st.in_use += ph.large_in_use;
+    st.page_heap_free = ph.free_resident;
+    st.released = ph.free - ph.free_resident;
+    st.mapped = ph.mapped;
+    st.metadata = ph.metadata + heap.page_map().node_bytes();
+    st.released_total = ph.released_total;
+    st
+}
+
+impl Stats {
+    /// The sum of the parts, which equals `mapped` on a quiescent process.
+    pub fn parts(&self) -> usize {
+        self.in_use
+            + self.thread_cache
+            + self.other_thread_caches
+            + self.central
+            + self.span_overhead
+            + self.page_heap_free
+            + self.released
+    }
+}
