@@ -389,9 +389,13 @@ pub mod raw {
     /// alignment, and is not used afterwards.
     #[inline(always)]
     pub unsafe fn dealloc(ptr: *mut u8, size: usize, align: usize) {
-        if size <= SMALL_STEP_LIMIT && align <= MIN_ALIGN {
+        // No alignment test: an object allocated with a larger alignment may belong to
+        // another class than `class_of_small(size)`, but then it is not in this class's
+        // owned span, and the range check sends it to the slow path.
+        if size <= SMALL_STEP_LIMIT {
             let class = size_class::class_of_small(size);
-            // SAFETY: our own slot; per the caller, `ptr` is an object of `class`.
+            // SAFETY: our own slot; `push_if_owned` pushes `ptr` only if it lies in the span
+            // this thread owns for `class`, so it is an object of that class we gave out.
             if unsafe { (*local()).cache.push_if_owned(ptr, class) } {
                 return;
             }

@@ -58,18 +58,24 @@ fn spawn<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> thread::J
     thread::Builder::new().stack_size(1 << 20).spawn(f).unwrap()
 }
 
+/// Touches `word` with a read-modify-write that changes nothing, so that loom explores the
+/// other threads' compare-and-swaps on it both before and after this point.
+///
+/// loom 0.7's partial-order reduction remembers only the last access to each atomic: when a
+/// thread loads a word and then compare-and-swaps it, the compare-and-swap is checked only
+/// against that thread's own load, so a plain load by another thread earlier (the owner's
+/// "is the remote list empty?") is never reordered after it, and the interleaving where the
+/// free comes first is never run. A load conflicts with an earlier read-modify-write, so a
+/// probe just before such a load makes loom try the other threads first.
+fn probe(word: &crate::sync::AtomicU64) {
+    word.fetch_or(0, Ordering::Relaxed);
+}
+
 /// A pointer that may cross threads (objects handed from one thread to another).
 #[derive(Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
 struct Obj(*mut u8);
 // SAFETY: an object address; the models hand each object to one thread at a time.
 unsafe impl Send for Obj {}
-
-impl Obj {
-    /// The address (a method, so that a closure captures the whole `Obj`, which is `Send`).
-    fn ptr(self) -> *mut u8 {
-        self.0
-    }
-}
 
 /// A page source over the system allocator that frees everything when dropped (a model runs
 /// thousands of executions). Its first mapping of [`MAP_ALIGN`] bytes is an arena reserved
@@ -133,16 +139,64 @@ impl Drop for ModelPages {
 
 type ModelHeap = Heap<ModelPages>;
 
-/// A heap over a fresh [`ModelPages`] that grows one arena at a time, with a fixed clock and
-/// no time-based release (a model must behave the same way in every execution).
-fn new_heap() -> Arc<ModelHeap> {
-    let heap = Arc::new(Heap::with_page_heap(
-        ModelPages::new(),
-        PageHeap::with_grow_bytes(MAP_ALIGN),
-    ));
-    heap.set_fake_now(1);
-    heap.set_decay_ms(-1);
-    heap
+/// A heap shared by a model's threads, with the set of objects handed out (a plain set: loom
+/// runs one thread at a time, so it follows the real order of events). Every allocation and
+/// free of a heap model goes through it: an object handed out while it is still out, or a
+/// free of an object that is not out, fails at once.
+struct World {
+    heap: ModelHeap,
+    live: Mutex<BTreeSet<Obj>>,
+}
+
+impl World {
+    /// A heap over a fresh [`ModelPages`] that grows one arena at a time, with a fixed clock
+    /// and no time-based release (a model must do the same in every execution).
+    fn new() -> Arc<World> {
+        let heap = Heap::with_page_heap(ModelPages::new(), PageHeap::with_grow_bytes(MAP_ALIGN));
+        heap.set_fake_now(1);
+        heap.set_decay_ms(-1);
+        Arc::new(World { heap, live: Mutex::new(BTreeSet::new()) })
+    }
+
+    /// `cache` allocates an object of class `c`, which must not be out already.
+    fn alloc(&self, cache: &mut ThreadCache, c: SizeClass) -> Obj {
+        let o = Obj(cache.alloc(&self.heap, c.size(), 8));
+        assert!(!o.0.is_null());
+        assert!(self.live.lock().unwrap().insert(o), "object handed out while still out");
+        o
+    }
+
+    /// `cache` frees `o`, which must be out; the caller gives it up first.
+    fn free(&self, cache: &mut ThreadCache, o: Obj) {
+        assert!(self.live.lock().unwrap().remove(&o), "free of an object that is not out");
+        // SAFETY: handed out by this heap, and given up once (checked just above).
+        unsafe { cache.free(&self.heap, o.0) };
+    }
+
+    /// The span that holds `o`, from the page map.
+    fn span_of(&self, o: Obj) -> &Span {
+        let s = self.heap.page_map().lookup(o.0 as usize);
+        assert!(!s.is_null());
+        // SAFETY: page-map entries point to live span records.
+        unsafe { &*s }
+    }
+
+    /// The census at the end of a heap model, after every object has been freed and every
+    /// cache flushed: every span must be back in the page heap exactly once and the central
+    /// lists empty. A lost object keeps its span out of the page heap; a span released twice
+    /// stops the page heap (`fatal`, a panic under loom) or breaks its counters.
+    fn assert_all_back_in_page_heap(&self) {
+        assert!(self.live.lock().unwrap().is_empty(), "the model freed everything");
+        let heap = &self.heap;
+        heap.check_invariants();
+        let st = heap.page_heap_stats();
+        assert_eq!(st.small_spans, 0, "every small span is back in the page heap");
+        assert_eq!(st.large_in_use, 0);
+        assert_eq!(st.free, st.mapped, "the page heap holds every page it mapped, once");
+        for class in SizeClass::all() {
+            assert_eq!(heap.central_stats(class).spans, 0, "no span left with a central list");
+        }
+    }
 }
 
 /// A size class by object size, checked to have the shape a model relies on.
@@ -154,39 +208,6 @@ fn class(size: usize, objects: usize, pages: usize) -> SizeClass {
         "size class table changed"
     );
     c
-}
-
-/// The census at the end of a heap model: every object has been freed and every cache
-/// flushed, so every span must be back in the page heap exactly once and the central lists
-/// empty. A lost object keeps its span out of the page heap; a span released twice stops
-/// the page heap (`fatal`, a panic under loom) or breaks its counters.
-fn assert_all_back_in_page_heap(heap: &ModelHeap) {
-    heap.check_invariants();
-    let st = heap.page_heap_stats();
-    assert_eq!(
-        st.small_spans, 0,
-        "every small span is back in the page heap"
-    );
-    assert_eq!(st.large_in_use, 0);
-    assert_eq!(
-        st.free, st.mapped,
-        "the page heap holds every page it mapped, once"
-    );
-    for class in SizeClass::all() {
-        assert_eq!(
-            heap.central_stats(class).spans,
-            0,
-            "no span left with a central list"
-        );
-    }
-}
-
-/// The span that holds `obj`, from the page map.
-fn span_of(heap: &ModelHeap, obj: Obj) -> &Span {
-    let s = heap.page_map().lookup(obj.0 as usize);
-    assert!(!s.is_null());
-    // SAFETY: page-map entries point to live span records.
-    unsafe { &*s }
 }
 
 // -------------------------------------------------------------------------------------
@@ -345,19 +366,15 @@ fn remote_frees_race_owner(take: fn(&Span) -> *mut u8) {
     let s = Arc::new(OwnedSpan::new(class(2560, 3, 1)));
     let s1 = s.clone();
     let t1 = spawn(move || {
-        if std::env::var("DBG").is_ok() { eprintln!("t1 starts"); }
         assert_eq!(s1.free_remote(0), RemoteAction::Nothing);
-        if std::env::var("DBG").is_ok() { eprintln!("t1 pushed"); }
         assert_eq!(s1.free_remote(1), RemoteAction::Nothing);
     });
     let s2 = s.clone();
     let t2 = spawn(move || assert_eq!(s2.free_remote(2), RemoteAction::Nothing));
     let mut got = Vec::new();
-    if std::env::var("DBG").is_ok() { eprintln!("owner collects"); }
-    s.collect(take, &mut got);
-    s.collect(take, &mut got);
-    if std::env::var("DBG").is_ok() {
-        eprintln!("early {}", got.len());
+    for _ in 0..2 {
+        probe(&s.get().remote);
+        s.collect(take, &mut got);
     }
     t1.join().unwrap();
     t2.join().unwrap();
@@ -413,27 +430,22 @@ fn broken_relaxed_collection_is_caught() {
 #[test]
 fn central_hand_back_races_remote_frees() {
     model(2, || {
-        let heap = new_heap();
+        let w = World::new();
         let c = class(4096, 2, 1);
         let mut owner = ThreadCache::new();
-        let a = Obj(owner.alloc(&heap, c.size(), 8));
-        let b = Obj(owner.alloc(&heap, c.size(), 8));
-        assert!(!a.0.is_null() && !b.0.is_null() && a != b);
-        assert!(
-            core::ptr::eq(span_of(&heap, a), span_of(&heap, b)),
-            "one span"
-        );
-        let h = heap.clone();
-        let t_owner = spawn(move || owner.flush(&h));
+        let a = w.alloc(&mut owner, c);
+        let b = w.alloc(&mut owner, c);
+        assert!(core::ptr::eq(w.span_of(a), w.span_of(b)), "one span");
+        let w1 = w.clone();
+        let t_owner = spawn(move || owner.flush(&w1.heap));
         let frees: Vec<_> = [a, b]
             .into_iter()
             .map(|o| {
-                let h = heap.clone();
+                let w = w.clone();
                 spawn(move || {
                     let mut other = ThreadCache::new();
-                    // SAFETY: handed out once, freed once, by a cache that does not own it.
-                    unsafe { other.free(&h, o.ptr()) };
-                    other.flush(&h);
+                    w.free(&mut other, o);
+                    other.flush(&w.heap);
                 })
             })
             .collect();
@@ -441,7 +453,32 @@ fn central_hand_back_races_remote_frees() {
         for t in frees {
             t.join().unwrap();
         }
-        assert_all_back_in_page_heap(&heap);
+        w.assert_all_back_in_page_heap();
+    });
+}
+
+/// A span of a single object, handed out: its owner gives it back (full) while another
+/// thread frees the object. The free either lands on the owned span's remote list (then
+/// `disown` finds the span wholly free) or takes the full span's count to zero (DEAD at
+/// once: the freeing thread takes it off the full list and releases it).
+#[test]
+fn central_full_span_last_free() {
+    model(3, || {
+        let w = World::new();
+        let c = class(8192, 1, 1);
+        let mut owner = ThreadCache::new();
+        let a = w.alloc(&mut owner, c);
+        let w1 = w.clone();
+        let t_owner = spawn(move || owner.flush(&w1.heap));
+        let w2 = w.clone();
+        let t_free = spawn(move || {
+            let mut other = ThreadCache::new();
+            w2.free(&mut other, a);
+            other.flush(&w2.heap);
+        });
+        t_owner.join().unwrap();
+        t_free.join().unwrap();
+        w.assert_all_back_in_page_heap();
     });
 }
 
@@ -450,41 +487,36 @@ fn central_hand_back_races_remote_frees() {
 /// object remotely, which makes the span wholly free. Either the lender wins (the span is
 /// owned and the free goes to its remote list), or the free wins (DEAD: the lender must skip
 /// the span, even while it is still on the partial list waiting for the freeing thread to
-/// take the central lock, and grow a new one). The lender gets one object, distinct from the
-/// one still handed out; at the end everything is back in the page heap.
+/// take the central lock, and take a span from the page heap, possibly the same pages once
+/// the freeing thread has released them). The lender never gets an object that is still out.
 #[test]
 fn central_lends_while_last_free_arrives() {
     model(2, || {
-        let heap = new_heap();
+        let w = World::new();
         let c = class(4096, 2, 1);
         let mut first = ThreadCache::new();
-        let a = Obj(first.alloc(&heap, c.size(), 8));
-        let b = Obj(first.alloc(&heap, c.size(), 8));
-        // SAFETY: `b` is ours, freed once, into the span we own.
-        unsafe { first.free(&heap, b.0) };
-        first.flush(&heap);
-        assert_eq!(heap.central_stats(c).partial_spans, 1);
-        let h = heap.clone();
+        let a = w.alloc(&mut first, c);
+        let b = w.alloc(&mut first, c);
+        w.free(&mut first, b);
+        first.flush(&w.heap);
+        assert_eq!(w.heap.central_stats(c).partial_spans, 1);
+        let w1 = w.clone();
         let lender = spawn(move || {
             let mut cache = ThreadCache::new();
-            let got = Obj(cache.alloc(&h, c.size(), 8));
+            let got = w1.alloc(&mut cache, c);
             (cache, got)
         });
-        let h = heap.clone();
+        let w2 = w.clone();
         let freer = spawn(move || {
             let mut other = ThreadCache::new();
-            // SAFETY: handed out once, freed once.
-            unsafe { other.free(&h, a.ptr()) };
-            other.flush(&h);
+            w2.free(&mut other, a);
+            other.flush(&w2.heap);
         });
         let (mut cache, got) = lender.join().unwrap();
         freer.join().unwrap();
-        assert!(!got.0.is_null());
-        assert_ne!(got, a, "an object handed out is not lent again");
-        // SAFETY: ours, freed once.
-        unsafe { cache.free(&heap, got.0) };
-        cache.flush(&heap);
-        assert_all_back_in_page_heap(&heap);
+        w.free(&mut cache, got);
+        cache.flush(&w.heap);
+        w.assert_all_back_in_page_heap();
     });
 }
 
@@ -498,42 +530,34 @@ fn central_lends_while_last_free_arrives() {
 #[test]
 fn page_map_reader_never_sees_half_made_span() {
     model(3, || {
-        let heap = new_heap();
+        let w = World::new();
         let c = class(5120, 3, 2);
-        let arena = heap.source().arena;
-        let h = heap.clone();
+        let arena = w.heap.source().arena;
+        let w1 = w.clone();
         let writer = spawn(move || {
             let mut cache = ThreadCache::new();
-            let o = Obj(cache.alloc(&h, c.size(), 8));
+            let o = w1.alloc(&mut cache, c);
             (cache, o)
         });
-        let h = heap.clone();
+        let w2 = w.clone();
         let reader = spawn(move || {
             let addr = arena + PAGE_SIZE + 8;
-            let p = h.page_map().lookup(addr);
+            let p = w2.heap.page_map().lookup(addr);
             if !p.is_null() {
                 // SAFETY: page-map entries point to span records.
                 let s = unsafe { &*p };
                 assert_eq!(s.kind(), SpanKind::Small, "published span has its kind");
                 assert_eq!(s.class(), c, "published span has its class");
-                assert_eq!(
-                    (s.start_addr(), s.pages()),
-                    (arena, c.pages()),
-                    "and its range"
-                );
+                assert_eq!((s.start_addr(), s.pages()), (arena, c.pages()), "and its range");
                 assert!(s.contains(addr));
             }
         });
         let (mut cache, o) = writer.join().unwrap();
         reader.join().unwrap();
-        assert_eq!(
-            o.0 as usize, arena,
-            "the first object is at the arena's start"
-        );
-        // SAFETY: ours, freed once.
-        unsafe { cache.free(&heap, o.0) };
-        cache.flush(&heap);
-        assert_all_back_in_page_heap(&heap);
+        assert_eq!(o.0 as usize, arena, "the first object is at the arena's start");
+        w.free(&mut cache, o);
+        cache.flush(&w.heap);
+        w.assert_all_back_in_page_heap();
     });
 }
 
@@ -548,63 +572,67 @@ fn page_map_reader_never_sees_half_made_span() {
 #[test]
 fn thread_exit_flush_races_remote_free() {
     model(3, || {
-        let heap = new_heap();
+        let w = World::new();
         let c = class(2560, 3, 1);
         let mut exiting = ThreadCache::new();
-        let objs: Vec<Obj> = (0..3)
-            .map(|_| Obj(exiting.alloc(&heap, c.size(), 8)))
-            .collect();
-        let [a, b, kept] = [objs[0], objs[1], objs[2]];
-        // SAFETY: ours, freed once, into our own span: the local list.
-        unsafe { exiting.free(&heap, a.0) };
-        let h = heap.clone();
-        let t_exit = spawn(move || exiting.flush(&h));
-        let h = heap.clone();
+        let a = w.alloc(&mut exiting, c);
+        let b = w.alloc(&mut exiting, c);
+        let kept = w.alloc(&mut exiting, c);
+        w.free(&mut exiting, a);
+        let w1 = w.clone();
+        let t_exit = spawn(move || exiting.flush(&w1.heap));
+        let w2 = w.clone();
         let t_free = spawn(move || {
             let mut other = ThreadCache::new();
-            // SAFETY: handed out once, freed once.
-            unsafe { other.free(&h, b.ptr()) };
-            other.flush(&h);
+            w2.free(&mut other, b);
+            other.flush(&w2.heap);
         });
         t_exit.join().unwrap();
         t_free.join().unwrap();
-        let st = heap.central_stats(c);
+        let st = w.heap.central_stats(c);
         assert_eq!((st.spans, st.partial_spans, st.unowned_in_use), (1, 1, 1));
         let mut next = ThreadCache::new();
-        let got: BTreeSet<Obj> = (0..2)
-            .map(|_| Obj(next.alloc(&heap, c.size(), 8)))
-            .collect();
-        assert_eq!(
-            got,
-            BTreeSet::from([a, b]),
-            "exactly the two free objects, once each"
-        );
+        let got = BTreeSet::from([w.alloc(&mut next, c), w.alloc(&mut next, c)]);
+        assert_eq!(got, BTreeSet::from([a, b]), "exactly the two free objects, once each");
         for o in got.into_iter().chain([kept]) {
-            // SAFETY: each handed out once, freed once.
-            unsafe { next.free(&heap, o.0) };
+            w.free(&mut next, o);
         }
-        next.flush(&heap);
-        assert_all_back_in_page_heap(&heap);
+        next.flush(&w.heap);
+        w.assert_all_back_in_page_heap();
     });
 }
 
+/// As above with a third thread: the exiting cache gives the span back while the two
+/// objects it handed out are freed remotely by two threads, so the span can become wholly
+/// free in every way (at `disown`, or by either remote free, from the partial list). It goes
+/// back to the page heap exactly once.
 #[test]
-fn zz_scratch() {
-    model(3, || {
-        let f = Arc::new(crate::sync::AtomicBool::new(false));
-        let g = f.clone();
-        let t = spawn(move || g.store(true, Ordering::Relaxed));
-        let a = f.load(Ordering::Relaxed);
-        let b = f.load(Ordering::Relaxed);
-        eprintln!("seen {a} {b}");
-        t.join().unwrap();
-    });
-    loom::model(|| {
-        let f = Arc::new(crate::sync::AtomicBool::new(false));
-        let g = f.clone();
-        let t = loom::thread::spawn(move || g.store(true, Ordering::Relaxed));
-        let a = f.load(Ordering::Relaxed);
-        eprintln!("plain seen {a}");
-        t.join().unwrap();
+fn thread_exit_flush_races_two_remote_frees() {
+    model(2, || {
+        let w = World::new();
+        let c = class(2560, 3, 1);
+        let mut exiting = ThreadCache::new();
+        let a = w.alloc(&mut exiting, c);
+        let b = w.alloc(&mut exiting, c);
+        let d = w.alloc(&mut exiting, c);
+        w.free(&mut exiting, a);
+        let w1 = w.clone();
+        let t_exit = spawn(move || exiting.flush(&w1.heap));
+        let frees: Vec<_> = [b, d]
+            .into_iter()
+            .map(|o| {
+                let w = w.clone();
+                spawn(move || {
+                    let mut other = ThreadCache::new();
+                    w.free(&mut other, o);
+                    other.flush(&w.heap);
+                })
+            })
+            .collect();
+        t_exit.join().unwrap();
+        for t in frees {
+            t.join().unwrap();
+        }
+        w.assert_all_back_in_page_heap();
     });
 }

@@ -85,7 +85,6 @@ pub fn class_of_small(size: usize) -> SizeClass {
     debug_assert!(size <= SMALL_STEP_LIMIT);
     SizeClass(table::SIZE_TO_CLASS8[(size + 7) >> 3])
 }
-
 /// The class for a request of `size` bytes with no alignment beyond [`MIN_ALIGN`], or `None`
 /// when the request is large. `size` 0 is served as 1.
 #[inline(always)]

@@ -278,7 +278,7 @@ impl Span {
         let offset_plus_one = (obj as usize - start + 1) as u64;
         let capacity = self.capacity() as u64;
         // SAFETY: per the caller, an object of this span being given up.
-        unsafe { mark_freed(obj) };
+        unsafe { mark_freed(obj, crate::check::free_key()) };
         let mut word = self.remote.load(Ordering::Relaxed);
         loop {
             let head = decode_head(word, start);
@@ -500,16 +500,15 @@ fn decode_head(word: u64, start: usize) -> *mut u8 {
     }
 }
 
-/// Marks `obj` free: stops the process if it already carries the free key (a double free),
-/// then writes the key into its second word. Nothing when the free checks are off.
+/// Marks `obj` free: stops the process if it already carries the free `key` (a double
+/// free), then writes the key into its second word. Nothing when the free checks are off.
 ///
 /// # Safety
 /// `obj` is an object of at least [`crate::size_class::MIN_OBJECT_SIZE`] bytes that the
 /// caller gives up.
 #[inline(always)]
-pub unsafe fn mark_freed(obj: *mut u8) {
+pub unsafe fn mark_freed(obj: *mut u8, key: u64) {
     if crate::check::FREE_CHECKS {
-        let key = crate::check::free_key();
         // SAFETY: per the caller, the object has a second word and is ours to write.
         unsafe {
             let word = obj.cast::<u64>().add(1);
@@ -837,7 +836,7 @@ mod tests {
         let t = TestSpan::new();
         // SAFETY: an object of the span, freed once, then handed out again.
         unsafe {
-            mark_freed(t.obj(0));
+            mark_freed(t.obj(0), crate::check::free_key());
             let word = t.obj(0).cast::<u64>().add(1).read();
             assert_eq!(word == crate::check::free_key(), crate::check::FREE_CHECKS);
             mark_allocated(t.obj(0));

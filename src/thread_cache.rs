@@ -44,7 +44,11 @@ impl Bin {
 /// A thread's cache: one owned span per size class.
 #[repr(C)]
 pub struct ThreadCache {
+    /// First, at offset 0, so a bin's address is the cache's plus `class * 32`.
     bins: [Bin; CLASS_COUNT],
+    /// A copy of the double-free key (`check::free_key`), taken when the cache first gets a
+    /// span, so the free fast path reads it from the cache rather than a global.
+    key: u64,
 }
 
 // SAFETY: the cache only holds pointers to spans and objects it owns; moving it to another
@@ -62,6 +66,7 @@ impl ThreadCache {
     pub const fn new() -> ThreadCache {
         ThreadCache {
             bins: [Bin::EMPTY; CLASS_COUNT],
+            key: 0,
         }
     }
 
@@ -92,14 +97,16 @@ impl ThreadCache {
     /// that class. Returns whether it did. No atomic, no lock.
     ///
     /// # Safety
-    /// `ptr` is an object the caller gives up, allocated from this allocator with `class`.
+    /// `ptr` is an object the caller gives up, allocated from this allocator (with any
+    /// class: an object of another class is never in range).
     #[inline(always)]
     pub unsafe fn push_if_owned(&mut self, ptr: *mut u8, class: SizeClass) -> bool {
+        let key = self.key;
         let bin = self.bin(class);
         if (ptr as usize).wrapping_sub(bin.start) < bin.len {
             // SAFETY: the object is in our owned span and given up by the caller.
             unsafe {
-                span::mark_freed(ptr);
+                span::mark_freed(ptr, key);
                 span::set_next_free(ptr, bin.free);
             }
             bin.free = ptr;
@@ -143,6 +150,8 @@ impl ThreadCache {
             self.give_back(heap, class);
         }
         heap.maybe_release();
+        // Before the first span: from here on local frees are checked against the key.
+        self.key = crate::check::free_key();
         let Some((span, list)) = heap.central(class).cache_span(class, &heap.backing()) else {
             return null_mut();
         };
@@ -296,11 +305,12 @@ impl ThreadCache {
             Owner::Small(span) => {
                 // SAFETY: validated by `owner`: a live small span holding object `ptr`.
                 let class = unsafe { span.as_ref() }.class();
+                let key = self.key;
                 let bin = self.bin(class);
                 if bin.span == span.as_ptr() {
                     // SAFETY: an object of our owned span, given up by the caller.
                     unsafe {
-                        span::mark_freed(ptr);
+                        span::mark_freed(ptr, key);
                         span::set_next_free(ptr, bin.free);
                     }
                     bin.free = ptr;
