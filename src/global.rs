@@ -489,8 +489,9 @@ fn alloc_slow(size: usize, align: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 unsafe fn dealloc_slow(ptr: *mut u8, size: usize, align: usize) {
-    // SAFETY: per the caller of `raw::dealloc`.
-    unsafe { with_cache_for_free(|cache| cache.dealloc(&HEAP, ptr, size, align)) }
+    // SAFETY: per the caller of `raw::dealloc`. The fast path already tried the owned span
+    // of the size's class, so go straight to the page map (`dealloc_slow` of the cache).
+    unsafe { with_cache_for_free(|cache| cache.dealloc_slow(&HEAP, ptr, size, align)) }
 }
 
 /// Gives the calling thread's cached spans back to the central lists, so that memory this

@@ -34,6 +34,8 @@ pub struct Heap<S: PageSource> {
     source: S,
     /// A clock override for tests (0: use the real monotonic clock).
     fake_now: AtomicU64,
+    /// The last clock reading anyone made (see [`Heap::recent_now`]).
+    last_now: AtomicU64,
     /// Free pages unused this long (ms) go back to the OS; 0: at once; negative: never.
     decay_ms: AtomicI64,
     /// The clock time at or after which the next decay release is due.
@@ -69,6 +71,7 @@ impl<S: PageSource> Heap<S> {
             map: PageMap::new(),
             source,
             fake_now: AtomicU64::new(0),
+            last_now: AtomicU64::new(0),
             decay_ms: AtomicI64::new(DEFAULT_DECAY_MS),
             next_release_at: AtomicU64::new(0),
         }
@@ -83,6 +86,7 @@ impl<S: PageSource> Heap<S> {
             map: PageMap::new(),
             source,
             fake_now: AtomicU64::new(0),
+            last_now: AtomicU64::new(0),
             decay_ms: AtomicI64::new(DEFAULT_DECAY_MS),
             next_release_at: AtomicU64::new(0),
         }
@@ -112,7 +116,22 @@ impl<S: PageSource> Heap<S> {
     /// Milliseconds on the heap's clock (monotonic; a test may set it).
     pub fn now(&self) -> u64 {
         match self.fake_now.load(Ordering::Relaxed) {
-            0 => crate::sys::monotonic_ms(),
+            0 => {
+                let t = crate::sys::monotonic_ms();
+                self.last_now.store(t, Ordering::Relaxed);
+                t
+            }
+            t => t,
+        }
+    }
+
+    /// The last clock reading any thread made, without reading the clock: good enough to
+    /// stamp a freed run for decay on a path too hot for a clock read (a stale stamp only
+    /// makes the run eligible for release sooner).
+    #[inline]
+    pub fn recent_now(&self) -> u64 {
+        match self.fake_now.load(Ordering::Relaxed) {
+            0 => self.last_now.load(Ordering::Relaxed),
             t => t,
         }
     }
@@ -162,6 +181,7 @@ impl<S: PageSource> Heap<S> {
         let done = page_heap.release(
             now.saturating_sub(decay),
             RELEASE_BYTES_PER_STEP,
+            &self.map,
             &self.source,
         );
         // More may be due: come back at once. Otherwise in a quarter of the decay time, so a
@@ -190,7 +210,6 @@ impl<S: PageSource> Heap<S> {
         if size > isize::MAX as usize {
             return None;
         }
-        self.maybe_release();
         let pages = Pages::for_bytes(size.max(1))?;
         let align = Pages((align / PAGE_SIZE).max(1));
         let (span, zeroed) =
@@ -207,10 +226,18 @@ impl<S: PageSource> Heap<S> {
     /// # Safety
     /// `span` holds a large object the caller owns and gives up.
     pub unsafe fn free_large(&self, span: NonNull<Span>) {
-        let now = self.now();
         // SAFETY: per the caller.
-        unsafe { self.page_heap.lock().free(span, now, &self.map) };
-        self.maybe_release();
+        let cached = unsafe {
+            self.page_heap
+                .lock()
+                .free(span, self.recent_now(), &self.map)
+        };
+        // A span that went to the large-span cache is the hot path of large-object churn:
+        // no clock read. Others run the decay step, as every page-heap slow path does (and a
+        // decay of 0 means at once, cache or not).
+        if !cached || self.decay_ms() == 0 {
+            self.maybe_release();
+        }
     }
 
     /// Frees `ptr`, an object of small span `span` that the calling thread does not own:
@@ -247,34 +274,46 @@ impl<S: PageSource> Heap<S> {
         let addr = ptr as usize;
         let span = self.map.lookup(addr);
         // SAFETY: page-map entries point to span records, which are never unmapped.
-        let Some(s) = (unsafe { span.as_ref() }) else {
-            fatal("invalid free: pointer not allocated by spanalloc");
-        };
-        if !s.contains(addr) {
-            fatal("invalid free: pointer not allocated by spanalloc");
-        }
-        if s.kind() == SpanKind::Free {
-            // Its pages were given back: a large object freed twice, or a pointer into
-            // memory spanalloc holds but never handed out.
-            fatal("double free detected");
-        }
-        // SAFETY: non-null (checked above).
-        let span = unsafe { NonNull::new_unchecked(span) };
-        match s.kind() {
-            SpanKind::Small => {
-                if s.object_index(addr).is_none() {
-                    fatal("invalid free: pointer into the middle of an object");
-                }
-                Owner::Small(span)
+        if let Some(s) = unsafe { span.as_ref() } {
+            // SAFETY: non-null.
+            let nn = unsafe { NonNull::new_unchecked(span) };
+            match s.kind() {
+                SpanKind::Small if s.object_index(addr).is_some() => return Owner::Small(nn),
+                SpanKind::Large if addr == s.start_addr() => return Owner::Large(nn),
+                _ => {}
             }
-            SpanKind::Large => {
-                if addr != s.start_addr() {
-                    fatal("invalid free: pointer into the middle of an object");
-                }
-                Owner::Large(span)
-            }
-            _ => fatal("double free detected"),
         }
+        self.bad_pointer(addr)
+    }
+
+    /// Stops the process with the message that fits a pointer `owner` rejected. Only this
+    /// error path pays for a precise answer: it walks the page map back from `addr` (a
+    /// large or free span maps only its first and last page) to find the span covering it.
+    #[cold]
+    #[inline(never)]
+    fn bad_pointer(&self, addr: usize) -> ! {
+        let mut page = addr >> crate::pages::PAGE_SHIFT;
+        for _ in 0..(1usize << 17) {
+            let span = self.map.lookup(page << crate::pages::PAGE_SHIFT);
+            // SAFETY: page-map entries point to span records, which are never unmapped; a
+            // record describes its current range, so one that contains `addr` covers it.
+            if let Some(s) = unsafe { span.as_ref() } {
+                if s.contains(addr) {
+                    match s.kind() {
+                        SpanKind::Small | SpanKind::Large => {
+                            fatal("invalid free: pointer into the middle of an object")
+                        }
+                        // Its pages were given back: freed twice (or never handed out).
+                        _ => fatal("double free detected"),
+                    }
+                }
+            }
+            if page == 0 {
+                break;
+            }
+            page -= 1;
+        }
+        fatal("invalid free: pointer not allocated by spanalloc")
     }
 
     /// Bytes usable at `ptr`, an object this heap handed out.
@@ -294,20 +333,25 @@ impl<S: PageSource> Heap<S> {
     /// `span` holds a large object the caller owns; on success its first `new_size` bytes
     /// are the object.
     pub unsafe fn resize_large_in_place(&self, span: NonNull<Span>, new_size: usize) -> bool {
-        let Some(pages) = Pages::for_bytes(new_size) else {
+        // A large object keeps at least one page (size 0 with a large alignment lands here).
+        let Some(pages) = Pages::for_bytes(new_size.max(1)) else {
             return false;
         };
-        // SAFETY: per the caller.
+        // SAFETY: per the caller (the span is the caller's: its length is stable).
         let have = unsafe { span.as_ref() }.pages();
-        let mut heap = self.page_heap.lock();
         if pages > have {
             // SAFETY: per the caller.
-            unsafe { heap.grow_in_place(span, pages, &self.map) }
+            unsafe { self.page_heap.lock().grow_in_place(span, pages, &self.map) }
         } else if pages.0 * 2 < have.0 {
             // Give back the tail only when it is at least half the span; otherwise keep it
-            // (it makes a later grow free).
+            // (it makes a later grow free), and take no lock.
+            let now = self.recent_now();
             // SAFETY: per the caller; the tail is past the object's new end.
-            unsafe { heap.shrink(span, pages, self.now(), &self.map, &self.source) };
+            unsafe {
+                self.page_heap
+                    .lock()
+                    .shrink(span, pages, now, &self.map, &self.source)
+            };
             true
         } else {
             true
@@ -318,7 +362,7 @@ impl<S: PageSource> Heap<S> {
     pub fn release_free_memory(&self) -> usize {
         self.page_heap
             .lock()
-            .release(u64::MAX, usize::MAX, &self.source)
+            .release(u64::MAX, usize::MAX, &self.map, &self.source)
     }
 
     /// Page heap counters.

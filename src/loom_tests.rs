@@ -155,20 +155,29 @@ impl World {
         let heap = Heap::with_page_heap(ModelPages::new(), PageHeap::with_grow_bytes(MAP_ALIGN));
         heap.set_fake_now(1);
         heap.set_decay_ms(-1);
-        Arc::new(World { heap, live: Mutex::new(BTreeSet::new()) })
+        Arc::new(World {
+            heap,
+            live: Mutex::new(BTreeSet::new()),
+        })
     }
 
     /// `cache` allocates an object of class `c`, which must not be out already.
     fn alloc(&self, cache: &mut ThreadCache, c: SizeClass) -> Obj {
         let o = Obj(cache.alloc(&self.heap, c.size(), 8));
         assert!(!o.0.is_null());
-        assert!(self.live.lock().unwrap().insert(o), "object handed out while still out");
+        assert!(
+            self.live.lock().unwrap().insert(o),
+            "object handed out while still out"
+        );
         o
     }
 
     /// `cache` frees `o`, which must be out; the caller gives it up first.
     fn free(&self, cache: &mut ThreadCache, o: Obj) {
-        assert!(self.live.lock().unwrap().remove(&o), "free of an object that is not out");
+        assert!(
+            self.live.lock().unwrap().remove(&o),
+            "free of an object that is not out"
+        );
         // SAFETY: handed out by this heap, and given up once (checked just above).
         unsafe { cache.free(&self.heap, o.0) };
     }
@@ -186,15 +195,28 @@ impl World {
     /// lists empty. A lost object keeps its span out of the page heap; a span released twice
     /// stops the page heap (`fatal`, a panic under loom) or breaks its counters.
     fn assert_all_back_in_page_heap(&self) {
-        assert!(self.live.lock().unwrap().is_empty(), "the model freed everything");
+        assert!(
+            self.live.lock().unwrap().is_empty(),
+            "the model freed everything"
+        );
         let heap = &self.heap;
         heap.check_invariants();
         let st = heap.page_heap_stats();
-        assert_eq!(st.small_spans, 0, "every small span is back in the page heap");
+        assert_eq!(
+            st.small_spans, 0,
+            "every small span is back in the page heap"
+        );
         assert_eq!(st.large_in_use, 0);
-        assert_eq!(st.free, st.mapped, "the page heap holds every page it mapped, once");
+        assert_eq!(
+            st.free, st.mapped,
+            "the page heap holds every page it mapped, once"
+        );
         for class in SizeClass::all() {
-            assert_eq!(heap.central_stats(class).spans, 0, "no span left with a central list");
+            assert_eq!(
+                heap.central_stats(class).spans,
+                0,
+                "no span left with a central list"
+            );
         }
     }
 }
@@ -218,7 +240,7 @@ fn class(size: usize, objects: usize, pages: usize) -> SizeClass {
 /// wakeup of a thread asleep on the (modelled) futex.
 #[test]
 fn lock_two_threads() {
-    model(3, || {
+    model(4, || {
         let lock = Arc::new(Lock::new(0u32));
         let l = lock.clone();
         let t = spawn(move || {
@@ -239,7 +261,7 @@ fn lock_two_threads() {
 /// wake one sleeper and pass the CONTENDED mark on, or the last sleeper is never woken.
 #[test]
 fn lock_three_threads_two_sleepers() {
-    model(2, || {
+    model(4, || {
         let lock = Arc::new(Lock::new(0u32));
         let ts: Vec<_> = (0..2)
             .map(|_| {
@@ -390,7 +412,7 @@ fn remote_frees_race_owner(take: fn(&Span) -> *mut u8) {
 
 #[test]
 fn remote_frees_race_owner_collection() {
-    model(3, || {
+    model(4, || {
         remote_frees_race_owner(|s| {
             // SAFETY: the model's main thread owns the span.
             unsafe { s.take_remote_owned() }
@@ -429,7 +451,7 @@ fn broken_relaxed_collection_is_caught() {
 /// order it goes back to the page heap exactly once.
 #[test]
 fn central_hand_back_races_remote_frees() {
-    model(2, || {
+    model(3, || {
         let w = World::new();
         let c = class(4096, 2, 1);
         let mut owner = ThreadCache::new();
@@ -463,7 +485,7 @@ fn central_hand_back_races_remote_frees() {
 /// once: the freeing thread takes it off the full list and releases it).
 #[test]
 fn central_full_span_last_free() {
-    model(3, || {
+    model(4, || {
         let w = World::new();
         let c = class(8192, 1, 1);
         let mut owner = ThreadCache::new();
@@ -491,7 +513,7 @@ fn central_full_span_last_free() {
 /// the freeing thread has released them). The lender never gets an object that is still out.
 #[test]
 fn central_lends_while_last_free_arrives() {
-    model(2, || {
+    model(4, || {
         let w = World::new();
         let c = class(4096, 2, 1);
         let mut first = ThreadCache::new();
@@ -529,7 +551,7 @@ fn central_lends_while_last_free_arrives() {
 /// it finds nothing, or the whole span (kind, class, range): never a half-made record.
 #[test]
 fn page_map_reader_never_sees_half_made_span() {
-    model(3, || {
+    model(4, || {
         let w = World::new();
         let c = class(5120, 3, 2);
         let arena = w.heap.source().arena;
@@ -548,13 +570,20 @@ fn page_map_reader_never_sees_half_made_span() {
                 let s = unsafe { &*p };
                 assert_eq!(s.kind(), SpanKind::Small, "published span has its kind");
                 assert_eq!(s.class(), c, "published span has its class");
-                assert_eq!((s.start_addr(), s.pages()), (arena, c.pages()), "and its range");
+                assert_eq!(
+                    (s.start_addr(), s.pages()),
+                    (arena, c.pages()),
+                    "and its range"
+                );
                 assert!(s.contains(addr));
             }
         });
         let (mut cache, o) = writer.join().unwrap();
         reader.join().unwrap();
-        assert_eq!(o.0 as usize, arena, "the first object is at the arena's start");
+        assert_eq!(
+            o.0 as usize, arena,
+            "the first object is at the arena's start"
+        );
         w.free(&mut cache, o);
         cache.flush(&w.heap);
         w.assert_all_back_in_page_heap();
@@ -571,7 +600,7 @@ fn page_map_reader_never_sees_half_made_span() {
 /// list and its remote list), never the one still handed out; then everything goes back.
 #[test]
 fn thread_exit_flush_races_remote_free() {
-    model(3, || {
+    model(4, || {
         let w = World::new();
         let c = class(2560, 3, 1);
         let mut exiting = ThreadCache::new();
@@ -593,7 +622,11 @@ fn thread_exit_flush_races_remote_free() {
         assert_eq!((st.spans, st.partial_spans, st.unowned_in_use), (1, 1, 1));
         let mut next = ThreadCache::new();
         let got = BTreeSet::from([w.alloc(&mut next, c), w.alloc(&mut next, c)]);
-        assert_eq!(got, BTreeSet::from([a, b]), "exactly the two free objects, once each");
+        assert_eq!(
+            got,
+            BTreeSet::from([a, b]),
+            "exactly the two free objects, once each"
+        );
         for o in got.into_iter().chain([kept]) {
             w.free(&mut next, o);
         }
@@ -608,7 +641,7 @@ fn thread_exit_flush_races_remote_free() {
 /// back to the page heap exactly once.
 #[test]
 fn thread_exit_flush_races_two_remote_frees() {
-    model(2, || {
+    model(3, || {
         let w = World::new();
         let c = class(2560, 3, 1);
         let mut exiting = ThreadCache::new();

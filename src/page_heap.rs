@@ -23,6 +23,11 @@ pub const LISTED_PAGES: usize = 128;
 pub const DEFAULT_GROW_BYTES: usize = 32 << 20;
 /// Mappings are aligned to this, so that released runs can be whole huge pages.
 pub const MAP_ALIGN: usize = 2 << 20;
+/// Freed large spans up to this many pages wait in the large-span cache, unmerged, for an
+/// allocation of the same length.
+pub const CACHED_PAGES: usize = 128;
+/// The most the large-span cache holds.
+pub const CACHE_BYTES: usize = 32 << 20;
 
 /// Counters of the page heap, exact under its lock.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -51,6 +56,13 @@ pub struct PageHeap {
     nonempty: u128,
     /// Free runs longer than `LISTED_PAGES`.
     long_runs: SpanList,
+    /// The large-span cache: `cached[n]` holds freed large spans of exactly `n` pages, not
+    /// merged with their neighbours, so that an allocation of the same length takes one
+    /// back with no search, split or merge. Counted as free (and resident) in `stats`.
+    cached: [SpanList; CACHED_PAGES + 1],
+    /// Bit `n - 1` set when `cached[n]` is non-empty.
+    cached_mask: u128,
+    cached_bytes: usize,
     records: FixedAlloc<Span>,
     grow_bytes: usize,
     stats: PageHeapStats,
@@ -68,6 +80,9 @@ impl PageHeap {
             by_length: [const { SpanList::new(ListId::PageHeapFree) }; LISTED_PAGES + 1],
             nonempty: 0,
             long_runs: SpanList::new(ListId::PageHeapFree),
+            cached: [const { SpanList::new(ListId::PageHeapCache) }; CACHED_PAGES + 1],
+            cached_mask: 0,
+            cached_bytes: 0,
             records: FixedAlloc::new(),
             grow_bytes,
             stats: PageHeapStats {
@@ -108,8 +123,18 @@ impl PageHeap {
         source: &impl PageSource,
     ) -> Option<(NonNull<Span>, bool)> {
         debug_assert!(pages.0 > 0 && align.0.is_power_of_two());
+        if class == SizeClass::LARGE && align.0 == 1 && pages.0 <= CACHED_PAGES {
+            if let Some(span) = self.take_cached(pages) {
+                return Some((span, false));
+            }
+        }
         let want = Pages(pages.0.checked_add(align.0 - 1)?);
         let mut run = self.find(want);
+        if run.is_null() && self.cached_bytes > 0 {
+            // Cached spans merged back may make a fitting run; try that before mapping more.
+            self.drain_cache(u64::MAX, map);
+            run = self.find(want);
+        }
         if run.is_null() {
             self.grow(want, align, map, source)?;
             run = self.find(want);
@@ -135,15 +160,24 @@ impl PageHeap {
         Some((span, zeroed))
     }
 
-    /// Returns a small or large span to the free runs, merging it with free neighbours.
-    /// `now` is the caller's clock, for decay.
+    /// Returns a small or large span to the free runs, merging it with free neighbours, or
+    /// (a large span of at most [`CACHED_PAGES`]) to the large-span cache. Returns whether it
+    /// went to the cache. `now` is the caller's clock, for decay.
     ///
     /// # Safety
     /// `span` came from [`PageHeap::alloc`] on this heap (possibly reshaped by
     /// `grow_in_place` / `shrink`), is not used afterwards, and none of its memory is live.
-    pub unsafe fn free(&mut self, span: NonNull<Span>, now: u64, map: &PageMap) {
+    pub unsafe fn free(&mut self, span: NonNull<Span>, now: u64, map: &PageMap) -> bool {
         // SAFETY: per the caller, a live record of ours.
         let s = unsafe { span.as_ref() };
+        if s.kind() == SpanKind::Large
+            && s.pages().0 <= CACHED_PAGES
+            && self.cached_bytes + s.bytes() <= CACHE_BYTES
+        {
+            // SAFETY: per the caller.
+            unsafe { self.put_cached(span, now, map) };
+            return true;
+        }
         match s.kind() {
             SpanKind::Large => self.stats.large_in_use -= s.bytes(),
             SpanKind::Small => self.stats.small_spans -= s.bytes(),
@@ -164,6 +198,7 @@ impl PageHeap {
         // The freed span's first page now names the free run that holds it, so a second free
         // of the same pointer is reported as a double free (until the pages are reused).
         map.set(old_start, run.as_ptr());
+        false
     }
 
     /// Grows large span `span` in place to `pages` pages if the run right after it is free
@@ -261,7 +296,14 @@ impl PageHeap {
     /// `freed_by` (all of them for `u64::MAX`), stopping after the run that takes the total
     /// past `max_bytes`. Returns the resident bytes given back (as far as the page heap
     /// knows: its count of a run's resident pages is an upper bound).
-    pub fn release(&mut self, freed_by: u64, max_bytes: usize, source: &impl PageSource) -> usize {
+    pub fn release(
+        &mut self,
+        freed_by: u64,
+        max_bytes: usize,
+        map: &PageMap,
+        source: &impl PageSource,
+    ) -> usize {
+        self.drain_cache(freed_by, map);
         let mut done = 0;
         let os_page = source.os_page_size().max(PAGE_SIZE);
         let mut lists: [*const SpanList; LISTED_PAGES + 1] = [core::ptr::null(); LISTED_PAGES + 1];
@@ -347,10 +389,10 @@ impl PageHeap {
                     // SAFETY: page-map entries point to live (maybe stale) records.
                     let n = unsafe { &*neighbour };
                     let adjacent = n.end() == r.start() || n.start() == r.end();
-                    assert!(
-                        !(adjacent && n.kind() == SpanKind::Free),
-                        "free neighbours are merged"
-                    );
+                    // SAFETY: as above; the lock is held.
+                    let listed_free =
+                        n.kind() == SpanKind::Free && unsafe { n.list() } == ListId::PageHeapFree;
+                    assert!(!(adjacent && listed_free), "free neighbours are merged");
                 }
             }
             // SAFETY: as above.
@@ -374,6 +416,28 @@ impl PageHeap {
         for run in unsafe { self.long_runs.iter() } {
             check_run(run, None);
         }
+        let mut cached = 0;
+        for (n, list) in self.cached.iter().enumerate().skip(1) {
+            assert_eq!(
+                list.is_empty(),
+                self.cached_mask & (1 << (n - 1)) == 0,
+                "cache mask"
+            );
+            // SAFETY: the caller holds the lock.
+            for span in unsafe { list.iter() } {
+                // SAFETY: live records on our cache list.
+                let s = unsafe { &*span };
+                assert_eq!((s.kind(), s.pages().0), (SpanKind::Free, n), "cached span");
+                assert_eq!(map.lookup(s.start_addr()), span);
+                assert_eq!(map.lookup(s.end().addr() - 1), span);
+                // SAFETY: as above.
+                let res = unsafe { s.resident.get() };
+                free += s.bytes();
+                resident += res * PAGE_SIZE;
+                cached += s.bytes();
+            }
+        }
+        assert_eq!(cached, self.cached_bytes, "cached bytes counter");
         assert_eq!(free, self.stats.free, "free bytes counter");
         assert_eq!(resident, self.stats.free_resident, "resident bytes counter");
         assert_eq!(
@@ -384,6 +448,86 @@ impl PageHeap {
     }
 
     // ---------------------------------------------------------------------------------
+
+    /// Puts freed large span `span` in the large-span cache. It reads as free (a second free
+    /// of it is a double free); its first and last page map to it (a tail cut off by
+    /// `shrink` comes here before it was ever mapped).
+    ///
+    /// # Safety
+    /// As [`PageHeap::free`], for a large span of at most [`CACHED_PAGES`] pages.
+    unsafe fn put_cached(&mut self, span: NonNull<Span>, now: u64, map: &PageMap) {
+        // SAFETY: per the caller; the lock is held (`&mut self`).
+        let s = unsafe { span.as_ref() };
+        let n = s.pages().0;
+        map.set_ends(s.start(), s.pages(), span.as_ptr());
+        s.set_kind(SpanKind::Free, SizeClass::LARGE);
+        // SAFETY: as above.
+        unsafe {
+            s.resident.set(n);
+            s.zeroed.set(false);
+            s.freed_at.set(now);
+            self.cached[n].push(span.as_ptr());
+        }
+        self.cached_mask |= 1 << (n - 1);
+        self.cached_bytes += s.bytes();
+        self.stats.large_in_use -= s.bytes();
+        self.stats.free += s.bytes();
+        self.stats.free_resident += s.bytes();
+    }
+
+    /// Takes a cached span of exactly `pages` pages, as a large span in use.
+    fn take_cached(&mut self, pages: Pages) -> Option<NonNull<Span>> {
+        if self.cached_mask & (1 << (pages.0 - 1)) == 0 {
+            return None;
+        }
+        let span = self.cached[pages.0].first();
+        // SAFETY: a live record on our cache list; the lock is held.
+        unsafe { self.cached[pages.0].remove(span) };
+        if self.cached[pages.0].is_empty() {
+            self.cached_mask &= !(1 << (pages.0 - 1));
+        }
+        // SAFETY: as above.
+        let s = unsafe { &*span };
+        s.set_kind(SpanKind::Large, SizeClass::LARGE);
+        // SAFETY: as above.
+        let resident = unsafe { s.resident.get() };
+        self.cached_bytes -= s.bytes();
+        self.stats.free -= s.bytes();
+        self.stats.free_resident -= resident * PAGE_SIZE;
+        self.stats.large_in_use += s.bytes();
+        NonNull::new(span)
+    }
+
+    /// Moves cached spans freed at or before `freed_by` to the free runs, merging them with
+    /// their neighbours.
+    fn drain_cache(&mut self, freed_by: u64, map: &PageMap) {
+        let mut mask = self.cached_mask;
+        while mask != 0 {
+            let n = mask.trailing_zeros() as usize + 1;
+            mask &= mask - 1;
+            let mut at = self.cached[n].first();
+            while !at.is_null() {
+                // SAFETY: live records on our cache list; the lock is held.
+                let (next, freed_at) = unsafe { ((*at).next_on_list(), (*at).freed_at.get()) };
+                if freed_at <= freed_by {
+                    // SAFETY: as above.
+                    unsafe { self.cached[n].remove(at) };
+                    self.cached_bytes -= n * PAGE_SIZE;
+                    // SAFETY: a free run (already counted in `stats`) on no list.
+                    unsafe { self.insert_merging(NonNull::new_unchecked(at), map) };
+                }
+                at = next;
+            }
+            if self.cached[n].is_empty() {
+                self.cached_mask &= !(1 << (n - 1));
+            }
+        }
+    }
+
+    /// Bytes in the large-span cache.
+    pub fn cached_bytes(&self) -> usize {
+        self.cached_bytes
+    }
 
     /// The smallest listed run of at least `pages` pages, or null.
     fn find(&self, pages: Pages) -> *mut Span {
@@ -755,7 +899,7 @@ mod tests {
                         }
                     }
                     Op::Release => {
-                        f.heap.release(u64::MAX, usize::MAX, &f.source);
+                        f.heap.release(u64::MAX, usize::MAX, &f.map, &f.source);
                         prop_assert_eq!(f.heap.stats().free_resident, 0);
                     }
                     _ => {}
@@ -769,7 +913,8 @@ mod tests {
             f.check(&live);
             let st = f.heap.stats();
             prop_assert_eq!(st.free, st.mapped, "everything is free again");
-            prop_assert_eq!(f.heap.records_in_use(), f.heap.by_length.iter().map(SpanList::len).sum::<usize>() + f.heap.long_runs.len());
+            let listed = f.heap.by_length.iter().chain(f.heap.cached.iter()).map(SpanList::len).sum::<usize>();
+            prop_assert_eq!(f.heap.records_in_use(), listed + f.heap.long_runs.len(), "no record leaks");
         }
     }
 

@@ -73,6 +73,12 @@ impl SizeClass {
         ((offset as u64 * table::CLASS_DIV_MAGIC[self.index()] as u64) >> 32) as usize
     }
 
+    /// The reciprocal that [`SizeClass::object_index`] multiplies by.
+    #[inline(always)]
+    pub fn div_magic(self) -> u32 {
+        table::CLASS_DIV_MAGIC[self.index()]
+    }
+
     /// Every real class, smallest first.
     pub fn all() -> impl Iterator<Item = SizeClass> {
         (1..CLASS_COUNT as u8).map(SizeClass)

@@ -43,7 +43,7 @@
 use crate::check::fatal;
 use crate::pages::{PageId, Pages};
 use crate::size_class::SizeClass;
-use crate::sync::{AtomicU8, AtomicU64, AtomicUsize, GuardedCell, Ordering};
+use crate::sync::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, GuardedCell, Ordering};
 use core::ptr::null_mut;
 
 /// What a span holds.
@@ -68,6 +68,8 @@ pub enum ListId {
     None = 0,
     /// A page heap free list.
     PageHeapFree,
+    /// The page heap's cache of recently freed large spans.
+    PageHeapCache,
     /// A central list's partial list.
     Partial,
     /// A central list's full list.
@@ -120,6 +122,11 @@ pub struct Span {
     pages: AtomicUsize,
     kind: AtomicU8,
     class: AtomicU8,
+    // Small spans: the class's constants, copied at `init_small` so that the free paths
+    // read them from the span (one cache line) rather than from three class tables.
+    obj_size: AtomicU32,
+    obj_count: AtomicU32,
+    div_magic: AtomicU32,
     /// Small spans: the cross-thread free word (see the module documentation).
     pub(crate) remote: AtomicU64,
     // Guarded by the lock of the list that holds the span, or by the owning thread cache.
@@ -151,6 +158,9 @@ impl Span {
                 pages: AtomicUsize::new(pages.0),
                 kind: AtomicU8::new(kind as u8),
                 class: AtomicU8::new(0),
+                obj_size: AtomicU32::new(0),
+                obj_count: AtomicU32::new(0),
+                div_magic: AtomicU32::new(0),
                 remote: AtomicU64::new(0),
                 prev: GuardedCell::new(null_mut()),
                 next: GuardedCell::new(null_mut()),
@@ -235,6 +245,10 @@ impl Span {
     /// # Safety
     /// The span is not yet visible to any other thread as a small span.
     pub(crate) unsafe fn init_small(&self, class: SizeClass) {
+        self.obj_size.store(class.size() as u32, Ordering::Relaxed);
+        self.obj_count
+            .store(class.objects() as u32, Ordering::Relaxed);
+        self.div_magic.store(class.div_magic(), Ordering::Relaxed);
         self.set_kind(SpanKind::Small, class);
         // SAFETY: no other thread can reach the span yet.
         unsafe {
@@ -247,19 +261,26 @@ impl Span {
     /// Objects in the span (small spans).
     #[inline]
     pub fn capacity(&self) -> usize {
-        self.class().objects()
+        self.obj_count.load(Ordering::Relaxed) as usize
+    }
+
+    /// Bytes per object (small spans).
+    #[inline]
+    pub fn object_size(&self) -> usize {
+        self.obj_size.load(Ordering::Relaxed) as usize
     }
 
     /// If `addr` is the start of an object of this small span, its index.
     #[inline]
     pub fn object_index(&self, addr: usize) -> Option<usize> {
-        let class = self.class();
         let offset = addr.wrapping_sub(self.start_addr());
         if offset >= self.bytes() {
             return None;
         }
-        let index = class.object_index(offset);
-        (index < class.objects() && index * class.size() == offset).then_some(index)
+        // offset / size by multiplication (exact over a span: see `size_class`).
+        let magic = self.div_magic.load(Ordering::Relaxed) as u64;
+        let index = ((offset as u64 * magic) >> 32) as usize;
+        (index < self.capacity() && index * self.object_size() == offset).then_some(index)
     }
 
     // ---------------------------------------------------------------------------------

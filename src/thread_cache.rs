@@ -281,12 +281,31 @@ impl ThreadCache {
             if unsafe { self.push_if_owned(ptr, class) } {
                 return;
             }
-            if cfg!(debug_assertions) {
-                if let Owner::Small(span) = heap.owner(ptr) {
-                    // SAFETY: validated by `owner`.
-                    if unsafe { span.as_ref() }.class() != class {
-                        fatal("dealloc with a layout of another size class than alloc");
-                    }
+        }
+        // SAFETY: per the caller.
+        unsafe { self.dealloc_slow(heap, ptr, size, align) }
+    }
+
+    /// [`ThreadCache::dealloc`] once the owned span of the size's class has been ruled out:
+    /// finds the span in the page map. In debug builds, checks the layout's class.
+    ///
+    /// # Safety
+    /// As [`ThreadCache::dealloc`].
+    #[inline]
+    pub unsafe fn dealloc_slow<S: PageSource>(
+        &mut self,
+        heap: &Heap<S>,
+        ptr: *mut u8,
+        size: usize,
+        align: usize,
+    ) {
+        if cfg!(debug_assertions) {
+            if let (Some(class), Owner::Small(span)) =
+                (size_class::class_for(size, align), heap.owner(ptr))
+            {
+                // SAFETY: validated by `owner`.
+                if unsafe { span.as_ref() }.class() != class {
+                    fatal("dealloc with a layout of another size class than alloc");
                 }
             }
         }

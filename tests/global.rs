@@ -250,3 +250,19 @@ fn alloc_zeroed_returns_zeros_after_the_memory_was_dirtied() {
         }
     }
 }
+
+#[test]
+fn realloc_to_zero_bytes_with_a_page_sized_alignment_keeps_a_live_block() {
+    for align in [1usize << 14, 1 << 16] {
+        // SAFETY: a power-of-two alignment.
+        let p = unsafe { spanalloc::raw::alloc(100_000, align) };
+        assert!(!p.is_null());
+        // SAFETY: `p` is live with this alignment.
+        let q = unsafe { spanalloc::raw::realloc(p, 0, align) };
+        assert!(!q.is_null());
+        // SAFETY: `q` is live: usable_size must find it (it stopped the process before).
+        assert!(unsafe { spanalloc::raw::usable_size(q) } >= 1);
+        // SAFETY: live, freed once.
+        unsafe { spanalloc::raw::free(q) };
+    }
+}
