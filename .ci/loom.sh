@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Runs the loom models of every concurrent protocol (src/loom_tests.rs; docs/loom.md says
+# what each one checks), one model at a time with its own preemption bound, and prints each
+# model's time. The last line is exactly "N passed, M failed"; the exit status is non-zero
+# when any model fails. The bounds are chosen so that the models together take about a
+# minute on 2 cores (the budget is 5 minutes); the first build also compiles the
+# dev-dependencies into target/loom.
+#
+#   bash .ci/loom.sh            # every model
+#   bash .ci/loom.sh lock_      # only models whose name contains "lock_"
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+export RUSTFLAGS="--cfg loom"
+export CARGO_TARGET_DIR=target/loom
+
+# model name (in src/loom_tests.rs) and its preemption bound
+MODELS=(
+  "lock_two_threads 4"
+  "lock_three_threads_two_sleepers 4"
+  "remote_frees_race_owner_collection 4"
+  "broken_relaxed_collection_is_caught 3"
+  "central_full_span_last_free 4"
+  "central_hand_back_races_remote_frees 3"
+  "central_lends_while_last_free_arrives 4"
+  "page_map_reader_never_sees_half_made_span 4"
+  "thread_exit_flush_races_remote_free 4"
+  "thread_exit_flush_races_two_remote_frees 3"
+)
+filter="${1:-}"
+
+start=$(date +%s)
+if ! cargo test --release --lib --no-run -q; then
+  echo "loom: build failed"
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+echo "loom: build $(( $(date +%s) - start ))s"
+
+passed=0
+failed=0
+suite_start=$(date +%s.%N)
+for entry in "${MODELS[@]}"; do
+  read -r name bound <<<"$entry"
+  [[ -n "$filter" && "$name" != *"$filter"* ]] && continue
+  t0=$(date +%s.%N)
+  out=$(LOOM_MAX_PREEMPTIONS="$bound" cargo test --release --lib -q "loom_tests::$name" \
+          -- --exact --nocapture 2>&1)
+  status=$?
+  t1=$(date +%s.%N)
+  executions=$(grep -o 'loom: [0-9]* executions' <<<"$out" | grep -o '[0-9]*' | head -1)
+  if [[ $status -eq 0 ]] && grep -q "test result: ok. 1 passed" <<<"$out"; then
+    passed=$((passed + 1))
+    verdict=ok
+  else
+    failed=$((failed + 1))
+    verdict=FAILED
+    echo "$out" | tail -40
+  fi
+  printf '%-44s bound %s  %6.1fs  %8s executions  %s\n' \
+    "$name" "$bound" "$(echo "$t1 - $t0" | bc)" "${executions:-?}" "$verdict"
+done
+printf 'loom: models took %.1fs\n' "$(echo "$(date +%s.%N) - $suite_start" | bc)"
+echo "$passed passed, $failed failed"
+[[ $failed -eq 0 && $passed -gt 0 ]]
