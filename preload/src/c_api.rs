@@ -1,0 +1,393 @@
+//! The C allocation functions, with glibc's semantics, over [`spanalloc::raw`]. See the
+//! crate documentation (`lib.rs`) and `docs/preload.md`.
+//!
+//! Every function here is `#[unsafe(no_mangle)] extern "C"`: linked into `libspanalloc.so`
+//! they interpose glibc's; linked into a test binary (`tests/c_api.rs` includes this file
+//! as a module) they interpose glibc's for that whole process.
+//!
+//! Nothing here allocates, formats, panics or unwinds. Errors are `NULL` plus `errno`
+//! (`ENOMEM`, `EINVAL`), or an error code for `posix_memalign`.
+//!
+//! # Alignment
+//!
+//! glibc promises 16-byte alignment for every `malloc`ed block on x86_64 (`max_align_t`).
+//! A request of `n` bytes is served as `n` rounded up to a multiple of 16 with the default
+//! alignment: every size class that holds such a rounded size is a multiple of 16 (the
+//! only class that is not, 24 bytes, is never chosen), and spans start on page
+//! boundaries, so the object is 16-byte aligned. That is the same class
+//! `raw::alloc(n, 16)` would choose (a test checks it for every small size), but it stays
+//! on the thread cache's fast path, which only takes the default alignment.
+
+use core::ffi::{c_int, c_void};
+use spanalloc::raw;
+use spanalloc::size_class::MIN_ALIGN;
+
+/// The alignment of every block C `malloc` hands out (glibc's `MALLOC_ALIGNMENT`).
+pub const C_ALIGN: usize = 16;
+
+/// Largest alignment `memalign` accepts (glibc: `SIZE_MAX / 2 + 1`).
+const MAX_ALIGN: usize = usize::MAX / 2 + 1;
+
+#[inline(always)]
+fn set_errno(value: c_int) {
+    // SAFETY: `__errno_location` returns this thread's errno slot, always valid.
+    unsafe { *libc::__errno_location() = value };
+}
+
+/// `size` rounded up to a multiple of [`C_ALIGN`], or `None` on overflow.
+#[inline(always)]
+pub fn c_size(size: usize) -> Option<usize> {
+    Some(size.checked_add(C_ALIGN - 1)? & !(C_ALIGN - 1))
+}
+
+/// The OS page size, for `valloc` and `pvalloc`.
+#[inline]
+fn page_size() -> usize {
+    spanalloc::sys::os_page_size()
+}
+
+/// `malloc` without the `errno`: `size` bytes aligned to [`C_ALIGN`], or null.
+#[inline(always)]
+fn alloc_c(size: usize) -> *mut c_void {
+    match c_size(size) {
+        // SAFETY: MIN_ALIGN is a power of two.
+        Some(n) => unsafe { raw::alloc(n, MIN_ALIGN) }.cast(),
+        None => core::ptr::null_mut(),
+    }
+}
+
+/// `size` bytes aligned to `align` (a power of two), or null.
+#[inline]
+fn alloc_aligned(align: usize, size: usize) -> *mut c_void {
+    if align <= C_ALIGN {
+        return alloc_c(size);
+    }
+    // SAFETY: `align` is a power of two (every caller checks).
+    unsafe { raw::alloc(size.max(1), align) }.cast()
+}
+
+/// glibc's `memalign`: an alignment that is not a power of two is rounded up to one; one
+/// larger than `SIZE_MAX / 2 + 1` is `EINVAL`.
+#[inline]
+fn memalign_impl(align: usize, size: usize) -> *mut c_void {
+    if align > MAX_ALIGN {
+        set_errno(libc::EINVAL);
+        return core::ptr::null_mut();
+    }
+    let align = align.next_power_of_two();
+    let p = alloc_aligned(align, size);
+    if p.is_null() {
+        set_errno(libc::ENOMEM);
+    }
+    p
+}
+
+/// Frees `ptr` (non-null) keeping `errno` as it was: the free path may make system calls
+/// (`madvise`, `futex`) that set it.
+///
+/// # Safety
+/// `ptr` is non-null; if spanalloc handed it out, it is not used afterwards.
+#[inline(always)]
+unsafe fn free_keep_errno(ptr: *mut c_void) {
+    // SAFETY: `__errno_location` returns this thread's errno slot, always valid.
+    let errno = unsafe { libc::__errno_location() };
+    // SAFETY: as above.
+    let saved = unsafe { *errno };
+    // SAFETY: per the caller.
+    unsafe { raw::free(ptr.cast()) };
+    // SAFETY: as above.
+    unsafe { *errno = saved };
+}
+
+/// C `malloc`: `size` bytes aligned to 16, or null with `errno` `ENOMEM`. `malloc(0)` is a
+/// unique pointer that `free` accepts.
+///
+/// # Safety
+/// Always safe to call; the result is raw memory for the caller to manage.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
+    let p = alloc_c(size);
+    if p.is_null() {
+        set_errno(libc::ENOMEM);
+    }
+    p
+}
+
+/// C `free`: gives `ptr` back. `free(NULL)` does nothing; `errno` is preserved. Stops the
+/// process with `spanalloc: invalid free: ...` or `spanalloc: double free detected` on a
+/// pointer spanalloc did not hand out, where the page map can tell.
+///
+/// # Safety
+/// `ptr` is null or was returned by one of these functions and is not used afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn free(ptr: *mut c_void) {
+    if !ptr.is_null() {
+        // SAFETY: non-null, and per the caller.
+        unsafe { free_keep_errno(ptr) };
+    }
+}
+
+/// C `calloc`: `n * size` zero bytes, or null with `ENOMEM` (also when `n * size`
+/// overflows).
+///
+/// # Safety
+/// Always safe to call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
+    let p: *mut c_void = match n.checked_mul(size).and_then(c_size) {
+        // SAFETY: MIN_ALIGN is a power of two.
+        Some(total) => unsafe { raw::alloc_zeroed(total, MIN_ALIGN) }.cast(),
+        None => core::ptr::null_mut(),
+    };
+    if p.is_null() {
+        set_errno(libc::ENOMEM);
+    }
+    p
+}
+
+/// C `realloc`: `realloc(NULL, n)` is `malloc(n)`; `realloc(p, 0)` frees `p` and returns
+/// null; otherwise the block moved or resized to `size` bytes (16-aligned). On failure,
+/// null with `ENOMEM` and `ptr` left intact.
+///
+/// # Safety
+/// `ptr` is null or a live block from these functions; unless null is returned it is not
+/// used afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
+    if ptr.is_null() {
+        // SAFETY: always safe.
+        return unsafe { malloc(size) };
+    }
+    if size == 0 {
+        // SAFETY: non-null, and per the caller.
+        unsafe { free_keep_errno(ptr) };
+        return core::ptr::null_mut();
+    }
+    let p: *mut c_void = match c_size(size) {
+        // SAFETY: per the caller, a live block of ours; MIN_ALIGN is a power of two.
+        Some(n) => unsafe { raw::realloc(ptr.cast(), n, MIN_ALIGN) }.cast(),
+        None => core::ptr::null_mut(),
+    };
+    if p.is_null() {
+        set_errno(libc::ENOMEM);
+    }
+    p
+}
+
+/// C `reallocarray`: `realloc(ptr, n * size)`, but null with `ENOMEM` (and `ptr` intact)
+/// when `n * size` overflows.
+///
+/// # Safety
+/// As [`realloc`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn reallocarray(ptr: *mut c_void, n: usize, size: usize) -> *mut c_void {
+    match n.checked_mul(size) {
+        // SAFETY: per the caller.
+        Some(total) => unsafe { realloc(ptr, total) },
+        None => {
+            set_errno(libc::ENOMEM);
+            core::ptr::null_mut()
+        }
+    }
+}
+
+/// POSIX `posix_memalign`: stores a block of `size` bytes aligned to `align` in `*memptr`
+/// and returns 0; returns `EINVAL` (for an alignment that is not a power of two times
+/// `sizeof(void *)`) or `ENOMEM`, leaving `*memptr` untouched.
+///
+/// # Safety
+/// `memptr` is valid for a pointer-sized write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn posix_memalign(
+    memptr: *mut *mut c_void,
+    align: usize,
+    size: usize,
+) -> c_int {
+    if !align.is_power_of_two() || !align.is_multiple_of(core::mem::size_of::<*mut c_void>()) {
+        return libc::EINVAL;
+    }
+    let p = alloc_aligned(align, size);
+    if p.is_null() {
+        return libc::ENOMEM;
+    }
+    // SAFETY: per the caller.
+    unsafe { *memptr = p };
+    0
+}
+
+/// C11 `aligned_alloc`: `size` bytes aligned to `align`; null with `EINVAL` when `align` is
+/// not a power of two (as glibc 2.38 and later), `ENOMEM` when out of memory.
+///
+/// # Safety
+/// Always safe to call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+    if !align.is_power_of_two() {
+        set_errno(libc::EINVAL);
+        return core::ptr::null_mut();
+    }
+    let p = alloc_aligned(align, size);
+    if p.is_null() {
+        set_errno(libc::ENOMEM);
+    }
+    p
+}
+
+/// glibc `memalign`: `size` bytes aligned to `align` rounded up to a power of two; null
+/// with `EINVAL` when `align > SIZE_MAX / 2 + 1`, `ENOMEM` when out of memory.
+///
+/// # Safety
+/// Always safe to call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
+    memalign_impl(align, size)
+}
+
+/// `valloc`: `memalign(page size, size)`.
+///
+/// # Safety
+/// Always safe to call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
+    memalign_impl(page_size(), size)
+}
+
+/// `pvalloc`: `size` rounded up to whole OS pages (one page for 0), page-aligned; null with
+/// `ENOMEM` when the rounding overflows.
+///
+/// # Safety
+/// Always safe to call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
+    let page = page_size();
+    match size.max(1).checked_add(page - 1) {
+        Some(n) => memalign_impl(page, n & !(page - 1)),
+        None => {
+            set_errno(libc::ENOMEM);
+            core::ptr::null_mut()
+        }
+    }
+}
+
+/// `malloc_usable_size`: the bytes usable at `ptr` (0 for null). Stops the process on a
+/// pointer spanalloc did not hand out, where the page map can tell.
+///
+/// # Safety
+/// `ptr` is null or a live block from these functions.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn malloc_usable_size(ptr: *mut c_void) -> usize {
+    if ptr.is_null() {
+        return 0;
+    }
+    // SAFETY: per the caller.
+    unsafe { raw::usable_size(ptr.cast()) }
+}
+
+/// C23 `free_sized`: frees `ptr`, allocated by `malloc`, `calloc` or `realloc` with `size`
+/// bytes; the size spares the page-map lookup when the thread owns the object's span.
+///
+/// # Safety
+/// As [`free`], and `size` is the size that was asked for (C23 leaves a wrong size
+/// undefined; here a release build falls back to the checked free, a debug build stops).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn free_sized(ptr: *mut c_void, size: usize) {
+    if ptr.is_null() {
+        return;
+    }
+    match c_size(size) {
+        Some(n) => {
+            // SAFETY: `__errno_location` returns this thread's errno slot, always valid.
+            let errno = unsafe { libc::__errno_location() };
+            // SAFETY: as above.
+            let saved = unsafe { *errno };
+            // SAFETY: per the caller, a block of ours allocated as `raw::alloc(n,
+            // MIN_ALIGN)`.
+            unsafe { raw::dealloc(ptr.cast(), n, MIN_ALIGN) };
+            // SAFETY: as above.
+            unsafe { *errno = saved };
+        }
+        // SAFETY: non-null, and per the caller.
+        None => unsafe { free_keep_errno(ptr) },
+    }
+}
+
+/// C23 `free_aligned_sized`: frees `ptr`, allocated by `aligned_alloc(align, size)`.
+///
+/// # Safety
+/// As [`free_sized`], and `align` is the alignment that was asked for.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn free_aligned_sized(ptr: *mut c_void, align: usize, size: usize) {
+    if ptr.is_null() {
+        return;
+    }
+    if align <= C_ALIGN {
+        // SAFETY: per the caller; such blocks were allocated as by `malloc`.
+        unsafe { free_sized(ptr, size) };
+        return;
+    }
+    if !align.is_power_of_two() {
+        // Not an alignment `aligned_alloc` accepts: let the checked free judge the pointer.
+        // SAFETY: non-null, and per the caller.
+        unsafe { free_keep_errno(ptr) };
+        return;
+    }
+    // SAFETY: `__errno_location` returns this thread's errno slot, always valid.
+    let errno = unsafe { libc::__errno_location() };
+    // SAFETY: as above.
+    let saved = unsafe { *errno };
+    // SAFETY: per the caller, allocated as `raw::alloc(size.max(1), align)`.
+    unsafe { raw::dealloc(ptr.cast(), size.max(1), align) };
+    // SAFETY: as above.
+    unsafe { *errno = saved };
+}
+
+// glibc's internal names, which some programs and libraries call directly.
+
+/// glibc's `__libc_malloc`: [`malloc`].
+///
+/// # Safety
+/// As [`malloc`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __libc_malloc(size: usize) -> *mut c_void {
+    // SAFETY: per the caller.
+    unsafe { malloc(size) }
+}
+
+/// glibc's `__libc_free`: [`free`].
+///
+/// # Safety
+/// As [`free`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __libc_free(ptr: *mut c_void) {
+    // SAFETY: per the caller.
+    unsafe { free(ptr) }
+}
+
+/// glibc's `__libc_calloc`: [`calloc`].
+///
+/// # Safety
+/// As [`calloc`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __libc_calloc(n: usize, size: usize) -> *mut c_void {
+    // SAFETY: per the caller.
+    unsafe { calloc(n, size) }
+}
+
+/// glibc's `__libc_realloc`: [`realloc`].
+///
+/// # Safety
+/// As [`realloc`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __libc_realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: per the caller.
+    unsafe { realloc(ptr, size) }
+}
+
+/// glibc's `__libc_memalign`: [`memalign`].
+///
+/// # Safety
+/// As [`memalign`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __libc_memalign(align: usize, size: usize) -> *mut c_void {
+    memalign_impl(align, size)
+}

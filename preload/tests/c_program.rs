@@ -1,0 +1,173 @@
+//! C programs under `LD_PRELOAD=target/release/libspanalloc.so`: `tests/c/api.c` calls
+//! every exported symbol (its output must match `tests/c/api.expected`, and its fatal cases
+//! must stop with spanalloc's line), `tests/c/threads.c` frees across threads and must print
+//! what it prints without the preload.
+//!
+//! Needs a C compiler (`cc`); builds the release library with the same cargo.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// `target/release/libspanalloc.so`, built once per test run.
+fn library() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--release", "-p", "spanalloc-preload"])
+            .current_dir(workspace())
+            .status()
+            .expect("run cargo");
+        assert!(
+            status.success(),
+            "cargo build --release -p spanalloc-preload"
+        );
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace().join("target"));
+        let lib = target.join("release/libspanalloc.so");
+        assert!(lib.exists(), "{} missing", lib.display());
+        lib
+    })
+}
+
+/// Compiles `tests/c/<name>.c` into a temporary file of its own (`tag` tells the tests
+/// apart: they run in parallel).
+fn compile(name: &str, tag: &str) -> PathBuf {
+    let out = std::env::temp_dir().join(format!("spanalloc-c-{}-{name}-{tag}", std::process::id()));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/c/{name}.c"));
+    let status = Command::new("cc")
+        .args(["-O0", "-fno-builtin", "-w", "-pthread", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .arg("-ldl")
+        .status()
+        .expect("run cc");
+    assert!(status.success(), "cc {}", src.display());
+    out
+}
+
+fn run(exe: &Path, args: &[&str], preload: bool) -> std::process::Output {
+    let mut cmd = Command::new(exe);
+    cmd.args(args);
+    if preload {
+        cmd.env("LD_PRELOAD", library());
+    } else {
+        cmd.env_remove("LD_PRELOAD");
+    }
+    cmd.output().expect("run the C program")
+}
+
+#[test]
+fn every_exported_symbol_from_c() {
+    let exe = compile("api", "api");
+    let out = run(&exe, &[], true);
+    let expected =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/api.expected"))
+            .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (case, line) in [
+        (
+            "invalid-free",
+            "spanalloc: invalid free: pointer not allocated by spanalloc",
+        ),
+        ("double-free", "spanalloc: double free detected"),
+        (
+            "interior-free",
+            "spanalloc: invalid free: pointer into the middle of an object",
+        ),
+    ] {
+        let out = run(&exe, &[case], true);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{case}: {stderr}");
+        assert!(stderr.lines().any(|l| l == line), "{case}: {stderr}");
+    }
+    let _ = std::fs::remove_file(exe);
+}
+
+#[test]
+fn threads_free_across_threads() {
+    let exe = compile("threads", "threads");
+    let plain = run(&exe, &["4", "20000"], false);
+    let ours = run(&exe, &["4", "20000"], true);
+    assert!(plain.status.success() && ours.status.success(), "{ours:?}");
+    assert_eq!(ours.stdout, plain.stdout);
+    let _ = std::fs::remove_file(exe);
+}
+
+#[test]
+fn show_stats_prints_one_line_at_exit() {
+    let exe = compile("threads", "stats");
+    let out = Command::new(&exe)
+        .args(["2", "2000"])
+        .env("LD_PRELOAD", library())
+        .env("SPANALLOC_SHOW_STATS", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success());
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("spanalloc: peak "))
+        .unwrap_or_else(|| {
+            panic!("no stats line in {stderr:?}");
+        });
+    for word in ["current ", "mapped "] {
+        assert!(line.contains(word), "{line}");
+    }
+    let quiet = run(&exe, &["2", "2000"], true);
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("spanalloc:"));
+    let _ = std::fs::remove_file(exe);
+}
+
+#[test]
+fn dlopen_does_not_need_static_tls_it_cannot_get() {
+    // dlopen (not LD_PRELOAD): the library's initial-exec TLS must fit glibc's surplus.
+    let src = std::env::temp_dir().join(format!("spanalloc-dlopen-{}.c", std::process::id()));
+    std::fs::write(
+        &src,
+        r#"#include <dlfcn.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+    void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+    if (!h) { printf("dlopen failed: %s\n", dlerror()); return 1; }
+    void *(*m)(unsigned long) = (void *(*)(unsigned long))dlsym(h, "malloc");
+    void (*f)(void *) = (void (*)(void *))dlsym(h, "free");
+    for (int i = 0; i < 100000; i++) f(m(i % 3000));
+    printf("dlopen ok\n");
+    return 0;
+}
+"#,
+    )
+    .unwrap();
+    let exe = src.with_extension("");
+    let status = Command::new("cc")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .arg("-ldl")
+        .status()
+        .expect("run cc");
+    assert!(status.success());
+    let out = Command::new(&exe)
+        .arg(library())
+        .env_remove("LD_PRELOAD")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "dlopen ok\n");
+    let _ = std::fs::remove_file(src);
+    let _ = std::fs::remove_file(exe);
+}
