@@ -23,7 +23,7 @@
 
 use crate::check::fatal;
 use crate::heap::Heap;
-use crate::size_class::{self, MIN_ALIGN, SMALL_STEP_LIMIT};
+use crate::size_class::{self, LARGE_THRESHOLD, MIN_ALIGN, SMALL_STEP_LIMIT};
 use crate::sync::{AtomicU8, AtomicU32, Lock, Ordering};
 use crate::sys::OsPages;
 use crate::thread_cache::ThreadCache;
@@ -482,6 +482,13 @@ unsafe fn with_cache_for_free<R>(f: impl FnOnce(&mut ThreadCache) -> R) -> R {
 #[cold]
 #[inline(never)]
 fn alloc_slow(size: usize, align: usize) -> *mut u8 {
+    if size >= LARGE_THRESHOLD {
+        // Large objects need no thread cache: straight to the heap.
+        return match HEAP.alloc_large(size, align) {
+            Some((p, _)) => p.as_ptr(),
+            None => core::ptr::null_mut(),
+        };
+    }
     // SAFETY: the closure gets exclusive use of a cache.
     unsafe { with_cache(|cache| cache.alloc(&HEAP, size, align)) }
 }
@@ -489,6 +496,14 @@ fn alloc_slow(size: usize, align: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 unsafe fn dealloc_slow(ptr: *mut u8, size: usize, align: usize) {
+    if size >= LARGE_THRESHOLD {
+        // A large object needs no thread cache (a wrong layout is caught by `owner`, or
+        // falls through to the general path below).
+        if let crate::heap::Owner::Large(span) = HEAP.owner(ptr) {
+            // SAFETY: per the caller of `raw::dealloc`: a live large object, given up.
+            return unsafe { HEAP.free_large(span) };
+        }
+    }
     // SAFETY: per the caller of `raw::dealloc`. The fast path already tried the owned span
     // of the size's class, so go straight to the page map (`dealloc_slow` of the cache).
     unsafe { with_cache_for_free(|cache| cache.dealloc_slow(&HEAP, ptr, size, align)) }

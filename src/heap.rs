@@ -207,15 +207,34 @@ impl<S: PageSource> Heap<S> {
     /// Allocates a large object: a span of its own. Returns the object and whether it is
     /// known to be all zero. `None` when out of memory or `size` is absurd.
     pub fn alloc_large(&self, size: usize, align: usize) -> Option<(NonNull<u8>, bool)> {
+        self.alloc_large_from(size, align, true)
+    }
+
+    /// As [`Heap::alloc_large`] for an object that is growing (`realloc`): from a free run
+    /// with room after it rather than from the large-span cache (see
+    /// [`PageHeap::alloc_to_grow`]).
+    pub fn alloc_large_to_grow(&self, size: usize, align: usize) -> Option<(NonNull<u8>, bool)> {
+        self.alloc_large_from(size, align, false)
+    }
+
+    fn alloc_large_from(
+        &self,
+        size: usize,
+        align: usize,
+        use_cache: bool,
+    ) -> Option<(NonNull<u8>, bool)> {
         if size > isize::MAX as usize {
             return None;
         }
         let pages = Pages::for_bytes(size.max(1))?;
         let align = Pages((align / PAGE_SIZE).max(1));
-        let (span, zeroed) =
-            self.page_heap
-                .lock()
-                .alloc(pages, align, SizeClass::LARGE, &self.map, &self.source)?;
+        let mut page_heap = self.page_heap.lock();
+        let (span, zeroed) = if use_cache {
+            page_heap.alloc(pages, align, SizeClass::LARGE, &self.map, &self.source)?
+        } else {
+            page_heap.alloc_to_grow(pages, align, &self.map, &self.source)?
+        };
+        drop(page_heap);
         // SAFETY: a live span just handed to us.
         let start = unsafe { span.as_ref() }.start();
         Some((NonNull::new(start.ptr())?, zeroed))

@@ -122,14 +122,43 @@ impl PageHeap {
         map: &PageMap,
         source: &impl PageSource,
     ) -> Option<(NonNull<Span>, bool)> {
+        self.alloc_from(pages, align, class, true, map, source)
+    }
+
+    /// As [`PageHeap::alloc`] for a large span that is likely to grow (a `realloc` moving
+    /// a growing object): never from the large-span cache, whose spans sit between others,
+    /// but from a free run, whose remainder is free room to grow into.
+    pub fn alloc_to_grow(
+        &mut self,
+        pages: Pages,
+        align: Pages,
+        map: &PageMap,
+        source: &impl PageSource,
+    ) -> Option<(NonNull<Span>, bool)> {
+        self.alloc_from(pages, align, SizeClass::LARGE, false, map, source)
+    }
+
+    fn alloc_from(
+        &mut self,
+        pages: Pages,
+        align: Pages,
+        class: SizeClass,
+        use_cache: bool,
+        map: &PageMap,
+        source: &impl PageSource,
+    ) -> Option<(NonNull<Span>, bool)> {
         debug_assert!(pages.0 > 0 && align.0.is_power_of_two());
-        if class == SizeClass::LARGE && align.0 == 1 && pages.0 <= CACHED_PAGES {
+        if use_cache && class == SizeClass::LARGE && align.0 == 1 && pages.0 <= CACHED_PAGES {
             if let Some(span) = self.take_cached(pages) {
                 return Some((span, false));
             }
         }
         let want = Pages(pages.0.checked_add(align.0 - 1)?);
-        let mut run = self.find(want);
+        let mut run = if use_cache {
+            self.find(want)
+        } else {
+            self.find_largest(want)
+        };
         if run.is_null() && self.cached_bytes > 0 {
             // Cached spans merged back may make a fitting run; try that before mapping more.
             self.drain_cache(u64::MAX, map);
@@ -482,16 +511,12 @@ impl PageHeap {
         }
         let span = self.cached[pages.0].first();
         // SAFETY: a live record on our cache list; the lock is held.
-        unsafe { self.cached[pages.0].remove(span) };
-        if self.cached[pages.0].is_empty() {
-            self.cached_mask &= !(1 << (pages.0 - 1));
-        }
+        unsafe { self.unlist(span) };
         // SAFETY: as above.
         let s = unsafe { &*span };
         s.set_kind(SpanKind::Large, SizeClass::LARGE);
         // SAFETY: as above.
         let resident = unsafe { s.resident.get() };
-        self.cached_bytes -= s.bytes();
         self.stats.free -= s.bytes();
         self.stats.free_resident -= resident * PAGE_SIZE;
         self.stats.large_in_use += s.bytes();
@@ -501,32 +526,60 @@ impl PageHeap {
     /// Moves cached spans freed at or before `freed_by` to the free runs, merging them with
     /// their neighbours.
     fn drain_cache(&mut self, freed_by: u64, map: &PageMap) {
+        // One span at a time: merging one may absorb other cached spans (its neighbours),
+        // so the lists are searched afresh after each.
+        while let Some(span) = self.cached_freed_by(freed_by) {
+            // SAFETY: a live record in the cache; the lock is held.
+            unsafe {
+                self.unlist(span.as_ptr());
+                // A free run (already counted in `stats`) on no list.
+                self.insert_merging(span, map);
+            }
+        }
+    }
+
+    /// A cached span freed at or before `freed_by`, if any.
+    fn cached_freed_by(&self, freed_by: u64) -> Option<NonNull<Span>> {
         let mut mask = self.cached_mask;
         while mask != 0 {
             let n = mask.trailing_zeros() as usize + 1;
             mask &= mask - 1;
-            let mut at = self.cached[n].first();
-            while !at.is_null() {
-                // SAFETY: live records on our cache list; the lock is held.
-                let (next, freed_at) = unsafe { ((*at).next_on_list(), (*at).freed_at.get()) };
-                if freed_at <= freed_by {
-                    // SAFETY: as above.
-                    unsafe { self.cached[n].remove(at) };
-                    self.cached_bytes -= n * PAGE_SIZE;
-                    // SAFETY: a free run (already counted in `stats`) on no list.
-                    unsafe { self.insert_merging(NonNull::new_unchecked(at), map) };
+            // SAFETY: the lock is held (`&self` inside it).
+            for span in unsafe { self.cached[n].iter() } {
+                // SAFETY: live records on our cache list.
+                if unsafe { (*span).freed_at.get() } <= freed_by {
+                    return NonNull::new(span);
                 }
-                at = next;
-            }
-            if self.cached[n].is_empty() {
-                self.cached_mask &= !(1 << (n - 1));
             }
         }
+        None
     }
 
     /// Bytes in the large-span cache.
     pub fn cached_bytes(&self) -> usize {
         self.cached_bytes
+    }
+
+    /// The largest free run if it has at least `pages` pages, or null: where a growing
+    /// object has the most room to grow in place.
+    fn find_largest(&self, pages: Pages) -> *mut Span {
+        let mut best: *mut Span = null_mut();
+        // SAFETY: the lock is held (`&self` inside the lock's guard).
+        for run in unsafe { self.long_runs.iter() } {
+            // SAFETY: live records on our list.
+            let (r, b) = unsafe { (&*run, best.as_ref()) };
+            if b.is_none_or(|b| r.pages() > b.pages()) {
+                best = run;
+            }
+        }
+        if best.is_null() && self.nonempty != 0 {
+            best = self.by_length[128 - self.nonempty.leading_zeros() as usize].first();
+        }
+        // SAFETY: a live record, if non-null.
+        match unsafe { best.as_ref() } {
+            Some(b) if b.pages() >= pages => best,
+            _ => null_mut(),
+        }
     }
 
     /// The smallest listed run of at least `pages` pages, or null.
@@ -661,7 +714,8 @@ impl PageHeap {
         Some(unsafe { NonNull::new_unchecked(run) })
     }
 
-    /// The free run of ours that starts at `page`, if any.
+    /// The free run of ours on a free list (not in the large-span cache, whose spans are
+    /// never merged) that starts at `page`, if any.
     fn free_run_starting_at(&self, map: &PageMap, page: PageId) -> Option<*mut Span> {
         let c = map.lookup(page.addr());
         // SAFETY: page-map entries are span records, which are never unmapped (a stale
@@ -673,7 +727,7 @@ impl PageHeap {
         (r.kind() == SpanKind::Free && listed && r.start() == page).then_some(c)
     }
 
-    /// The free run of ours whose last page is just before `page`, if any.
+    /// The free run of ours on a free list whose last page is just before `page`, if any.
     fn free_run_ending_at(&self, map: &PageMap, page: PageId) -> Option<*mut Span> {
         let c = map.lookup(page.addr().wrapping_sub(1));
         // SAFETY: as in `free_run_starting_at`.
@@ -745,14 +799,22 @@ impl PageHeap {
         }
     }
 
-    /// Takes free run `span` off its list.
+    /// Takes free run `span` off its list (a free list, or the large-span cache).
     ///
     /// # Safety
-    /// `span` is on one of our free lists.
+    /// `span` is on one of our free lists or in the cache.
     unsafe fn unlist(&mut self, span: *mut Span) {
         // SAFETY: per the caller.
         let n = unsafe { (*span).pages().0 };
-        if n <= LISTED_PAGES {
+        // SAFETY: per the caller; the lock is held.
+        if unsafe { (*span).list() } == ListId::PageHeapCache {
+            // SAFETY: in the cache list of its length.
+            unsafe { self.cached[n].remove(span) };
+            if self.cached[n].is_empty() {
+                self.cached_mask &= !(1 << (n - 1));
+            }
+            self.cached_bytes -= n * PAGE_SIZE;
+        } else if n <= LISTED_PAGES {
             // SAFETY: on this list; we hold the lock.
             unsafe { self.by_length[n].remove(span) };
             if self.by_length[n].is_empty() {

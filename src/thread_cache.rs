@@ -371,7 +371,13 @@ impl ThreadCache {
             }
             _ => {}
         }
-        let new = self.alloc(heap, new_size, align);
+        let new = match size_class::class_for(new_size, align) {
+            // Growing into (or within) the large tier: take room that can grow in place.
+            None if new_size > old_usable => heap
+                .alloc_large_to_grow(new_size, align)
+                .map_or(null_mut(), |(p, _)| p.as_ptr()),
+            _ => self.alloc(heap, new_size, align),
+        };
         if !new.is_null() {
             // SAFETY: both are live, distinct objects of at least the copied length.
             unsafe {
