@@ -532,7 +532,7 @@ pub fn release_free_memory() -> usize {
 }
 
 /// Sets how long free pages stay resident before the allocator gives them back to the OS on
-/// its own: `ms` milliseconds (default 1000, or `SPANALLOC_DECAY_MS` from the environment);
+/// its own: `ms` milliseconds (default 500, or `SPANALLOC_DECAY_MS` from the environment);
 /// 0 gives them back at once; a negative value never (only [`release_free_memory`]).
 pub fn set_decay_ms(ms: i64) {
     HEAP.set_decay_ms(ms);

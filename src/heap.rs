@@ -43,7 +43,7 @@ pub struct Heap<S: PageSource> {
 }
 
 /// How long free pages stay resident by default before they go back to the OS.
-pub const DEFAULT_DECAY_MS: i64 = 1000;
+pub const DEFAULT_DECAY_MS: i64 = 500;
 /// The most one decay step gives back, so that no single request stalls for long.
 pub const RELEASE_BYTES_PER_STEP: usize = 64 << 20;
 

@@ -74,7 +74,7 @@
 //!
 //! # Giving memory back
 //!
-//! Free runs that have stayed unused for the decay time (default 1 s) are given back with
+//! Free runs that have stayed unused for the decay time (default 500 ms) are given back with
 //! `MADV_DONTNEED`, a bounded amount at a time, from the allocator's own slow paths;
 //! [`release_free_memory`] gives back everything now; [`set_decay_ms`] and
 //! `SPANALLOC_DECAY_MS` configure it.

@@ -774,9 +774,18 @@ impl PageHeap {
         unsafe {
             self.unlist(other);
             let o = &*other;
-            into.resident.set(into.resident.get() + o.resident.get());
+            // The merged run's age is that of the side holding more resident pages: a small
+            // span freed next to a large idle run must not restart the run's decay (nor an
+            // old sliver make a newly freed run look old).
+            let (ri, ro) = (into.resident.get(), o.resident.get());
+            let (ti, to) = (into.freed_at.get(), o.freed_at.get());
+            into.freed_at.set(match ri.cmp(&ro) {
+                core::cmp::Ordering::Greater => ti,
+                core::cmp::Ordering::Less => to,
+                core::cmp::Ordering::Equal => ti.max(to),
+            });
+            into.resident.set(ri + ro);
             into.zeroed.set(into.zeroed.get() && o.zeroed.get());
-            into.freed_at.set(into.freed_at.get().max(o.freed_at.get()));
             o.set_kind(SpanKind::Unused, SizeClass::LARGE);
             self.records.free(NonNull::new_unchecked(other));
         }
