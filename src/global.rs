@@ -531,6 +531,34 @@ pub fn release_free_memory() -> usize {
     HEAP.release_free_memory()
 }
 
+static BACKGROUND_RELEASE: AtomicU8 = AtomicU8::new(0);
+
+/// Starts a thread that gives free memory back to the OS on time even while the program makes
+/// no allocator call at all (a program that frees and then sleeps). Without it, the decay
+/// release runs from the allocator's own slow paths. The thread wakes every quarter of the
+/// decay time. Returns `false` if it was already started (or could not be). Call it from
+/// ordinary code, not from inside an allocation (it spawns a thread).
+pub fn start_background_release() -> bool {
+    if BACKGROUND_RELEASE.swap(1, Ordering::Relaxed) != 0 {
+        return false;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("spanalloc-release".into())
+        .spawn(|| {
+            loop {
+                let decay = HEAP.decay_ms();
+                let nap = if decay <= 0 {
+                    100
+                } else {
+                    (decay / 4).clamp(1, 1000)
+                };
+                std::thread::sleep(std::time::Duration::from_millis(nap as u64));
+                HEAP.release_due();
+            }
+        });
+    spawned.is_ok()
+}
+
 /// Sets how long free pages stay resident before the allocator gives them back to the OS on
 /// its own: `ms` milliseconds (default 500, or `SPANALLOC_DECAY_MS` from the environment);
 /// 0 gives them back at once; a negative value never (only [`release_free_memory`]).

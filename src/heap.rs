@@ -194,6 +194,23 @@ impl<S: PageSource> Heap<S> {
         self.next_release_at.store(next, Ordering::Relaxed);
     }
 
+    /// Gives back, now, every free run that has been unused for the decay time, however
+    /// much that is (for a background thread: waits for the lock and has no bound). Returns
+    /// the bytes given back.
+    pub fn release_due(&self) -> usize {
+        let decay = self.decay_ms.load(Ordering::Relaxed);
+        if decay < 0 {
+            return 0;
+        }
+        let now = self.now();
+        self.page_heap.lock().release(
+            now.saturating_sub(decay as u64),
+            usize::MAX,
+            &self.map,
+            &self.source,
+        )
+    }
+
     /// What central lists need to grow and release.
     pub fn backing(&self) -> Backing<'_, S> {
         Backing {

@@ -75,7 +75,8 @@
 //! # Giving memory back
 //!
 //! Free runs that have stayed unused for the decay time (default 500 ms) are given back with
-//! `MADV_DONTNEED`, a bounded amount at a time, from the allocator's own slow paths;
+//! `MADV_DONTNEED`, a bounded amount at a time, from the allocator's own slow paths (or,
+//! after [`start_background_release`], from a thread of its own);
 //! [`release_free_memory`] gives back everything now; [`set_decay_ms`] and
 //! `SPANALLOC_DECAY_MS` configure it.
 //!
@@ -113,5 +114,6 @@ mod loom_tests;
 
 #[cfg(not(loom))]
 pub use global::{
-    SpanAlloc, flush_thread_cache, heap, raw, release_free_memory, set_decay_ms, stats,
+    SpanAlloc, flush_thread_cache, heap, raw, release_free_memory, set_decay_ms,
+    start_background_release, stats,
 };
