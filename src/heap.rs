@@ -443,13 +443,15 @@ impl<S: PageSource> Heap<S> {
 }
 
 #[cfg(all(test, not(loom)))]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::page_heap::PageHeap;
     use crate::sys::FakePages;
     use crate::thread_cache::ThreadCache;
 
-    fn heap() -> Box<Heap<FakePages>> {
+    /// A heap over fake pages that grows 4 MiB at a time (shared by the tests of the
+    /// tiers above).
+    pub(crate) fn heap() -> Box<Heap<FakePages>> {
         Box::new(Heap::with_page_heap(
             FakePages::new(),
             PageHeap::with_grow_bytes(4 << 20),

@@ -429,16 +429,10 @@ unsafe fn carve(span: NonNull<Span>, class: SizeClass) -> *mut u8 {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::page_heap::PageHeap;
+    use crate::heap::tests::heap;
     use crate::sys::FakePages;
     use std::collections::BTreeMap;
 
-    fn heap() -> Box<Heap<FakePages>> {
-        Box::new(Heap::with_page_heap(
-            FakePages::new(),
-            PageHeap::with_grow_bytes(4 << 20),
-        ))
-    }
 
     /// A tiny deterministic generator (xorshift), so failures replay.
     struct Rng(u64);
