@@ -433,7 +433,6 @@ mod tests {
     use crate::sys::FakePages;
     use std::collections::BTreeMap;
 
-
     /// A tiny deterministic generator (xorshift), so failures replay.
     struct Rng(u64);
     impl Rng {
