@@ -62,9 +62,12 @@
 //!
 //! # Large objects (32 KiB and up, or alignment above 8 KiB)
 //!
-//! A span of their own from the page heap, under its lock; freed straight back to it, where
-//! the run merges with free neighbours. `realloc` grows in place into a following free run
-//! or shrinks in place.
+//! A span of their own from the page heap, under its lock, with no thread cache involved.
+//! Freed spans of up to 1 MiB wait, unmerged, in the page heap's large-span cache for the
+//! next allocation of the same length (no search, split or merge); others go straight back
+//! to the free runs and merge with free neighbours. `realloc` grows in place into a
+//! following free run (a growing object is placed in the largest run to leave it room) or
+//! shrinks in place.
 //!
 //! # Zeroing
 //!
