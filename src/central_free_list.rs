@@ -217,8 +217,24 @@ impl CentralFreeList {
         st
     }
 
-    /// Checks every invariant of the listed spans; panics (in tests) on a violation.
+    /// Checks every invariant of the listed spans; panics on a violation (after dropping
+    /// the lock: a panic allocates, and an allocation may need this list).
     pub fn check_invariants(&self, class: SizeClass, map: &PageMap) {
+        let violation = self.invariant_violation(class, map);
+        if let Some(v) = violation {
+            panic!("central list invariant broken (class {}): {v}", class.0);
+        }
+    }
+
+    /// The first broken invariant of the listed spans, if any (taken under the lock).
+    pub fn invariant_violation(&self, class: SizeClass, map: &PageMap) -> Option<&'static str> {
+        macro_rules! ensure {
+            ($cond:expr, $msg:expr) => {
+                if !$cond {
+                    return Some($msg);
+                }
+            };
+        }
         let lists = self.lists.lock();
         for (list, want) in [
             (&lists.partial, ListId::Partial),
@@ -228,14 +244,23 @@ impl CentralFreeList {
             for s in unsafe { list.iter() } {
                 // SAFETY: live spans on our lists; the lock guards the guarded fields.
                 let span = unsafe { &*s };
-                assert_eq!(span.kind(), SpanKind::Small);
-                assert_eq!(span.class(), class);
+                ensure!(span.kind() == SpanKind::Small, "listed spans are small");
+                ensure!(
+                    span.class() == class,
+                    "listed spans are of the list's class"
+                );
                 // SAFETY: as above.
-                assert_eq!(unsafe { span.list() }, want);
-                assert_eq!(map.lookup(span.start_addr()), s);
-                assert_eq!(map.lookup(span.end().addr() - 1), s);
+                ensure!(unsafe { span.list() } == want, "a span knows its list");
+                ensure!(
+                    map.lookup(span.start_addr()) == s,
+                    "first page maps to the span"
+                );
+                ensure!(
+                    map.lookup(span.end().addr() - 1) == s,
+                    "last page maps to the span"
+                );
                 let word = span.remote_word();
-                assert_eq!(word & span::OWNED, 0, "listed spans are unowned");
+                ensure!(word & span::OWNED == 0, "listed spans are unowned");
                 let in_use = Span::unowned_in_use(word);
                 // SAFETY: as above: the free list is guarded by the lock.
                 let (local, bump) = unsafe { (span::list_len(span.free.get()), span.bump.get()) };
@@ -243,15 +268,16 @@ impl CentralFreeList {
                 let remote = unsafe { span.remote_len_unowned() };
                 let free = local + remote + span.capacity() - bump as usize;
                 if word & span::DEAD == 0 {
-                    assert_eq!(in_use + free, span.capacity(), "objects are conserved");
+                    ensure!(in_use + free == span.capacity(), "objects are conserved");
                 }
-                if want == ListId::Full {
-                    assert!(word & (span::FULL | span::MOVING) != 0);
-                } else {
-                    assert!(word & (span::FULL | span::MOVING) == 0);
-                }
+                let full_flags = word & (span::FULL | span::MOVING) != 0;
+                ensure!(
+                    full_flags == (want == ListId::Full),
+                    "FULL/MOVING exactly on the full list"
+                );
             }
         }
+        None
     }
 
     /// Takes this list's lock without a guard (for `fork`).

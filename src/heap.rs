@@ -416,7 +416,12 @@ impl<S: PageSource> Heap<S> {
         for class in SizeClass::all() {
             self.central(class).check_invariants(class, &self.map);
         }
-        self.page_heap.lock().check_invariants(&self.map);
+        // Checked under the lock, reported after dropping it: a panic allocates, and an
+        // allocation may need the page heap lock.
+        let violation = self.page_heap.lock().invariant_violation(&self.map);
+        if let Some(v) = violation {
+            panic!("page heap invariant broken: {v}");
+        }
     }
 
     /// Takes every lock of the heap, in the lock order (for `fork`).

@@ -27,7 +27,7 @@ pub const MAP_ALIGN: usize = 2 << 20;
 /// allocation of the same length.
 pub const CACHED_PAGES: usize = 128;
 /// The most the large-span cache holds.
-pub const CACHE_BYTES: usize = 32 << 20;
+pub const CACHE_BYTES: usize = 8 << 20;
 
 /// Counters of the page heap, exact under its lock.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -384,30 +384,44 @@ impl PageHeap {
         done
     }
 
-    /// Checks every invariant of the free runs against the page map and the counters; stops
-    /// the test with a message on the first violation.
+    /// Checks every invariant of the free runs against the page map and the counters; panics
+    /// on the first violation. Use it on a page heap no lock guards (tests); behind a lock,
+    /// take [`PageHeap::invariant_violation`] under the lock and panic after dropping it (a
+    /// panic allocates, and an allocation may need that lock).
     pub fn check_invariants(&self, map: &PageMap) {
+        if let Some(violation) = self.invariant_violation(map) {
+            panic!("page heap invariant broken: {violation}");
+        }
+    }
+
+    /// The first broken invariant of the free runs, the page map and the counters, if any.
+    pub fn invariant_violation(&self, map: &PageMap) -> Option<&'static str> {
+        macro_rules! ensure {
+            ($cond:expr, $msg:expr) => {
+                if !$cond {
+                    return Some($msg);
+                }
+            };
+        }
         let mut free = 0;
         let mut resident = 0;
-        let mut check_run = |run: *mut Span, list_len: Option<usize>| {
+        let mut check_run = |run: *mut Span, list_len: Option<usize>| -> Option<&'static str> {
             // SAFETY: runs on our lists are live records; the caller holds the lock.
             let r = unsafe { &*run };
-            assert_eq!(r.kind(), SpanKind::Free, "a listed run is free");
+            ensure!(r.kind() == SpanKind::Free, "a listed run is free");
             // SAFETY: as above.
-            assert_eq!(unsafe { r.list() }, ListId::PageHeapFree);
-            if let Some(n) = list_len {
-                assert_eq!(r.pages().0, n, "run on the list of its length");
-            } else {
-                assert!(r.pages().0 > LISTED_PAGES);
+            let on_free_list = unsafe { r.list() } == ListId::PageHeapFree;
+            ensure!(on_free_list, "a listed run is on a free list");
+            match list_len {
+                Some(n) => ensure!(r.pages().0 == n, "run on the list of its length"),
+                None => ensure!(r.pages().0 > LISTED_PAGES, "long runs are long"),
             }
-            assert_eq!(
-                map.lookup(r.start_addr()),
-                run,
+            ensure!(
+                map.lookup(r.start_addr()) == run,
                 "first page maps to the run"
             );
-            assert_eq!(
-                map.lookup(r.end().addr() - 1),
-                run,
+            ensure!(
+                map.lookup(r.end().addr() - 1) == run,
                 "last page maps to the run"
             );
             for neighbour in [
@@ -421,44 +435,56 @@ impl PageHeap {
                     // SAFETY: as above; the lock is held.
                     let listed_free =
                         n.kind() == SpanKind::Free && unsafe { n.list() } == ListId::PageHeapFree;
-                    assert!(!(adjacent && listed_free), "free neighbours are merged");
+                    ensure!(!(adjacent && listed_free), "free neighbours are merged");
                 }
             }
             // SAFETY: as above.
             let res = unsafe { r.resident.get() };
-            assert!(res <= r.pages().0);
+            ensure!(res <= r.pages().0, "resident pages within the run");
             free += r.bytes();
             resident += res * PAGE_SIZE;
+            None
         };
         for (n, list) in self.by_length.iter().enumerate().skip(1) {
-            assert_eq!(
-                list.is_empty(),
-                self.nonempty & (1 << (n - 1)) == 0,
+            ensure!(
+                list.is_empty() == (self.nonempty & (1 << (n - 1)) == 0),
                 "nonempty mask"
             );
             // SAFETY: the caller holds the lock.
             for run in unsafe { list.iter() } {
-                check_run(run, Some(n));
+                if let Some(v) = check_run(run, Some(n)) {
+                    return Some(v);
+                }
             }
         }
         // SAFETY: as above.
         for run in unsafe { self.long_runs.iter() } {
-            check_run(run, None);
+            if let Some(v) = check_run(run, None) {
+                return Some(v);
+            }
         }
         let mut cached = 0;
         for (n, list) in self.cached.iter().enumerate().skip(1) {
-            assert_eq!(
-                list.is_empty(),
-                self.cached_mask & (1 << (n - 1)) == 0,
+            ensure!(
+                list.is_empty() == (self.cached_mask & (1 << (n - 1)) == 0),
                 "cache mask"
             );
             // SAFETY: the caller holds the lock.
             for span in unsafe { list.iter() } {
                 // SAFETY: live records on our cache list.
                 let s = unsafe { &*span };
-                assert_eq!((s.kind(), s.pages().0), (SpanKind::Free, n), "cached span");
-                assert_eq!(map.lookup(s.start_addr()), span);
-                assert_eq!(map.lookup(s.end().addr() - 1), span);
+                ensure!(
+                    s.kind() == SpanKind::Free && s.pages().0 == n,
+                    "cached span"
+                );
+                ensure!(
+                    map.lookup(s.start_addr()) == span,
+                    "cached span's first page"
+                );
+                ensure!(
+                    map.lookup(s.end().addr() - 1) == span,
+                    "cached span's last page"
+                );
                 // SAFETY: as above.
                 let res = unsafe { s.resident.get() };
                 free += s.bytes();
@@ -466,14 +492,17 @@ impl PageHeap {
                 cached += s.bytes();
             }
         }
-        assert_eq!(cached, self.cached_bytes, "cached bytes counter");
-        assert_eq!(free, self.stats.free, "free bytes counter");
-        assert_eq!(resident, self.stats.free_resident, "resident bytes counter");
-        assert_eq!(
-            self.stats.mapped,
-            self.stats.free + self.stats.large_in_use + self.stats.small_spans,
+        ensure!(cached == self.cached_bytes, "cached bytes counter");
+        ensure!(free == self.stats.free, "free bytes counter");
+        ensure!(
+            resident == self.stats.free_resident,
+            "resident bytes counter"
+        );
+        ensure!(
+            self.stats.mapped == self.stats.free + self.stats.large_in_use + self.stats.small_spans,
             "mapped = free + large + small"
         );
+        None
     }
 
     // ---------------------------------------------------------------------------------
