@@ -265,7 +265,8 @@ impl CentralFreeList {
                 // SAFETY: as above: the free list is guarded by the lock.
                 let (local, bump) = unsafe { (span::list_len(span.free.get()), span.bump.get()) };
                 // SAFETY: we hold the central lock of this unowned span.
-                let remote = unsafe { span.remote_len_unowned() };
+                // (From the same snapshot as `in_use`: frees may arrive while we walk.)
+                let remote = unsafe { span.remote_len_unowned(word) };
                 let free = local + remote + span.capacity() - bump as usize;
                 if word & span::DEAD == 0 {
                     ensure!(in_use + free == span.capacity(), "objects are conserved");

@@ -478,14 +478,17 @@ impl Span {
         ((word & COUNT_MASK) >> COUNT_SHIFT) as usize
     }
 
-    /// Length of the remote list (walks it).
+    /// Length of the remote list as it was in `word`, a value this span's remote word held
+    /// (walks it). Pushes only put nodes in front of a head, so the list below `word`'s
+    /// head does not change while nobody takes it: `word`'s count and this length describe
+    /// the same moment, however many frees arrive meanwhile.
     ///
     /// # Safety
     /// The caller holds the central lock of an unowned span (nobody takes the list
-    /// concurrently; pushes may still arrive and are not counted).
-    pub unsafe fn remote_len_unowned(&self) -> usize {
+    /// concurrently), and read `word` from it under that lock.
+    pub unsafe fn remote_len_unowned(&self, word: u64) -> usize {
         // SAFETY: the list is only taken under the lock we hold; nodes stay valid.
-        unsafe { list_len(decode_head(self.remote_word(), self.start_addr())) }
+        unsafe { list_len(decode_head(word, self.start_addr())) }
     }
 
     // ---------------------------------------------------------------------------------
