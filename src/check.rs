@@ -60,15 +60,6 @@ pub fn format_decimal(mut value: u64, buf: &mut [u8; 20]) -> &[u8] {
     &buf[i..]
 }
 
-/// An internal consistency check that is cheap enough to keep in release builds: when
-/// `cond` is false the heap is corrupt or the caller misused it, so stop at once.
-#[inline(always)]
-pub fn ensure(cond: bool, msg: &'static str) {
-    if !cond {
-        fatal(msg);
-    }
-}
-
 /// Whether the always-on free checks are compiled in (cargo feature `free-checks`, on by
 /// default): every freed small object carries [`free_key`] in its second word, checked on
 /// free and cleared on allocation, as glibc's tcache does.

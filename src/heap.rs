@@ -211,13 +211,15 @@ impl<S: PageSource> Heap<S> {
         )
     }
 
-    /// What central lists need to grow and release.
+    /// What central lists need to grow and release. Spans they return are stamped with
+    /// [`Heap::recent_now`]: the refill path has just read the clock in `maybe_release`, so
+    /// this needs no clock read of its own.
     pub fn backing(&self) -> Backing<'_, S> {
         Backing {
             page_heap: &self.page_heap,
             map: &self.map,
             source: &self.source,
-            now: self.now(),
+            now: self.recent_now(),
         }
     }
 

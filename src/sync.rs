@@ -220,16 +220,6 @@ impl<T> Lock<T> {
     pub fn is_locked(&self) -> bool {
         self.state.load(Ordering::Relaxed) != UNLOCKED
     }
-
-    /// Access to the contents without locking.
-    ///
-    /// # Safety
-    /// The caller holds the lock (for example through `raw_lock`) or otherwise knows no other
-    /// thread can touch the contents.
-    pub unsafe fn get_unlocked(&self) -> *mut T {
-        // SAFETY: per the caller's obligation, access is exclusive.
-        unsafe { self.value.with_mut(|p| p) }
-    }
 }
 
 /// Exclusive access to a [`Lock`]'s contents; unlocks when dropped.
