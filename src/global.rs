@@ -468,15 +468,18 @@ unsafe fn with_cache<R>(f: impl FnOnce(&mut ThreadCache) -> R) -> R {
 
 /// As [`with_cache`] but without registering a FRESH cache: freeing never gives the cache a
 /// span, so it needs no thread-exit flush.
-#[inline]
+#[inline(always)]
 unsafe fn with_cache_for_free<R>(f: impl FnOnce(&mut ThreadCache) -> R) -> R {
     let l = local();
+    let mut orphan = None;
     // SAFETY: our own slot.
-    match unsafe { (*l).state } {
+    let cache = match unsafe { (*l).state } {
         // SAFETY: as in `with_cache`.
-        FRESH | ACTIVE => f(unsafe { &mut (*l).cache }),
-        _ => f(&mut ORPHAN.lock()),
-    }
+        FRESH | ACTIVE => unsafe { &mut (*l).cache },
+        _ => &mut **orphan.insert(ORPHAN.lock()),
+    };
+    // One call site, so that `f` is inlined here.
+    f(cache)
 }
 
 #[cold]

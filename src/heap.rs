@@ -20,7 +20,7 @@ use crate::page_map::PageMap;
 use crate::pages::{PAGE_SIZE, Pages};
 use crate::size_class::{CLASS_COUNT, SizeClass};
 use crate::span::{RemoteAction, Span, SpanKind};
-use crate::sync::{AtomicI64, AtomicU64, Lock, Ordering};
+use crate::sync::{AtomicI64, AtomicU64, AtomicUsize, Lock, Ordering};
 use crate::sys::PageSource;
 use core::ptr::NonNull;
 use crossbeam_utils::CachePadded;
@@ -40,6 +40,8 @@ pub struct Heap<S: PageSource> {
     decay_ms: AtomicI64,
     /// The clock time at or after which the next decay release is due.
     next_release_at: AtomicU64,
+    /// The last id given to a thread cache (ids start at 1; 0 means no owner).
+    cache_ids: AtomicUsize,
 }
 
 /// How long free pages stay resident by default before they go back to the OS.
@@ -74,6 +76,7 @@ impl<S: PageSource> Heap<S> {
             last_now: AtomicU64::new(0),
             decay_ms: AtomicI64::new(DEFAULT_DECAY_MS),
             next_release_at: AtomicU64::new(0),
+            cache_ids: AtomicUsize::new(0),
         }
     }
 
@@ -89,7 +92,14 @@ impl<S: PageSource> Heap<S> {
             last_now: AtomicU64::new(0),
             decay_ms: AtomicI64::new(DEFAULT_DECAY_MS),
             next_release_at: AtomicU64::new(0),
+            cache_ids: AtomicUsize::new(0),
         }
+    }
+
+    /// A new thread-cache id, never 0 and never given before: what a span's owner field
+    /// holds while that cache owns it.
+    pub fn new_cache_id(&self) -> usize {
+        self.cache_ids.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// The page source.
@@ -283,7 +293,7 @@ impl<S: PageSource> Heap<S> {
     ///
     /// # Safety
     /// `ptr` is an object of `span` that the caller gives up.
-    #[inline]
+    #[inline(never)]
     pub unsafe fn free_remote(&self, span: NonNull<Span>, ptr: *mut u8) {
         // SAFETY: per the caller.
         let action = unsafe { span.as_ref().push_remote(ptr) };

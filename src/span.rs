@@ -74,6 +74,10 @@ pub enum ListId {
     Partial,
     /// A central list's full list.
     Full,
+    /// A thread cache's retained spans with free objects on their `free` list.
+    CacheReady,
+    /// A thread cache's retained spans with nothing on their `free` list.
+    CacheFull,
 }
 
 const HEAD_MASK: u64 = 0xffff_ffff;
@@ -129,12 +133,20 @@ pub struct Span {
     div_magic: AtomicU32,
     /// Small spans: the cross-thread free word (see the module documentation).
     pub(crate) remote: AtomicU64,
+    /// Small spans: the id of the thread cache that owns the span, 0 while unowned. Only
+    /// the owner writes it (on taking and giving up the span), so a Relaxed load that
+    /// returns a cache's own id means that cache owns the span: nobody else writes that id.
+    owner: AtomicUsize,
     // Guarded by the lock of the list that holds the span, or by the owning thread cache.
     prev: GuardedCell<*mut Span>,
     next: GuardedCell<*mut Span>,
     list: GuardedCell<ListId>,
-    /// Small, unowned: objects freed before the owner gave the span back.
+    /// Small, unowned: objects freed before the owner gave the span back. Small, owned and
+    /// retained by its thread cache (not the span it allocates from): the owner's free
+    /// objects of it.
     pub(crate) free: GuardedCell<*mut u8>,
+    /// Small, owned and retained: the length of `free`.
+    pub(crate) free_count: GuardedCell<u32>,
     /// Small: objects with index `>= bump` have never been handed out.
     pub(crate) bump: GuardedCell<u32>,
     /// Free runs: how many of its pages may be resident (an upper bound).
@@ -162,10 +174,12 @@ impl Span {
                 obj_count: AtomicU32::new(0),
                 div_magic: AtomicU32::new(0),
                 remote: AtomicU64::new(0),
+                owner: AtomicUsize::new(0),
                 prev: GuardedCell::new(null_mut()),
                 next: GuardedCell::new(null_mut()),
                 list: GuardedCell::new(ListId::None),
                 free: GuardedCell::new(null_mut()),
+                free_count: GuardedCell::new(0),
                 bump: GuardedCell::new(0),
                 resident: GuardedCell::new(0),
                 zeroed: GuardedCell::new(false),
@@ -350,7 +364,7 @@ impl Span {
     /// The calling thread cache owns the span.
     #[inline]
     pub unsafe fn take_remote_owned(&self) -> *mut u8 {
-        if self.remote.load(Ordering::Relaxed) & (HEAD_MASK | COUNT_MASK) == 0 {
+        if !self.has_remote() {
             return null_mut();
         }
         // Acquire pairs with the Release CAS in `push_remote`.
@@ -461,6 +475,27 @@ impl Span {
                 Err(seen) => word = seen,
             }
         }
+    }
+
+    /// The id of the thread cache that owns the span (0: none). Any thread may ask; the
+    /// answer equals a cache's own id only while that cache owns the span.
+    #[inline(always)]
+    pub fn owner(&self) -> usize {
+        self.owner.load(Ordering::Relaxed)
+    }
+
+    /// Records the owning thread cache's id (0 when giving the span up).
+    ///
+    /// # Safety
+    /// The calling thread cache owns the span (it is taking it, or giving it up).
+    pub unsafe fn set_owner(&self, id: usize) {
+        self.owner.store(id, Ordering::Relaxed);
+    }
+
+    /// Whether the owned span has objects on its remote list.
+    #[inline]
+    pub fn has_remote(&self) -> bool {
+        self.remote.load(Ordering::Relaxed) & (HEAD_MASK | COUNT_MASK) != 0
     }
 
     /// The raw remote word (for invariant checks and statistics).
@@ -620,6 +655,7 @@ pub unsafe fn list_len(mut list: *mut u8) -> usize {
 /// Guarded by the lock of whatever contains it.
 pub struct SpanList {
     head: *mut Span,
+    tail: *mut Span,
     len: usize,
     id: ListId,
 }
@@ -632,6 +668,7 @@ impl SpanList {
     pub const fn new(id: ListId) -> SpanList {
         SpanList {
             head: null_mut(),
+            tail: null_mut(),
             len: 0,
             id,
         }
@@ -652,6 +689,11 @@ impl SpanList {
         self.head
     }
 
+    /// The last span (the one on the list longest), or null.
+    pub fn last(&self) -> *mut Span {
+        self.tail
+    }
+
     /// Adds `span` at the front.
     ///
     /// # Safety
@@ -663,7 +705,9 @@ impl SpanList {
             debug_assert_eq!(s.list.get(), ListId::None);
             s.prev.set(null_mut());
             s.next.set(self.head);
-            if !self.head.is_null() {
+            if self.head.is_null() {
+                self.tail = span;
+            } else {
                 (*self.head).prev.set(span);
             }
             s.list.set(self.id);
@@ -688,7 +732,9 @@ impl SpanList {
             } else {
                 (*prev).next.set(next);
             }
-            if !next.is_null() {
+            if next.is_null() {
+                self.tail = prev;
+            } else {
                 (*next).prev.set(prev);
             }
             s.prev.set(null_mut());
@@ -885,13 +931,16 @@ mod tests {
                 list.push(p);
             }
             assert_eq!(list.len(), 3);
+            assert_eq!((list.first(), list.last()), (ptrs[2], ptrs[0]));
             list.remove(ptrs[1]);
             let order: Vec<_> = list.iter().collect();
             assert_eq!(order, vec![ptrs[2], ptrs[0]]);
             assert_eq!((*ptrs[1]).list(), ListId::None);
-            list.remove(ptrs[2]);
             list.remove(ptrs[0]);
+            assert_eq!((list.first(), list.last()), (ptrs[2], ptrs[2]));
+            list.remove(ptrs[2]);
             assert!(list.is_empty());
+            assert!(list.first().is_null() && list.last().is_null());
         }
     }
 }

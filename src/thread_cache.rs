@@ -1,10 +1,19 @@
-//! The thread cache: per thread, per size class, one owned span whose free objects the
-//! thread pops and pushes with no atomic and no lock (Go's `mcache`). See `lib.rs` for an
-//! overview.
+//! The thread cache: per thread, per size class, the spans the thread owns, whose free
+//! objects it pops and pushes with no atomic and no lock. One of them, the bin's current
+//! span, serves allocation (Go's `mcache`); the others, its retained spans, keep their own
+//! free lists, so that the thread's frees into spans it filled earlier are local pushes too
+//! (as mimalloc's pages stay with their thread). See `lib.rs` for an overview.
 //!
-//! Each [`Bin`] holds the owned span's local free list and its address range. An empty bin
+//! Each [`Bin`] holds the current span's local free list and its address range. An empty bin
 //! (no span) has a null list and an empty range, so the fast paths need no separate test for
 //! "no span": allocation finds the list empty, and the range check of a free fails.
+//!
+//! Retained spans sit on two lists per class: `ready` (something on the span's `free` list)
+//! and `full` (nothing there; frees from other threads may be waiting on its remote list).
+//! When the current span runs dry, the bin takes a ready span, else the oldest full span if
+//! other threads have freed into it, else a span from the central list. The retained spans
+//! of a cache are bounded by [`RETAIN_BYTES`]; past it, the oldest go back to the central
+//! lists.
 //!
 //! The value itself is plain data without `Drop`; `global.rs` keeps one per thread in a
 //! `const`-initialised thread local and flushes it at thread exit. Tests build them freely
@@ -14,21 +23,21 @@ use crate::check::fatal;
 use crate::heap::{Heap, Owner};
 use crate::pages::PAGE_SIZE;
 use crate::size_class::{self, CLASS_COUNT, SizeClass};
-use crate::span::{self, Span};
+use crate::span::{self, ListId, Span, SpanList};
 use crate::sys::PageSource;
 use core::ptr::{NonNull, null_mut};
 
-/// One size class of a thread cache.
+/// One size class of a thread cache: its current span.
 #[repr(C)]
 #[derive(Debug)]
 pub struct Bin {
-    /// Free objects of the owned span, popped by allocation, pushed by local frees.
+    /// Free objects of the current span, popped by allocation, pushed by local frees.
     free: *mut u8,
-    /// Address of the owned span's first byte (0 with no span).
+    /// Address of the current span's first byte (0 with no span).
     start: usize,
-    /// Bytes of the owned span (0 with no span, so no address is in range).
+    /// Bytes of the current span (0 with no span, so no address is in range).
     len: usize,
-    /// The owned span, or null.
+    /// The current span, or null.
     span: *mut Span,
 }
 
@@ -41,7 +50,31 @@ impl Bin {
     };
 }
 
-/// A thread's cache: one owned span per size class.
+/// One size class's retained spans: owned, but not the current span.
+struct Retained {
+    /// Spans with objects on their `free` list, most recently freed into first.
+    ready: SpanList,
+    /// Spans with an empty `free` list, most recently retired first.
+    full: SpanList,
+}
+
+impl Retained {
+    const EMPTY: Retained = Retained {
+        ready: SpanList::new(ListId::CacheReady),
+        full: SpanList::new(ListId::CacheFull),
+    };
+}
+
+/// The most span bytes a cache retains besides its current spans. Enough for a working set
+/// of a few thousand small objects per thread (TCMalloc's default per-thread cache is
+/// 4 MiB); past it, the oldest retained spans go back to the central lists, where their
+/// free objects serve every thread.
+pub const RETAIN_BYTES: usize = 4 << 20;
+
+/// The id of a cache that has never owned a span.
+const NO_ID: usize = usize::MAX;
+
+/// A thread's cache: the spans it owns, by size class.
 #[repr(C)]
 pub struct ThreadCache {
     /// First, at offset 0, so a bin's address is the cache's plus `class * 32`.
@@ -49,6 +82,12 @@ pub struct ThreadCache {
     /// A copy of the double-free key (`check::free_key`), taken when the cache first gets a
     /// span, so the free fast path reads it from the cache rather than a global.
     key: u64,
+    /// The id this cache writes into the spans it owns: [`NO_ID`] until its first span
+    /// (no span's owner field holds it; unowned spans hold 0).
+    id: usize,
+    /// Bytes of the spans on the `retained` lists.
+    retained_bytes: usize,
+    retained: [Retained; CLASS_COUNT],
 }
 
 // SAFETY: the cache only holds pointers to spans and objects it owns; moving it to another
@@ -67,6 +106,9 @@ impl ThreadCache {
         ThreadCache {
             bins: [Bin::EMPTY; CLASS_COUNT],
             key: 0,
+            id: NO_ID,
+            retained_bytes: 0,
+            retained: [Retained::EMPTY; CLASS_COUNT],
         }
     }
 
@@ -116,17 +158,17 @@ impl ThreadCache {
         }
     }
 
-    /// Whether this cache owns `span`.
-    #[inline]
-    pub fn owns(&mut self, span: NonNull<Span>) -> bool {
-        // SAFETY: a live small span (the caller got it from the page map and validated it).
-        let class = unsafe { span.as_ref() }.class();
-        self.bin(class).span == span.as_ptr()
+    /// Whether this cache owns `span` (as its current span or a retained one).
+    #[inline(always)]
+    pub fn owns(&self, span: NonNull<Span>) -> bool {
+        // SAFETY: a live span record (records are never unmapped).
+        unsafe { span.as_ref() }.owner() == self.id
     }
 
-    /// Allocates an object of `class` when the local list is empty: collect the owned span's
-    /// remote frees, else carve never-used objects, else give the span back and take another
-    /// from the central list. Null when out of memory.
+    /// Allocates an object of `class` when the local list is empty: collect the current
+    /// span's remote frees, else carve never-used objects, else retire the span and switch
+    /// to a retained span with free objects, else to one from the central list. Null when
+    /// out of memory.
     #[cold]
     #[inline(never)]
     pub fn alloc_slow<S: PageSource>(&mut self, heap: &Heap<S>, class: SizeClass) -> *mut u8 {
@@ -147,16 +189,24 @@ impl ThreadCache {
                 self.bin(class).free = carved;
                 return self.pop(class);
             }
-            self.give_back(heap, class);
+            let next = self.take_retained(class);
+            self.retire(heap, class);
+            if let Some((span, free)) = next {
+                self.install(class, span, free);
+                return self.pop(class);
+            }
         }
         heap.maybe_release();
-        // Before the first span: from here on local frees are checked against the key.
-        self.key = crate::check::free_key();
+        if self.id == NO_ID {
+            // Before the first span: from here on local frees are checked against the key.
+            self.key = crate::check::free_key();
+            self.id = heap.new_cache_id();
+        }
         let Some((span, list)) = heap.central(class).cache_span(class, &heap.backing()) else {
             return null_mut();
         };
         // SAFETY: the central list just made us the owner.
-        let s = unsafe { span.as_ref() };
+        unsafe { span.as_ref().set_owner(self.id) };
         let free = if list.is_null() {
             // SAFETY: we own the span.
             unsafe { carve(span, class) }
@@ -164,26 +214,170 @@ impl ThreadCache {
             list
         };
         debug_assert!(!free.is_null(), "a lent span has a free object");
+        self.install(class, span, free);
+        self.pop(class)
+    }
+
+    /// Makes owned `span` the current span of `class`, with its free objects `free`.
+    fn install(&mut self, class: SizeClass, span: NonNull<Span>, free: *mut u8) {
+        // SAFETY: a live span record.
+        let s = unsafe { span.as_ref() };
         *self.bin(class) = Bin {
             free,
             start: s.start_addr(),
             len: s.bytes(),
             span: span.as_ptr(),
         };
-        self.pop(class)
     }
 
-    /// Returns the owned span of `class` (if any) to its central list with the local list.
+    /// Takes a retained span of `class` with free objects off its list: a ready one, else
+    /// the oldest full one if other threads have freed into it. Returns it with its free
+    /// objects.
+    fn take_retained(&mut self, class: SizeClass) -> Option<(NonNull<Span>, *mut u8)> {
+        let r = &mut self.retained[class.index()];
+        let ready = r.ready.first();
+        let (span, from_ready) = if !ready.is_null() {
+            (ready, true)
+        } else {
+            let oldest = r.full.last();
+            if oldest.is_null() {
+                return None;
+            }
+            // SAFETY: a span we own, on our list.
+            if !unsafe { &*oldest }.has_remote() {
+                // Look at the next oldest next time.
+                // SAFETY: on our full list, which this cache guards.
+                unsafe {
+                    r.full.remove(oldest);
+                    r.full.push(oldest);
+                }
+                return None;
+            }
+            (oldest, false)
+        };
+        // SAFETY: a span we own, on the list we take it off; this cache guards the lists
+        // and the span's `free` list.
+        let free = unsafe {
+            let s = &*span;
+            if from_ready {
+                r.ready.remove(span);
+                let free = s.free.get();
+                s.free.set(null_mut());
+                s.free_count.set(0);
+                free
+            } else {
+                r.full.remove(span);
+                s.take_remote_owned()
+            }
+        };
+        // SAFETY: as above.
+        self.retained_bytes -= unsafe { &*span }.bytes();
+        // SAFETY: non-null.
+        Some((unsafe { NonNull::new_unchecked(span) }, free))
+    }
+
+    /// Moves the current span of `class` (its local list empty) to the retained spans, then
+    /// gives the oldest retained spans of `class` back while the cache retains more than
+    /// [`RETAIN_BYTES`].
+    fn retire<S: PageSource>(&mut self, heap: &Heap<S>, class: SizeClass) {
+        let bin = core::mem::replace(self.bin(class), Bin::EMPTY);
+        let Some(span) = NonNull::new(bin.span) else {
+            return;
+        };
+        debug_assert!(bin.free.is_null());
+        // SAFETY: we own the span; it is on no list.
+        unsafe { self.retained[class.index()].full.push(span.as_ptr()) };
+        self.retained_bytes += bin.len;
+        while self.retained_bytes > RETAIN_BYTES {
+            let r = &self.retained[class.index()];
+            let oldest = if r.full.is_empty() {
+                r.ready.last()
+            } else {
+                r.full.last()
+            };
+            let Some(oldest) = NonNull::new(oldest) else {
+                break;
+            };
+            // SAFETY: a retained span of `class`.
+            unsafe { self.give_back_retained(heap, class, oldest) };
+        }
+    }
+
+    /// Gives retained span `span` of `class` back to its central list.
+    ///
+    /// # Safety
+    /// `span` is on one of this cache's retained lists of `class`.
+    unsafe fn give_back_retained<S: PageSource>(
+        &mut self,
+        heap: &Heap<S>,
+        class: SizeClass,
+        span: NonNull<Span>,
+    ) {
+        let r = &mut self.retained[class.index()];
+        // SAFETY: per the caller; this cache guards the lists and the span's free list.
+        let (free, count) = unsafe {
+            let s = span.as_ref();
+            match s.list() {
+                ListId::CacheReady => r.ready.remove(span.as_ptr()),
+                _ => r.full.remove(span.as_ptr()),
+            }
+            let free = s.free.get();
+            let count = s.free_count.get() as usize;
+            s.free.set(null_mut());
+            s.free_count.set(0);
+            (free, count)
+        };
+        // SAFETY: as above.
+        self.retained_bytes -= unsafe { span.as_ref() }.bytes();
+        // SAFETY: we own the span and give it up with all our free objects of it.
+        unsafe { disown(heap, class, span, free, count) };
+    }
+
+    /// Pushes `ptr`, an object of `span`, a retained span of this cache, onto the span's
+    /// free list (making the span ready if it was full).
+    ///
+    /// # Safety
+    /// This cache owns `span` and it is not the current span of its class; `ptr` is an
+    /// object of it that the caller gives up.
+    #[inline(always)]
+    unsafe fn push_retained(&mut self, span: NonNull<Span>, ptr: *mut u8) {
+        // SAFETY: per the caller; this cache guards the span's free list and its lists.
+        unsafe {
+            let s = span.as_ref();
+            span::mark_freed(ptr, self.key);
+            let head = s.free.get();
+            span::set_next_free(ptr, head);
+            s.free.set(ptr);
+            s.free_count.set(s.free_count.get() + 1);
+            if head.is_null() {
+                self.make_ready(span);
+            }
+        }
+    }
+
+    /// Moves retained span `span` from its class's full list to the ready list.
+    ///
+    /// # Safety
+    /// `span` is on this cache's full list of its class.
+    #[inline(never)]
+    unsafe fn make_ready(&mut self, span: NonNull<Span>) {
+        // SAFETY: a live span record.
+        let r = &mut self.retained[unsafe { span.as_ref() }.class().index()];
+        // SAFETY: per the caller; this cache guards its lists.
+        unsafe {
+            r.full.remove(span.as_ptr());
+            r.ready.push(span.as_ptr());
+        }
+    }
+
+    /// Returns the current span of `class` (if any) to its central list with the local list.
     fn give_back<S: PageSource>(&mut self, heap: &Heap<S>, class: SizeClass) {
         let bin = core::mem::replace(self.bin(class), Bin::EMPTY);
         if let Some(span) = NonNull::new(bin.span) {
             // SAFETY: the local list holds free objects of the span only.
             let count = unsafe { span::list_len(bin.free) };
             // SAFETY: we owned the span and give it up with all our free objects of it.
-            unsafe {
-                heap.central(class)
-                    .uncache_span(span, bin.free, count, &heap.backing())
-            };
+            unsafe { disown(heap, class, span, bin.free, count) };
         }
     }
 
@@ -192,23 +386,39 @@ impl ThreadCache {
     pub fn flush<S: PageSource>(&mut self, heap: &Heap<S>) {
         for class in SizeClass::all() {
             self.give_back(heap, class);
+            loop {
+                let r = &self.retained[class.index()];
+                let Some(span) = NonNull::new(r.ready.first()).or(NonNull::new(r.full.first()))
+                else {
+                    break;
+                };
+                // SAFETY: a retained span of `class`.
+                unsafe { self.give_back_retained(heap, class, span) };
+            }
         }
+        debug_assert_eq!(self.retained_bytes, 0);
         heap.maybe_release();
     }
 
     /// For every owned span, its class and its free objects (local list, never-used tail,
     /// and frees from other threads not yet collected), for statistics.
     pub fn owned_spans(&self) -> impl Iterator<Item = (SizeClass, usize)> + '_ {
-        SizeClass::all().filter_map(move |class| {
+        SizeClass::all().flat_map(move |class| {
             let bin = &self.bins[class.index()];
-            // SAFETY: the list belongs to this cache and the span is owned by it, so this
-            // thread guards `bump`; the remote count is read atomically.
-            NonNull::new(bin.span).map(|s| unsafe {
-                let s = s.as_ref();
-                let tail = class.objects() - s.bump.get() as usize;
-                let remote = Span::owned_remote_len(s.remote_word());
-                (class, span::list_len(bin.free) + tail + remote)
-            })
+            let r = &self.retained[class.index()];
+            // SAFETY: the lists belong to this cache and it owns their spans, so this thread
+            // guards them and each span's `bump` and `free`.
+            let retained = unsafe { r.ready.iter().chain(r.full.iter()) }.map(move |s| {
+                // SAFETY: as above.
+                (class, unsafe { free_objects(&*s, (*s).free.get()) })
+            });
+            NonNull::new(bin.span)
+                .map(|s| {
+                    // SAFETY: as above.
+                    (class, unsafe { free_objects(s.as_ref(), bin.free) })
+                })
+                .into_iter()
+                .chain(retained)
         })
     }
 
@@ -321,23 +531,25 @@ impl ThreadCache {
     #[inline]
     pub unsafe fn free<S: PageSource>(&mut self, heap: &Heap<S>, ptr: *mut u8) {
         match heap.owner(ptr) {
-            Owner::Small(span) => {
+            Owner::Small(span) if self.owns(span) => {
                 // SAFETY: validated by `owner`: a live small span holding object `ptr`.
                 let class = unsafe { span.as_ref() }.class();
                 let key = self.key;
                 let bin = self.bin(class);
                 if bin.span == span.as_ptr() {
-                    // SAFETY: an object of our owned span, given up by the caller.
+                    // SAFETY: an object of our current span, given up by the caller.
                     unsafe {
                         span::mark_freed(ptr, key);
                         span::set_next_free(ptr, bin.free);
                     }
                     bin.free = ptr;
                 } else {
-                    // SAFETY: an object of a span we do not own, given up by the caller.
-                    unsafe { heap.free_remote(span, ptr) };
+                    // SAFETY: an object of a span we retain, given up by the caller.
+                    unsafe { self.push_retained(span, ptr) };
                 }
             }
+            // SAFETY: an object of a span we do not own, given up by the caller.
+            Owner::Small(span) => unsafe { heap.free_remote(span, ptr) },
             // SAFETY: validated by `owner`; the caller gives the object up.
             Owner::Large(span) => unsafe { heap.free_large(span) },
         }
@@ -392,6 +604,41 @@ impl ThreadCache {
 impl Default for ThreadCache {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Gives owned `span` of `class` up to its central list, with `free`, our `count` free
+/// objects of it.
+///
+/// # Safety
+/// This cache owns `span`, which is on none of its lists, and `free` holds exactly the
+/// cache's free objects of it.
+unsafe fn disown<S: PageSource>(
+    heap: &Heap<S>,
+    class: SizeClass,
+    span: NonNull<Span>,
+    free: *mut u8,
+    count: usize,
+) {
+    // SAFETY: per the caller.
+    unsafe {
+        span.as_ref().set_owner(0);
+        heap.central(class)
+            .uncache_span(span, free, count, &heap.backing());
+    }
+}
+
+/// Free objects of owned span `s` whose owner's list of them is `list`: the list, the
+/// never-used tail and the remote list.
+///
+/// # Safety
+/// The caller's cache owns `s`, and `list` is its free list of it.
+unsafe fn free_objects(s: &Span, list: *mut u8) -> usize {
+    // SAFETY: per the caller: the owner guards `bump` and its list; the remote count is read
+    // atomically.
+    unsafe {
+        let tail = s.capacity() - s.bump.get() as usize;
+        span::list_len(list) + tail + Span::owned_remote_len(s.remote_word())
     }
 }
 
@@ -688,5 +935,157 @@ mod tests {
         cache.flush(&heap);
         heap.check_invariants();
         assert_eq!(heap.page_heap_stats().small_spans, 0);
+    }
+
+    /// Spans of `class` on the central lists (partial + full), and spans in all.
+    fn listed_and_total(heap: &Heap<FakePages>, class: SizeClass) -> (usize, usize) {
+        let c = heap.central_stats(class);
+        (c.partial_spans + c.full_spans, c.spans)
+    }
+
+    #[test]
+    fn own_frees_into_earlier_spans_stay_in_the_cache() {
+        let heap = heap();
+        let mut cache = ThreadCache::new();
+        let class = size_class::class_of(64).unwrap();
+        let n = class.objects() * 8;
+        let objs: Vec<*mut u8> = (0..n).map(|_| cache.alloc(&heap, 64, 8)).collect();
+        let (listed, spans) = listed_and_total(&heap, class);
+        assert_eq!(
+            (listed, spans),
+            (0, 8),
+            "filled spans are retained, not listed"
+        );
+        for &p in &objs {
+            // SAFETY: live objects of ours, freed once.
+            unsafe { cache.dealloc(&heap, p, 64, 8) };
+        }
+        heap.check_invariants();
+        for s in spans_of(&heap, &objs) {
+            // SAFETY: a live span record.
+            let s = unsafe { &*s };
+            assert_eq!(
+                Span::owned_remote_len(s.remote_word()),
+                0,
+                "the owner's frees are local pushes, not remote ones"
+            );
+        }
+        assert_eq!(listed_and_total(&heap, class), (0, 8));
+        // The next round reuses the same objects, from the same spans.
+        let again: std::collections::BTreeSet<usize> =
+            (0..n).map(|_| cache.alloc(&heap, 64, 8) as usize).collect();
+        let before: std::collections::BTreeSet<usize> = objs.iter().map(|&p| p as usize).collect();
+        assert_eq!(again, before);
+        assert_eq!(listed_and_total(&heap, class), (0, 8));
+        for a in again {
+            // SAFETY: live, freed once.
+            unsafe { cache.free(&heap, a as *mut u8) };
+        }
+        cache.flush(&heap);
+        heap.check_invariants();
+        assert_eq!(heap.page_heap_stats().small_spans, 0);
+    }
+
+    /// The span records holding `objs`, each once.
+    fn spans_of(heap: &Heap<FakePages>, objs: &[*mut u8]) -> Vec<*mut Span> {
+        let mut found: Vec<*mut Span> = objs
+            .iter()
+            .map(|&p| heap.page_map().lookup(p as usize))
+            .collect();
+        found.sort();
+        found.dedup();
+        found
+    }
+
+    #[test]
+    fn retained_spans_are_bounded() {
+        let heap = heap();
+        let mut cache = ThreadCache::new();
+        let class = size_class::class_of(1024).unwrap();
+        let span_bytes = class.pages().bytes();
+        let n = (2 * RETAIN_BYTES / span_bytes + 3) * class.objects();
+        let objs: Vec<*mut u8> = (0..n).map(|_| cache.alloc(&heap, 1024, 8)).collect();
+        assert!(cache.retained_bytes <= RETAIN_BYTES);
+        assert!(
+            cache.retained_bytes + span_bytes > RETAIN_BYTES,
+            "the bound is used"
+        );
+        let (listed, spans) = listed_and_total(&heap, class);
+        assert_eq!(
+            listed,
+            spans - 1 - cache.retained_bytes / span_bytes,
+            "the spans past the bound are back on the central list"
+        );
+        for &p in &objs {
+            // SAFETY: live objects of ours, freed once.
+            unsafe { cache.dealloc(&heap, p, 1024, 8) };
+        }
+        heap.check_invariants();
+        cache.flush(&heap);
+        assert_eq!(cache.retained_bytes, 0);
+        heap.check_invariants();
+        assert_eq!(heap.page_heap_stats().small_spans, 0);
+    }
+
+    #[test]
+    fn other_threads_frees_into_retained_spans_are_reused() {
+        let heap = heap();
+        let mut owner = ThreadCache::new();
+        let mut other = ThreadCache::new();
+        let class = size_class::class_of(256).unwrap();
+        let n = class.objects() * 6;
+        let objs: Vec<*mut u8> = (0..n).map(|_| owner.alloc(&heap, 256, 8)).collect();
+        let spans_before = heap.central_stats(class).spans;
+        // The other cache frees the objects of the owner's retained spans (remote frees).
+        for &p in &objs[..n - class.objects()] {
+            // SAFETY: live objects, freed once.
+            unsafe { other.dealloc(&heap, p, 256, 8) };
+        }
+        heap.check_invariants();
+        // The owner allocates them again: from its retained spans' remote lists, with no
+        // new span.
+        let again: Vec<*mut u8> = (0..n - class.objects())
+            .map(|_| owner.alloc(&heap, 256, 8))
+            .collect();
+        assert_eq!(heap.central_stats(class).spans, spans_before);
+        let mut a: Vec<_> = again.iter().map(|&p| p as usize).collect();
+        let mut b: Vec<_> = objs[..n - class.objects()]
+            .iter()
+            .map(|&p| p as usize)
+            .collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+        for &p in again.iter().chain(&objs[n - class.objects()..]) {
+            // SAFETY: live objects, freed once.
+            unsafe { other.free(&heap, p) };
+        }
+        owner.flush(&heap);
+        other.flush(&heap);
+        heap.check_invariants();
+        assert_eq!(heap.page_heap_stats().small_spans, 0);
+    }
+
+    #[test]
+    fn owned_spans_count_retained_spans() {
+        let heap = heap();
+        let mut cache = ThreadCache::new();
+        let class = size_class::class_of(128).unwrap();
+        let n = class.objects() * 3;
+        let objs: Vec<*mut u8> = (0..n).map(|_| cache.alloc(&heap, 128, 8)).collect();
+        for &p in objs.iter().step_by(2) {
+            // SAFETY: live, freed once.
+            unsafe { cache.dealloc(&heap, p, 128, 8) };
+        }
+        let owned: Vec<_> = cache.owned_spans().filter(|&(c, _)| c == class).collect();
+        assert_eq!(owned.len(), 3, "the current span and two retained ones");
+        let free: usize = owned.iter().map(|&(_, f)| f).sum();
+        assert_eq!(free, n.div_ceil(2));
+        for &p in objs.iter().skip(1).step_by(2) {
+            // SAFETY: live, freed once.
+            unsafe { cache.dealloc(&heap, p, 128, 8) };
+        }
+        cache.flush(&heap);
+        heap.check_invariants();
     }
 }
