@@ -482,11 +482,27 @@ unsafe fn with_cache_for_free<R>(f: impl FnOnce(&mut ThreadCache) -> R) -> R {
     f(cache)
 }
 
+/// Lets this thread's cache give back the retained spans that have been wholly free for the
+/// decay time (see `ThreadCache::maybe_trim`).
+#[inline]
+fn trim_own_cache() {
+    let l = local();
+    // SAFETY: our own slot; ACTIVE: nothing else on this thread uses the cache now.
+    unsafe {
+        if (*l).state == ACTIVE {
+            (*l).cache.maybe_trim(&HEAP);
+        }
+    }
+}
+
 #[cold]
 #[inline(never)]
 fn alloc_slow(size: usize, align: usize) -> *mut u8 {
     if size >= LARGE_THRESHOLD {
-        // Large objects need no thread cache: straight to the heap.
+        // Large objects need no thread cache: straight to the heap. But a thread that
+        // now allocates only large objects should still give back the small spans it left
+        // wholly free.
+        trim_own_cache();
         return match HEAP.alloc_large(size, align) {
             Some((p, _)) => p.as_ptr(),
             None => core::ptr::null_mut(),
@@ -528,9 +544,18 @@ pub fn flush_thread_cache() {
     ORPHAN.lock().flush(&HEAP);
 }
 
-/// Gives every free page back to the OS now (with `MADV_DONTNEED`). Returns the bytes given
-/// back.
+/// Gives every free page back to the OS now (with `MADV_DONTNEED`), including the spans the
+/// calling thread's cache retains and has left wholly free. Returns the bytes given back.
+/// (Other threads' caches keep theirs until they exit, call [`flush_thread_cache`], or find
+/// them wholly free for the decay time.)
 pub fn release_free_memory() -> usize {
+    let l = local();
+    // SAFETY: our own slot; ACTIVE: nothing else on this thread uses the cache now.
+    unsafe {
+        if (*l).state == ACTIVE {
+            (*l).cache.trim_now(&HEAP);
+        }
+    }
     HEAP.release_free_memory()
 }
 

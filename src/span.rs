@@ -153,7 +153,9 @@ pub struct Span {
     pub(crate) resident: GuardedCell<usize>,
     /// Free runs and new spans: every byte is zero.
     pub(crate) zeroed: GuardedCell<bool>,
-    /// Free runs: when the run was last freed, in the page heap's clock.
+    /// Free runs: when the run was last freed, in the page heap's clock. Small spans
+    /// retained by a thread cache: when the cache first found the span wholly free (0: not
+    /// yet), for its own decay.
     pub(crate) freed_at: GuardedCell<u64>,
 }
 

@@ -65,11 +65,15 @@ impl Retained {
     };
 }
 
-/// The most span bytes a cache retains besides its current spans. Enough for a working set
-/// of a few thousand small objects per thread (TCMalloc's default per-thread cache is
-/// 4 MiB); past it, the oldest retained spans go back to the central lists, where their
-/// free objects serve every thread.
-pub const RETAIN_BYTES: usize = 4 << 20;
+/// The most span bytes a cache retains besides its current spans: room for a working set
+/// of about ten thousand mixed small objects per thread. Retained spans mostly hold live
+/// objects; what the bound limits is the free memory a thread can keep from the others
+/// (and from the OS) until it exits or calls `flush_thread_cache`. Past it, the spans a
+/// thread fills go back to the central lists as before.
+pub const RETAIN_BYTES: usize = 16 << 20;
+
+/// [`ThreadCache::maybe_trim`] reads the clock on one call in this many.
+const TRIM_CLOCK_EVERY: u32 = 64;
 
 /// The id of a cache that has never owned a span.
 const NO_ID: usize = usize::MAX;
@@ -87,6 +91,11 @@ pub struct ThreadCache {
     id: usize,
     /// Bytes of the spans on the `retained` lists.
     retained_bytes: usize,
+    /// When [`ThreadCache::maybe_trim`] next looks for retained spans left wholly free
+    /// (heap clock, ms).
+    trim_at: u64,
+    /// Calls of [`ThreadCache::maybe_trim`] (it reads the clock on some of them).
+    trim_ticks: u32,
     retained: [Retained; CLASS_COUNT],
 }
 
@@ -108,6 +117,8 @@ impl ThreadCache {
             key: 0,
             id: NO_ID,
             retained_bytes: 0,
+            trim_at: 0,
+            trim_ticks: 0,
             retained: [Retained::EMPTY; CLASS_COUNT],
         }
     }
@@ -176,6 +187,7 @@ impl ThreadCache {
         if !obj.is_null() {
             return obj;
         }
+        self.maybe_trim(heap);
         if let Some(span) = NonNull::new(self.bin(class).span) {
             // SAFETY: we own the span.
             let remote = unsafe { span.as_ref().take_remote_owned() };
@@ -264,6 +276,7 @@ impl ThreadCache {
                 let free = s.free.get();
                 s.free.set(null_mut());
                 s.free_count.set(0);
+                s.freed_at.set(0);
                 free
             } else {
                 r.full.remove(span);
@@ -276,30 +289,30 @@ impl ThreadCache {
         Some((unsafe { NonNull::new_unchecked(span) }, free))
     }
 
-    /// Moves the current span of `class` (its local list empty) to the retained spans, then
-    /// gives the oldest retained spans of `class` back while the cache retains more than
-    /// [`RETAIN_BYTES`].
+    /// Moves the current span of `class` (its local list empty) to the retained spans, or
+    /// gives it back to its central list when the cache already retains [`RETAIN_BYTES`].
+    ///
+    /// Past the bound the span just filled goes back, not the oldest: a program cycling
+    /// through a working set larger than the bound then keeps the part that fits (evicting
+    /// the oldest would keep none of it, as a least-recently-used cache does under a cyclic
+    /// scan).
     fn retire<S: PageSource>(&mut self, heap: &Heap<S>, class: SizeClass) {
-        let bin = core::mem::replace(self.bin(class), Bin::EMPTY);
-        let Some(span) = NonNull::new(bin.span) else {
+        let bin = self.bin(class);
+        debug_assert!(bin.free.is_null());
+        let (span, len) = (bin.span, bin.len);
+        let Some(span) = NonNull::new(span) else {
             return;
         };
-        debug_assert!(bin.free.is_null());
-        // SAFETY: we own the span; it is on no list.
-        unsafe { self.retained[class.index()].full.push(span.as_ptr()) };
-        self.retained_bytes += bin.len;
-        while self.retained_bytes > RETAIN_BYTES {
-            let r = &self.retained[class.index()];
-            let oldest = if r.full.is_empty() {
-                r.ready.last()
-            } else {
-                r.full.last()
-            };
-            let Some(oldest) = NonNull::new(oldest) else {
-                break;
-            };
-            // SAFETY: a retained span of `class`.
-            unsafe { self.give_back_retained(heap, class, oldest) };
+        if self.retained_bytes + len > RETAIN_BYTES {
+            self.give_back(heap, class);
+            return;
+        }
+        self.retained_bytes += len;
+        *self.bin(class) = Bin::EMPTY;
+        // SAFETY: we own the span; it is on no list. `freed_at` is ours to use (see `trim`).
+        unsafe {
+            span.as_ref().freed_at.set(0);
+            self.retained[class.index()].full.push(span.as_ptr());
         }
     }
 
@@ -312,6 +325,21 @@ impl ThreadCache {
         heap: &Heap<S>,
         class: SizeClass,
         span: NonNull<Span>,
+    ) {
+        // SAFETY: per the caller.
+        unsafe { self.give_back_retained_at(heap, class, span, heap.backing()) }
+    }
+
+    /// As [`ThreadCache::give_back_retained`], with the decay stamp in `backing`.
+    ///
+    /// # Safety
+    /// As [`ThreadCache::give_back_retained`].
+    unsafe fn give_back_retained_at<S: PageSource>(
+        &mut self,
+        heap: &Heap<S>,
+        class: SizeClass,
+        span: NonNull<Span>,
+        backing: crate::central_free_list::Backing<'_, S>,
     ) {
         let r = &mut self.retained[class.index()];
         // SAFETY: per the caller; this cache guards the lists and the span's free list.
@@ -330,7 +358,75 @@ impl ThreadCache {
         // SAFETY: as above.
         self.retained_bytes -= unsafe { span.as_ref() }.bytes();
         // SAFETY: we own the span and give it up with all our free objects of it.
-        unsafe { disown(heap, class, span, free, count) };
+        unsafe { disown_at(heap, class, span, free, count, backing) };
+    }
+
+    /// Gives back the retained spans that have been wholly free (by this thread's own frees)
+    /// for the heap's decay time, when a look is due (every quarter of the decay time, at
+    /// most every millisecond). Called from the cache's slow paths and large allocations,
+    /// so a thread that freed a working set and then runs on with little allocation does
+    /// not keep it. Uses the heap's last clock reading, and reads the clock itself on one
+    /// call in [`TRIM_CLOCK_EVERY`] (paths like cached large allocations read none); a few
+    /// instructions when not due.
+    #[inline]
+    pub fn maybe_trim<S: PageSource>(&mut self, heap: &Heap<S>) {
+        if self.retained_bytes == 0 {
+            return;
+        }
+        self.trim_ticks = self.trim_ticks.wrapping_add(1);
+        let now = if self.trim_ticks % TRIM_CLOCK_EVERY == 0 {
+            heap.now()
+        } else {
+            heap.recent_now()
+        };
+        if now >= self.trim_at {
+            self.trim(heap, now, false);
+        }
+    }
+
+    /// Gives back every retained span that is wholly free by this thread's frees, now
+    /// (`release_free_memory`).
+    pub fn trim_now<S: PageSource>(&mut self, heap: &Heap<S>) {
+        self.trim(heap, heap.now(), true);
+    }
+
+    /// Gives back the retained spans wholly free for the decay time (`all`: every wholly
+    /// free one), stamping those newly found wholly free.
+    #[cold]
+    #[inline(never)]
+    fn trim<S: PageSource>(&mut self, heap: &Heap<S>, now: u64, all: bool) {
+        let decay = heap.decay_ms();
+        self.trim_at = now + (decay.max(0) as u64 / 4).max(1);
+        if decay < 0 && !all {
+            return;
+        }
+        for class in SizeClass::all() {
+            let mut at = self.retained[class.index()].ready.first();
+            while let Some(span) = NonNull::new(at) {
+                // SAFETY: a span on our ready list; this cache guards the links and fields.
+                let s = unsafe { span.as_ref() };
+                // SAFETY: as above.
+                at = unsafe { s.next_on_list() };
+                // SAFETY: as above.
+                let (count, since) = unsafe { (s.free_count.get() as usize, s.freed_at.get()) };
+                if count != s.capacity() {
+                    // SAFETY: as above.
+                    unsafe { s.freed_at.set(0) };
+                } else if all {
+                    // SAFETY: on our ready list of `class`.
+                    unsafe { self.give_back_retained(heap, class, span) };
+                } else if since == 0 {
+                    // Wholly free since at most a quarter decay ago: stamp it.
+                    // SAFETY: as above.
+                    unsafe { s.freed_at.set(now.max(1)) };
+                } else if now.saturating_sub(since) >= decay as u64 {
+                    let mut backing = heap.backing();
+                    backing.now = since;
+                    // SAFETY: on our ready list of `class`.
+                    unsafe { self.give_back_retained_at(heap, class, span, backing) };
+                }
+            }
+        }
     }
 
     /// Pushes `ptr`, an object of `span`, a retained span of this cache, onto the span's
@@ -621,10 +717,27 @@ unsafe fn disown<S: PageSource>(
     count: usize,
 ) {
     // SAFETY: per the caller.
+    unsafe { disown_at(heap, class, span, free, count, heap.backing()) }
+}
+
+/// As [`disown`], with the page heap's decay stamp in `backing` (when the span, if wholly
+/// free, became free).
+///
+/// # Safety
+/// As [`disown`].
+unsafe fn disown_at<S: PageSource>(
+    heap: &Heap<S>,
+    class: SizeClass,
+    span: NonNull<Span>,
+    free: *mut u8,
+    count: usize,
+    backing: crate::central_free_list::Backing<'_, S>,
+) {
+    // SAFETY: per the caller.
     unsafe {
         span.as_ref().set_owner(0);
         heap.central(class)
-            .uncache_span(span, free, count, &heap.backing());
+            .uncache_span(span, free, count, &backing);
     }
 }
 
@@ -1016,6 +1129,13 @@ mod tests {
             spans - 1 - cache.retained_bytes / span_bytes,
             "the spans past the bound are back on the central list"
         );
+        let span_of = |p: *mut u8| NonNull::new(heap.page_map().lookup(p as usize)).unwrap();
+        assert!(cache.owns(span_of(objs[0])), "the first spans filled stay");
+        assert!(
+            !cache.owns(span_of(objs[n - 1 - class.objects()])),
+            "the spans filled past the bound go back"
+        );
+        assert!(cache.owns(span_of(objs[n - 1])), "the current span");
         for &p in &objs {
             // SAFETY: live objects of ours, freed once.
             unsafe { cache.dealloc(&heap, p, 1024, 8) };
@@ -1087,5 +1207,50 @@ mod tests {
         }
         cache.flush(&heap);
         heap.check_invariants();
+    }
+
+    #[test]
+    fn wholly_free_retained_spans_go_back_after_the_decay_time() {
+        let heap = heap();
+        heap.set_fake_now(1000);
+        heap.set_decay_ms(100);
+        let mut cache = ThreadCache::new();
+        let class = size_class::class_of(64).unwrap();
+        let n = class.objects() * 4;
+        let objs: Vec<*mut u8> = (0..n).map(|_| cache.alloc(&heap, 64, 8)).collect();
+        // One retained span keeps a live object; the other two are left wholly free.
+        let kept = objs[0];
+        for &p in &objs[1..] {
+            // SAFETY: live objects of ours, freed once.
+            unsafe { cache.dealloc(&heap, p, 64, 8) };
+        }
+        let span_bytes = class.pages().bytes();
+        assert_eq!(cache.retained_bytes, 3 * span_bytes);
+        cache.maybe_trim(&heap);
+        assert_eq!(
+            cache.retained_bytes,
+            3 * span_bytes,
+            "first look: only noted"
+        );
+        heap.set_fake_now(1050);
+        cache.maybe_trim(&heap);
+        assert_eq!(
+            cache.retained_bytes,
+            3 * span_bytes,
+            "not free for the decay time yet"
+        );
+        heap.set_fake_now(1200);
+        cache.maybe_trim(&heap);
+        assert_eq!(
+            cache.retained_bytes, span_bytes,
+            "the two wholly free spans went back"
+        );
+        assert_eq!(heap.central_stats(class).spans, 2, "to the page heap");
+        heap.check_invariants();
+        // SAFETY: live, freed once.
+        unsafe { cache.dealloc(&heap, kept, 64, 8) };
+        cache.flush(&heap);
+        heap.check_invariants();
+        assert_eq!(heap.page_heap_stats().small_spans, 0);
     }
 }
