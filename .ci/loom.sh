@@ -26,6 +26,7 @@ MODELS=(
   "page_map_reader_never_sees_half_made_span 4"
   "thread_exit_flush_races_remote_free 4"
   "thread_exit_flush_races_two_remote_frees 3"
+  "retained_span_local_and_remote_frees 4"
 )
 filter="${1:-}"
 

@@ -31,7 +31,7 @@
 //! | [`page_heap`] | [`page_heap::PageHeap`]: free runs, split and merged; release to the OS | `mheap` |
 //! | [`central_free_list`] | [`central_free_list::CentralFreeList`]: per class, spans no thread owns | `mcentral` |
 //! | [`heap`](mod@heap) | [`heap::Heap`]: the shared tiers as one value; large objects; remote frees | `mheap_` |
-//! | [`thread_cache`] | [`thread_cache::ThreadCache`]: per thread, one owned span per class | `mcache` |
+//! | [`thread_cache`] | [`thread_cache::ThreadCache`]: per thread, the spans it owns: one current span per class, and retained ones | `mcache` |
 //! | [`stats`](mod@stats) | [`stats::Stats`]: where every mapped byte is | `MemStats` |
 //! | `global` | the only statics: the heap, the thread-local slot, [`SpanAlloc`], [`raw`] | `mallocgc` |
 //!
@@ -40,23 +40,29 @@
 //! 1. **Thread cache**, no atomic, no lock: look the size up in the class table (one load),
 //!    pop the head of the thread's local free list for that class. Empty bins have a null
 //!    list, so this is the only test.
-//! 2. **Owned span**, still no lock: the list was empty, so take the span's remote-free list
-//!    with one atomic swap (objects other threads freed into it), or carve up to ~4 KiB of
-//!    never-used objects from the span's tail. Amortizes the atomic over many objects.
-//! 3. **Central list**, one lock per class: hand the used-up span back (`uncache_span`) and
-//!    take a span with free objects (`cache_span`). Amortizes the lock over a span.
-//! 4. **Page heap**, one lock: when the central list has no span with free objects, carve a
+//! 2. **Current span**, still no lock: the list was empty, so take the span's remote-free
+//!    list with one atomic swap (objects other threads freed into it), or carve up to ~4 KiB
+//!    of never-used objects from the span's tail. Amortizes the atomic over many objects.
+//! 3. **Retained spans**, no lock: the used-up span stays owned, on the cache's retained
+//!    lists (up to 16 MiB per thread; past that it goes back to its central list), and a
+//!    retained span with free objects becomes current: one the thread freed into, else the
+//!    oldest if other threads freed into it.
+//! 4. **Central list**, one lock per class: take a span with free objects (`cache_span`).
+//!    Amortizes the lock over a span.
+//! 5. **Page heap**, one lock: when the central list has no span with free objects, carve a
 //!    new span from a free run (best fit). Amortizes the lock over a span's pages.
-//! 5. **OS**: when no run fits, map at least 32 MiB (2 MiB aligned) with `mmap`.
+//! 6. **OS**: when no run fits, map at least 32 MiB (2 MiB aligned) with `mmap`.
 //!
 //! # Freeing (small)
 //!
-//! 1. If the object lies in the span the thread owns for its class (a subtraction and a
+//! 1. If the object lies in the thread's current span for its class (a subtraction and a
 //!    compare against the bin's range), push it on the local list: no atomic, no lock.
-//! 2. Otherwise find its span in the page map (three loads, no lock) and push it on the
-//!    span's remote list: one compare-and-swap, which also counts the span's objects still
-//!    in use while no thread owns it.
-//! 3. The free that makes a full span partly free moves it to its central list's partial
+//! 2. Otherwise find its span in the page map (three loads, no lock). If the span's owner
+//!    field holds this cache's id (a retained span), push it on the span's own free list:
+//!    still no atomic, no lock.
+//! 3. Otherwise push it on the span's remote list: one compare-and-swap, which also counts
+//!    the span's objects still in use while no thread owns it.
+//! 4. The free that makes a full span partly free moves it to its central list's partial
 //!    list, and the free that makes an unowned span wholly free returns it to the page heap:
 //!    both take the central lock, once per span.
 //!

@@ -635,6 +635,46 @@ fn thread_exit_flush_races_remote_free() {
     });
 }
 
+/// A thread frees into a span it retains (a filled span it still owns: a plain push on the
+/// span's own list, after reading the span's owner field) while another thread frees into
+/// the same span (it reads a foreign owner and pushes on the remote list). Meanwhile the
+/// owner runs its current span dry and switches to the retained span: it gets its own freed
+/// object first, then the remote one if that has arrived (the collection's swap against the
+/// push's CAS), else a new span. Never an object twice (`World::alloc`), and in the end
+/// everything is back in the page heap.
+#[test]
+fn retained_span_local_and_remote_frees() {
+    model(4, || {
+        let w = World::new();
+        let c = class(2560, 3, 1);
+        let mut owner = ThreadCache::new();
+        let first: Vec<Obj> = (0..4).map(|_| w.alloc(&mut owner, c)).collect();
+        let (a, b) = (first[0], first[1]);
+        assert!(core::ptr::eq(w.span_of(a), w.span_of(first[2])), "one span");
+        assert!(
+            !core::ptr::eq(w.span_of(a), w.span_of(first[3])),
+            "then a new one"
+        );
+        let w2 = w.clone();
+        let t_free = spawn(move || {
+            let mut other = ThreadCache::new();
+            w2.free(&mut other, b);
+            other.flush(&w2.heap);
+        });
+        w.free(&mut owner, a);
+        let rest = [w.alloc(&mut owner, c), w.alloc(&mut owner, c)];
+        assert_eq!(w.alloc(&mut owner, c), a, "the owner's own free first");
+        probe(&w.span_of(a).remote);
+        let next = w.alloc(&mut owner, c);
+        t_free.join().unwrap();
+        for o in [a, next, first[2], first[3]].into_iter().chain(rest) {
+            w.free(&mut owner, o);
+        }
+        owner.flush(&w.heap);
+        w.assert_all_back_in_page_heap();
+    });
+}
+
 /// As above with a third thread: the exiting cache gives the span back while the two
 /// objects it handed out are freed remotely by two threads, so the span can become wholly
 /// free in every way (at `disown`, or by either remote free, from the partial list). It goes
