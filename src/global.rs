@@ -23,6 +23,7 @@
 
 use crate::check::fatal;
 use crate::heap::Heap;
+use crate::pages::PAGE_SHIFT;
 use crate::size_class::{self, LARGE_THRESHOLD, MIN_ALIGN, SMALL_STEP_LIMIT};
 use crate::sync::{AtomicU8, AtomicU32, Lock, Ordering};
 use crate::sys::OsPages;
@@ -666,6 +667,16 @@ unsafe impl GlobalAlloc for SpanAlloc {
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let align = layout.align();
+        let old_size = layout.size();
+        // A large object's span has at least the pages its size needs (allocation, growth
+        // and shrinking in place all keep that): a new size needing the same pages fits,
+        // with no lookup and no lock (a buffer growing by small steps).
+        if old_size >= LARGE_THRESHOLD
+            && new_size >= LARGE_THRESHOLD
+            && (old_size - 1) >> PAGE_SHIFT == (new_size - 1) >> PAGE_SHIFT
+        {
+            return ptr;
+        }
         if let (Some(old), Some(new)) = (
             size_class::class_for(layout.size(), align),
             size_class::class_for(new_size, align),

@@ -216,6 +216,41 @@ fn realloc_in_the_same_class_or_large_span_stays_in_place() {
 }
 
 #[test]
+fn large_buffer_grown_by_small_steps_keeps_every_byte() {
+    // 32 KiB to 1 MiB by 24-byte steps: most steps stay within the pages the span already
+    // has (answered from the layout alone), the others grow the span or move it.
+    let mut size = 32 << 10;
+    let mut layout = Layout::from_size_align(size, 8).unwrap();
+    // SAFETY: non-zero layout.
+    let mut p = unsafe { alloc(layout) };
+    assert!(!p.is_null());
+    // SAFETY: a live object of `size` bytes.
+    unsafe { p.write_bytes(0x5a, size) };
+    while size < 1 << 20 {
+        let new_size = size + 24;
+        // SAFETY: live with `layout`.
+        p = unsafe { realloc(p, layout, new_size) };
+        assert!(!p.is_null());
+        // SAFETY: the object now has `new_size` bytes: the old ones kept, the new ones ours.
+        unsafe {
+            assert_eq!(*p.add(size - 1), 0x5a, "contents kept at {size}");
+            p.add(size).write_bytes(0x5a, 24);
+        }
+        size = new_size;
+        layout = Layout::from_size_align(size, 8).unwrap();
+        assert!(
+            spanalloc::heap().usable_size(p) >= size,
+            "the span holds the object at {size}"
+        );
+    }
+    // SAFETY: live, `size` bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(p, size) };
+    assert!(bytes.iter().all(|&b| b == 0x5a));
+    // SAFETY: live with `layout`.
+    unsafe { dealloc(p, layout) };
+}
+
+#[test]
 fn alloc_zeroed_returns_zeros_after_the_memory_was_dirtied() {
     for &size in &[
         16usize,
