@@ -483,16 +483,21 @@ unsafe fn with_cache_for_free<R>(f: impl FnOnce(&mut ThreadCache) -> R) -> R {
     f(cache)
 }
 
-/// Lets this thread's cache give back the retained spans that have been wholly free for the
-/// decay time (see `ThreadCache::maybe_trim`).
+/// This thread's cache if it is ACTIVE (registered for the exit flush), for the large-object
+/// paths, which use the cache only for its stash of freed large spans. With `register`, a
+/// FRESH cache is registered first (an allocation), else only an ACTIVE one is used (a free).
+///
+/// # Safety
+/// No reference into the cache is alive; the result is dropped before the next request.
 #[inline]
-fn trim_own_cache() {
+unsafe fn active_cache<'a>(register_fresh: bool) -> Option<&'a mut ThreadCache> {
     let l = local();
     // SAFETY: our own slot; ACTIVE: nothing else on this thread uses the cache now.
     unsafe {
-        if (*l).state == ACTIVE {
-            (*l).cache.maybe_trim(&HEAP);
+        if register_fresh && (*l).state == FRESH {
+            register(l);
         }
+        ((*l).state == ACTIVE).then(|| &mut (*l).cache)
     }
 }
 
@@ -500,10 +505,17 @@ fn trim_own_cache() {
 #[inline(never)]
 fn alloc_slow(size: usize, align: usize) -> *mut u8 {
     if size >= LARGE_THRESHOLD {
-        // Large objects need no thread cache: straight to the heap. But a thread that
-        // now allocates only large objects should still give back the small spans it left
-        // wholly free.
-        trim_own_cache();
+        // Large objects skip the thread cache's lists: a stashed span of the same length,
+        // else straight to the heap. (A thread that now allocates only large objects still
+        // gives back the small spans it left wholly free: `maybe_trim`.)
+        // SAFETY: the reference is dropped before we return.
+        if let Some(cache) = unsafe { active_cache(true) } {
+            cache.ensure_id(&HEAP);
+            if let Some(p) = cache.alloc_large_stashed(size, align) {
+                return p;
+            }
+            cache.maybe_trim(&HEAP);
+        }
         return match HEAP.alloc_large(size, align) {
             Some((p, _)) => p.as_ptr(),
             None => core::ptr::null_mut(),
@@ -517,11 +529,17 @@ fn alloc_slow(size: usize, align: usize) -> *mut u8 {
 #[inline(never)]
 unsafe fn dealloc_slow(ptr: *mut u8, size: usize, align: usize) {
     if size >= LARGE_THRESHOLD {
-        // A large object needs no thread cache (a wrong layout is caught by `owner`, or
-        // falls through to the general path below).
+        // A large object goes to the cache's stash or the heap (a wrong layout is caught by
+        // `owner`, or falls through to the general path below).
         if let crate::heap::Owner::Large(span) = HEAP.owner(ptr) {
-            // SAFETY: per the caller of `raw::dealloc`: a live large object, given up.
-            return unsafe { HEAP.free_large(span) };
+            // SAFETY: per the caller of `raw::dealloc`: a live large object, given up. The
+            // cache reference is dropped before we return.
+            return unsafe {
+                match active_cache(false) {
+                    Some(cache) => cache.free_large(&HEAP, span),
+                    None => HEAP.free_large(span),
+                }
+            };
         }
     }
     // SAFETY: per the caller of `raw::dealloc`. The fast path already tried the owned span

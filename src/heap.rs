@@ -274,6 +274,10 @@ impl<S: PageSource> Heap<S> {
     /// # Safety
     /// `span` holds a large object the caller owns and gives up.
     pub unsafe fn free_large(&self, span: NonNull<Span>) {
+        // SAFETY: a live span record.
+        if unsafe { span.as_ref() }.is_stashed_large() {
+            fatal("double free detected");
+        }
         // SAFETY: per the caller.
         let cached = unsafe {
             self.page_heap

@@ -68,7 +68,9 @@
 //!
 //! # Large objects (32 KiB and up, or alignment above 8 KiB)
 //!
-//! A span of their own from the page heap, under its lock, with no thread cache involved.
+//! A span of their own. A thread's freed large spans of up to 1 MiB wait in its cache's
+//! stash (four of them) for its next allocation of the same length: no lock. Otherwise
+//! from the page heap, under its lock.
 //! Freed spans of up to 1 MiB wait, unmerged, in the page heap's large-span cache for the
 //! next allocation of the same length (no search, split or merge); others go straight back
 //! to the free runs and merge with free neighbours. `realloc` grows in place into a

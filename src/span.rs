@@ -92,6 +92,10 @@ pub const MOVING: u64 = 1 << 50;
 /// Unowned and wholly free; being returned to the page heap.
 pub const DEAD: u64 = 1 << 51;
 
+/// The owner field of a large span in a thread's stash of freed large spans (never a
+/// thread cache's id).
+const STASHED_LARGE: usize = usize::MAX - 1;
+
 /// What the thread that freed an object into an unowned span must do next, under the
 /// span's central lock.
 #[derive(Copy, Clone, PartialEq, Eq, Debug)]
@@ -136,6 +140,7 @@ pub struct Span {
     /// Small spans: the id of the thread cache that owns the span, 0 while unowned. Only
     /// the owner writes it (on taking and giving up the span), so a Relaxed load that
     /// returns a cache's own id means that cache owns the span: nobody else writes that id.
+    /// Large spans: `STASHED_LARGE` while freed into a thread's stash, else 0.
     owner: AtomicUsize,
     // Guarded by the lock of the list that holds the span, or by the owning thread cache.
     prev: GuardedCell<*mut Span>,
@@ -492,6 +497,29 @@ impl Span {
     /// The calling thread cache owns the span (it is taking it, or giving it up).
     pub unsafe fn set_owner(&self, id: usize) {
         self.owner.store(id, Ordering::Relaxed);
+    }
+
+    /// Marks a large span as sitting in a thread's stash of freed large spans (its object
+    /// freed, its pages still the span's). `false` if it already was: the object was freed
+    /// twice.
+    #[inline]
+    pub fn stash_large(&self) -> bool {
+        self.owner.swap(STASHED_LARGE, Ordering::Relaxed) != STASHED_LARGE
+    }
+
+    /// Takes a large span out of a stash (to hand its object out again or to free it).
+    ///
+    /// # Safety
+    /// The calling thread stashed the span and takes it out of its stash.
+    #[inline]
+    pub unsafe fn unstash_large(&self) {
+        self.owner.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether a large span sits in a thread's stash (its object is free).
+    #[inline]
+    pub fn is_stashed_large(&self) -> bool {
+        self.owner.load(Ordering::Relaxed) == STASHED_LARGE
     }
 
     /// Whether the owned span has objects on its remote list.

@@ -80,7 +80,9 @@ pub fn snapshot<S: PageSource>(heap: &Heap<S>, own: &[&ThreadCache]) -> Stats {
     };
     let mut own_held = [0usize; CLASS_COUNT];
     let mut own_spans = [0usize; CLASS_COUNT];
+    let mut stashed = 0;
     for cache in own {
+        stashed += cache.stashed_bytes();
         for (class, free) in cache.owned_spans() {
             own_held[class.index()] += free;
             own_spans[class.index()] += 1;
@@ -111,8 +113,10 @@ pub fn snapshot<S: PageSource>(heap: &Heap<S>, own: &[&ThreadCache]) -> Stats {
         st.span_overhead += (c.spans - others) * (span_bytes - cap * size);
     }
     let ph = heap.page_heap_stats();
-    st.large_in_use = ph.large_in_use;
-    st.in_use += ph.large_in_use;
+    // The page heap counts stashed large spans (freed into a thread cache) as in use.
+    st.large_in_use = ph.large_in_use - stashed;
+    st.in_use += ph.large_in_use - stashed;
+    st.thread_cache += stashed;
     st.page_heap_free = ph.free_resident;
     st.released = ph.free - ph.free_resident;
     st.mapped = ph.mapped;

@@ -21,7 +21,7 @@
 
 use crate::check::fatal;
 use crate::heap::{Heap, Owner};
-use crate::pages::PAGE_SIZE;
+use crate::pages::{PAGE_SIZE, Pages};
 use crate::size_class::{self, CLASS_COUNT, SizeClass};
 use crate::span::{self, ListId, Span, SpanList};
 use crate::sys::PageSource;
@@ -72,6 +72,11 @@ impl Retained {
 /// thread fills go back to the central lists as before.
 pub const RETAIN_BYTES: usize = 16 << 20;
 
+/// Freed large spans a cache keeps for its next large allocations of the same length.
+const STASH_SLOTS: usize = 4;
+/// The longest large span a cache stashes (1 MiB, as the page heap's large-span cache).
+const STASH_MAX_PAGES: Pages = Pages(128);
+
 /// [`ThreadCache::maybe_trim`] reads the clock on one call in this many.
 const TRIM_CLOCK_EVERY: u32 = 64;
 
@@ -96,6 +101,12 @@ pub struct ThreadCache {
     trim_at: u64,
     /// Calls of [`ThreadCache::maybe_trim`] (it reads the clock on some of them).
     trim_ticks: u32,
+    /// Whether the stash served an allocation since the last trim.
+    stash_used: bool,
+    /// Large spans this thread freed (each marked stashed), oldest first, `stash_len` of
+    /// them: the next large allocation of the same length takes one with no lock.
+    stash: [*mut Span; STASH_SLOTS],
+    stash_len: usize,
     retained: [Retained; CLASS_COUNT],
 }
 
@@ -119,6 +130,9 @@ impl ThreadCache {
             retained_bytes: 0,
             trim_at: 0,
             trim_ticks: 0,
+            stash_used: false,
+            stash: [null_mut(); STASH_SLOTS],
+            stash_len: 0,
             retained: [Retained::EMPTY; CLASS_COUNT],
         }
     }
@@ -209,11 +223,7 @@ impl ThreadCache {
             }
         }
         heap.maybe_release();
-        if self.id == NO_ID {
-            // Before the first span: from here on local frees are checked against the key.
-            self.key = crate::check::free_key();
-            self.id = heap.new_cache_id();
-        }
+        self.ensure_id(heap);
         let Some((span, list)) = heap.central(class).cache_span(class, &heap.backing()) else {
             return null_mut();
         };
@@ -228,6 +238,18 @@ impl ThreadCache {
         debug_assert!(!free.is_null(), "a lent span has a free object");
         self.install(class, span, free);
         self.pop(class)
+    }
+
+    /// Gives the cache its id and the double-free key, before it holds anything: from then
+    /// on it may own spans and stash large ones, and local frees are checked against the
+    /// key. Only for a cache that will be flushed (a thread's registered cache, the orphan
+    /// cache, a test's).
+    #[inline]
+    pub fn ensure_id<S: PageSource>(&mut self, heap: &Heap<S>) {
+        if self.id == NO_ID {
+            self.key = crate::check::free_key();
+            self.id = heap.new_cache_id();
+        }
     }
 
     /// Makes owned `span` the current span of `class`, with its free objects `free`.
@@ -370,7 +392,7 @@ impl ThreadCache {
     /// instructions when not due.
     #[inline]
     pub fn maybe_trim<S: PageSource>(&mut self, heap: &Heap<S>) {
-        if self.retained_bytes == 0 {
+        if self.retained_bytes == 0 && self.stash_len == 0 {
             return;
         }
         self.trim_ticks = self.trim_ticks.wrapping_add(1);
@@ -400,6 +422,10 @@ impl ThreadCache {
         if decay < 0 && !all {
             return;
         }
+        // A stash that served nothing for a quarter decay goes back whole.
+        if all || !core::mem::take(&mut self.stash_used) {
+            self.free_stash(heap);
+        }
         for class in SizeClass::all() {
             let mut at = self.retained[class.index()].ready.first();
             while let Some(span) = NonNull::new(at) {
@@ -427,6 +453,81 @@ impl ThreadCache {
                 }
             }
         }
+    }
+
+    /// A large object of `size` bytes aligned to `align` from a stashed span of exactly the
+    /// pages it needs (no lock), or `None`.
+    #[inline]
+    pub fn alloc_large_stashed(&mut self, size: usize, align: usize) -> Option<*mut u8> {
+        let pages = Pages::for_bytes(size)?;
+        let i = self.stash[..self.stash_len].iter().rposition(|&s| {
+            // SAFETY: stashed spans are live large spans this cache holds.
+            let s = unsafe { &*s };
+            s.pages() == pages && s.start_addr() % align == 0
+        })?;
+        let span = self.stash[i];
+        self.stash.copy_within(i + 1..self.stash_len, i);
+        self.stash_len -= 1;
+        self.stash_used = true;
+        // SAFETY: we stashed it; its object is ours to hand out again.
+        unsafe {
+            (*span).unstash_large();
+            Some((*span).start_addr() as *mut u8)
+        }
+    }
+
+    /// Frees the large object of `span`: into the stash if it is short enough (the oldest
+    /// stashed span goes back to the page heap when the stash is full), else to the page
+    /// heap. Stops the process on a double free.
+    ///
+    /// # Safety
+    /// `span` holds a live large object the caller gives up.
+    #[inline]
+    pub unsafe fn free_large<S: PageSource>(&mut self, heap: &Heap<S>, span: NonNull<Span>) {
+        // SAFETY: a live span record.
+        let s = unsafe { span.as_ref() };
+        // A cache that never took a span may be one with no exit flush (a FRESH thread's,
+        // freeing): it must hold nothing.
+        if s.pages() > STASH_MAX_PAGES || self.id == NO_ID {
+            // SAFETY: per the caller.
+            return unsafe { heap.free_large(span) };
+        }
+        if !s.stash_large() {
+            fatal("double free detected");
+        }
+        if self.stash_len == STASH_SLOTS {
+            let oldest = self.stash[0];
+            self.stash.copy_within(1.., 0);
+            self.stash_len -= 1;
+            // SAFETY: we stashed it; its object is free.
+            unsafe {
+                (*oldest).unstash_large();
+                heap.free_large(NonNull::new_unchecked(oldest));
+            }
+        }
+        self.stash[self.stash_len] = span.as_ptr();
+        self.stash_len += 1;
+    }
+
+    /// Gives every stashed large span back to the page heap.
+    fn free_stash<S: PageSource>(&mut self, heap: &Heap<S>) {
+        for &span in &self.stash[..self.stash_len] {
+            // SAFETY: we stashed it; its object is free.
+            unsafe {
+                (*span).unstash_large();
+                heap.free_large(NonNull::new_unchecked(span));
+            }
+        }
+        self.stash_len = 0;
+    }
+
+    /// Bytes of the stashed large spans (for statistics).
+    pub fn stashed_bytes(&self) -> usize {
+        self.stash[..self.stash_len]
+            .iter()
+            // SAFETY: stashed spans are live large spans this cache holds.
+            .map(|&s| unsafe { &*s }.bytes())
+            .sum()
     }
 
     /// Pushes `ptr`, an object of `span`, a retained span of this cache, onto the span's
@@ -493,6 +594,7 @@ impl ThreadCache {
             }
         }
         debug_assert_eq!(self.retained_bytes, 0);
+        self.free_stash(heap);
         heap.maybe_release();
     }
 
@@ -532,9 +634,11 @@ impl ThreadCache {
                 }
                 self.alloc_slow(heap, class)
             }
-            None => match heap.alloc_large(size, align) {
-                Some((p, _)) => p.as_ptr(),
-                None => null_mut(),
+            None => match self.alloc_large_stashed(size, align) {
+                Some(p) => p,
+                None => heap
+                    .alloc_large(size, align)
+                    .map_or(null_mut(), |(p, _)| p.as_ptr()),
             },
         }
     }
@@ -647,7 +751,7 @@ impl ThreadCache {
             // SAFETY: an object of a span we do not own, given up by the caller.
             Owner::Small(span) => unsafe { heap.free_remote(span, ptr) },
             // SAFETY: validated by `owner`; the caller gives the object up.
-            Owner::Large(span) => unsafe { heap.free_large(span) },
+            Owner::Large(span) => unsafe { self.free_large(heap, span) },
         }
     }
 
@@ -1252,5 +1356,46 @@ mod tests {
         cache.flush(&heap);
         heap.check_invariants();
         assert_eq!(heap.page_heap_stats().small_spans, 0);
+    }
+
+    #[test]
+    fn freed_large_spans_are_stashed_reused_and_given_back() {
+        let heap = heap();
+        heap.set_fake_now(1000);
+        heap.set_decay_ms(100);
+        let mut cache = ThreadCache::new();
+        let small = cache.alloc(&heap, 64, 8); // the cache takes a span: it may stash now
+        let sizes = [40 << 10, 100 << 10, 1 << 20, 300 << 10, 64 << 10, 2 << 20];
+        let ptrs: Vec<*mut u8> = sizes.iter().map(|&s| cache.alloc(&heap, s, 8)).collect();
+        for &p in &ptrs {
+            // SAFETY: live, freed once.
+            unsafe { cache.free(&heap, p) };
+        }
+        // 2 MiB is too long to stash; of the five others the oldest went back (4 slots).
+        let bytes = |s: usize| Pages::for_bytes(s).unwrap().bytes();
+        let want: usize = sizes[1..5].iter().map(|&s| bytes(s)).sum();
+        assert_eq!(cache.stashed_bytes(), want);
+        assert_eq!(
+            heap.page_heap_stats().large_in_use,
+            want,
+            "stashed, not freed"
+        );
+        // The same length again: the same object, with no page-heap change.
+        let q = cache.alloc(&heap, 300 << 10, 8);
+        assert_eq!(q, ptrs[3]);
+        assert_eq!(heap.page_heap_stats().large_in_use, want);
+        // SAFETY: live, freed once.
+        unsafe { cache.free(&heap, q) };
+        // A stash that serves nothing between two looks goes back to the page heap.
+        cache.maybe_trim(&heap);
+        assert_eq!(cache.stashed_bytes(), want, "it served an allocation");
+        heap.set_fake_now(1100);
+        cache.maybe_trim(&heap);
+        assert_eq!(cache.stashed_bytes(), 0);
+        assert_eq!(heap.page_heap_stats().large_in_use, 0);
+        // SAFETY: live, freed once.
+        unsafe { cache.free(&heap, small) };
+        cache.flush(&heap);
+        heap.check_invariants();
     }
 }

@@ -262,7 +262,10 @@ fn double_free_small_after_other_allocations_of_other_sizes() {
                 let victim = raw::alloc(256, 8);
                 assert!(!victim.is_null());
                 raw::free(victim);
-                let others: Vec<*mut u8> = (1..100).map(|i| raw::alloc(i * 24 + 300, 8)).collect();
+                let others: Vec<*mut u8> = [40usize, 48, 56, 72]
+                    .iter()
+                    .map(|k| raw::alloc(k << 10, 8))
+                    .collect();
                 for p in others {
                     raw::free(p);
                 }
@@ -340,6 +343,32 @@ fn double_free_large_after_other_large_traffic() {
                 // them is placed at its address).
                 for i in 0..20 {
                     let p = raw::alloc(8 * LARGE + i * 8192, 8);
+                    assert!(!p.is_null());
+                    raw::free(p);
+                }
+                raw::free(victim);
+            }
+        },
+    );
+}
+
+#[test]
+fn double_free_large_after_its_stash_slot_was_taken() {
+    // The first free puts the span in the thread's stash of freed large spans; four more
+    // large frees push it out to the page heap; the second free must still be caught there.
+    death_test(
+        "double_free_large_after_its_stash_slot_was_taken",
+        DOUBLE,
+        || {
+            warm_up();
+            // SAFETY: live objects of ours; the victim freed twice on purpose.
+            unsafe {
+                let victim = raw::alloc(64 << 10, 8);
+                assert!(!victim.is_null());
+                raw::free(victim);
+                let others: Vec<*mut u8> =
+                    (0..4).map(|i| raw::alloc((40 + 8 * i) << 10, 8)).collect();
+                for p in others {
                     assert!(!p.is_null());
                     raw::free(p);
                 }
