@@ -300,8 +300,10 @@ pub(crate) mod generator {
         );
         list(&mut out, classes.iter().map(|c| div_magic(c.size)));
         out.push_str(
-            "];\n\n/// Class for sizes 0..=1024, indexed by `(size + 7) / 8`.\n\
-             pub static SIZE_TO_CLASS8: [u8; 129] = [",
+            "];\n\n/// Class for sizes 0..=1024, indexed by `(size + 7) / 8`. A `const`, not a\n\
+             /// `static`: a constant size's class then folds at compile time in every crate,\n\
+             /// and other sizes read the crate's own copy rather than go through the GOT.\n\
+             pub const SIZE_TO_CLASS8: [u8; 129] = [",
         );
         list(
             &mut out,

@@ -123,8 +123,10 @@ pub static CLASS_DIV_MAGIC: [u32; CLASS_COUNT] = [
     270601, 262144, 258112, 243149, 215093, 209716, 197380, 178482, 174763, 157533, 152521, 149797, 133153, 131072,
 ];
 
-/// Class for sizes 0..=1024, indexed by `(size + 7) / 8`.
-pub static SIZE_TO_CLASS8: [u8; 129] = [
+/// Class for sizes 0..=1024, indexed by `(size + 7) / 8`. A `const`, not a
+/// `static`: a constant size's class then folds at compile time in every crate,
+/// and other sizes read the crate's own copy rather than go through the GOT.
+pub const SIZE_TO_CLASS8: [u8; 129] = [
     1, 1, 1, 2, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9,
     9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15, 16, 16, 17,
     17, 18, 18, 18, 18, 19, 19, 19, 19, 20, 20, 20, 20, 21, 21, 21,
