@@ -41,7 +41,8 @@ job() { # name command...
 
 # ---------------------------------------------------------------------------------------
 # (a) Miri. Only unit tests that use FakePages (or no page source), no threads and no
-# syscalls besides the clock. Test-name filters (libtest substring match):
+# syscalls besides the clock; of the thread-cache tests, the retained-span and large-stash
+# ones (raw-pointer list surgery on span records), not the long shadow-model runs. Test-name filters (libtest substring match):
 MIRI_FILTERS=(
   check::tests::
   fixed_alloc::tests::
@@ -52,6 +53,11 @@ MIRI_FILTERS=(
   size_class::tests::about_68_classes_up_to_32k
   size_class::tests::aligned_lookup_gives_an_aligned_class
   heap::tests::
+  thread_cache::tests::own_frees_into_earlier_spans
+  thread_cache::tests::other_threads_frees
+  thread_cache::tests::owned_spans_count
+  thread_cache::tests::wholly_free_retained
+  thread_cache::tests::freed_large_spans
 )
 # ...less these: threads (sync), files (the table freshness test), or too slow under
 # Miri's interpreter for the budget (every size and every class; the page heap's proptest,
