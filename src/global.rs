@@ -372,12 +372,17 @@ pub mod raw {
     /// `align` is a power of two.
     #[inline(always)]
     pub unsafe fn alloc(size: usize, align: usize) -> *mut u8 {
-        if size <= SMALL_STEP_LIMIT && align <= MIN_ALIGN {
-            let class = size_class::class_of_small(size);
-            // SAFETY: our own slot; the fast path makes no call that could re-enter.
-            let obj = unsafe { (*local()).cache.pop(class) };
-            if !obj.is_null() {
-                return obj;
+        if align <= MIN_ALIGN {
+            if size <= SMALL_STEP_LIMIT {
+                let class = size_class::class_of_small(size);
+                // SAFETY: our own slot; the fast path makes no call that could re-enter.
+                let obj = unsafe { (*local()).cache.pop(class) };
+                if !obj.is_null() {
+                    return obj;
+                }
+            } else if size < LARGE_THRESHOLD {
+                // SAFETY: the size is in the medium range.
+                return unsafe { alloc_medium(size) };
             }
         }
         alloc_slow(size, align)
@@ -400,6 +405,9 @@ pub mod raw {
             if unsafe { (*local()).cache.push_if_owned(ptr, class) } {
                 return;
             }
+        } else if size < LARGE_THRESHOLD {
+            // SAFETY: per the caller.
+            return unsafe { dealloc_medium(ptr, size, align) };
         }
         // SAFETY: per the caller.
         unsafe { dealloc_slow(ptr, size, align) }
@@ -481,6 +489,40 @@ unsafe fn with_cache_for_free<R>(f: impl FnOnce(&mut ThreadCache) -> R) -> R {
     };
     // One call site, so that `f` is inlined here.
     f(cache)
+}
+
+// The fast paths of 1 KiB to 32 KiB: the same as below 1 KiB with the second size table,
+// out of line so that the sub-KiB paths keep their length (inlined together, the two
+// lookups merge into one with a variable shift).
+
+/// # Safety
+/// `SMALL_STEP_LIMIT < size < LARGE_THRESHOLD`.
+#[inline(never)]
+unsafe fn alloc_medium(size: usize) -> *mut u8 {
+    // SAFETY: per the caller (lets the table index go unchecked).
+    unsafe { core::hint::assert_unchecked(size > SMALL_STEP_LIMIT && size < LARGE_THRESHOLD) };
+    let class = size_class::class_of_medium(size);
+    // SAFETY: our own slot; the fast path makes no call that could re-enter.
+    let obj = unsafe { (*local()).cache.pop(class) };
+    if !obj.is_null() {
+        return obj;
+    }
+    alloc_slow(size, MIN_ALIGN)
+}
+
+/// # Safety
+/// As [`raw::dealloc`], with `SMALL_STEP_LIMIT < size < LARGE_THRESHOLD`.
+#[inline(never)]
+unsafe fn dealloc_medium(ptr: *mut u8, size: usize, align: usize) {
+    // SAFETY: per the caller (lets the table index go unchecked).
+    unsafe { core::hint::assert_unchecked(size > SMALL_STEP_LIMIT && size < LARGE_THRESHOLD) };
+    let class = size_class::class_of_medium(size);
+    // SAFETY: as in `raw::dealloc`.
+    if unsafe { (*local()).cache.push_if_owned(ptr, class) } {
+        return;
+    }
+    // SAFETY: per the caller.
+    unsafe { dealloc_slow(ptr, size, align) }
 }
 
 /// This thread's cache if it is ACTIVE (registered for the exit flush), for the large-object

@@ -91,6 +91,13 @@ pub fn class_of_small(size: usize) -> SizeClass {
     debug_assert!(size <= SMALL_STEP_LIMIT);
     SizeClass(table::SIZE_TO_CLASS8[(size + 7) >> 3])
 }
+/// The class for `SMALL_STEP_LIMIT < size <= MAX_SMALL_SIZE` bytes: one table load.
+#[inline(always)]
+pub fn class_of_medium(size: usize) -> SizeClass {
+    debug_assert!(size > SMALL_STEP_LIMIT && size <= MAX_SMALL_SIZE);
+    SizeClass(table::SIZE_TO_CLASS128[(size - SMALL_STEP_LIMIT + 127) >> 7])
+}
+
 /// The class for a request of `size` bytes with no alignment beyond [`MIN_ALIGN`], or `None`
 /// when the request is large. `size` 0 is served as 1.
 #[inline(always)]
@@ -98,9 +105,7 @@ pub fn class_of(size: usize) -> Option<SizeClass> {
     if size <= SMALL_STEP_LIMIT {
         Some(SizeClass(table::SIZE_TO_CLASS8[(size + 7) >> 3]))
     } else if size <= MAX_SMALL_SIZE {
-        Some(SizeClass(
-            table::SIZE_TO_CLASS128[(size - SMALL_STEP_LIMIT + 127) >> 7],
-        ))
+        Some(class_of_medium(size))
     } else {
         None
     }
@@ -311,8 +316,9 @@ pub(crate) mod generator {
         );
         let n128 = (MAX_SMALL_SIZE - SMALL_STEP_LIMIT).div_ceil(128) + 1;
         out.push_str(&format!(
-            "];\n\n/// Class for sizes 1025..{LARGE_THRESHOLD}, indexed by `(size - 1024 + 127) / 128`.\n\
-             pub static SIZE_TO_CLASS128: [u8; {n128}] = ["
+            "];\n\n/// Class for sizes 1025..{LARGE_THRESHOLD}, indexed by `(size - 1024 + 127) / 128`\n\
+             /// (a `const` too, for the same reason).\n\
+             pub const SIZE_TO_CLASS128: [u8; {n128}] = ["
         ));
         list(
             &mut out,

@@ -138,8 +138,9 @@ pub const SIZE_TO_CLASS8: [u8; 129] = [
     32,
 ];
 
-/// Class for sizes 1025..32768, indexed by `(size - 1024 + 127) / 128`.
-pub static SIZE_TO_CLASS128: [u8; 249] = [
+/// Class for sizes 1025..32768, indexed by `(size - 1024 + 127) / 128`
+/// (a `const` too, for the same reason).
+pub const SIZE_TO_CLASS128: [u8; 249] = [
     32, 33, 34, 35, 36, 37, 38, 39, 39, 40, 40, 41, 41, 42, 42, 43,
     43, 43, 44, 44, 45, 46, 46, 46, 46, 47, 47, 47, 47, 48, 48, 48,
     48, 49, 49, 50, 50, 50, 50, 50, 50, 51, 51, 51, 52, 52, 53, 54,
