@@ -17,6 +17,11 @@ use crate::span::{ListId, Span, SpanKind, SpanList};
 use crate::sys::PageSource;
 use core::ptr::{NonNull, null_mut};
 
+/// A growing large object is placed in a run at least this many times its size...
+const GROW_ROOM: usize = 32;
+/// ...and at least this long, when there is one (see `alloc_from`).
+const GROW_ROOM_MIN: Pages = Pages(128);
+
 /// Free runs up to this many pages have a list per length.
 pub const LISTED_PAGES: usize = 128;
 /// Memory is mapped from the source at least this much at a time.
@@ -135,6 +140,9 @@ impl PageHeap {
         map: &PageMap,
         source: &impl PageSource,
     ) -> Option<(NonNull<Span>, bool)> {
+        // The cached spans are free room too: merged back first, they can be the largest
+        // run (a buffer grown again and again would otherwise take fresh pages each time).
+        self.drain_cache(u64::MAX, map);
         self.alloc_from(pages, align, SizeClass::LARGE, false, map, source)
     }
 
@@ -157,7 +165,17 @@ impl PageHeap {
         let mut run = if use_cache {
             self.find(want)
         } else {
-            self.find_largest(want)
+            // Room to grow: the best fit among runs of at least GROW_ROOM times the request
+            // (and 1 MiB), else the largest. Not simply the largest: that is the untouched
+            // rest of the newest mapping, so a buffer grown again and again would take fresh
+            // pages every time while its last run waits for the decay.
+            let room = Pages(want.0.saturating_mul(GROW_ROOM).max(GROW_ROOM_MIN.0));
+            let fit = self.find(room);
+            if fit.is_null() {
+                self.find_largest(want)
+            } else {
+                fit
+            }
         };
         if run.is_null() && self.cached_bytes > 0 {
             // Cached spans merged back may make a fitting run; try that before mapping more.

@@ -784,17 +784,25 @@ impl ThreadCache {
             _ => {}
         }
         let new = match size_class::class_for(new_size, align) {
-            // Growing into (or within) the large tier: take room that can grow in place.
-            None if new_size > old_usable => heap
-                .alloc_large_to_grow(new_size, align)
-                .map_or(null_mut(), |(p, _)| p.as_ptr()),
+            // Growing into (or within) the large tier: take room that can grow in place,
+            // counting the stash's spans as room (they go back to the page heap first).
+            None if new_size >= old_usable => {
+                self.free_stash(heap);
+                heap.alloc_large_to_grow(new_size, align)
+                    .map_or(null_mut(), |(p, _)| p.as_ptr())
+            }
             _ => self.alloc(heap, new_size, align),
         };
         if !new.is_null() {
             // SAFETY: both are live, distinct objects of at least the copied length.
             unsafe {
                 core::ptr::copy_nonoverlapping(ptr, new, old_usable.min(new_size));
-                self.free(heap, ptr);
+                match old_span {
+                    // A large object that moved goes to the page heap, not the stash: its
+                    // pages may be the room the next growth needs.
+                    Some(span) => heap.free_large(span),
+                    None => self.free(heap, ptr),
+                }
             }
         }
         new
@@ -1395,6 +1403,40 @@ mod tests {
         assert_eq!(heap.page_heap_stats().large_in_use, 0);
         // SAFETY: live, freed once.
         unsafe { cache.free(&heap, small) };
+        cache.flush(&heap);
+        heap.check_invariants();
+    }
+
+    #[test]
+    fn a_buffer_grown_into_the_large_tier_again_and_again_reuses_its_room() {
+        let heap = heap();
+        let mut cache = ThreadCache::new();
+        let top = size_class::class_of(size_class::MAX_SMALL_SIZE)
+            .unwrap()
+            .size();
+        let mut starts = Vec::new();
+        for _ in 0..5 {
+            // From the largest class to the large tier at the same usable size (the class
+            // holds exactly `top` bytes), then doubling to 1 MiB, then freed (stashed).
+            let mut p = cache.alloc(&heap, top - 8, 8);
+            // SAFETY: live; each result replaces the buffer.
+            unsafe {
+                p = cache.realloc(&heap, p, 8, top);
+                starts.push(p as usize);
+                let mut size = top;
+                while size < 1 << 20 {
+                    size *= 2;
+                    p = cache.realloc(&heap, p, 8, size);
+                    assert!(!p.is_null());
+                }
+                assert_eq!(p as usize, *starts.last().unwrap(), "grown in place");
+                cache.free(&heap, p);
+            }
+        }
+        assert!(
+            starts.windows(2).all(|w| w[0] == w[1]),
+            "each round reuses the last one's run: {starts:x?}"
+        );
         cache.flush(&heap);
         heap.check_invariants();
     }
