@@ -10,7 +10,10 @@
 //! into it (LTO): spanalloc's fast path folds to its essentials, while the C allocators stay
 //! calls.
 //!
-//! Usage: `fastpath <spanalloc|system|mimalloc|jemalloc|empty> <pairs> [size|inline]`
+//! A third form, `spanalloc-c`, calls `raw::alloc` and `raw::free` (no size: the page-map
+//! path), as `libspanalloc.so`'s `malloc` and `free` do.
+//!
+//! Usage: `fastpath <spanalloc|spanalloc-c|system|mimalloc|jemalloc|empty> <pairs> [size|inline]`
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -48,6 +51,19 @@ shims!(sys_alloc, sys_dealloc, System);
 shims!(mi_alloc, mi_dealloc, mimalloc::MiMalloc);
 shims!(je_alloc, je_dealloc, tikv_jemallocator::Jemalloc);
 shims!(empty_alloc, empty_dealloc, Empty);
+
+/// The C form: what `libspanalloc.so`'s `malloc` and `free` call (`free` has no size, so it
+/// finds the span in the page map).
+#[inline(never)]
+fn c_alloc(layout: Layout) -> *mut u8 {
+    // SAFETY: a power-of-two alignment.
+    unsafe { spanalloc::raw::alloc(layout.size(), layout.align()) }
+}
+#[inline(never)]
+fn c_free(ptr: *mut u8, _layout: Layout) {
+    // SAFETY: from `c_alloc`, freed once.
+    unsafe { spanalloc::raw::free(ptr) }
+}
 
 type AllocFn = fn(Layout) -> *mut u8;
 type DeallocFn = fn(*mut u8, Layout);
@@ -99,6 +115,7 @@ fn main() {
     let layout = Layout::from_size_align(size, 8).unwrap();
     let (a, d): (AllocFn, DeallocFn) = match which {
         "spanalloc" => (span_alloc, span_dealloc),
+        "spanalloc-c" => (c_alloc, c_free),
         "system" => (sys_alloc, sys_dealloc),
         "mimalloc" => (mi_alloc, mi_dealloc),
         "jemalloc" => (je_alloc, je_dealloc),

@@ -17,7 +17,8 @@ count() { # allocator pairs -> total instructions
 n1=1000
 n2=101000
 declare -A per_pair
-for a in empty spanalloc system mimalloc jemalloc; do
+for a in empty spanalloc spanalloc-c system mimalloc jemalloc; do
+  [ "$a" = spanalloc-c ] && [ "$size" = inline ] && continue
   c1=$(count "$a" $n1)
   c2=$(count "$a" $n2)
   per_pair[$a]=$(( (c2 - c1) / (n2 - n1) ))
@@ -29,7 +30,8 @@ else
   echo "malloc+free pair of $size bytes through GlobalAlloc shims (callgrind, instructions per pair)"
 fi
 printf '%-10s %8s %18s\n' allocator total "minus loop+shims"
-for a in spanalloc system mimalloc jemalloc; do
+for a in spanalloc spanalloc-c system mimalloc jemalloc; do
+  [ -z "${per_pair[$a]:-}" ] && continue
   printf '%-10s %8d %18d\n' "$a" "${per_pair[$a]}" $(( per_pair[$a] - base ))
 done
 printf '%-10s %8d   (the harness loop alone, with the shims in the shim form)\n' empty "$base"

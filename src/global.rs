@@ -476,19 +476,24 @@ unsafe fn with_cache<R>(f: impl FnOnce(&mut ThreadCache) -> R) -> R {
 }
 
 /// As [`with_cache`] but without registering a FRESH cache: freeing never gives the cache a
-/// span, so it needs no thread-exit flush.
+/// span, so it needs no thread-exit flush. The own-cache case is the straight path; the
+/// orphan cache (a BUSY or DEAD thread) is out of line, so that the common path carries no
+/// lock guard.
 #[inline(always)]
-unsafe fn with_cache_for_free<R>(f: impl FnOnce(&mut ThreadCache) -> R) -> R {
+unsafe fn with_cache_for_free(f: impl FnOnce(&mut ThreadCache) + Copy) {
     let l = local();
-    let mut orphan = None;
     // SAFETY: our own slot.
-    let cache = match unsafe { (*l).state } {
+    match unsafe { (*l).state } {
         // SAFETY: as in `with_cache`.
-        FRESH | ACTIVE => unsafe { &mut (*l).cache },
-        _ => &mut **orphan.insert(ORPHAN.lock()),
-    };
-    // One call site, so that `f` is inlined here.
-    f(cache)
+        FRESH | ACTIVE => f(unsafe { &mut (*l).cache }),
+        _ => with_orphan(f),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn with_orphan(f: impl FnOnce(&mut ThreadCache)) {
+    f(&mut ORPHAN.lock())
 }
 
 // The fast paths of 1 KiB to 32 KiB: the same as below 1 KiB with the second size table,

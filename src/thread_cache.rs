@@ -482,7 +482,7 @@ impl ThreadCache {
     ///
     /// # Safety
     /// `span` holds a live large object the caller gives up.
-    #[inline]
+    #[inline(never)]
     pub unsafe fn free_large<S: PageSource>(&mut self, heap: &Heap<S>, span: NonNull<Span>) {
         // SAFETY: a live span record.
         let s = unsafe { span.as_ref() };
