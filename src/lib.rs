@@ -74,8 +74,9 @@
 //! Freed spans of up to 1 MiB wait, unmerged, in the page heap's large-span cache for the
 //! next allocation of the same length (no search, split or merge); others go straight back
 //! to the free runs and merge with free neighbours. `realloc` grows in place into a
-//! following free run (a growing object is placed in the largest run to leave it room) or
-//! shrinks in place.
+//! following free run (a growing object is placed in a run with room after it) or shrinks
+//! in place; `GlobalAlloc::realloc` within the pages a large object already has returns at
+//! once.
 //!
 //! # Zeroing
 //!
