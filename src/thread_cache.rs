@@ -221,6 +221,11 @@ impl ThreadCache {
                 self.install(class, span, free);
                 return self.pop(class);
             }
+        } else if let Some((span, free)) = self.take_retained(class) {
+            // No current span (the last refill failed, or the cache was trimmed): retained
+            // spans with free objects come before the central list.
+            self.install(class, span, free);
+            return self.pop(class);
         }
         heap.maybe_release();
         self.ensure_id(heap);
@@ -427,14 +432,41 @@ impl ThreadCache {
             self.free_stash(heap);
         }
         for class in SizeClass::all() {
-            let mut at = self.retained[class.index()].ready.first();
+            // Both lists: a full span may be wholly free by other threads' frees.
+            for first in [
+                self.retained[class.index()].ready.first(),
+                self.retained[class.index()].full.first(),
+            ] {
+                self.trim_list(heap, class, first, now, decay, all);
+            }
+        }
+    }
+
+    /// [`ThreadCache::trim`] over one retained list of `class`, from `first`.
+    fn trim_list<S: PageSource>(
+        &mut self,
+        heap: &Heap<S>,
+        class: SizeClass,
+        first: *mut Span,
+        now: u64,
+        decay: i64,
+        all: bool,
+    ) {
+        {
+            let mut at = first;
             while let Some(span) = NonNull::new(at) {
-                // SAFETY: a span on our ready list; this cache guards the links and fields.
+                // SAFETY: a span on our list; this cache guards the links and fields.
                 let s = unsafe { span.as_ref() };
                 // SAFETY: as above.
                 at = unsafe { s.next_on_list() };
+                // Free objects: ours on its list, and other threads' on its remote list.
                 // SAFETY: as above.
-                let (count, since) = unsafe { (s.free_count.get() as usize, s.freed_at.get()) };
+                let (count, since) = unsafe {
+                    (
+                        s.free_count.get() as usize + Span::owned_remote_len(s.remote_word()),
+                        s.freed_at.get(),
+                    )
+                };
                 if count != s.capacity() {
                     // SAFETY: as above.
                     unsafe { s.freed_at.set(0) };
@@ -1439,5 +1471,65 @@ mod tests {
         );
         cache.flush(&heap);
         heap.check_invariants();
+    }
+
+    #[test]
+    fn after_a_failed_refill_retained_free_objects_are_used() {
+        let heap = heap();
+        let mut cache = ThreadCache::new();
+        let first = cache.alloc(&heap, 64, 8);
+        heap.source().fail_after(0);
+        let mut objs = vec![first];
+        loop {
+            let p = cache.alloc(&heap, 64, 8);
+            if p.is_null() {
+                break;
+            }
+            objs.push(p);
+        }
+        // The object of a retained span, freed: the next allocation must find it.
+        // SAFETY: live, freed once.
+        unsafe { cache.dealloc(&heap, first, 64, 8) };
+        assert_eq!(cache.alloc(&heap, 64, 8), first);
+        heap.source().heal();
+        for &p in &objs {
+            // SAFETY: live, freed once.
+            unsafe { cache.free(&heap, p) };
+        }
+        cache.flush(&heap);
+        heap.check_invariants();
+    }
+
+    #[test]
+    fn retained_spans_emptied_by_other_threads_go_back_on_release() {
+        let heap = heap();
+        let mut owner = ThreadCache::new();
+        let mut other = ThreadCache::new();
+        let class = size_class::class_of(256).unwrap();
+        let n = class.objects() * 4;
+        let objs: Vec<*mut u8> = (0..n).map(|_| owner.alloc(&heap, 256, 8)).collect();
+        for &p in &objs[..n - class.objects()] {
+            // SAFETY: live, freed once (remote frees into the owner's retained spans).
+            unsafe { other.dealloc(&heap, p, 256, 8) };
+        }
+        assert_eq!(owner.retained_bytes, 3 * class.pages().bytes());
+        owner.trim_now(&heap);
+        assert_eq!(
+            owner.retained_bytes, 0,
+            "wholly free by remote frees: given back"
+        );
+        assert_eq!(
+            heap.central_stats(class).spans,
+            1,
+            "only the current span is left"
+        );
+        for &p in &objs[n - class.objects()..] {
+            // SAFETY: live, freed once.
+            unsafe { owner.dealloc(&heap, p, 256, 8) };
+        }
+        owner.flush(&heap);
+        other.flush(&heap);
+        heap.check_invariants();
+        assert_eq!(heap.page_heap_stats().small_spans, 0);
     }
 }
