@@ -452,37 +452,35 @@ impl ThreadCache {
         decay: i64,
         all: bool,
     ) {
-        {
-            let mut at = first;
-            while let Some(span) = NonNull::new(at) {
-                // SAFETY: a span on our list; this cache guards the links and fields.
-                let s = unsafe { span.as_ref() };
+        let mut at = first;
+        while let Some(span) = NonNull::new(at) {
+            // SAFETY: a span on our list; this cache guards the links and fields.
+            let s = unsafe { span.as_ref() };
+            // SAFETY: as above.
+            at = unsafe { s.next_on_list() };
+            // Free objects: ours on its list, and other threads' on its remote list.
+            // SAFETY: as above.
+            let (count, since) = unsafe {
+                (
+                    s.free_count.get() as usize + Span::owned_remote_len(s.remote_word()),
+                    s.freed_at.get(),
+                )
+            };
+            if count != s.capacity() {
                 // SAFETY: as above.
-                at = unsafe { s.next_on_list() };
-                // Free objects: ours on its list, and other threads' on its remote list.
+                unsafe { s.freed_at.set(0) };
+            } else if all {
+                // SAFETY: on our list of `class`.
+                unsafe { self.give_back_retained(heap, class, span) };
+            } else if since == 0 {
+                // Wholly free since at most a quarter decay ago: stamp it.
                 // SAFETY: as above.
-                let (count, since) = unsafe {
-                    (
-                        s.free_count.get() as usize + Span::owned_remote_len(s.remote_word()),
-                        s.freed_at.get(),
-                    )
-                };
-                if count != s.capacity() {
-                    // SAFETY: as above.
-                    unsafe { s.freed_at.set(0) };
-                } else if all {
-                    // SAFETY: on our ready list of `class`.
-                    unsafe { self.give_back_retained(heap, class, span) };
-                } else if since == 0 {
-                    // Wholly free since at most a quarter decay ago: stamp it.
-                    // SAFETY: as above.
-                    unsafe { s.freed_at.set(now.max(1)) };
-                } else if now.saturating_sub(since) >= decay as u64 {
-                    let mut backing = heap.backing();
-                    backing.now = since;
-                    // SAFETY: on our ready list of `class`.
-                    unsafe { self.give_back_retained_at(heap, class, span, backing) };
-                }
+                unsafe { s.freed_at.set(now.max(1)) };
+            } else if now.saturating_sub(since) >= decay as u64 {
+                let mut backing = heap.backing();
+                backing.now = since;
+                // SAFETY: on our list of `class`.
+                unsafe { self.give_back_retained_at(heap, class, span, backing) };
             }
         }
     }
