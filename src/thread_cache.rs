@@ -388,7 +388,7 @@ impl ThreadCache {
         unsafe { disown_at(heap, class, span, free, count, backing) };
     }
 
-    /// Gives back the retained spans that have been wholly free (by this thread's own frees)
+    /// Gives back the retained spans that have been wholly free (by any thread's frees)
     /// for the heap's decay time, when a look is due (every quarter of the decay time, at
     /// most every millisecond). Called from the cache's slow paths and large allocations,
     /// so a thread that freed a working set and then runs on with little allocation does
@@ -411,7 +411,7 @@ impl ThreadCache {
         }
     }
 
-    /// Gives back every retained span that is wholly free by this thread's frees, now
+    /// Gives back every retained span that is wholly free (by any thread's frees), now
     /// (`release_free_memory`).
     pub fn trim_now<S: PageSource>(&mut self, heap: &Heap<S>) {
         self.trim(heap, heap.now(), true);
