@@ -405,12 +405,14 @@ pub mod raw {
             if unsafe { (*local()).cache.push_if_owned(ptr, class) } {
                 return;
             }
+            // SAFETY: per the caller.
+            return unsafe { dealloc_slow(ptr, size, align) };
         } else if size < LARGE_THRESHOLD {
             // SAFETY: per the caller.
             return unsafe { dealloc_medium(ptr, size, align) };
         }
         // SAFETY: per the caller.
-        unsafe { dealloc_slow(ptr, size, align) }
+        unsafe { dealloc_large(ptr, size, align) }
     }
 
     /// As [`alloc`], with the first `size` bytes zero.
@@ -430,7 +432,7 @@ pub mod raw {
     #[inline]
     pub unsafe fn free(ptr: *mut u8) {
         // SAFETY: per the caller.
-        unsafe { with_cache_for_free(|cache| cache.free(&HEAP, ptr)) }
+        unsafe { with_cache_for_free(move |cache| cache.free(&HEAP, ptr)) }
     }
 
     /// Resizes `ptr` (allocated with `align`) to `new_size` bytes. Null on failure, leaving
@@ -572,26 +574,67 @@ fn alloc_slow(size: usize, align: usize) -> *mut u8 {
     unsafe { with_cache(|cache| cache.alloc(&HEAP, size, align)) }
 }
 
+/// The free of a small or medium object that is not in the owned span of its size's class
+/// (the fast path tried that): straight to the page map (`dealloc_slow` of the cache).
+///
+/// # Safety
+/// As [`raw::dealloc`], with `size < LARGE_THRESHOLD`.
 #[cold]
 #[inline(never)]
 unsafe fn dealloc_slow(ptr: *mut u8, size: usize, align: usize) {
-    if size >= LARGE_THRESHOLD {
-        // A large object goes to the cache's stash or the heap (a wrong layout is caught by
-        // `owner`, or falls through to the general path below).
-        if let crate::heap::Owner::Large(span) = HEAP.owner(ptr) {
-            // SAFETY: per the caller of `raw::dealloc`: a live large object, given up. The
-            // cache reference is dropped before we return.
-            return unsafe {
-                match active_cache(false) {
-                    Some(cache) => cache.free_large(&HEAP, span),
-                    None => HEAP.free_large(span),
-                }
-            };
-        }
+    // SAFETY: per the caller.
+    unsafe { cache_dealloc_slow(ptr, size, align) }
+}
+
+/// `dealloc_slow` of this thread's cache, or `free` of the orphan cache. The arguments are
+/// passed on as they are (not captured in a closure, which the orphan branch would need in
+/// memory), so the common path is a tail call.
+///
+/// # Safety
+/// As [`raw::dealloc`].
+#[inline(always)]
+unsafe fn cache_dealloc_slow(ptr: *mut u8, size: usize, align: usize) {
+    let l = local();
+    // SAFETY: our own slot.
+    match unsafe { (*l).state } {
+        // SAFETY: as in `with_cache`; per the caller.
+        FRESH | ACTIVE => unsafe { (*l).cache.dealloc_slow(&HEAP, ptr, size, align) },
+        // SAFETY: per the caller.
+        _ => unsafe { orphan_free(ptr) },
     }
-    // SAFETY: per the caller of `raw::dealloc`. The fast path already tried the owned span
-    // of the size's class, so go straight to the page map (`dealloc_slow` of the cache).
-    unsafe { with_cache_for_free(|cache| cache.dealloc_slow(&HEAP, ptr, size, align)) }
+}
+
+/// Frees `ptr` through the orphan cache (the layout check of debug builds is skipped: this
+/// path passes only the pointer on, so that the common path above keeps no registers).
+///
+/// # Safety
+/// As [`raw::free`].
+#[cold]
+#[inline(never)]
+unsafe fn orphan_free(ptr: *mut u8) {
+    // SAFETY: per the caller.
+    with_orphan(move |cache| unsafe { cache.free(&HEAP, ptr) })
+}
+
+/// The free of a large size: the object goes to the cache's stash or the heap (a wrong
+/// layout is caught by `owner`, or falls through to the general path).
+///
+/// # Safety
+/// As [`raw::dealloc`].
+#[inline(never)]
+unsafe fn dealloc_large(ptr: *mut u8, size: usize, align: usize) {
+    if let crate::heap::Owner::Large(span) = HEAP.owner(ptr) {
+        // SAFETY: per the caller of `raw::dealloc`: a live large object, given up. The
+        // cache reference is dropped before we return.
+        return unsafe {
+            match active_cache(false) {
+                Some(cache) => cache.free_large(&HEAP, span),
+                None => HEAP.free_large(span),
+            }
+        };
+    }
+    // SAFETY: per the caller of `raw::dealloc`.
+    unsafe { cache_dealloc_slow(ptr, size, align) }
 }
 
 /// Gives the calling thread's cached spans back to the central lists, so that memory this

@@ -120,7 +120,10 @@ pub enum Disowned {
 }
 
 /// A span record. Lives in metadata memory ([`crate::fixed_alloc`]), never in the heap.
-#[repr(C)]
+/// One record is two cache lines, and the first holds everything a free into an owned span
+/// reads and writes (identity, class constants, owner, free list and count); the remote
+/// word and the list links are in the second.
+#[repr(C, align(64))]
 pub struct Span {
     // Identity: written under the page heap lock while the span is made or reshaped; read
     // without a lock by page-map users (free, usable size) to validate a pointer. Relaxed:
@@ -135,17 +138,13 @@ pub struct Span {
     obj_size: AtomicU32,
     obj_count: AtomicU32,
     div_magic: AtomicU32,
-    /// Small spans: the cross-thread free word (see the module documentation).
-    pub(crate) remote: AtomicU64,
+    /// `obj_size * obj_count`: the bytes the objects cover, the bound of a valid offset.
+    obj_bytes: AtomicU32,
     /// Small spans: the id of the thread cache that owns the span, 0 while unowned. Only
     /// the owner writes it (on taking and giving up the span), so a Relaxed load that
     /// returns a cache's own id means that cache owns the span: nobody else writes that id.
     /// Large spans: `STASHED_LARGE` while freed into a thread's stash, else 0.
     owner: AtomicUsize,
-    // Guarded by the lock of the list that holds the span, or by the owning thread cache.
-    prev: GuardedCell<*mut Span>,
-    next: GuardedCell<*mut Span>,
-    list: GuardedCell<ListId>,
     /// Small, unowned: objects freed before the owner gave the span back. Small, owned and
     /// retained by its thread cache (not the span it allocates from): the owner's free
     /// objects of it.
@@ -154,6 +153,14 @@ pub struct Span {
     pub(crate) free_count: GuardedCell<u32>,
     /// Small: objects with index `>= bump` have never been handed out.
     pub(crate) bump: GuardedCell<u32>,
+    // The second cache line: what frees into an owned span do not touch.
+    /// Small spans: the cross-thread free word (see the module documentation). Apart from
+    /// the owner's free list, so that other threads' frees do not take that line away.
+    pub(crate) remote: AtomicU64,
+    // Guarded by the lock of the list that holds the span, or by the owning thread cache.
+    prev: GuardedCell<*mut Span>,
+    next: GuardedCell<*mut Span>,
+    list: GuardedCell<ListId>,
     /// Free runs: how many of its pages may be resident (an upper bound).
     pub(crate) resident: GuardedCell<usize>,
     /// Free runs and new spans: every byte is zero.
@@ -180,6 +187,7 @@ impl Span {
                 obj_size: AtomicU32::new(0),
                 obj_count: AtomicU32::new(0),
                 div_magic: AtomicU32::new(0),
+                obj_bytes: AtomicU32::new(0),
                 remote: AtomicU64::new(0),
                 owner: AtomicUsize::new(0),
                 prev: GuardedCell::new(null_mut()),
@@ -270,6 +278,8 @@ impl Span {
         self.obj_count
             .store(class.objects() as u32, Ordering::Relaxed);
         self.div_magic.store(class.div_magic(), Ordering::Relaxed);
+        self.obj_bytes
+            .store((class.size() * class.objects()) as u32, Ordering::Relaxed);
         self.set_kind(SpanKind::Small, class);
         // SAFETY: no other thread can reach the span yet.
         unsafe {
@@ -295,13 +305,15 @@ impl Span {
     #[inline]
     pub fn object_index(&self, addr: usize) -> Option<usize> {
         let offset = addr.wrapping_sub(self.start_addr());
-        if offset >= self.bytes() {
+        // Below the objects' bytes (not the span's: the tail after the last object holds
+        // none), so an exact multiple of the size is an index below the capacity.
+        if offset >= self.obj_bytes.load(Ordering::Relaxed) as usize {
             return None;
         }
         // offset / size by multiplication (exact over a span: see `size_class`).
         let magic = self.div_magic.load(Ordering::Relaxed) as u64;
         let index = ((offset as u64 * magic) >> 32) as usize;
-        (index < self.capacity() && index * self.object_size() == offset).then_some(index)
+        (index * self.object_size() == offset).then_some(index)
     }
 
     // ---------------------------------------------------------------------------------
@@ -797,6 +809,27 @@ impl SpanList {
 mod tests {
     use super::*;
     use crate::pages::PAGE_SIZE;
+
+    #[cfg(not(loom))]
+    #[test]
+    fn a_free_into_an_owned_span_touches_one_cache_line() {
+        use core::mem::{align_of, offset_of};
+        assert_eq!(align_of::<Span>(), 64);
+        for end in [
+            offset_of!(Span, start) + 8,
+            offset_of!(Span, pages) + 8,
+            offset_of!(Span, kind) + 1,
+            offset_of!(Span, obj_size) + 4,
+            offset_of!(Span, div_magic) + 4,
+            offset_of!(Span, obj_bytes) + 4,
+            offset_of!(Span, owner) + 8,
+            offset_of!(Span, free) + 8,
+            offset_of!(Span, free_count) + 4,
+        ] {
+            assert!(end <= 64, "a free-path field ends at byte {end}");
+        }
+        assert!(offset_of!(Span, remote) >= 64);
+    }
 
     /// A small span of the 64-byte class (128 objects) over real memory.
     struct TestSpan {
