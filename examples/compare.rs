@@ -321,7 +321,9 @@ fn run_child(
 const SYSTEM: usize = 1;
 
 fn fmt_time(ns: f64) -> String {
-    if ns < 1e3 {
+    if ns < 1.0 {
+        format!("{ns:.2} ns")
+    } else if ns < 1e3 {
         format!("{ns:.1} ns")
     } else if ns < 1e6 {
         format!("{:.2} µs", ns / 1e3)
