@@ -91,6 +91,11 @@ pub fn class_of_small(size: usize) -> SizeClass {
     debug_assert!(size <= SMALL_STEP_LIMIT);
     SizeClass(table::SIZE_TO_CLASS8[(size + 7) >> 3])
 }
+/// The index of [`class_of_small`]`(size)`, for tables built at compile time.
+pub const fn class_index_of_small(size: usize) -> usize {
+    table::SIZE_TO_CLASS8[(size + 7) >> 3] as usize
+}
+
 /// The class for `SMALL_STEP_LIMIT < size <= MAX_SMALL_SIZE` bytes: one table load.
 #[inline(always)]
 pub fn class_of_medium(size: usize) -> SizeClass {
