@@ -37,9 +37,10 @@
 //!
 //! # Allocating (small: under 32 KiB)
 //!
-//! 1. **Thread cache**, no atomic, no lock: look the size up in the class table (one load),
-//!    pop the head of the thread's local free list for that class. Empty bins have a null
-//!    list, so this is the only test.
+//! 1. **Thread cache**, no atomic, no lock: look the size up in a table (one load: below
+//!    1 KiB it gives the bin's offset directly, above the class), pop the head of the
+//!    thread's local free list for that class. Empty bins have a null list, so this is the
+//!    only test.
 //! 2. **Current span**, still no lock: the list was empty, so take the span's remote-free
 //!    list with one atomic swap (objects other threads freed into it), or carve up to ~4 KiB
 //!    of never-used objects from the span's tail. Amortizes the atomic over many objects.
