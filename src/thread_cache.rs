@@ -460,7 +460,7 @@ impl ThreadCache {
     /// most every millisecond). Called from the cache's slow paths and large allocations,
     /// so a thread that freed a working set and then runs on with little allocation does
     /// not keep it. Uses the heap's last clock reading, and reads the clock itself on one
-    /// call in [`TRIM_CLOCK_EVERY`] (paths like cached large allocations read none); a few
+    /// call in `TRIM_CLOCK_EVERY` (paths like cached large allocations read none); a few
     /// instructions when not due.
     #[inline]
     pub fn maybe_trim<S: PageSource>(&mut self, heap: &Heap<S>) {
