@@ -609,7 +609,7 @@ unsafe fn cache_dealloc_slow(ptr: *mut u8, size: usize, align: usize) {
 }
 
 /// Frees `ptr` through the orphan cache (the layout check of debug builds is skipped: this
-/// path passes only the pointer on, so that the common path above keeps no registers).
+/// path passes only the pointer on, so that the common path above saves fewer registers).
 ///
 /// # Safety
 /// As [`raw::free`].
