@@ -432,7 +432,7 @@ pub mod raw {
     #[inline]
     pub unsafe fn free(ptr: *mut u8) {
         // SAFETY: per the caller.
-        unsafe { with_cache_for_free(move |cache| cache.free(&HEAP, ptr)) }
+        unsafe { with_cache_for_free(ptr, |cache| cache.free(&HEAP, ptr)) }
     }
 
     /// Resizes `ptr` (allocated with `align`) to `new_size` bytes. Null on failure, leaving
@@ -478,24 +478,36 @@ unsafe fn with_cache<R>(f: impl FnOnce(&mut ThreadCache) -> R) -> R {
 }
 
 /// As [`with_cache`] but without registering a FRESH cache: freeing never gives the cache a
-/// span, so it needs no thread-exit flush. The own-cache case is the straight path; the
-/// orphan cache (a BUSY or DEAD thread) is out of line, so that the common path carries no
-/// lock guard.
+/// span, so it needs no thread-exit flush. `own` runs with this thread's cache; a BUSY or
+/// DEAD thread's free of `ptr` goes to the orphan cache out of line ([`orphan_free`]), which
+/// needs only the pointer: so the common path carries no lock guard, and the out-of-line
+/// call keeps no closure in memory (one capturing its arguments by reference spilled them
+/// to the stack on every call).
+///
+/// # Safety
+/// As [`raw::free`]; `own` frees `ptr` and nothing else.
 #[inline(always)]
-unsafe fn with_cache_for_free(f: impl FnOnce(&mut ThreadCache) + Copy) {
+unsafe fn with_cache_for_free(ptr: *mut u8, own: impl FnOnce(&mut ThreadCache)) {
     let l = local();
     // SAFETY: our own slot.
     match unsafe { (*l).state } {
         // SAFETY: as in `with_cache`.
-        FRESH | ACTIVE => f(unsafe { &mut (*l).cache }),
-        _ => with_orphan(f),
+        FRESH | ACTIVE => own(unsafe { &mut (*l).cache }),
+        // SAFETY: per the caller.
+        _ => unsafe { orphan_free(ptr) },
     }
 }
 
+/// Frees `ptr` through the orphan cache (the layout check of debug builds is skipped: this
+/// path has only the pointer).
+///
+/// # Safety
+/// As [`raw::free`].
 #[cold]
 #[inline(never)]
-fn with_orphan(f: impl FnOnce(&mut ThreadCache)) {
-    f(&mut ORPHAN.lock())
+unsafe fn orphan_free(ptr: *mut u8) {
+    // SAFETY: per the caller.
+    unsafe { ORPHAN.lock().free(&HEAP, ptr) }
 }
 
 // The fast paths of 1 KiB to 32 KiB: the same as below 1 KiB with the second size table,
@@ -587,37 +599,7 @@ fn alloc_slow(size: usize, align: usize) -> *mut u8 {
 #[inline(never)]
 unsafe fn dealloc_slow(ptr: *mut u8, align: usize, size: usize) {
     // SAFETY: per the caller.
-    unsafe { cache_dealloc_slow(ptr, size, align) }
-}
-
-/// `dealloc_slow` of this thread's cache, or `free` of the orphan cache. The arguments are
-/// passed on as they are (not captured in a closure, which the orphan branch would need in
-/// memory), so the common path is a tail call.
-///
-/// # Safety
-/// As [`raw::dealloc`].
-#[inline(always)]
-unsafe fn cache_dealloc_slow(ptr: *mut u8, size: usize, align: usize) {
-    let l = local();
-    // SAFETY: our own slot.
-    match unsafe { (*l).state } {
-        // SAFETY: as in `with_cache`; per the caller.
-        FRESH | ACTIVE => unsafe { (*l).cache.dealloc_slow(&HEAP, ptr, size, align) },
-        // SAFETY: per the caller.
-        _ => unsafe { orphan_free(ptr) },
-    }
-}
-
-/// Frees `ptr` through the orphan cache (the layout check of debug builds is skipped: this
-/// path passes only the pointer on, so that the common path above saves fewer registers).
-///
-/// # Safety
-/// As [`raw::free`].
-#[cold]
-#[inline(never)]
-unsafe fn orphan_free(ptr: *mut u8) {
-    // SAFETY: per the caller.
-    with_orphan(move |cache| unsafe { cache.free(&HEAP, ptr) })
+    unsafe { with_cache_for_free(ptr, |cache| cache.dealloc_slow(&HEAP, ptr, size, align)) }
 }
 
 /// The free of a large size: the object goes to the cache's stash or the heap (a wrong
@@ -638,7 +620,7 @@ unsafe fn dealloc_large(ptr: *mut u8, align: usize, size: usize) {
         };
     }
     // SAFETY: per the caller of `raw::dealloc`.
-    unsafe { cache_dealloc_slow(ptr, size, align) }
+    unsafe { with_cache_for_free(ptr, |cache| cache.dealloc_slow(&HEAP, ptr, size, align)) }
 }
 
 /// Gives the calling thread's cached spans back to the central lists, so that memory this
