@@ -89,9 +89,11 @@ impl SizeClass {
 #[inline(always)]
 pub fn class_of_small(size: usize) -> SizeClass {
     debug_assert!(size <= SMALL_STEP_LIMIT);
-    SizeClass(table::SIZE_TO_CLASS8[(size + 7) >> 3])
+    SizeClass(class_index_of_small(size) as u8)
 }
-/// The index of [`class_of_small`]`(size)`, for tables built at compile time.
+
+/// The index of [`class_of_small`]`(size)` (a `const fn`, for tables built at compile time).
+#[inline(always)]
 pub const fn class_index_of_small(size: usize) -> usize {
     table::SIZE_TO_CLASS8[(size + 7) >> 3] as usize
 }
@@ -108,7 +110,7 @@ pub fn class_of_medium(size: usize) -> SizeClass {
 #[inline(always)]
 pub fn class_of(size: usize) -> Option<SizeClass> {
     if size <= SMALL_STEP_LIMIT {
-        Some(SizeClass(table::SIZE_TO_CLASS8[(size + 7) >> 3]))
+        Some(class_of_small(size))
     } else if size <= MAX_SMALL_SIZE {
         Some(class_of_medium(size))
     } else {
