@@ -623,6 +623,41 @@ unsafe fn dealloc_large(ptr: *mut u8, align: usize, size: usize) {
     unsafe { with_cache_for_free(ptr, |cache| cache.dealloc_slow(&HEAP, ptr, size, align)) }
 }
 
+/// `GlobalAlloc::realloc` past its inline same-class and same-pages shortcuts, where the old
+/// size is known (`raw::realloc` serves C, which does not know it). Out of line, so that the
+/// shortcuts inline into every caller at their length.
+///
+/// # Safety
+/// `ptr` came from [`raw::alloc`] (or `realloc`) with `old_size` and `align`; unless null is
+/// returned it is not used afterwards.
+#[inline(never)]
+unsafe fn realloc_sized(ptr: *mut u8, align: usize, old_size: usize, new_size: usize) -> *mut u8 {
+    // A small object moving to another small class (a short buffer growing): through the
+    // allocation and free fast paths, with no page-map lookup. (An object that is not in
+    // its layout's class, such as a page-span buffer shrunk in place, moves just as well:
+    // the free finds its span.)
+    if align <= MIN_ALIGN && old_size <= SMALL_STEP_LIMIT && new_size <= SMALL_STEP_LIMIT {
+        // SAFETY: our own slot; the fast path makes no call that could re-enter.
+        let new = unsafe { (*local()).cache.pop_small(new_size) };
+        if !new.is_null() {
+            // SAFETY: `ptr` is live with `old_size` bytes, `new` a distinct new object of
+            // `new_size`; `ptr` is given up, with its layout.
+            unsafe {
+                core::ptr::copy_nonoverlapping(ptr, new, old_size.min(new_size));
+                raw::dealloc(ptr, old_size, align);
+            }
+            return new;
+        }
+    }
+    // Growing a page span's object (a large object, or a buffer given a page span to
+    // grow in) within its pages: one page-map lookup, no lock.
+    if old_size > SMALL_STEP_LIMIT && new_size > old_size && new_size <= HEAP.large_room(ptr) {
+        return ptr;
+    }
+    // SAFETY: per GlobalAlloc's contract, `ptr` came from us with `layout`.
+    unsafe { raw::realloc(ptr, new_size, align) }
+}
+
 /// Gives the calling thread's cached spans back to the central lists, so that memory this
 /// thread freed can be reused by others or returned to the OS. The cache refills on its next
 /// allocation.
@@ -780,6 +815,6 @@ unsafe impl GlobalAlloc for SpanAlloc {
             }
         }
         // SAFETY: per GlobalAlloc's contract, `ptr` came from us with `layout`.
-        unsafe { raw::realloc(ptr, new_size, align) }
+        unsafe { realloc_sized(ptr, align, old_size, new_size) }
     }
 }

@@ -23,6 +23,28 @@ use crate::span::{RemoteAction, Span, SpanKind};
 use crate::sync::{AtomicI64, AtomicU64, AtomicUsize, Lock, Ordering};
 use crate::sys::PageSource;
 use core::ptr::NonNull;
+
+/// How many times its new size a growing buffer gets: a large object that `realloc` grows
+/// in place, or the buffer a thread's `realloc` moved while growing and now moves again
+/// (`ThreadCache::realloc`). The next growths then fit in place, with no copy and no lock.
+pub const GROWTH_HEADROOM: usize = 4;
+
+/// The smallest growing buffer that moves to a page span with headroom: half a page, so the
+/// untouched headroom pages cost address space, not memory, and a buffer resident in fewer
+/// than two OS pages never gets more than one page span.
+pub const GROWTH_MIN: usize = 4096;
+
+/// The most headroom a large object's in-place growth takes: `GROWTH_HEADROOM - 1` times
+/// this. Past it a buffer grows by its new size, so address space stays bounded; the pages
+/// themselves are touched only as the object reaches them.
+pub const GROWTH_HEADROOM_MAX: usize = 1 << 20;
+
+/// The bytes a growing buffer of `size` bytes gets: `GROWTH_HEADROOM` times its size, with
+/// at most `(GROWTH_HEADROOM - 1) * GROWTH_HEADROOM_MAX` past it.
+#[inline]
+pub fn growth_room(size: usize) -> usize {
+    size.saturating_add(size.min(GROWTH_HEADROOM_MAX) * (GROWTH_HEADROOM - 1))
+}
 use crossbeam_utils::CachePadded;
 
 /// The tiers every thread shares.
@@ -378,6 +400,19 @@ impl<S: PageSource> Heap<S> {
         }
     }
 
+    /// The bytes of the large span whose object starts at `ptr`, or 0 if `ptr` is not such
+    /// an object: one page-map lookup, no lock (the span is the caller's, so its length is
+    /// stable).
+    #[inline]
+    pub fn large_room(&self, ptr: *mut u8) -> usize {
+        let addr = ptr as usize;
+        // SAFETY: page-map entries point to span records, which are never unmapped.
+        match unsafe { self.map.lookup(addr).as_ref() } {
+            Some(s) if s.kind() == SpanKind::Large && s.start_addr() == addr => s.bytes(),
+            _ => 0,
+        }
+    }
+
     /// Resizes large object `span` in place to hold `new_size` bytes if that can be done
     /// without moving it: shrinking, or growing into a free run that follows.
     ///
@@ -392,8 +427,16 @@ impl<S: PageSource> Heap<S> {
         // SAFETY: per the caller (the span is the caller's: its length is stable).
         let have = unsafe { span.as_ref() }.pages();
         if pages > have {
+            // A large object that grows is a buffer that will likely grow again: take
+            // headroom when the free run after it has it (its pages stay untouched until
+            // the object reaches them), so the next growths need no lock.
+            let room = Pages::for_bytes(growth_room(new_size));
+            let mut page_heap = self.page_heap.lock();
             // SAFETY: per the caller.
-            unsafe { self.page_heap.lock().grow_in_place(span, pages, &self.map) }
+            unsafe {
+                room.is_some_and(|room| page_heap.grow_in_place(span, room, &self.map))
+                    || page_heap.grow_in_place(span, pages, &self.map)
+            }
         } else if pages.0 * 2 < have.0 {
             // Give back the tail only when it is at least half the span; otherwise keep it
             // (it makes a later grow free), and take no lock.

@@ -20,7 +20,7 @@
 //! over a heap of fake pages.
 
 use crate::check::fatal;
-use crate::heap::{Heap, Owner};
+use crate::heap::{GROWTH_MIN, Heap, Owner, growth_room};
 use crate::pages::{PAGE_SIZE, Pages};
 use crate::size_class::{self, CLASS_COUNT, SMALL_STEP_LIMIT, SizeClass};
 use crate::span::{self, ListId, Span, SpanList};
@@ -108,6 +108,9 @@ pub struct ThreadCache {
     stash: [*mut Span; STASH_SLOTS],
     stash_len: usize,
     retained: [Retained; CLASS_COUNT],
+    /// Where this thread's last `realloc` that grew an object moved it: a hint (the object
+    /// may be gone) that a `realloc` of this address is a buffer growing again.
+    grown: usize,
 }
 
 // SAFETY: the cache only holds pointers to spans and objects it owns; moving it to another
@@ -185,6 +188,7 @@ impl ThreadCache {
             stash: [null_mut(); STASH_SLOTS],
             stash_len: 0,
             retained: [Retained::EMPTY; CLASS_COUNT],
+            grown: 0,
         }
     }
 
@@ -852,9 +856,12 @@ impl ThreadCache {
         }
     }
 
-    /// Resizes `ptr` (allocated with `align`) to `new_size` bytes, in place when the new size
-    /// stays in the same class or a large span can be kept; otherwise moves it. Returns null
-    /// (leaving `ptr` intact) when out of memory.
+    /// Resizes `ptr` (allocated with `align`) to `new_size` bytes: in place when the new size
+    /// keeps the small object's class, or fits the page span's object with at most half of
+    /// it wasted (as mimalloc does) or as the growing buffer's headroom, or when the page
+    /// span can grow into a free run after it; otherwise moved. Growth into the large tier,
+    /// and a buffer that keeps growing, move to a page span with headroom (see
+    /// [`growth_room`]). Returns null (leaving `ptr` intact) when out of memory.
     ///
     /// # Safety
     /// `ptr` was handed out by this heap with alignment `align`, and is not used afterwards
@@ -872,34 +879,64 @@ impl ThreadCache {
             // SAFETY: validated by `owner`.
             Owner::Large(span) => (unsafe { span.as_ref() }.bytes(), Some(span)),
         };
-        match (size_class::class_for(new_size, align), old_span) {
-            (Some(class), None) if class.size() == old_usable => return ptr,
-            // SAFETY: we own the large object; its alignment is unchanged.
-            (None, Some(span)) if unsafe { heap.resize_large_in_place(span, new_size) } => {
+        let new_class = size_class::class_for(new_size, align);
+        // The buffer this thread is growing (a hint: it can be stale, and then an object
+        // merely keeps its room).
+        let growing_buffer = ptr as usize == self.grown;
+        // The room the new size needs: its class's size, as `GlobalAlloc::realloc`'s
+        // same-class shortcut assumes.
+        let fits = new_class.map_or(new_size, |c| c.size());
+        match old_span {
+            // A small object stays only in its own class (so a layout always names the
+            // class of the span that holds the object, as the debug-build check expects).
+            None if new_class.is_some_and(|c| c.size() == old_usable) => return ptr,
+            // A page span holds it and wastes at most half (mimalloc's rule), or it is the
+            // growing buffer in its headroom.
+            Some(_) if fits <= old_usable && (growing_buffer || new_size >= old_usable / 2) => {
+                return ptr;
+            }
+            // Within the large tier, or growing: in place if its pages (and a free run after
+            // them) allow.
+            Some(span)
+                if (new_class.is_none() || fits > old_usable)
+                    // SAFETY: we own the large object; its alignment is unchanged.
+                    && unsafe { heap.resize_large_in_place(span, fits) } =>
+            {
                 return ptr;
             }
             _ => {}
         }
-        let new = match size_class::class_for(new_size, align) {
-            // Growing into (or within) the large tier: take room that can grow in place,
-            // counting the stash's spans as room (they go back to the page heap first).
-            None if new_size >= old_usable => {
-                self.free_stash(heap);
-                heap.alloc_large_to_grow(new_size, align)
-                    .map_or(null_mut(), |(p, _)| p.as_ptr())
-            }
-            _ => self.alloc(heap, new_size, align),
+        let growing = new_size > old_usable;
+        // Growing into the large tier, or the buffer this thread moved by growth before and
+        // grows again: a page span with room for GROWTH_HEADROOM times the new size, that
+        // can grow in place further (its pages past the object stay untouched). It moves
+        // once where it would move at every class, and later growths take no lock. The
+        // stash's spans count as room: they go back to the page heap first.
+        let to_pages =
+            growing && (new_class.is_none() || (growing_buffer && new_size >= GROWTH_MIN));
+        let new = if to_pages {
+            self.free_stash(heap);
+            // Out of memory for the headroom is not out of memory: then just the size.
+            heap.alloc_large_to_grow(growth_room(new_size), align)
+                .or_else(|| heap.alloc_large_to_grow(new_size, align))
+                .map_or(null_mut(), |(p, _)| p.as_ptr())
+        } else {
+            self.alloc(heap, new_size, align)
         };
-        if !new.is_null() {
-            // SAFETY: both are live, distinct objects of at least the copied length.
-            unsafe {
-                core::ptr::copy_nonoverlapping(ptr, new, old_usable.min(new_size));
-                match old_span {
-                    // A large object that moved goes to the page heap, not the stash: its
-                    // pages may be the room the next growth needs.
-                    Some(span) => heap.free_large(span),
-                    None => self.free(heap, ptr),
-                }
+        if new.is_null() {
+            return new;
+        }
+        if growing {
+            self.grown = new as usize;
+        }
+        // SAFETY: both are live, distinct objects of at least the copied length.
+        unsafe {
+            core::ptr::copy_nonoverlapping(ptr, new, old_usable.min(new_size));
+            match old_span {
+                // A large object that moved goes to the page heap, not the stash: its
+                // pages may be the room the next growth needs.
+                Some(span) => heap.free_large(span),
+                None => self.free(heap, ptr),
             }
         }
         new
@@ -999,6 +1036,7 @@ unsafe fn carve(span: NonNull<Span>, class: SizeClass) -> *mut u8 {
 mod tests {
     use super::*;
     use crate::heap::tests::heap;
+    use crate::heap::{GROWTH_HEADROOM, GROWTH_HEADROOM_MAX};
     use crate::sys::FakePages;
     use std::collections::BTreeMap;
 
@@ -1559,6 +1597,135 @@ mod tests {
             starts.windows(2).all(|w| w[0] == w[1]),
             "each round reuses the last one's run: {starts:x?}"
         );
+        cache.flush(&heap);
+        heap.check_invariants();
+    }
+
+    /// Fills `len` bytes at `p` with a pattern from `seed`.
+    fn fill(p: *mut u8, len: usize, seed: u8) {
+        for i in 0..len {
+            // SAFETY: the caller's live block of at least `len` bytes.
+            unsafe { *p.add(i) = (i as u8).wrapping_mul(31).wrapping_add(seed) };
+        }
+    }
+
+    /// Whether the `len` bytes at `p` still hold [`fill`]'s pattern.
+    fn filled(p: *mut u8, len: usize, seed: u8) -> bool {
+        // SAFETY: the caller's live block of at least `len` bytes.
+        (0..len).all(|i| unsafe { *p.add(i) } == (i as u8).wrapping_mul(31).wrapping_add(seed))
+    }
+
+    #[test]
+    fn a_buffer_that_keeps_growing_moves_once_into_a_page_span_with_headroom() {
+        let heap = heap();
+        let mut cache = ThreadCache::new();
+        let mut p = cache.alloc(&heap, 1000, 8);
+        fill(p, 1000, 7);
+        // SAFETY: live; each result replaces the buffer.
+        unsafe {
+            // Its first growth is an ordinary move, to the exact class.
+            p = cache.realloc(&heap, p, 8, 2000);
+            assert_eq!(
+                heap.usable_size(p),
+                size_class::class_of(2000).unwrap().size()
+            );
+            assert!(matches!(heap.owner(p), Owner::Small(_)));
+            // Moved by growth and growing again: a page span with GROWTH_HEADROOM times the
+            // new size.
+            p = cache.realloc(&heap, p, 8, GROWTH_MIN);
+            assert!(matches!(heap.owner(p), Owner::Large(_)));
+            assert_eq!(heap.usable_size(p), GROWTH_HEADROOM * GROWTH_MIN);
+            assert!(filled(p, 1000, 7), "the move kept the contents");
+            // The next growths fit in place.
+            for size in [2 * GROWTH_MIN, GROWTH_HEADROOM * GROWTH_MIN] {
+                assert_eq!(cache.realloc(&heap, p, 8, size), p, "{size} grows in place");
+            }
+            assert!(filled(p, 1000, 7));
+            cache.free(&heap, p);
+        }
+        cache.flush(&heap);
+        heap.check_invariants();
+    }
+
+    #[test]
+    fn an_object_resized_once_keeps_an_exact_class() {
+        let heap = heap();
+        let mut cache = ThreadCache::new();
+        // A growth that is not the thread's growing buffer moves to the exact class (no
+        // headroom, no page span), however large the medium size.
+        let p = cache.alloc(&heap, 5000, 8);
+        // SAFETY: live; the result replaces it.
+        let p = unsafe { cache.realloc(&heap, p, 8, 20_000) };
+        assert!(matches!(heap.owner(p), Owner::Small(_)));
+        assert_eq!(
+            heap.usable_size(p),
+            size_class::class_of(20_000).unwrap().size()
+        );
+        // Shrinking a small object moves it to its exact class too (a layout names the
+        // class of the span that holds the object).
+        // SAFETY: as above.
+        let q = unsafe { cache.realloc(&heap, p, 8, 12_000) };
+        assert_ne!(q, p);
+        assert_eq!(
+            heap.usable_size(q),
+            size_class::class_of(12_000).unwrap().size()
+        );
+        // SAFETY: live, freed once.
+        unsafe { cache.free(&heap, q) };
+        cache.flush(&heap);
+        heap.check_invariants();
+    }
+
+    #[test]
+    fn a_growing_large_object_takes_headroom_in_place_up_to_a_bound() {
+        // Mapping 32 MiB at a time: a free run follows the span for all the growths below.
+        let heap = Heap::with_page_heap(
+            FakePages::new(),
+            crate::page_heap::PageHeap::with_grow_bytes(32 << 20),
+        );
+        let mut cache = ThreadCache::new();
+        let mut p = cache.alloc(&heap, 64 << 10, 8);
+        fill(p, 64 << 10, 3);
+        // SAFETY: live; each result replaces the buffer.
+        unsafe {
+            // A fresh heap has a free run after the span: growth is in place, with room for
+            // GROWTH_HEADROOM times the new size.
+            let q = cache.realloc(&heap, p, 8, 128 << 10);
+            assert_eq!(q, p);
+            assert_eq!(heap.usable_size(p), GROWTH_HEADROOM * (128 << 10));
+            // Past GROWTH_HEADROOM_MAX the headroom stops growing with the object.
+            let big = 4 * GROWTH_HEADROOM_MAX;
+            p = cache.realloc(&heap, p, 8, big);
+            assert_eq!(
+                heap.usable_size(p),
+                big + (GROWTH_HEADROOM - 1) * GROWTH_HEADROOM_MAX
+            );
+            assert!(filled(p, 64 << 10, 3));
+            cache.free(&heap, p);
+        }
+        cache.flush(&heap);
+        heap.check_invariants();
+    }
+
+    #[test]
+    fn a_page_span_object_stays_when_it_shrinks_by_at_most_half() {
+        let heap = heap();
+        let mut cache = ThreadCache::new();
+        let p = cache.alloc(&heap, 40 << 10, 8);
+        let room = heap.usable_size(p);
+        // SAFETY: live; each result replaces it.
+        unsafe {
+            // Into the small range, using more than half of the span: in place (it would
+            // otherwise be copied to a class of nearly the same size).
+            let q = cache.realloc(&heap, p, 8, room / 2 + 1);
+            assert_eq!(q, p);
+            assert_eq!(heap.usable_size(q), room);
+            // Less than half: moved to its class.
+            let r = cache.realloc(&heap, q, 8, 1000);
+            assert_ne!(r, q);
+            assert!(matches!(heap.owner(r), Owner::Small(_)));
+            cache.free(&heap, r);
+        }
         cache.flush(&heap);
         heap.check_invariants();
     }

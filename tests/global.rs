@@ -216,6 +216,48 @@ fn realloc_in_the_same_class_or_large_span_stays_in_place() {
 }
 
 #[test]
+fn a_buffer_doubled_through_global_alloc_moves_only_while_small() {
+    // 8 B to 1 MiB by doubling, as `Vec` grows: sub-KiB steps move through the fast paths,
+    // the buffer's third growing move puts it in a page span with headroom, and from then on
+    // every growth inside that room returns the same pointer (answered from one page-map
+    // lookup). The page-heap growths past the room may move it if another test's span
+    // follows; only the growths inside the room are certain.
+    let mut size = 8;
+    let mut layout = Layout::from_size_align(size, 8).unwrap();
+    // SAFETY: non-zero layout.
+    let mut p = unsafe { alloc(layout) };
+    let mut in_room = 0;
+    let mut room = 0;
+    while size < 1 << 20 {
+        // SAFETY: live with `layout`; the object has `size` bytes of ours.
+        unsafe { p.add(size - 1).write(size.trailing_zeros() as u8) };
+        let new_size = size * 2;
+        // SAFETY: live with `layout`.
+        let q = unsafe { realloc(p, layout, new_size) };
+        assert!(!q.is_null());
+        // SAFETY: the first `size` bytes were kept.
+        assert_eq!(unsafe { *q.add(size - 1) }, size.trailing_zeros() as u8);
+        if new_size <= room {
+            assert_eq!(q, p, "{size} -> {new_size} within the room of {room}");
+            in_room += 1;
+        }
+        if new_size >= 4096 {
+            // SAFETY: live, ours.
+            room = unsafe { spanalloc::raw::usable_size(q) };
+        }
+        p = q;
+        size = new_size;
+        layout = Layout::from_size_align(size, 8).unwrap();
+    }
+    assert!(
+        in_room >= 2,
+        "the growths after the page-span move stay in place"
+    );
+    // SAFETY: live with `layout`.
+    unsafe { dealloc(p, layout) };
+}
+
+#[test]
 fn large_buffer_grown_by_small_steps_keeps_every_byte() {
     // 32 KiB to 1 MiB by 24-byte steps: most steps stay within the pages the span already
     // has (answered from the layout alone), the others grow the span or move it.
