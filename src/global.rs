@@ -22,9 +22,10 @@
 //! use its own.
 
 use crate::check::fatal;
+use crate::heap::GROWTH_MIN;
 use crate::heap::Heap;
 use crate::pages::PAGE_SHIFT;
-use crate::size_class::{self, LARGE_THRESHOLD, MIN_ALIGN, SMALL_STEP_LIMIT};
+use crate::size_class::{self, LARGE_THRESHOLD, MAX_SMALL_SIZE, MIN_ALIGN, SMALL_STEP_LIMIT};
 use crate::sync::{AtomicU8, AtomicU32, Lock, Ordering};
 use crate::sys::OsPages;
 use crate::thread_cache::ThreadCache;
@@ -632,13 +633,13 @@ unsafe fn dealloc_large(ptr: *mut u8, align: usize, size: usize) {
 /// returned it is not used afterwards.
 #[inline(never)]
 unsafe fn realloc_sized(ptr: *mut u8, align: usize, old_size: usize, new_size: usize) -> *mut u8 {
-    // A small object moving to another small class (a short buffer growing): through the
-    // allocation and free fast paths, with no page-map lookup. (An object that is not in
-    // its layout's class, such as a page-span buffer shrunk in place, moves just as well:
-    // the free finds its span.)
-    if align <= MIN_ALIGN && old_size <= SMALL_STEP_LIMIT && new_size <= SMALL_STEP_LIMIT {
+    // A small object moving to another small class below GROWTH_MIN (a short buffer
+    // growing): through the allocation and free fast paths, with no page-map lookup. (An
+    // object that is not in its layout's class, such as a page-span buffer shrunk in place,
+    // moves just as well: the free finds its span.)
+    if align <= MIN_ALIGN && old_size <= MAX_SMALL_SIZE && new_size < GROWTH_MIN {
         // SAFETY: our own slot; the fast path makes no call that could re-enter.
-        let new = unsafe { (*local()).cache.pop_small(new_size) };
+        let new = unsafe { (*local()).cache.pop_for_move(old_size, new_size) };
         if !new.is_null() {
             // SAFETY: `ptr` is live with `old_size` bytes, `new` a distinct new object of
             // `new_size`; `ptr` is given up, with its layout.

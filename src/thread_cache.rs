@@ -23,7 +23,7 @@ use crate::check::fatal;
 use crate::heap::{GROWTH_MIN, Heap, Owner, growth_room};
 use crate::pages::{PAGE_SIZE, Pages};
 use crate::size_class::{self, CLASS_COUNT, SMALL_STEP_LIMIT, SizeClass};
-use crate::span::{self, ListId, Span, SpanList};
+use crate::span::{self, ListId, Span, SpanKind, SpanList};
 use crate::sys::PageSource;
 use core::ptr::{NonNull, null_mut};
 
@@ -111,6 +111,11 @@ pub struct ThreadCache {
     /// Where this thread's last `realloc` that grew an object moved it: a hint (the object
     /// may be gone) that a `realloc` of this address is a buffer growing again.
     grown: usize,
+    /// The stashed span last lent to a growing buffer as its room, and where it starts: a
+    /// thread lends one at a time, so a buffer that keeps its room for good pins at most
+    /// one stashed span (see [`ThreadCache::lend_stashed`]). A hint, checked before use.
+    lent: *mut Span,
+    lent_start: usize,
 }
 
 // SAFETY: the cache only holds pointers to spans and objects it owns; moving it to another
@@ -189,6 +194,8 @@ impl ThreadCache {
             stash_len: 0,
             retained: [Retained::EMPTY; CLASS_COUNT],
             grown: 0,
+            lent: null_mut(),
+            lent_start: 0,
         }
     }
 
@@ -228,6 +235,25 @@ impl ThreadCache {
     pub unsafe fn pop_small(&mut self, size: usize) -> *mut u8 {
         // SAFETY: per the caller.
         pop_from(unsafe { self.small_bin(size) })
+    }
+
+    /// A new object for a small object of `old_size` bytes that `realloc` moves to the class
+    /// of `new_size` (below [`GROWTH_MIN`], so never a page span), from the owned span; null
+    /// when there is none (then the general path). A growth is remembered as the growing
+    /// buffer, as the general path does. No atomic, no lock.
+    #[inline(always)]
+    pub fn pop_for_move(&mut self, old_size: usize, new_size: usize) -> *mut u8 {
+        debug_assert!(new_size < GROWTH_MIN);
+        let new = if new_size <= SMALL_STEP_LIMIT {
+            // SAFETY: checked just above.
+            unsafe { self.pop_small(new_size) }
+        } else {
+            self.pop(size_class::class_of_medium(new_size))
+        };
+        if new_size > old_size {
+            self.grown = new as usize;
+        }
+        new
     }
 
     /// Pushes `ptr` onto the local list of `class` if it lies in the span this cache owns for
@@ -577,6 +603,48 @@ impl ThreadCache {
         }
     }
 
+    /// The start of a stashed span with at least `room` bytes aligned to `align` (the
+    /// shortest such), handed out as a growing buffer's room: its next growths then need no
+    /// lock, as a buffer freed and built again each round finds its last round's span. Only
+    /// while no earlier lent span is still out: a buffer that keeps a lent span for good
+    /// (one that stops growing and lives on) pins at most that one span, up to
+    /// `STASH_MAX_PAGES`, until it is freed.
+    fn lend_stashed(&mut self, room: usize, align: usize) -> Option<*mut u8> {
+        if !self.lent.is_null() {
+            // SAFETY: span records are never unmapped; the fields read are atomics.
+            let s = unsafe { &*self.lent };
+            // Still a live large object at the start we lent (or another that took its
+            // place: lending waits for it too, the safe side).
+            if s.kind() == SpanKind::Large
+                && s.start_addr() == self.lent_start
+                && !s.is_stashed_large()
+            {
+                return None;
+            }
+            self.lent = null_mut();
+        }
+        let stash = &self.stash[..self.stash_len];
+        let (i, _) = stash
+            .iter()
+            .enumerate()
+            // SAFETY: stashed spans are live large spans this cache holds.
+            .map(|(i, &s)| (i, unsafe { &*s }))
+            .filter(|(_, s)| s.bytes() >= room && s.start_addr() % align == 0)
+            .min_by_key(|(_, s)| s.bytes())?;
+        let span = self.stash[i];
+        self.stash.copy_within(i + 1..self.stash_len, i);
+        self.stash_len -= 1;
+        self.stash_used = true;
+        // SAFETY: we stashed it; its object is ours to hand out again.
+        let start = unsafe {
+            (*span).unstash_large();
+            (*span).start_addr()
+        };
+        self.lent = span;
+        self.lent_start = start;
+        Some(start as *mut u8)
+    }
+
     /// Frees the large object of `span`: into the stash if it is short enough (the oldest
     /// stashed span goes back to the page heap when the stash is full), else to the page
     /// heap. Stops the process on a double free.
@@ -587,6 +655,9 @@ impl ThreadCache {
     pub unsafe fn free_large<S: PageSource>(&mut self, heap: &Heap<S>, span: NonNull<Span>) {
         // SAFETY: a live span record.
         let s = unsafe { span.as_ref() };
+        if span.as_ptr() == self.lent {
+            self.lent = null_mut();
+        }
         // A cache that never took a span may be one with no exit flush (a FRESH thread's,
         // freeing): it must hold nothing.
         if s.pages() > STASH_MAX_PAGES || self.id == NO_ID {
@@ -915,11 +986,17 @@ impl ThreadCache {
         let to_pages =
             growing && (new_class.is_none() || (growing_buffer && new_size >= GROWTH_MIN));
         let new = if to_pages {
-            self.free_stash(heap);
-            // Out of memory for the headroom is not out of memory: then just the size.
-            heap.alloc_large_to_grow(growth_room(new_size), align)
-                .or_else(|| heap.alloc_large_to_grow(new_size, align))
-                .map_or(null_mut(), |(p, _)| p.as_ptr())
+            let room = growth_room(new_size);
+            match self.lend_stashed(room, align) {
+                Some(p) => p,
+                None => {
+                    self.free_stash(heap);
+                    // Out of memory for the headroom is not out of memory: then the size.
+                    heap.alloc_large_to_grow(room, align)
+                        .or_else(|| heap.alloc_large_to_grow(new_size, align))
+                        .map_or(null_mut(), |(p, _)| p.as_ptr())
+                }
+            }
         } else {
             self.alloc(heap, new_size, align)
         };
@@ -935,7 +1012,12 @@ impl ThreadCache {
             match old_span {
                 // A large object that moved goes to the page heap, not the stash: its
                 // pages may be the room the next growth needs.
-                Some(span) => heap.free_large(span),
+                Some(span) => {
+                    if span.as_ptr() == self.lent {
+                        self.lent = null_mut();
+                    }
+                    heap.free_large(span)
+                }
                 None => self.free(heap, ptr),
             }
         }
@@ -1643,6 +1725,101 @@ mod tests {
             assert!(filled(p, 1000, 7));
             cache.free(&heap, p);
         }
+        cache.flush(&heap);
+        heap.check_invariants();
+    }
+
+    /// Builds a growing buffer as `Vec` does, from 1000 bytes doubling to `to`: returns it
+    /// and where its page span starts (the move at GROWTH_MIN).
+    fn build_buffer(
+        heap: &Heap<FakePages>,
+        cache: &mut ThreadCache,
+        to: usize,
+    ) -> (*mut u8, usize) {
+        let mut p = cache.alloc(heap, 1000, 8);
+        // SAFETY: live; each result replaces the buffer.
+        unsafe {
+            for next in [2000, GROWTH_MIN] {
+                p = cache.realloc(heap, p, 8, next);
+            }
+            let span_start = p as usize;
+            let mut size = GROWTH_MIN;
+            while size < to {
+                size *= 2;
+                p = cache.realloc(heap, p, 8, size);
+                assert!(!p.is_null());
+            }
+            (p, span_start)
+        }
+    }
+
+    #[test]
+    fn a_buffer_built_again_each_round_takes_its_last_span_from_the_stash() {
+        let heap = heap();
+        let mut cache = ThreadCache::new();
+        let mut starts = Vec::new();
+        for round in 0..4 {
+            let (mut p, start) = build_buffer(&heap, &mut cache, GROWTH_MIN);
+            // The first round's span is its room; later rounds are lent the whole span the
+            // last round left in the stash.
+            let room = if round == 0 {
+                growth_room(GROWTH_MIN)
+            } else {
+                1 << 20
+            };
+            assert_eq!(heap.usable_size(p), room);
+            let mut size = GROWTH_MIN;
+            while size < 1 << 20 {
+                size *= 2;
+                // SAFETY: live; the result replaces it.
+                p = unsafe { cache.realloc(&heap, p, 8, size) };
+            }
+            assert_eq!(
+                p as usize, start,
+                "grown in place from the page-span move on"
+            );
+            starts.push(start);
+            // SAFETY: live, freed once: a 1 MiB span goes to the stash.
+            unsafe { cache.free(&heap, p) };
+            assert_eq!(cache.stashed_bytes(), 1 << 20);
+        }
+        assert!(
+            starts.windows(2).all(|w| w[0] == w[1]),
+            "each round is lent the last round's span: {starts:x?}"
+        );
+        cache.flush(&heap);
+        heap.check_invariants();
+    }
+
+    #[test]
+    fn a_thread_lends_one_stashed_span_at_a_time() {
+        let heap = heap();
+        let mut cache = ThreadCache::new();
+        let (p, stashed) = build_buffer(&heap, &mut cache, 1 << 20);
+        // SAFETY: live, freed once (into the stash).
+        unsafe { cache.free(&heap, p) };
+        // A is lent that span, and lives on.
+        let (a, a_start) = build_buffer(&heap, &mut cache, GROWTH_MIN);
+        assert_eq!(a_start, stashed);
+        // Another 1 MiB span goes to the stash...
+        let big = cache.alloc(&heap, 1 << 20, 8);
+        // SAFETY: live, freed once.
+        unsafe { cache.free(&heap, big) };
+        assert_eq!(cache.stashed_bytes(), 1 << 20);
+        // ...but while A holds its lent span, B is not lent it: B gets a span of its own
+        // room from the page heap.
+        let (b, _) = build_buffer(&heap, &mut cache, GROWTH_MIN);
+        assert_eq!(heap.usable_size(b), growth_room(GROWTH_MIN));
+        // Once A is freed (back to the stash), the next buffer is lent a stashed span again.
+        // SAFETY: live, freed once.
+        unsafe { cache.free(&heap, a) };
+        let (c, c_start) = build_buffer(&heap, &mut cache, GROWTH_MIN);
+        assert_eq!(c_start, stashed);
+        assert_eq!(heap.usable_size(c), 1 << 20);
+        // SAFETY: live, freed once.
+        unsafe { cache.free(&heap, b) };
+        // SAFETY: live, freed once.
+        unsafe { cache.free(&heap, c) };
         cache.flush(&heap);
         heap.check_invariants();
     }

@@ -5,6 +5,7 @@
 #[global_allocator]
 static A: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
 
+use spanalloc::heap::{GROWTH_MIN, growth_room};
 use spanalloc::size_class::{self, SizeClass};
 use std::alloc::{GlobalAlloc, Layout, alloc, alloc_zeroed, dealloc, realloc};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -217,8 +218,8 @@ fn realloc_in_the_same_class_or_large_span_stays_in_place() {
 
 #[test]
 fn a_buffer_doubled_through_global_alloc_moves_only_while_small() {
-    // 8 B to 1 MiB by doubling, as `Vec` grows: sub-KiB steps move through the fast paths,
-    // the buffer's third growing move puts it in a page span with headroom, and from then on
+    // 8 B to 1 MiB by doubling, as `Vec` grows: steps below 4 KiB move through the fast
+    // paths, the move to 4 KiB puts the buffer in a page span with headroom, and from then on
     // every growth inside that room returns the same pointer (answered from one page-map
     // lookup). The page-heap growths past the room may move it if another test's span
     // follows; only the growths inside the room are certain.
@@ -241,9 +242,14 @@ fn a_buffer_doubled_through_global_alloc_moves_only_while_small() {
             assert_eq!(q, p, "{size} -> {new_size} within the room of {room}");
             in_room += 1;
         }
-        if new_size >= 4096 {
+        if new_size >= GROWTH_MIN {
             // SAFETY: live, ours.
             room = unsafe { spanalloc::raw::usable_size(q) };
+        }
+        if new_size == GROWTH_MIN {
+            // Moved by growth again and again (the sub-4 KiB moves on the fast path count):
+            // a page span with headroom.
+            assert_eq!(room, growth_room(GROWTH_MIN));
         }
         p = q;
         size = new_size;
