@@ -76,6 +76,9 @@ pub const RETAIN_BYTES: usize = 16 << 20;
 const STASH_SLOTS: usize = 4;
 /// The longest large span a cache stashes (1 MiB, as the page heap's large-span cache).
 const STASH_MAX_PAGES: Pages = Pages(128);
+/// The longest span of a growing buffer a cache stashes (8 MiB: a buffer doubled past
+/// 1 MiB holds room for four times its size, up to 3 MiB past it).
+const STASH_MAX_GROWN_PAGES: Pages = Pages(1024);
 
 /// [`ThreadCache::maybe_trim`] reads the clock on one call in this many.
 const TRIM_CLOCK_EVERY: u32 = 64;
@@ -658,9 +661,15 @@ impl ThreadCache {
         if span.as_ptr() == self.lent {
             self.lent = null_mut();
         }
-        // A cache that never took a span may be one with no exit flush (a FRESH thread's,
-        // freeing): it must hold nothing.
-        if s.pages() > STASH_MAX_PAGES || self.id == NO_ID {
+        // The growing buffer's span (room included) is kept up to a longer bound: the next
+        // buffer is lent it (`lend_stashed`). A cache that never took a span may be one
+        // with no exit flush (a FRESH thread's, freeing): it must hold nothing.
+        let max = if s.start_addr() == self.grown {
+            STASH_MAX_GROWN_PAGES
+        } else {
+            STASH_MAX_PAGES
+        };
+        if s.pages() > max || self.id == NO_ID {
             // SAFETY: per the caller.
             return unsafe { heap.free_large(span) };
         }
@@ -1787,6 +1796,35 @@ mod tests {
             starts.windows(2).all(|w| w[0] == w[1]),
             "each round is lent the last round's span: {starts:x?}"
         );
+        cache.flush(&heap);
+        heap.check_invariants();
+    }
+
+    #[test]
+    fn the_growing_buffers_span_is_stashed_up_to_a_longer_bound() {
+        let heap = Heap::with_page_heap(
+            FakePages::new(),
+            crate::page_heap::PageHeap::with_grow_bytes(32 << 20),
+        );
+        let mut cache = ThreadCache::new();
+        // A 4 MiB buffer (with its room, a longer span than STASH_MAX_PAGES) is stashed...
+        let (p, start) = build_buffer(&heap, &mut cache, 4 << 20);
+        let span_bytes = heap.usable_size(p);
+        assert!(span_bytes > STASH_MAX_PAGES.bytes());
+        // SAFETY: live, freed once.
+        unsafe { cache.free(&heap, p) };
+        assert_eq!(cache.stashed_bytes(), span_bytes);
+        // ...and lent to the next buffer.
+        let (q, q_start) = build_buffer(&heap, &mut cache, GROWTH_MIN);
+        assert_eq!(q_start, start);
+        // Another large object of that length is not: it goes back to the page heap.
+        let other = cache.alloc(&heap, 4 << 20, 8);
+        // SAFETY: live, freed once.
+        unsafe {
+            cache.free(&heap, other);
+            cache.free(&heap, q);
+        }
+        assert_eq!(cache.stashed_bytes(), span_bytes, "only the buffer's span");
         cache.flush(&heap);
         heap.check_invariants();
     }
