@@ -633,30 +633,44 @@ unsafe fn dealloc_large(ptr: *mut u8, align: usize, size: usize) {
 /// returned it is not used afterwards.
 #[inline(never)]
 unsafe fn realloc_sized(ptr: *mut u8, align: usize, old_size: usize, new_size: usize) -> *mut u8 {
-    // A small object moving to another small class below GROWTH_MIN (a short buffer
-    // growing): through the allocation and free fast paths, with no page-map lookup. (An
-    // object that is not in its layout's class, such as a page-span buffer shrunk in place,
-    // moves just as well: the free finds its span.)
-    if align <= MIN_ALIGN && old_size <= MAX_SMALL_SIZE && new_size < GROWTH_MIN {
-        // SAFETY: our own slot; the fast path makes no call that could re-enter.
-        let new = unsafe { (*local()).cache.pop_for_move(old_size, new_size) };
-        if !new.is_null() {
-            // SAFETY: `ptr` is live with `old_size` bytes, `new` a distinct new object of
-            // `new_size`; `ptr` is given up, with its layout.
-            unsafe {
-                core::ptr::copy_nonoverlapping(ptr, new, old_size.min(new_size));
-                raw::dealloc(ptr, old_size, align);
-            }
-            return new;
-        }
-    }
-    // Growing a page span's object (a large object, or a buffer given a page span to
-    // grow in) within its pages: one page-map lookup, no lock.
+    // Growing a page span's object (a large object, or a buffer given a page span to grow
+    // in) within its pages: one page-map lookup, no lock. First, as the buffer that keeps
+    // growing comes here most, and with the moves below as tail calls this needs no frame.
     if old_size > SMALL_STEP_LIMIT && new_size > old_size && new_size <= HEAP.large_room(ptr) {
         return ptr;
     }
-    // SAFETY: per GlobalAlloc's contract, `ptr` came from us with `layout`.
+    if align <= MIN_ALIGN && old_size <= MAX_SMALL_SIZE && new_size < GROWTH_MIN {
+        // SAFETY: per the caller, and the sizes just checked.
+        return unsafe { move_small(ptr, align, old_size, new_size) };
+    }
+    // SAFETY: per the caller.
     unsafe { raw::realloc(ptr, new_size, align) }
+}
+
+/// Moves a small object to the class of `new_size` (below `GROWTH_MIN`: a short buffer
+/// growing) through the allocation and free fast paths, with no page-map lookup; the
+/// general path when the new class's owned span is empty. (An object that is not in its
+/// layout's class, such as a page-span buffer shrunk in place, moves just as well: the free
+/// finds its span.)
+///
+/// # Safety
+/// As [`realloc_sized`], with `align <= MIN_ALIGN`, `old_size <= MAX_SMALL_SIZE` and
+/// `new_size < GROWTH_MIN`.
+#[inline(never)]
+unsafe fn move_small(ptr: *mut u8, align: usize, old_size: usize, new_size: usize) -> *mut u8 {
+    // SAFETY: our own slot; the fast path makes no call that could re-enter.
+    let new = unsafe { (*local()).cache.pop_for_move(old_size, new_size) };
+    if new.is_null() {
+        // SAFETY: per the caller.
+        return unsafe { raw::realloc(ptr, new_size, align) };
+    }
+    // SAFETY: `ptr` is live with `old_size` bytes, `new` a distinct new object of `new_size`;
+    // `ptr` is given up, with its layout.
+    unsafe {
+        core::ptr::copy_nonoverlapping(ptr, new, old_size.min(new_size));
+        raw::dealloc(ptr, old_size, align);
+    }
+    new
 }
 
 /// Gives the calling thread's cached spans back to the central lists, so that memory this

@@ -29,10 +29,12 @@ use core::ptr::NonNull;
 /// (`ThreadCache::realloc`). The next growths then fit in place, with no copy and no lock.
 pub const GROWTH_HEADROOM: usize = 4;
 
-/// The smallest growing buffer that moves to a page span with headroom: half a page, so the
-/// untouched headroom pages cost address space, not memory, and a buffer resident in fewer
-/// than two OS pages never gets more than one page span.
-pub const GROWTH_MIN: usize = 4096;
+/// The smallest growing buffer that moves to a page span with headroom. From 2 KiB the
+/// buffer fills at least half of each OS page (4 KiB) it touches, so such a buffer that
+/// stops growing and lives on costs at most twice its bytes in memory, plus its room when
+/// the page heap carved that from pages already resident (otherwise the room is address
+/// space only).
+pub const GROWTH_MIN: usize = 2048;
 
 /// The most headroom a large object's in-place growth takes: `GROWTH_HEADROOM - 1` times
 /// this. Past it a buffer grows by its new size, so address space stays bounded; the pages

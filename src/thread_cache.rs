@@ -626,14 +626,18 @@ impl ThreadCache {
             }
             self.lent = null_mut();
         }
-        let stash = &self.stash[..self.stash_len];
-        let (i, _) = stash
-            .iter()
-            .enumerate()
+        let mut best = None;
+        let mut best_bytes = usize::MAX;
+        for (i, &s) in self.stash[..self.stash_len].iter().enumerate() {
             // SAFETY: stashed spans are live large spans this cache holds.
-            .map(|(i, &s)| (i, unsafe { &*s }))
-            .filter(|(_, s)| s.bytes() >= room && s.start_addr() % align == 0)
-            .min_by_key(|(_, s)| s.bytes())?;
+            let s = unsafe { &*s };
+            let bytes = s.bytes();
+            if bytes >= room && bytes < best_bytes && s.start_addr() % align == 0 {
+                best = Some(i);
+                best_bytes = bytes;
+            }
+        }
+        let i = best?;
         let span = self.stash[i];
         self.stash.copy_within(i + 1..self.stash_len, i);
         self.stash_len -= 1;
@@ -1715,10 +1719,10 @@ mod tests {
         // SAFETY: live; each result replaces the buffer.
         unsafe {
             // Its first growth is an ordinary move, to the exact class.
-            p = cache.realloc(&heap, p, 8, 2000);
+            p = cache.realloc(&heap, p, 8, 1500);
             assert_eq!(
                 heap.usable_size(p),
-                size_class::class_of(2000).unwrap().size()
+                size_class::class_of(1500).unwrap().size()
             );
             assert!(matches!(heap.owner(p), Owner::Small(_)));
             // Moved by growth and growing again: a page span with GROWTH_HEADROOM times the
@@ -1748,7 +1752,7 @@ mod tests {
         let mut p = cache.alloc(heap, 1000, 8);
         // SAFETY: live; each result replaces the buffer.
         unsafe {
-            for next in [2000, GROWTH_MIN] {
+            for next in [1500, GROWTH_MIN] {
                 p = cache.realloc(heap, p, 8, next);
             }
             let span_start = p as usize;

@@ -122,13 +122,19 @@ fn exhausting_the_address_space_gives_null_then_recovers() {
         return;
     }
     if common::child_case().as_deref() == Some(NAME) {
+        // Page spans the program holds already (a growing buffer of the test harness may
+        // live in one).
+        let before = spanalloc::heap().page_heap_stats().large_in_use;
         let first = exhaust_and_free();
         assert!(
             first > 256 * MIB,
             "got only {first} bytes under a 1 GiB limit"
         );
         let st = spanalloc::heap().page_heap_stats();
-        assert_eq!(st.large_in_use, 0, "every large block was freed: {st:?}");
+        assert_eq!(
+            st.large_in_use, before,
+            "every large block was freed: {st:?}"
+        );
         // Everything freed can be had again.
         let mut big = Vec::with_capacity(64);
         for _ in 0..16 {
