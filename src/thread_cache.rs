@@ -404,12 +404,7 @@ impl ThreadCache {
                 s.free.set(null_mut());
                 s.free_count.set(0);
                 s.freed_at.set(0);
-                if free.is_null() {
-                    // Reset to never-used objects when it became wholly free.
-                    carve(NonNull::new_unchecked(span), class)
-                } else {
-                    free
-                }
+                free
             } else {
                 r.full.remove(span);
                 s.take_remote_owned()
@@ -565,7 +560,12 @@ impl ThreadCache {
             at = unsafe { s.next_on_list() };
             // Free objects: ours on its list, and other threads' on its remote list.
             // SAFETY: as above.
-            let (count, since) = unsafe { (free_objects_counted(s), s.freed_at.get()) };
+            let (count, since) = unsafe {
+                (
+                    s.free_count.get() as usize + Span::owned_remote_len(s.remote_word()),
+                    s.freed_at.get(),
+                )
+            };
             if count != s.capacity() {
                 // SAFETY: as above.
                 unsafe { s.freed_at.set(0) };
@@ -730,15 +730,9 @@ impl ThreadCache {
             let head = s.free.get();
             span::set_next_free(ptr, head);
             s.free.set(ptr);
-            let count = s.free_count.get() + 1;
-            s.free_count.set(count);
+            s.free_count.set(s.free_count.get() + 1);
             if head.is_null() {
                 self.make_ready(span);
-            } else if count as usize == s.capacity() {
-                // Wholly free by our own frees (so none on its remote list): forget the list,
-                // whose order is that of the frees, and hand the objects out again in address
-                // order, carved (see `reset_free`).
-                reset_free(s);
             }
         }
     }
@@ -1099,37 +1093,6 @@ unsafe fn free_objects(s: &Span, list: *mut u8) -> usize {
     unsafe {
         let tail = s.capacity() - s.bump.get() as usize;
         span::list_len(list) + tail + Span::owned_remote_len(s.remote_word())
-    }
-}
-
-/// As [`free_objects`] with the retained span's count of its list (no walk).
-///
-/// # Safety
-/// The caller's cache owns `s`, a retained span (its `free_count` counts its list).
-unsafe fn free_objects_counted(s: &Span) -> usize {
-    // SAFETY: per the caller.
-    unsafe {
-        s.free_count.get() as usize
-            + (s.capacity() - s.bump.get() as usize)
-            + Span::owned_remote_len(s.remote_word())
-    }
-}
-
-/// Makes every object of owned span `s`, wholly free on its own list, never-used again: the
-/// list is dropped and the objects are carved anew in address order. A batch freed in
-/// random order would otherwise come back in that order, each allocation a cache miss on an
-/// object far from the last (mimalloc gets the same from rebuilding a free page's list).
-/// The objects keep their double-free marks until handed out.
-///
-/// # Safety
-/// The caller's cache owns `s`, whose list holds all of its objects.
-#[inline(never)]
-unsafe fn reset_free(s: &Span) {
-    // SAFETY: per the caller: the owner guards these fields.
-    unsafe {
-        s.free.set(null_mut());
-        s.free_count.set(0);
-        s.bump.set(0);
     }
 }
 
@@ -1899,52 +1862,6 @@ mod tests {
         unsafe { cache.free(&heap, b) };
         // SAFETY: live, freed once.
         unsafe { cache.free(&heap, c) };
-        cache.flush(&heap);
-        heap.check_invariants();
-    }
-
-    #[test]
-    fn a_retained_span_freed_wholly_hands_its_objects_out_again_in_address_order() {
-        let heap = heap();
-        let mut cache = ThreadCache::new();
-        let class = size_class::class_of(64).unwrap();
-        let per_span = class.objects();
-        // Three spans' worth: the first two retained (full), the third current and full.
-        let objs: Vec<*mut u8> = (0..3 * per_span)
-            .map(|_| cache.alloc(&heap, 64, 8))
-            .collect();
-        let first = &objs[..per_span];
-        let span = spans_of(&heap, first)[0];
-        assert!(spans_of(&heap, first).iter().all(|&s| s == span));
-        // The first span's objects freed in a shuffled order: wholly free again.
-        let mut order: Vec<usize> = (0..per_span).collect();
-        let mut rng = Rng(0x5eed);
-        for i in (1..order.len()).rev() {
-            order.swap(i, rng.below(i as u64 + 1) as usize);
-        }
-        for &i in &order {
-            // SAFETY: live, freed once.
-            unsafe { cache.free(&heap, first[i]) };
-        }
-        // The next allocations take that span (the current one is full), in address order,
-        // not in the order of the frees.
-        let again: Vec<usize> = (0..per_span)
-            .map(|_| cache.alloc(&heap, 64, 8) as usize)
-            .collect();
-        assert!(
-            again.windows(2).all(|w| w[0] < w[1]),
-            "address order: {again:x?}"
-        );
-        let mut sorted: Vec<usize> = first.iter().map(|&p| p as usize).collect();
-        sorted.sort_unstable();
-        assert_eq!(again, sorted, "the same objects");
-        for p in again
-            .into_iter()
-            .chain(objs[per_span..].iter().map(|&p| p as usize))
-        {
-            // SAFETY: live, freed once.
-            unsafe { cache.free(&heap, p as *mut u8) };
-        }
         cache.flush(&heap);
         heap.check_invariants();
     }
