@@ -22,8 +22,8 @@
 //! use its own.
 
 use crate::check::fatal;
-use crate::heap::GROWTH_MIN;
 use crate::heap::Heap;
+use crate::heap::LEND_MIN;
 use crate::pages::PAGE_SHIFT;
 use crate::size_class::{self, LARGE_THRESHOLD, MAX_SMALL_SIZE, MIN_ALIGN, SMALL_STEP_LIMIT};
 use crate::sync::{AtomicU8, AtomicU32, Lock, Ordering};
@@ -639,7 +639,7 @@ unsafe fn realloc_sized(ptr: *mut u8, align: usize, old_size: usize, new_size: u
     if old_size > SMALL_STEP_LIMIT && new_size > old_size && new_size <= HEAP.large_room(ptr) {
         return ptr;
     }
-    if align <= MIN_ALIGN && old_size <= MAX_SMALL_SIZE && new_size < GROWTH_MIN {
+    if align <= MIN_ALIGN && old_size <= MAX_SMALL_SIZE && new_size < LEND_MIN {
         // SAFETY: per the caller, and the sizes just checked.
         return unsafe { move_small(ptr, align, old_size, new_size) };
     }
@@ -647,7 +647,7 @@ unsafe fn realloc_sized(ptr: *mut u8, align: usize, old_size: usize, new_size: u
     unsafe { raw::realloc(ptr, new_size, align) }
 }
 
-/// Moves a small object to the class of `new_size` (below `GROWTH_MIN`: a short buffer
+/// Moves a small object to the class of `new_size` (below `LEND_MIN`: a short buffer
 /// growing) through the allocation and free fast paths, with no page-map lookup; the
 /// general path when the new class's owned span is empty. (An object that is not in its
 /// layout's class, such as a page-span buffer shrunk in place, moves just as well: the free
@@ -655,7 +655,7 @@ unsafe fn realloc_sized(ptr: *mut u8, align: usize, old_size: usize, new_size: u
 ///
 /// # Safety
 /// As [`realloc_sized`], with `align <= MIN_ALIGN`, `old_size <= MAX_SMALL_SIZE` and
-/// `new_size < GROWTH_MIN`.
+/// `new_size < LEND_MIN`.
 #[inline(never)]
 unsafe fn move_small(ptr: *mut u8, align: usize, old_size: usize, new_size: usize) -> *mut u8 {
     // SAFETY: our own slot; the fast path makes no call that could re-enter.

@@ -29,12 +29,17 @@ use core::ptr::NonNull;
 /// (`ThreadCache::realloc`). The next growths then fit in place, with no copy and no lock.
 pub const GROWTH_HEADROOM: usize = 4;
 
-/// The smallest growing buffer that moves to a page span with headroom. From 2 KiB the
-/// buffer fills at least half of each OS page (4 KiB) it touches, so such a buffer that
-/// stops growing and lives on costs at most twice its bytes in memory, plus its room when
-/// the page heap carved that from pages already resident (otherwise the room is address
-/// space only).
-pub const GROWTH_MIN: usize = 2048;
+/// The smallest growing buffer that moves to a page span with headroom: one OS page. The
+/// buffer touches only the OS pages it reaches, so a power-of-two capacity costs what its
+/// size class would, and any other at most one OS page more; its room is address space
+/// only, unless the page heap carved it from pages already resident. (From 2 KiB, a
+/// 2 KiB capacity would touch a whole 4 KiB page: twice the memory of its class.)
+pub const GROWTH_MIN: usize = 4096;
+
+/// The smallest growing buffer that is lent a stashed span (`ThreadCache::lend_stashed`)
+/// when the thread has one: below [`GROWTH_MIN`], because a lent span's pages are resident
+/// already and a thread lends one at a time, so lending costs no memory per buffer.
+pub const LEND_MIN: usize = 2048;
 
 /// The most headroom a large object's in-place growth takes: `GROWTH_HEADROOM - 1` times
 /// this. Past it a buffer grows by its new size, so address space stays bounded; the pages

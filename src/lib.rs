@@ -79,6 +79,17 @@
 //! in place; `GlobalAlloc::realloc` within the pages a large object already has returns at
 //! once.
 //!
+//! # Buffers that keep growing
+//!
+//! A thread remembers where its last growing `realloc` moved an object. When that buffer
+//! grows again from 4 KiB it moves to a page span with room for four times its size
+//! (untouched pages), and later growths inside the room return after one page-map lookup,
+//! with no lock; a large object growing in place takes the same room. The buffer's span is
+//! stashed when freed (up to 8 MiB) and lent to the thread's next growing buffer from
+//! 2 KiB, one lent span at a time. Below 2 KiB, moves across classes go through the bin
+//! fast paths; objects that are not a lent buffer keep exact classes below 4 KiB. See
+//! `docs/design.md`, section 4.
+//!
 //! # Zeroing
 //!
 //! Memory from the OS and memory given back with `MADV_DONTNEED` is zero; the page heap

@@ -20,7 +20,7 @@
 //! over a heap of fake pages.
 
 use crate::check::fatal;
-use crate::heap::{GROWTH_MIN, Heap, Owner, growth_room};
+use crate::heap::{GROWTH_MIN, Heap, LEND_MIN, Owner, growth_room};
 use crate::pages::{PAGE_SIZE, Pages};
 use crate::size_class::{self, CLASS_COUNT, SMALL_STEP_LIMIT, SizeClass};
 use crate::span::{self, ListId, Span, SpanKind, SpanList};
@@ -241,12 +241,12 @@ impl ThreadCache {
     }
 
     /// A new object for a small object of `old_size` bytes that `realloc` moves to the class
-    /// of `new_size` (below [`GROWTH_MIN`], so never a page span), from the owned span; null
+    /// of `new_size` (below [`LEND_MIN`], so never a page span), from the owned span; null
     /// when there is none (then the general path). A growth is remembered as the growing
     /// buffer, as the general path does. No atomic, no lock.
     #[inline(always)]
     pub fn pop_for_move(&mut self, old_size: usize, new_size: usize) -> *mut u8 {
-        debug_assert!(new_size < GROWTH_MIN);
+        debug_assert!(new_size < LEND_MIN);
         let new = if new_size <= SMALL_STEP_LIMIT {
             // SAFETY: checked just above.
             unsafe { self.pop_small(new_size) }
@@ -998,20 +998,25 @@ impl ThreadCache {
         // stash's spans count as room: they go back to the page heap first.
         let to_pages =
             growing && (new_class.is_none() || (growing_buffer && new_size >= GROWTH_MIN));
-        let new = if to_pages {
-            let room = growth_room(new_size);
-            match self.lend_stashed(room, align) {
-                Some(p) => p,
-                None => {
-                    self.free_stash(heap);
-                    // Out of memory for the headroom is not out of memory: then the size.
-                    heap.alloc_large_to_grow(room, align)
-                        .or_else(|| heap.alloc_large_to_grow(new_size, align))
-                        .map_or(null_mut(), |(p, _)| p.as_ptr())
-                }
-            }
+        // From LEND_MIN the growing buffer takes a lent stashed span if there is one: its
+        // pages are resident already, and one lent span at a time bounds what it can pin.
+        let lend = growing && growing_buffer && new_size >= LEND_MIN;
+        let room = growth_room(new_size);
+        let lent = if lend {
+            self.lend_stashed(room, align)
         } else {
-            self.alloc(heap, new_size, align)
+            None
+        };
+        let new = match lent {
+            Some(p) => p,
+            None if to_pages => {
+                self.free_stash(heap);
+                // Out of memory for the headroom is not out of memory: then the size.
+                heap.alloc_large_to_grow(room, align)
+                    .or_else(|| heap.alloc_large_to_grow(new_size, align))
+                    .map_or(null_mut(), |(p, _)| p.as_ptr())
+            }
+            None => self.alloc(heap, new_size, align),
         };
         if new.is_null() {
             return new;
@@ -1829,6 +1834,38 @@ mod tests {
             cache.free(&heap, q);
         }
         assert_eq!(cache.stashed_bytes(), span_bytes, "only the buffer's span");
+        cache.flush(&heap);
+        heap.check_invariants();
+    }
+
+    #[test]
+    fn below_growth_min_the_buffer_keeps_its_class_unless_a_span_is_lent() {
+        let heap = heap();
+        let mut cache = ThreadCache::new();
+        let grow = |cache: &mut ThreadCache| {
+            let mut p = cache.alloc(&heap, 700, 8);
+            // SAFETY: live; each result replaces the buffer.
+            unsafe {
+                for next in [1400, LEND_MIN + 100] {
+                    p = cache.realloc(&heap, p, 8, next);
+                }
+            }
+            p
+        };
+        // No stashed span: the growing buffer of LEND_MIN..GROWTH_MIN keeps an exact class.
+        let p = grow(&mut cache);
+        assert!(matches!(heap.owner(p), Owner::Small(_)));
+        // With one (a freed 1 MiB object), it is lent that span: resident already.
+        let big = cache.alloc(&heap, 1 << 20, 8);
+        // SAFETY: live, freed once.
+        unsafe { cache.free(&heap, big) };
+        let q = grow(&mut cache);
+        assert_eq!(q, big, "lent the stashed span");
+        // SAFETY: live, freed once.
+        unsafe {
+            cache.free(&heap, p);
+            cache.free(&heap, q);
+        }
         cache.flush(&heap);
         heap.check_invariants();
     }
