@@ -639,7 +639,10 @@ impl ThreadCache {
         }
         let i = best?;
         let span = self.stash[i];
-        self.stash.copy_within(i + 1..self.stash_len, i);
+        // Keep the rest oldest first (at most three moves).
+        for j in i + 1..self.stash_len {
+            self.stash[j - 1] = self.stash[j];
+        }
         self.stash_len -= 1;
         self.stash_used = true;
         // SAFETY: we stashed it; its object is ours to hand out again.
@@ -915,7 +918,17 @@ impl ThreadCache {
     /// `ptr` is non-null, and if it was handed out by this heap, it is not used afterwards.
     #[inline]
     pub unsafe fn free<S: PageSource>(&mut self, heap: &Heap<S>, ptr: *mut u8) {
-        match heap.owner(ptr) {
+        // SAFETY: per the caller; `owner` validated the pointer.
+        unsafe { self.free_owned(heap, heap.owner(ptr), ptr) }
+    }
+
+    /// As [`ThreadCache::free`], with `owner` what `heap.owner(ptr)` answered.
+    ///
+    /// # Safety
+    /// As [`ThreadCache::free`].
+    #[inline(always)]
+    unsafe fn free_owned<S: PageSource>(&mut self, heap: &Heap<S>, owner: Owner, ptr: *mut u8) {
+        match owner {
             Owner::Small(span) if self.owns(span) => {
                 // SAFETY: validated by `owner`: a live small span holding object `ptr`.
                 let class = unsafe { span.as_ref() }.class();
@@ -957,7 +970,8 @@ impl ThreadCache {
         align: usize,
         new_size: usize,
     ) -> *mut u8 {
-        let (old_usable, old_span) = match heap.owner(ptr) {
+        let owner = heap.owner(ptr);
+        let (old_usable, old_span) = match owner {
             // SAFETY: validated by `owner`.
             Owner::Small(span) => (unsafe { span.as_ref() }.class().size(), None),
             // SAFETY: validated by `owner`.
@@ -1036,7 +1050,7 @@ impl ThreadCache {
                     }
                     heap.free_large(span)
                 }
-                None => self.free(heap, ptr),
+                None => self.free_owned(heap, owner, ptr),
             }
         }
         new
