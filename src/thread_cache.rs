@@ -1715,6 +1715,15 @@ mod tests {
         heap.check_invariants();
     }
 
+    /// A heap over fake pages that maps 32 MiB at a time: room for buffers of a few MiB
+    /// and their headroom in one run.
+    fn roomy_heap() -> Heap<FakePages> {
+        Heap::with_page_heap(
+            FakePages::new(),
+            crate::page_heap::PageHeap::with_grow_bytes(32 << 20),
+        )
+    }
+
     /// Fills `len` bytes at `p` with a pattern from `seed`.
     fn fill(p: *mut u8, len: usize, seed: u8) {
         for i in 0..len {
@@ -1825,10 +1834,7 @@ mod tests {
 
     #[test]
     fn the_growing_buffers_span_is_stashed_up_to_a_longer_bound() {
-        let heap = Heap::with_page_heap(
-            FakePages::new(),
-            crate::page_heap::PageHeap::with_grow_bytes(32 << 20),
-        );
+        let heap = roomy_heap();
         let mut cache = ThreadCache::new();
         // A 4 MiB buffer (with its room, a longer span than STASH_MAX_PAGES) is stashed...
         let (p, start) = build_buffer(&heap, &mut cache, 4 << 20);
@@ -1948,11 +1954,8 @@ mod tests {
 
     #[test]
     fn a_growing_large_object_takes_headroom_in_place_up_to_a_bound() {
-        // Mapping 32 MiB at a time: a free run follows the span for all the growths below.
-        let heap = Heap::with_page_heap(
-            FakePages::new(),
-            crate::page_heap::PageHeap::with_grow_bytes(32 << 20),
-        );
+        // A free run follows the span for all the growths below.
+        let heap = roomy_heap();
         let mut cache = ThreadCache::new();
         let mut p = cache.alloc(&heap, 64 << 10, 8);
         fill(p, 64 << 10, 3);
