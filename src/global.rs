@@ -22,8 +22,7 @@
 //! use its own.
 
 use crate::check::fatal;
-use crate::heap::Heap;
-use crate::heap::LEND_MIN;
+use crate::heap::{Heap, LEND_MIN};
 use crate::pages::PAGE_SHIFT;
 use crate::size_class::{self, LARGE_THRESHOLD, MAX_SMALL_SIZE, MIN_ALIGN, SMALL_STEP_LIMIT};
 use crate::sync::{AtomicU8, AtomicU32, Lock, Ordering};

@@ -23,6 +23,7 @@ use crate::span::{RemoteAction, Span, SpanKind};
 use crate::sync::{AtomicI64, AtomicU64, AtomicUsize, Lock, Ordering};
 use crate::sys::PageSource;
 use core::ptr::NonNull;
+use crossbeam_utils::CachePadded;
 
 /// How many times its new size a growing buffer gets: a large object that `realloc` grows
 /// in place, or the buffer a thread's `realloc` moved while growing and now moves again
@@ -52,7 +53,6 @@ pub const GROWTH_HEADROOM_MAX: usize = 1 << 20;
 pub fn growth_room(size: usize) -> usize {
     size.saturating_add(size.min(GROWTH_HEADROOM_MAX) * (GROWTH_HEADROOM - 1))
 }
-use crossbeam_utils::CachePadded;
 
 /// The tiers every thread shares.
 pub struct Heap<S: PageSource> {

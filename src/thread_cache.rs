@@ -611,7 +611,7 @@ impl ThreadCache {
     /// lock, as a buffer freed and built again each round finds its last round's span. Only
     /// while no earlier lent span is still out: a buffer that keeps a lent span for good
     /// (one that stops growing and lives on) pins at most that one span, up to
-    /// `STASH_MAX_PAGES`, until it is freed.
+    /// `STASH_MAX_GROWN_PAGES`, until it is freed.
     fn lend_stashed(&mut self, room: usize, align: usize) -> Option<*mut u8> {
         if !self.lent.is_null() {
             // SAFETY: span records are never unmapped; the fields read are atomics.
