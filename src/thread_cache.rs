@@ -655,6 +655,15 @@ impl ThreadCache {
         Some(start as *mut u8)
     }
 
+    /// Forgets the lent span if `span` is it: its buffer is being freed or moved off, so the
+    /// next growing buffer may be lent a span again.
+    #[inline]
+    fn forget_lent(&mut self, span: NonNull<Span>) {
+        if span.as_ptr() == self.lent {
+            self.lent = null_mut();
+        }
+    }
+
     /// Frees the large object of `span`: into the stash if it is short enough (the oldest
     /// stashed span goes back to the page heap when the stash is full), else to the page
     /// heap. Stops the process on a double free.
@@ -665,9 +674,7 @@ impl ThreadCache {
     pub unsafe fn free_large<S: PageSource>(&mut self, heap: &Heap<S>, span: NonNull<Span>) {
         // SAFETY: a live span record.
         let s = unsafe { span.as_ref() };
-        if span.as_ptr() == self.lent {
-            self.lent = null_mut();
-        }
+        self.forget_lent(span);
         // The growing buffer's span (room included) is kept up to a longer bound: the next
         // buffer is lent it (`lend_stashed`). A cache that never took a span may be one
         // with no exit flush (a FRESH thread's, freeing): it must hold nothing.
@@ -1045,9 +1052,7 @@ impl ThreadCache {
                 // A large object that moved goes to the page heap, not the stash: its
                 // pages may be the room the next growth needs.
                 Some(span) => {
-                    if span.as_ptr() == self.lent {
-                        self.lent = null_mut();
-                    }
+                    self.forget_lent(span);
                     heap.free_large(span)
                 }
                 None => self.free_owned(heap, owner, ptr),
