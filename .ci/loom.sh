@@ -18,15 +18,10 @@ export CARGO_TARGET_DIR=target/loom
 MODELS=(
   "lock_two_threads 4"
   "lock_three_threads_two_sleepers 4"
-  "remote_frees_race_owner_collection 4"
-  "broken_relaxed_collection_is_caught 3"
-  "central_full_span_last_free 4"
-  "central_hand_back_races_remote_frees 3"
-  "central_lends_while_last_free_arrives 4"
   "page_map_reader_never_sees_half_made_span 4"
-  "thread_exit_flush_races_remote_free 4"
-  "thread_exit_flush_races_two_remote_frees 3"
-  "retained_span_local_and_remote_frees 4"
+  "thread_exit_flush_races_another_threads_free 4"
+  "thread_exit_flush_races_two_frees_from_other_threads 3"
+  "frees_from_another_thread_race_refills 3"
 )
 filter="${1:-}"
 

@@ -1,51 +1,93 @@
-//! Central free lists: per size class, the spans no thread owns, lent to thread caches and
-//! taken back (Go's `mcentral`). See `lib.rs` for an overview.
+//! Central free lists: per size class, the spans of the class and the objects thread caches
+//! hand back, moved in batches (TCMalloc's `CentralFreeList` with its transfer cache in
+//! front; Go's `mcentral`). See `lib.rs` for an overview.
 //!
-//! Each list is behind its own [`Lock`] on its own cache line. The verbs are Go's:
-//! [`CentralFreeList::cache_span`] lends a span with free objects to a thread cache (growing
-//! from the page heap when there is none), [`CentralFreeList::uncache_span`] takes one back.
-//! [`CentralFreeList::finish_remote`] completes the rare cross-thread frees that change a
-//! span's list (see the remote word in `span.rs`).
+//! Each list is behind its own [`Lock`] on its own cache line. The verbs:
+//! [`CentralFreeList::remove_range`] hands a thread cache a batch of free objects (a whole
+//! batch from the transfer slots in one step, else objects from the spans, growing from the
+//! page heap when no span has one), [`CentralFreeList::insert_range`] takes a batch back (a
+//! whole batch into a transfer slot in one step, else each object back to its span),
+//! [`CentralFreeList::drain`] empties the transfer slots into the spans and gives the spare
+//! span back.
+//!
+//! A span whose last object comes back is returned to the page heap, except one per class
+//! (the spare), which stays for the next growth: classes whose spans hold a few objects
+//! would otherwise take a span from the page heap and give it back on every other batch.
 //!
 //! The central lock is never held while the page heap lock is taken: spans go to and come
 //! from the page heap after the central lock is dropped.
 
 use crate::page_heap::PageHeap;
-use crate::page_map::PageMap;
+use crate::page_map::{self, PageMap};
 use crate::pages::Pages;
 use crate::size_class::SizeClass;
-use crate::span::{self, Disowned, ListId, RemoteAction, Span, SpanKind, SpanList};
+use crate::span::{self, ListId, Span, SpanKind, SpanList};
 use crate::sync::Lock;
 use crate::sys::PageSource;
 use core::ptr::{NonNull, null_mut};
 
-/// The spans of one size class that no thread owns.
+/// Whole batches a class's transfer slots hold.
+const TRANSFER_SLOTS: usize = 8;
+/// The most object bytes a class's transfer slots hold (fewer slots for large batches).
+const TRANSFER_BYTES: usize = 512 << 10;
+/// The most objects one batch moves between a thread cache and a central list.
+const MAX_BATCH: usize = 32;
+/// The bytes a batch aims at: classes above 2 KiB move fewer objects at a time.
+const BATCH_BYTES: usize = 64 << 10;
+/// Spans released in one go after the lock is dropped.
+const RELEASE_CHUNK: usize = 8;
+
+/// The objects a batch moves for `class`: `BATCH_BYTES` worth, from 2 to 32.
+#[inline]
+pub fn batch_size(class: SizeClass) -> usize {
+    (BATCH_BYTES / class.size()).clamp(2, MAX_BATCH)
+}
+
+/// The transfer slots a class has: whole batches kept for the next `remove_range`.
+#[inline]
+fn transfer_slots(class: SizeClass) -> usize {
+    (TRANSFER_BYTES / (batch_size(class) * class.size())).clamp(1, TRANSFER_SLOTS)
+}
+
+/// The spans and objects of one size class that no thread cache holds.
 pub struct CentralFreeList {
     lists: Lock<Lists>,
 }
 
 struct Lists {
-    /// Unowned spans with at least one free (or never used) object.
+    /// Spans with at least one free (or never used) object.
     partial: SpanList,
-    /// Unowned spans with no free object (FULL or MOVING).
+    /// Spans with none (every object out of the span).
     full: SpanList,
-    /// Small spans of this class that exist: owned, listed or in transit.
+    /// The one wholly free span kept for the next growth (on `partial`), or null.
+    spare: *mut Span,
+    /// Small spans of this class that exist: listed, or in transit to the page heap.
     spans: usize,
+    /// Whole batches (null-terminated lists of `batch_size` objects) kept as they came.
+    slots: [*mut u8; TRANSFER_SLOTS],
+    slots_len: usize,
 }
+
+// SAFETY: the raw pointers are span records and free objects this list guards; the lists
+// move between threads only inside their lock.
+unsafe impl Send for Lists {}
 
 /// What a central list holds, for statistics.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct CentralStats {
-    /// Spans of the class, wherever they are.
+    /// Spans of the class.
     pub spans: usize,
     /// Spans on the partial list.
     pub partial_spans: usize,
     /// Spans on the full list.
     pub full_spans: usize,
-    /// Objects handed out from spans no thread owns.
-    pub unowned_in_use: usize,
-    /// Free objects in spans no thread owns.
-    pub unowned_free: usize,
+    /// Objects out of the spans: held by the program, in thread caches, or in the transfer
+    /// slots.
+    pub out_of_spans: usize,
+    /// Free objects in the spans (given back, or never used).
+    pub in_spans_free: usize,
+    /// Objects in the transfer slots.
+    pub transfer: usize,
 }
 
 /// The shared tiers a central list grows from and releases to.
@@ -60,16 +102,154 @@ pub struct Backing<'a, S: PageSource> {
     pub now: u64,
 }
 
+/// Spans to give back once the central lock is dropped.
+struct Releases {
+    spans: [*mut Span; RELEASE_CHUNK],
+    len: usize,
+}
+
+impl Releases {
+    const fn new() -> Releases {
+        Releases {
+            spans: [null_mut(); RELEASE_CHUNK],
+            len: 0,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.len == RELEASE_CHUNK
+    }
+
+    fn push(&mut self, span: *mut Span) {
+        self.spans[self.len] = span;
+        self.len += 1;
+    }
+
+    /// Gives every collected span back to the page heap.
+    fn run<S: PageSource>(&mut self, backing: &Backing<'_, S>) {
+        for &span in &self.spans[..self.len] {
+            // SAFETY: taken off every list with no object out: only this thread reaches it.
+            unsafe { release(NonNull::new_unchecked(span), backing) };
+        }
+        self.len = 0;
+    }
+}
+
+impl Lists {
+    const fn new() -> Lists {
+        Lists {
+            partial: SpanList::new(ListId::Partial),
+            full: SpanList::new(ListId::Full),
+            spare: null_mut(),
+            spans: 0,
+            slots: [null_mut(); TRANSFER_SLOTS],
+            slots_len: 0,
+        }
+    }
+
+    /// Takes up to `want` objects from the partial spans onto `list` (marking never-used
+    /// ones with `key`, as every free object is marked). Returns the new head and count.
+    ///
+    /// # Safety
+    /// The caller holds the lock; `list` holds `got` objects the caller owns.
+    unsafe fn take_from_spans(
+        &mut self,
+        class: SizeClass,
+        want: usize,
+        key: u64,
+        mut list: *mut u8,
+        mut got: usize,
+    ) -> (*mut u8, usize) {
+        let size = class.size();
+        while got < want {
+            let at = self.partial.first();
+            if at.is_null() {
+                break;
+            }
+            // SAFETY: a live span on our list; the lock guards its object fields.
+            let s = unsafe { &*at };
+            if at == self.spare {
+                self.spare = null_mut();
+            }
+            // SAFETY: as above.
+            unsafe {
+                let mut free = s.free.get();
+                let mut bump = s.bump.get() as usize;
+                let start = s.start_addr();
+                let cap = s.capacity();
+                let mut taken = 0;
+                while got < want && !free.is_null() {
+                    let obj = free;
+                    free = span::next_free(obj);
+                    span::set_next_free(obj, list);
+                    list = obj;
+                    got += 1;
+                    taken += 1;
+                }
+                // Never-used objects: linked so that the lowest address is popped first.
+                let n = (want - got).min(cap - bump);
+                for i in (bump..bump + n).rev() {
+                    let obj = (start + i * size) as *mut u8;
+                    span::mark_freed_fresh(obj, key);
+                    span::set_next_free(obj, list);
+                    list = obj;
+                }
+                bump += n;
+                got += n;
+                taken += n;
+                s.free.set(free);
+                s.bump.set(bump as u32);
+                s.in_use.set(s.in_use.get() + taken as u32);
+                if free.is_null() && bump == cap {
+                    self.partial.remove(at);
+                    self.full.push(at);
+                }
+            }
+        }
+        (list, got)
+    }
+
+    /// Gives `obj` back to its span `s` (found in the page map); a span left with no
+    /// object out goes to `releases` (unless it becomes the spare).
+    ///
+    /// # Safety
+    /// The caller holds the lock; `obj` is a free object of `s`, a span of this list.
+    unsafe fn return_to_span(&mut self, s: *mut Span, obj: *mut u8, releases: &mut Releases) {
+        // SAFETY: per the caller; the lock guards the span's object fields and lists.
+        unsafe {
+            let span = &*s;
+            let head = span.free.get();
+            span::set_next_free(obj, head);
+            span.free.set(obj);
+            let in_use = span.in_use.get();
+            if in_use == 0 {
+                crate::check::fatal("double free detected");
+            }
+            span.in_use.set(in_use - 1);
+            if span.list() == ListId::Full {
+                self.full.remove(s);
+                self.partial.push(s);
+            }
+            if in_use == 1 {
+                if self.spare.is_null() {
+                    self.spare = s;
+                    span.freed_at.set(1);
+                } else {
+                    self.partial.remove(s);
+                    self.spans -= 1;
+                    releases.push(s);
+                }
+            }
+        }
+    }
+}
+
 impl CentralFreeList {
     /// An empty central list.
     #[cfg(not(loom))]
     pub const fn new() -> CentralFreeList {
         CentralFreeList {
-            lists: Lock::new(Lists {
-                partial: SpanList::new(ListId::Partial),
-                full: SpanList::new(ListId::Full),
-                spans: 0,
-            }),
+            lists: Lock::new(Lists::new()),
         }
     }
 
@@ -77,142 +257,163 @@ impl CentralFreeList {
     #[cfg(loom)]
     pub fn new() -> CentralFreeList {
         CentralFreeList {
-            lists: Lock::new(Lists {
-                partial: SpanList::new(ListId::Partial),
-                full: SpanList::new(ListId::Full),
-                spans: 0,
-            }),
+            lists: Lock::new(Lists::new()),
         }
     }
 
-    /// Lends a span with free objects to a thread cache, marking it owned. Returns the span
-    /// and its free objects (a null-terminated list, possibly empty when the free objects are
-    /// all never used: see `Span::bump`). `None` when the page heap cannot grow.
-    pub fn cache_span<S: PageSource>(
+    /// Hands out up to `want` free objects of `class` as a null-terminated list, each marked
+    /// free with `key`; returns the list and its length (0 when the page heap cannot grow).
+    /// A whole batch comes from a transfer slot in one step.
+    pub fn remove_range<S: PageSource>(
         &self,
         class: SizeClass,
+        want: usize,
+        key: u64,
         backing: &Backing<'_, S>,
-    ) -> Option<(NonNull<Span>, *mut u8)> {
+    ) -> (*mut u8, usize) {
+        debug_assert!(want > 0);
+        let batch = batch_size(class);
         {
             let mut lists = self.lists.lock();
-            let mut at = lists.partial.first();
-            while !at.is_null() {
-                // SAFETY: spans on our list are live; we hold the lock.
-                let next = unsafe { (*at).next_on_list() };
-                // SAFETY: the span is on our partial list and we hold the lock.
-                if let Some(free) = unsafe { (*at).own() } {
-                    // SAFETY: on our partial list.
-                    unsafe { lists.partial.remove(at) };
-                    // SAFETY: non-null.
-                    return Some((unsafe { NonNull::new_unchecked(at) }, free));
-                }
-                // DEAD: its last free is returning it to the page heap; leave it.
-                at = next;
+            if want == batch && lists.slots_len > 0 {
+                lists.slots_len -= 1;
+                let i = lists.slots_len;
+                return (core::mem::replace(&mut lists.slots[i], null_mut()), batch);
+            }
+            // SAFETY: we hold the lock and own the (empty) list.
+            let (list, got) = unsafe { lists.take_from_spans(class, want, key, null_mut(), 0) };
+            if got > 0 {
+                return (list, got);
             }
         }
-        let (span, _zeroed) = backing.page_heap.lock().alloc(
+        let Some((span, _zeroed)) = backing.page_heap.lock().alloc(
             class.pages(),
             Pages(1),
             class,
             backing.map,
             backing.source,
-        )?;
-        self.lists.lock().spans += 1;
-        Some((span, null_mut()))
-    }
-
-    /// Takes back a span from its owner, with the owner's free objects of it (`local`, of
-    /// length `local_count`). A wholly free span goes back to the page heap.
-    ///
-    /// # Safety
-    /// The calling thread cache owns `span` (of this list's class) and gives it up, with
-    /// `local` holding exactly the free objects it has of it.
-    pub unsafe fn uncache_span<S: PageSource>(
-        &self,
-        span: NonNull<Span>,
-        local: *mut u8,
-        local_count: usize,
-        backing: &Backing<'_, S>,
-    ) {
+        ) else {
+            return (null_mut(), 0);
+        };
+        // SAFETY: a fresh small span, not yet on any list: ours alone.
+        let s = unsafe { span.as_ref() };
+        backing.map.set_small_words(
+            s.start(),
+            s.pages(),
+            page_map::small_word(s.start_addr(), class.0),
+        );
         let mut lists = self.lists.lock();
-        // SAFETY: the caller owns the span; we hold the central lock.
-        match unsafe { span.as_ref().disown(local, local_count) } {
-            // SAFETY: unowned now, on no list; we hold the lock.
-            Disowned::Partial => unsafe { lists.partial.push(span.as_ptr()) },
-            // SAFETY: as above.
-            Disowned::Full => unsafe { lists.full.push(span.as_ptr()) },
-            Disowned::Free => {
-                lists.spans -= 1;
-                drop(lists);
-                // SAFETY: DEAD: no object of it is live and nobody else will touch it.
-                unsafe { release(span, backing) };
-            }
+        lists.spans += 1;
+        // SAFETY: a live span on no list; we hold the lock.
+        unsafe {
+            lists.partial.push(span.as_ptr());
+            lists.take_from_spans(class, want, key, null_mut(), 0)
         }
     }
 
-    /// Completes a cross-thread free whose `Span::push_remote` asked for `action`.
+    /// Takes back `count` free objects of this class (the null-terminated list `list`, each
+    /// marked free). A whole batch goes to a transfer slot when one is empty; otherwise each
+    /// object goes back to its span, and spans with no object out go back to the page heap
+    /// (but the spare).
     ///
     /// # Safety
-    /// `action` came from `push_remote` on `span` (of this list's class) by this thread.
-    pub unsafe fn finish_remote<S: PageSource>(
+    /// `list` holds exactly `count` distinct free objects of spans of this list's class that
+    /// the caller gives up.
+    pub unsafe fn insert_range<S: PageSource>(
         &self,
-        span: NonNull<Span>,
-        action: RemoteAction,
+        class: SizeClass,
+        list: *mut u8,
+        count: usize,
         backing: &Backing<'_, S>,
     ) {
-        let s = span.as_ptr();
+        if count == 0 {
+            return;
+        }
         let mut lists = self.lists.lock();
-        let released = match action {
-            RemoteAction::Nothing => return,
-            RemoteAction::Move => {
-                // SAFETY: MOVING spans stay on the full list until their mover (us) takes
-                // them off; we hold the lock.
-                unsafe { lists.full.remove(s) };
-                // SAFETY: we set MOVING and hold the lock.
-                if unsafe { (*s).finish_move() } {
-                    // SAFETY: on no list now.
-                    unsafe { lists.partial.push(s) };
-                    false
-                } else {
-                    true
-                }
+        if count == batch_size(class) && lists.slots_len < transfer_slots(class) {
+            let i = lists.slots_len;
+            lists.slots[i] = list;
+            lists.slots_len += 1;
+            return;
+        }
+        // SAFETY: per the caller.
+        unsafe { self.return_objects(lists, list, backing) };
+    }
+
+    /// Gives every object of `list` back to its span, releasing spans as they empty; takes
+    /// the held guard and drops it.
+    ///
+    /// # Safety
+    /// As [`CentralFreeList::insert_range`].
+    unsafe fn return_objects<'a, S: PageSource>(
+        &'a self,
+        mut lists: crate::sync::LockGuard<'a, Lists>,
+        mut list: *mut u8,
+        backing: &Backing<'_, S>,
+    ) {
+        let mut releases = Releases::new();
+        while !list.is_null() {
+            let obj = list;
+            // SAFETY: per the caller, a free object with a link.
+            list = unsafe { span::next_free(obj) };
+            // Every page of a small span maps to it (span invariant 4), and the object's span
+            // cannot change while the object is out of it.
+            let s = backing.map.lookup(obj as usize);
+            // SAFETY: we hold the lock; `obj` is a free object of `s`, a span of this class.
+            unsafe { lists.return_to_span(s, obj, &mut releases) };
+            if releases.is_full() {
+                drop(lists);
+                releases.run(backing);
+                lists = self.lists.lock();
             }
-            RemoteAction::Release => {
-                // SAFETY: we hold the lock, which guards the span's list membership.
-                match unsafe { (*s).list() } {
-                    // SAFETY: on that list.
-                    ListId::Partial => unsafe { lists.partial.remove(s) },
-                    // SAFETY: on that list.
-                    ListId::Full => unsafe { lists.full.remove(s) },
-                    _ => crate::check::fatal("central list: releasing a span on no list"),
+        }
+        drop(lists);
+        releases.run(backing);
+    }
+
+    /// Empties the transfer slots into the spans and gives the spare span back, so that every
+    /// span with no object out returns to the page heap (`release_free_memory`, flushes).
+    pub fn drain<S: PageSource>(&self, backing: &Backing<'_, S>) {
+        loop {
+            let mut lists = self.lists.lock();
+            if lists.slots_len == 0 {
+                let spare = core::mem::replace(&mut lists.spare, null_mut());
+                // SAFETY: we hold the lock; the spare is a live span on the partial list.
+                if !spare.is_null() && unsafe { (*spare).in_use.get() } == 0 {
+                    // SAFETY: as above.
+                    unsafe { lists.partial.remove(spare) };
+                    lists.spans -= 1;
+                    drop(lists);
+                    // SAFETY: off every list with no object out: only this thread reaches it.
+                    unsafe { release(NonNull::new_unchecked(spare), backing) };
                 }
-                true
+                return;
             }
-        };
-        if released {
-            lists.spans -= 1;
-            drop(lists);
-            // SAFETY: DEAD and off every list: only this thread can reach it.
-            unsafe { release(span, backing) };
+            lists.slots_len -= 1;
+            let i = lists.slots_len;
+            let list = core::mem::replace(&mut lists.slots[i], null_mut());
+            // SAFETY: a whole batch of free objects of this class that the slot held.
+            unsafe { self.return_objects(lists, list, backing) };
         }
     }
 
     /// A snapshot of what the list holds.
-    pub fn stats(&self) -> CentralStats {
+    pub fn stats(&self, class: SizeClass) -> CentralStats {
         let lists = self.lists.lock();
         let mut st = CentralStats {
             spans: lists.spans,
             partial_spans: lists.partial.len(),
             full_spans: lists.full.len(),
+            transfer: lists.slots_len * batch_size(class),
             ..CentralStats::default()
         };
         // SAFETY: we hold the lock for the whole walk.
         for s in unsafe { lists.partial.iter().chain(lists.full.iter()) } {
-            // SAFETY: live spans on our lists.
-            let span = unsafe { &*s };
-            let in_use = Span::unowned_in_use(span.remote_word());
-            st.unowned_in_use += in_use;
-            st.unowned_free += span.capacity() - in_use;
+            // SAFETY: live spans on our lists; the lock guards their object fields.
+            let in_use = unsafe { (*s).in_use.get() } as usize;
+            st.out_of_spans += in_use;
+            // SAFETY: as above.
+            st.in_spans_free += unsafe { &*s }.capacity() - in_use;
         }
         st
     }
@@ -236,12 +437,26 @@ impl CentralFreeList {
             };
         }
         let lists = self.lists.lock();
+        ensure!(
+            lists.slots_len <= transfer_slots(class),
+            "transfer slots within their bound"
+        );
+        for &slot in &lists.slots[..lists.slots_len] {
+            // SAFETY: a slot's batch is a list of free objects the lock guards.
+            let len = unsafe { span::list_len(slot) };
+            ensure!(
+                len == batch_size(class),
+                "a transfer slot holds one whole batch"
+            );
+        }
+        let mut listed = 0;
         for (list, want) in [
             (&lists.partial, ListId::Partial),
             (&lists.full, ListId::Full),
         ] {
             // SAFETY: we hold the lock for the whole walk.
             for s in unsafe { list.iter() } {
+                listed += 1;
                 // SAFETY: live spans on our lists; the lock guards the guarded fields.
                 let span = unsafe { &*s };
                 ensure!(span.kind() == SpanKind::Small, "listed spans are small");
@@ -259,25 +474,36 @@ impl CentralFreeList {
                     map.lookup(span.end().addr() - 1) == s,
                     "last page maps to the span"
                 );
-                let word = span.remote_word();
-                ensure!(word & span::OWNED == 0, "listed spans are unowned");
-                let in_use = Span::unowned_in_use(word);
-                // SAFETY: as above: the free list is guarded by the lock.
-                let (local, bump) = unsafe { (span::list_len(span.free.get()), span.bump.get()) };
-                // SAFETY: we hold the central lock of this unowned span.
-                // (From the same snapshot as `in_use`: frees may arrive while we walk.)
-                let remote = unsafe { span.remote_len_unowned(word) };
-                let free = local + remote + span.capacity() - bump as usize;
-                if word & span::DEAD == 0 {
-                    ensure!(in_use + free == span.capacity(), "objects are conserved");
-                }
-                let full_flags = word & (span::FULL | span::MOVING) != 0;
                 ensure!(
-                    full_flags == (want == ListId::Full),
-                    "FULL/MOVING exactly on the full list"
+                    map.small_word_of(span.start_addr())
+                        == page_map::small_word(span.start_addr(), class.0)
+                        && map.small_word_of(span.end().addr() - 1)
+                            == page_map::small_word(span.start_addr(), class.0),
+                    "a small span's pages carry its small-object word"
+                );
+                // SAFETY: as above.
+                let (in_use, free, bump) = unsafe {
+                    (
+                        span.in_use.get() as usize,
+                        span::list_len(span.free.get()),
+                        span.bump.get() as usize,
+                    )
+                };
+                ensure!(
+                    in_use + free + span.capacity() - bump == span.capacity(),
+                    "objects are conserved"
+                );
+                ensure!(
+                    (free == 0 && bump == span.capacity()) == (want == ListId::Full),
+                    "a span is on the full list exactly when it has no free object"
+                );
+                ensure!(
+                    in_use > 0 || s == lists.spare,
+                    "a span with no object out is the spare"
                 );
             }
         }
+        ensure!(listed == lists.spans, "every span of the class is listed");
         None
     }
 
@@ -302,11 +528,15 @@ impl Default for CentralFreeList {
     }
 }
 
-/// Returns a DEAD span to the page heap.
+/// Returns a span with no object out to the page heap, clearing its pages' small-object
+/// words first (from then on a `free` of one of its addresses takes the checked path).
 ///
 /// # Safety
 /// Nobody else can reach the span; none of its objects is live.
 unsafe fn release<S: PageSource>(span: NonNull<Span>, backing: &Backing<'_, S>) {
+    // SAFETY: per the caller, the span is ours alone.
+    let s = unsafe { span.as_ref() };
+    backing.map.set_small_words(s.start(), s.pages(), 0);
     let mut heap = backing.page_heap.lock();
     // SAFETY: per the caller.
     unsafe { heap.free(span, backing.now, backing.map) };

@@ -13,7 +13,15 @@ use core::ptr::NonNull;
 /// Bytes mapped at a time for records.
 const CHUNK_BYTES: usize = 16 * PAGE_SIZE;
 
-/// A free record, threaded through the record's own memory.
+/// A free record, threaded through the record's own memory. The link is written and read
+/// atomically: a reader that reached a record through a stale pointer (a span record found
+/// in the page map by an invalid `free`) loads the record's first word atomically while the
+/// record is given back, and an atomic load racing a plain store would be a data race.
+#[cfg(not(loom))]
+struct FreeRecord {
+    next: core::sync::atomic::AtomicPtr<FreeRecord>,
+}
+#[cfg(loom)]
 struct FreeRecord {
     next: *mut FreeRecord,
 }
@@ -64,7 +72,13 @@ impl<T> FixedAlloc<T> {
             let record = self.free;
             // SAFETY: records on the free list were handed out by us and given back; the
             // first word holds the link.
-            self.free = unsafe { (*record).next };
+            #[cfg(not(loom))]
+            // SAFETY: as above.
+            let next = unsafe { (*record).next.load(core::sync::atomic::Ordering::Relaxed) };
+            #[cfg(loom)]
+            // SAFETY: as above.
+            let next = unsafe { (*record).next };
+            self.free = next;
             record.cast::<u8>()
         } else {
             if self.chunk_end - self.chunk_next < Self::RECORD {
@@ -88,8 +102,18 @@ impl<T> FixedAlloc<T> {
     /// `record` came from this allocator's `alloc` and is not used afterwards.
     pub unsafe fn free(&mut self, record: NonNull<T>) {
         let r = record.as_ptr().cast::<FreeRecord>();
-        // SAFETY: the record is ours, at least as big and aligned as a FreeRecord, and dead.
-        unsafe { r.write(FreeRecord { next: self.free }) };
+        // SAFETY: the record is ours, at least as big and aligned as a FreeRecord, and dead;
+        // any bit pattern of its first word is a valid `AtomicPtr`.
+        #[cfg(not(loom))]
+        unsafe {
+            (*r).next
+                .store(self.free, core::sync::atomic::Ordering::Relaxed)
+        };
+        // SAFETY: as above.
+        #[cfg(loom)]
+        unsafe {
+            r.write(FreeRecord { next: self.free })
+        };
         self.free = r;
         self.in_use -= 1;
     }

@@ -78,8 +78,9 @@ fn local() -> *mut Local {
 const SLOT_DEAD: usize = 1;
 
 /// The `Local` of threads that have been flushed at exit (or could not get one). Its cache
-/// has no spans and is never written: `pop` finds every list empty, `push_if_owned` every
-/// range empty, and a DEAD state sends the slow paths to the orphan cache.
+/// is never active and never written: the fast paths read it through raw pointers (`pop`
+/// finds every bin empty, `free` finds it inactive) and never form a reference to it, and a
+/// DEAD state sends the slow paths to the orphan cache.
 #[cfg(feature = "small-tls")]
 struct DeadLocal(UnsafeCell<Local>);
 // SAFETY: never written after initialisation (see above); only read.
@@ -305,7 +306,10 @@ unsafe fn register(l: *mut Local) {
         return;
     }
     // SAFETY: our own slot.
-    unsafe { (*l).state = ACTIVE };
+    unsafe {
+        (*l).cache.activate();
+        (*l).state = ACTIVE;
+    }
 }
 
 /// The thread-exit key's destructor: gives the cache's spans back.
@@ -320,6 +324,7 @@ extern "C" fn thread_exit(_value: *mut libc::c_void) {
         if (*l).state == ACTIVE {
             (*l).state = BUSY;
             (*l).cache.flush(&HEAP);
+            (*l).cache.deactivate();
         }
         (*l).state = DEAD;
     }
@@ -374,9 +379,9 @@ pub mod raw {
     pub unsafe fn alloc(size: usize, align: usize) -> *mut u8 {
         if align <= MIN_ALIGN {
             if size <= SMALL_STEP_LIMIT {
-                // SAFETY: our own slot; the fast path makes no call that could re-enter.
-                // `size` is small.
-                let obj = unsafe { (*local()).cache.pop_small(size) };
+                // SAFETY: our own slot (or the never-filled one of exited threads); the fast
+                // path makes no call that could re-enter. `size` is small.
+                let obj = unsafe { ThreadCache::pop_small_raw(&raw mut (*local()).cache, size) };
                 if !obj.is_null() {
                     return obj;
                 }
@@ -395,24 +400,13 @@ pub mod raw {
     /// alignment, and is not used afterwards.
     #[inline(always)]
     pub unsafe fn dealloc(ptr: *mut u8, size: usize, align: usize) {
-        // No alignment test: an object allocated with a larger alignment may belong to
-        // another class than `class_of_small(size)`, but then it is not in this class's
-        // owned span, and the range check sends it to the slow path.
-        if size <= SMALL_STEP_LIMIT {
-            // SAFETY: our own slot; `push_if_owned_small` pushes `ptr` only if it lies in the
-            // span this thread owns for the class of `size`, so it is an object of that class
-            // we gave out.
-            if unsafe { (*local()).cache.push_if_owned_small(ptr, size) } {
-                return;
-            }
-            // SAFETY: per the caller.
-            return unsafe { dealloc_slow(ptr, align, size) };
-        } else if size < LARGE_THRESHOLD {
-            // SAFETY: per the caller.
-            return unsafe { dealloc_medium(ptr, align, size) };
+        if cfg!(debug_assertions) {
+            crate::thread_cache::check_layout(&HEAP, ptr, size, align);
         }
+        // The class comes from the page map, not the layout: the same path as `free`, which
+        // checks that `ptr` is an object's start whatever the caller says.
         // SAFETY: per the caller.
-        unsafe { dealloc_large(ptr, align, size) }
+        unsafe { free(ptr) }
     }
 
     /// As [`alloc`], with the first `size` bytes zero.
@@ -429,10 +423,30 @@ pub mod raw {
     ///
     /// # Safety
     /// `ptr` is non-null; if spanalloc handed it out, it is not used afterwards.
-    #[inline]
+    #[inline(always)]
     pub unsafe fn free(ptr: *mut u8) {
         // SAFETY: per the caller.
-        unsafe { with_cache_for_free(ptr, |cache| cache.free(&HEAP, ptr)) }
+        if !unsafe { free_fast(ptr) } {
+            // SAFETY: per the caller.
+            unsafe { free_slow(ptr) }
+        }
+    }
+
+    /// The fast path of [`free`] alone: pushes `ptr`, the start of a small object, on this
+    /// thread's bin of its class and returns `true`; otherwise does nothing and returns
+    /// `false` (then call [`free`]). Makes no call outside the allocator on the common path
+    /// (the C library keeps its `errno` handling off it).
+    ///
+    /// # Safety
+    /// As [`free`].
+    #[inline(always)]
+    pub unsafe fn free_fast(ptr: *mut u8) -> bool {
+        let word = HEAP.page_map().small_word_of(ptr as usize);
+        // SAFETY: our own slot (or the never-written one of exited threads).
+        let cache = unsafe { &raw mut (*local()).cache };
+        // SAFETY: an active cache is this thread's alone (a shared one never is active); the
+        // fast path makes no call that could re-enter; per the caller.
+        unsafe { ThreadCache::is_active(cache) && (*cache).push_small(&HEAP, ptr, word) }
     }
 
     /// Resizes `ptr` (allocated with `align`) to `new_size` bytes. Null on failure, leaving
@@ -473,46 +487,27 @@ unsafe fn with_cache<R>(f: impl FnOnce(&mut ThreadCache) -> R) -> R {
         // allocator makes no call that re-enters while serving a request).
         f(unsafe { &mut (*l).cache })
     } else {
-        f(&mut ORPHAN.lock())
+        let mut orphan = ORPHAN.lock();
+        orphan.activate();
+        f(&mut orphan)
     }
 }
 
-/// As [`with_cache`] but without registering a FRESH cache: freeing never gives the cache a
-/// span, so it needs no thread-exit flush. `own` runs with this thread's cache; a BUSY or
-/// DEAD thread's free of `ptr` goes to the orphan cache out of line ([`orphan_free`]), which
-/// needs only the pointer: so the common path carries no lock guard, and the out-of-line
-/// call keeps no closure in memory (one capturing its arguments by reference spilled them
-/// to the stack on every call).
-///
-/// # Safety
-/// As [`raw::free`]; `own` frees `ptr` and nothing else.
-#[inline(always)]
-unsafe fn with_cache_for_free(ptr: *mut u8, own: impl FnOnce(&mut ThreadCache)) {
-    let l = local();
-    // SAFETY: our own slot.
-    match unsafe { (*l).state } {
-        // SAFETY: as in `with_cache`.
-        FRESH | ACTIVE => own(unsafe { &mut (*l).cache }),
-        // SAFETY: per the caller.
-        _ => unsafe { orphan_free(ptr) },
-    }
-}
-
-/// Frees `ptr` through the orphan cache (the layout check of debug builds is skipped: this
-/// path has only the pointer).
+/// The free of a large object, of a bad pointer, or from a thread whose cache is not active
+/// (FRESH: registered now; BUSY or DEAD: the orphan cache).
 ///
 /// # Safety
 /// As [`raw::free`].
 #[cold]
 #[inline(never)]
-unsafe fn orphan_free(ptr: *mut u8) {
-    // SAFETY: per the caller.
-    unsafe { ORPHAN.lock().free(&HEAP, ptr) }
+unsafe fn free_slow(ptr: *mut u8) {
+    // SAFETY: the closure gets exclusive use of a cache; per the caller.
+    unsafe { with_cache(|cache| cache.free(&HEAP, ptr)) }
 }
 
-// The fast paths of 1 KiB to 32 KiB: the same as below 1 KiB with the second size table,
-// out of line so that the sub-KiB paths keep their length (inlined together, the two
-// lookups merge into one with a variable shift).
+// The fast path of 1 KiB to 32 KiB: the same as below 1 KiB with the second size table,
+// out of line so that the sub-KiB path keeps its length (inlined together, the two lookups
+// merge into one with a variable shift).
 
 /// # Safety
 /// `SMALL_STEP_LIMIT < size < LARGE_THRESHOLD`.
@@ -521,106 +516,19 @@ unsafe fn alloc_medium(size: usize) -> *mut u8 {
     // SAFETY: per the caller (lets the table index go unchecked).
     unsafe { core::hint::assert_unchecked(size > SMALL_STEP_LIMIT && size < LARGE_THRESHOLD) };
     let class = size_class::class_of_medium(size);
-    // SAFETY: our own slot; the fast path makes no call that could re-enter.
-    let obj = unsafe { (*local()).cache.pop(class) };
+    // SAFETY: as in `raw::alloc`.
+    let obj = unsafe { ThreadCache::pop_raw(&raw mut (*local()).cache, class) };
     if !obj.is_null() {
         return obj;
     }
     alloc_slow(size, MIN_ALIGN)
 }
 
-/// # Safety
-/// As [`raw::dealloc`], with `SMALL_STEP_LIMIT < size < LARGE_THRESHOLD`.
-#[inline(never)]
-unsafe fn dealloc_medium(ptr: *mut u8, align: usize, size: usize) {
-    // SAFETY: per the caller (lets the table index go unchecked).
-    unsafe { core::hint::assert_unchecked(size > SMALL_STEP_LIMIT && size < LARGE_THRESHOLD) };
-    let class = size_class::class_of_medium(size);
-    // SAFETY: as in `raw::dealloc`.
-    if unsafe { (*local()).cache.push_if_owned(ptr, class) } {
-        return;
-    }
-    // SAFETY: per the caller.
-    unsafe { dealloc_slow(ptr, align, size) }
-}
-
-/// This thread's cache if it is ACTIVE (registered for the exit flush), for the large-object
-/// paths, which use the cache only for its stash of freed large spans. With `register`, a
-/// FRESH cache is registered first (an allocation), else only an ACTIVE one is used (a free).
-///
-/// # Safety
-/// No reference into the cache is alive; the result is dropped before the next request.
-#[inline]
-unsafe fn active_cache<'a>(register_fresh: bool) -> Option<&'a mut ThreadCache> {
-    let l = local();
-    // SAFETY: our own slot; ACTIVE: nothing else on this thread uses the cache now.
-    unsafe {
-        if register_fresh && (*l).state == FRESH {
-            register(l);
-        }
-        ((*l).state == ACTIVE).then(|| &mut (*l).cache)
-    }
-}
-
 #[cold]
 #[inline(never)]
 fn alloc_slow(size: usize, align: usize) -> *mut u8 {
-    if size >= LARGE_THRESHOLD {
-        // Large objects skip the thread cache's lists: a stashed span of the same length,
-        // else straight to the heap. (A thread that now allocates only large objects still
-        // gives back the small spans it left wholly free: `maybe_trim`.)
-        // SAFETY: the reference is dropped before we return.
-        if let Some(cache) = unsafe { active_cache(true) } {
-            cache.ensure_id(&HEAP);
-            if let Some(p) = cache.alloc_large_stashed(size, align) {
-                return p;
-            }
-            cache.maybe_trim(&HEAP);
-        }
-        return match HEAP.alloc_large(size, align) {
-            Some((p, _)) => p.as_ptr(),
-            None => core::ptr::null_mut(),
-        };
-    }
     // SAFETY: the closure gets exclusive use of a cache.
     unsafe { with_cache(|cache| cache.alloc(&HEAP, size, align)) }
-}
-
-/// The free of a small or medium object that is not in the owned span of its size's class
-/// (the fast path tried that): straight to the page map (`dealloc_slow` of the cache).
-///
-/// The out-of-line free functions take `(ptr, align, size)`: the order in which a `Layout`
-/// arrives in registers, so the fast path reaches them with no move (one instruction per
-/// free; any other order is only that instruction slower).
-///
-/// # Safety
-/// As [`raw::dealloc`], with `size < LARGE_THRESHOLD`.
-#[cold]
-#[inline(never)]
-unsafe fn dealloc_slow(ptr: *mut u8, align: usize, size: usize) {
-    // SAFETY: per the caller.
-    unsafe { with_cache_for_free(ptr, |cache| cache.dealloc_slow(&HEAP, ptr, size, align)) }
-}
-
-/// The free of a large size: the object goes to the cache's stash or the heap (a wrong
-/// layout is caught by `owner`, or falls through to the general path).
-///
-/// # Safety
-/// As [`raw::dealloc`].
-#[inline(never)]
-unsafe fn dealloc_large(ptr: *mut u8, align: usize, size: usize) {
-    if let crate::heap::Owner::Large(span) = HEAP.owner(ptr) {
-        // SAFETY: per the caller of `raw::dealloc`: a live large object, given up. The
-        // cache reference is dropped before we return.
-        return unsafe {
-            match active_cache(false) {
-                Some(cache) => cache.free_large(&HEAP, span),
-                None => HEAP.free_large(span),
-            }
-        };
-    }
-    // SAFETY: per the caller of `raw::dealloc`.
-    unsafe { with_cache_for_free(ptr, |cache| cache.dealloc_slow(&HEAP, ptr, size, align)) }
 }
 
 /// `GlobalAlloc::realloc` past its inline same-class and same-pages shortcuts, where the old
@@ -657,8 +565,15 @@ unsafe fn realloc_sized(ptr: *mut u8, align: usize, old_size: usize, new_size: u
 /// `new_size < LEND_MIN`.
 #[inline(never)]
 unsafe fn move_small(ptr: *mut u8, align: usize, old_size: usize, new_size: usize) -> *mut u8 {
-    // SAFETY: our own slot; the fast path makes no call that could re-enter.
-    let new = unsafe { (*local()).cache.pop_for_move(old_size, new_size) };
+    let l = local();
+    // SAFETY: our own slot; read through the raw pointer (see `raw::free`).
+    if !unsafe { ThreadCache::is_active(&raw const (*l).cache) } {
+        // SAFETY: per the caller.
+        return unsafe { raw::realloc(ptr, new_size, align) };
+    }
+    // SAFETY: our own slot, active: this thread's alone; the fast path makes no call that
+    // could re-enter.
+    let new = unsafe { (*l).cache.pop_for_move(old_size, new_size) };
     if new.is_null() {
         // SAFETY: per the caller.
         return unsafe { raw::realloc(ptr, new_size, align) };

@@ -1,6 +1,6 @@
 //! The shared tiers as one value: a central list per size class, the page heap, the page map
 //! and the page source, plus the operations that need no thread cache (large objects,
-//! cross-thread frees, pointer validation, statistics). See `lib.rs` for an overview.
+//! pointer validation, statistics). See `lib.rs` for an overview.
 //!
 //! A `Heap` is an ordinary value: tests build one over [`crate::sys::FakePages`]; the
 //! global allocator has exactly one, in `global.rs`, over [`crate::sys::OsPages`].
@@ -19,8 +19,8 @@ use crate::page_heap::{PageHeap, PageHeapStats};
 use crate::page_map::PageMap;
 use crate::pages::{PAGE_SIZE, Pages};
 use crate::size_class::{CLASS_COUNT, SizeClass};
-use crate::span::{RemoteAction, Span, SpanKind};
-use crate::sync::{AtomicI64, AtomicU64, AtomicUsize, Lock, Ordering};
+use crate::span::{Span, SpanKind};
+use crate::sync::{AtomicI64, AtomicU64, Lock, Ordering};
 use crate::sys::PageSource;
 use core::ptr::NonNull;
 use crossbeam_utils::CachePadded;
@@ -69,8 +69,9 @@ pub struct Heap<S: PageSource> {
     decay_ms: AtomicI64,
     /// The clock time at or after which the next decay release is due.
     next_release_at: AtomicU64,
-    /// The last id given to a thread cache (ids start at 1; 0 means no owner).
-    cache_ids: AtomicUsize,
+    /// The clock time at or after which the decay step next empties the central lists'
+    /// transfer slots and spare spans into the page heap.
+    next_drain_at: AtomicU64,
 }
 
 /// How long free pages stay resident by default before they go back to the OS.
@@ -105,7 +106,7 @@ impl<S: PageSource> Heap<S> {
             last_now: AtomicU64::new(0),
             decay_ms: AtomicI64::new(DEFAULT_DECAY_MS),
             next_release_at: AtomicU64::new(0),
-            cache_ids: AtomicUsize::new(0),
+            next_drain_at: AtomicU64::new(0),
         }
     }
 
@@ -121,14 +122,8 @@ impl<S: PageSource> Heap<S> {
             last_now: AtomicU64::new(0),
             decay_ms: AtomicI64::new(DEFAULT_DECAY_MS),
             next_release_at: AtomicU64::new(0),
-            cache_ids: AtomicUsize::new(0),
+            next_drain_at: AtomicU64::new(0),
         }
-    }
-
-    /// A new thread-cache id, never 0 and never given before: what a span's owner field
-    /// holds while that cache owns it.
-    pub fn new_cache_id(&self) -> usize {
-        self.cache_ids.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// The page source.
@@ -214,6 +209,14 @@ impl<S: PageSource> Heap<S> {
     #[cold]
     #[inline(never)]
     fn release_step(&self, now: u64, decay: u64) {
+        // What the central lists keep for reuse (whole batches, one spare span a class) goes
+        // back to the page heap on the same clock, at most once a millisecond: idle, it would
+        // otherwise stay resident. Before the page heap lock, which comes after theirs.
+        if now >= self.next_drain_at.load(Ordering::Relaxed) {
+            self.next_drain_at
+                .store(now + (decay / 4).max(1), Ordering::Relaxed);
+            self.drain_centrals();
+        }
         let Some(mut page_heap) = self.page_heap.try_lock() else {
             return;
         };
@@ -242,6 +245,7 @@ impl<S: PageSource> Heap<S> {
             return 0;
         }
         let now = self.now();
+        self.drain_centrals();
         self.page_heap.lock().release(
             now.saturating_sub(decay as u64),
             usize::MAX,
@@ -319,33 +323,6 @@ impl<S: PageSource> Heap<S> {
         if !cached || self.decay_ms() == 0 {
             self.maybe_release();
         }
-    }
-
-    /// Frees `ptr`, an object of small span `span` that the calling thread does not own:
-    /// one compare-and-swap, and a central-lock visit on the rare transitions.
-    ///
-    /// # Safety
-    /// `ptr` is an object of `span` that the caller gives up.
-    #[inline(never)]
-    pub unsafe fn free_remote(&self, span: NonNull<Span>, ptr: *mut u8) {
-        // SAFETY: per the caller.
-        let action = unsafe { span.as_ref().push_remote(ptr) };
-        if action != RemoteAction::Nothing {
-            self.finish_remote_slow(span, action);
-        }
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn finish_remote_slow(&self, span: NonNull<Span>, action: RemoteAction) {
-        // SAFETY: a live small span; `action` came from our own push.
-        let class = unsafe { span.as_ref() }.class();
-        // SAFETY: as above.
-        unsafe {
-            self.central(class)
-                .finish_remote(span, action, &self.backing())
-        };
-        self.maybe_release();
     }
 
     /// Finds what `ptr` is, stopping the process with a message if it is not the start of
@@ -460,11 +437,20 @@ impl<S: PageSource> Heap<S> {
         }
     }
 
-    /// Gives every free resident page back to the OS at once. Returns the bytes released.
+    /// Gives every free resident page back to the OS at once, after emptying the central
+    /// lists' transfer slots and spare spans into the page heap. Returns the bytes released.
     pub fn release_free_memory(&self) -> usize {
+        self.drain_centrals();
         self.page_heap
             .lock()
             .release(u64::MAX, usize::MAX, &self.map, &self.source)
+    }
+
+    /// Empties every central list's transfer slots and spare span into the page heap.
+    pub fn drain_centrals(&self) {
+        for class in SizeClass::all() {
+            self.central(class).drain(&self.backing());
+        }
     }
 
     /// Page heap counters.
@@ -474,7 +460,7 @@ impl<S: PageSource> Heap<S> {
 
     /// What the central list of `class` holds.
     pub fn central_stats(&self, class: SizeClass) -> CentralStats {
-        self.central(class).stats()
+        self.central(class).stats(class)
     }
 
     /// Checks the invariants of every tier (for tests: panics on a violation).
@@ -620,16 +606,18 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn small_spans_return_to_the_page_heap_through_remote_frees() {
+    fn small_spans_return_to_the_page_heap_when_another_cache_frees_their_objects() {
         let heap = heap();
         let mut producer = ThreadCache::new();
         let mut consumer = ThreadCache::new();
         let objs: Vec<_> = (0..10_000).map(|_| producer.alloc(&heap, 48, 8)).collect();
         producer.flush(&heap);
         for p in objs {
-            // SAFETY: live objects, freed once, by a cache that does not own their spans.
+            // SAFETY: live objects, freed once, by a cache that did not allocate them.
             unsafe { consumer.free(&heap, p) };
         }
+        consumer.flush(&heap);
+        heap.release_free_memory();
         heap.check_invariants();
         let st = heap.page_heap_stats();
         assert_eq!(st.small_spans, 0, "every span went back");

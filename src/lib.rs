@@ -31,7 +31,7 @@
 //! | [`page_heap`] | [`page_heap::PageHeap`]: free runs, split and merged; release to the OS | `mheap` |
 //! | [`central_free_list`] | [`central_free_list::CentralFreeList`]: per class, spans no thread owns | `mcentral` |
 //! | [`heap`](mod@heap) | [`heap::Heap`]: the shared tiers as one value; large objects; remote frees | `mheap_` |
-//! | [`thread_cache`] | [`thread_cache::ThreadCache`]: per thread, the spans it owns: one current span per class, and retained ones | `mcache` |
+//! | [`thread_cache`] | [`thread_cache::ThreadCache`]: per thread, free objects by class, moved in batches | `mcache` |
 //! | [`stats`](mod@stats) | [`stats::Stats`]: where every mapped byte is | `MemStats` |
 //! | `global` | the only statics: the heap, the thread-local slot, [`SpanAlloc`], [`raw`] | `mallocgc` |
 //!

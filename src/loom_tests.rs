@@ -1,4 +1,4 @@
-//! loom models of every protocol where threads meet (issue #7). See `docs/loom.md` for what
+//! loom models of every protocol where threads meet. See `docs/loom.md` for what
 //! each model checks, its preemption bound and how to run them:
 //!
 //! ```text
@@ -6,17 +6,17 @@
 //! bash .ci/loom.sh
 //! ```
 //!
-//! Every model runs the real code (the [`Lock`], the span's remote word, the central lists,
+//! Every model runs the real code (the [`Lock`], the central lists and their transfer slots,
 //! the page heap, the page map, thread caches) over real memory from [`ModelPages`]; loom
 //! supplies the atomics, the guarded cells and the futex. Each model ends with a census
-//! that every object is in exactly one place: handed out, on a local list, on a span's free
-//! or remote list, or back in the page heap with its span.
+//! that every object is in exactly one place: handed out, in a thread cache, in a transfer
+//! slot, on its span's free list, or back in the page heap with its span.
 
 use crate::heap::Heap;
 use crate::page_heap::{MAP_ALIGN, PageHeap};
 use crate::pages::{PAGE_SIZE, PageId, Pages};
 use crate::size_class::{SizeClass, class_of};
-use crate::span::{self, OWNED, RemoteAction, Span, SpanKind};
+use crate::span::{Span, SpanKind};
 use crate::sync::{Lock, Ordering};
 use crate::sys::PageSource;
 use crate::thread_cache::ThreadCache;
@@ -56,19 +56,6 @@ fn model(default_bound: usize, f: impl Fn() + Sync + Send + 'static) {
 /// Spawns a loom thread with a stack big enough for the allocator's slow paths.
 fn spawn<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
     thread::Builder::new().stack_size(1 << 20).spawn(f).unwrap()
-}
-
-/// Touches `word` with a read-modify-write that changes nothing, so that loom explores the
-/// other threads' compare-and-swaps on it both before and after this point.
-///
-/// loom 0.7's partial-order reduction remembers only the last access to each atomic: when a
-/// thread loads a word and then compare-and-swaps it, the compare-and-swap is checked only
-/// against that thread's own load, so a plain load by another thread earlier (the owner's
-/// "is the remote list empty?") is never reordered after it, and the interleaving where the
-/// free comes first is never run. A load conflicts with an earlier read-modify-write, so a
-/// probe just before such a load makes loom try the other threads first.
-fn probe(word: &crate::sync::AtomicU64) {
-    word.fetch_or(0, Ordering::Relaxed);
 }
 
 /// A pointer that may cross threads (objects handed from one thread to another).
@@ -200,6 +187,7 @@ impl World {
             "the model freed everything"
         );
         let heap = &self.heap;
+        heap.drain_centrals();
         heap.check_invariants();
         let st = heap.page_heap_stats();
         assert_eq!(
@@ -279,270 +267,6 @@ fn lock_three_threads_two_sleepers() {
 }
 
 // -------------------------------------------------------------------------------------
-// 2. Remote frees racing the owner's collection.
-
-/// An owned span of one page over real memory, built by hand as in `span.rs`'s unit tests,
-/// with a loom cell per object standing for the object's contents: a freeing thread writes
-/// it before it pushes the object, the owner writes it after it collects the object. loom
-/// reports a data race on the cell unless the push's Release and the owner's Acquire order
-/// the two, exactly the publication the remote word promises.
-struct OwnedSpan {
-    span: Box<core::mem::MaybeUninit<Span>>,
-    mem: usize,
-    layout: Layout,
-    contents: Vec<Contents>,
-}
-
-struct Contents(loom::cell::UnsafeCell<u32>);
-// SAFETY: the cell is only a race detector; loom checks every access to it.
-unsafe impl Sync for Contents {}
-
-// SAFETY: the record and memory are shared by the model's threads as the protocol allows.
-unsafe impl Send for OwnedSpan {}
-// SAFETY: as above.
-unsafe impl Sync for OwnedSpan {}
-
-impl OwnedSpan {
-    /// A span of `class` owned by the model's main thread with every object handed out.
-    fn new(class: SizeClass) -> OwnedSpan {
-        let layout = Layout::from_size_align(PAGE_SIZE, PAGE_SIZE).unwrap();
-        // SAFETY: a non-zero size.
-        let mem = unsafe { System.alloc_zeroed(layout) } as usize;
-        let mut span = Box::new(core::mem::MaybeUninit::<Span>::uninit());
-        // SAFETY: fresh memory for the record; not shared yet.
-        unsafe {
-            Span::init(
-                span.as_mut_ptr(),
-                PageId::containing(mem),
-                Pages(1),
-                SpanKind::Unused,
-            );
-            let s = span.assume_init_ref();
-            s.init_small(class);
-            s.bump.set(class.objects() as u32);
-        }
-        let contents = (0..class.objects())
-            .map(|_| Contents(loom::cell::UnsafeCell::new(0)))
-            .collect();
-        OwnedSpan {
-            span,
-            mem,
-            layout,
-            contents,
-        }
-    }
-
-    fn get(&self) -> &Span {
-        // SAFETY: initialised in `new`.
-        unsafe { self.span.assume_init_ref() }
-    }
-
-    fn obj(&self, i: usize) -> Obj {
-        Obj((self.mem + i * self.get().class().size()) as *mut u8)
-    }
-
-    fn index(&self, o: Obj) -> usize {
-        self.get().object_index(o.0 as usize).unwrap()
-    }
-
-    /// The last user of object `i` writes it, then frees it from a thread that does not own
-    /// the span.
-    fn free_remote(&self, i: usize) -> RemoteAction {
-        // SAFETY: loom checks this access.
-        self.contents[i]
-            .0
-            .with_mut(|p| unsafe { *p = i as u32 + 1 });
-        // SAFETY: object `i` was handed out and is given up once.
-        unsafe { self.get().push_remote(self.obj(i).0) }
-    }
-
-    /// The owner takes a list (with `take`), walks it and hands each object out again: the
-    /// next user writes it.
-    fn collect(&self, take: impl Fn(&Span) -> *mut u8, got: &mut Vec<usize>) {
-        let mut at = take(self.get());
-        while !at.is_null() {
-            let i = self.index(Obj(at));
-            // SAFETY: a free object on the list we took; we own it now.
-            at = unsafe { span::next_free(at) };
-            // SAFETY: as above.
-            unsafe { span::mark_allocated(self.obj(i).0) };
-            // SAFETY: loom checks this access.
-            self.contents[i].0.with_mut(|p| unsafe { *p = 0 });
-            got.push(i);
-        }
-    }
-}
-
-impl Drop for OwnedSpan {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout; nothing uses it any more.
-        unsafe { System.dealloc(self.mem as *mut u8, self.layout) };
-    }
-}
-
-/// Two threads free three objects of a span into its remote list while the owner collects
-/// twice; after they finish the owner collects once more. Every object comes back to the
-/// owner exactly once, the owner sees each freeing thread's writes, and the remote word ends
-/// OWNED with an empty list.
-fn remote_frees_race_owner(take: fn(&Span) -> *mut u8) {
-    let s = Arc::new(OwnedSpan::new(class(2560, 3, 1)));
-    let s1 = s.clone();
-    let t1 = spawn(move || {
-        assert_eq!(s1.free_remote(0), RemoteAction::Nothing);
-        assert_eq!(s1.free_remote(1), RemoteAction::Nothing);
-    });
-    let s2 = s.clone();
-    let t2 = spawn(move || assert_eq!(s2.free_remote(2), RemoteAction::Nothing));
-    let mut got = Vec::new();
-    for _ in 0..2 {
-        probe(&s.get().remote);
-        s.collect(take, &mut got);
-    }
-    t1.join().unwrap();
-    t2.join().unwrap();
-    s.collect(take, &mut got);
-    got.sort();
-    assert_eq!(got, [0, 1, 2], "every freed object collected exactly once");
-    assert_eq!(
-        s.get().remote_word(),
-        OWNED,
-        "remote list empty, span still owned"
-    );
-}
-
-#[test]
-fn remote_frees_race_owner_collection() {
-    model(4, || {
-        remote_frees_race_owner(|s| {
-            // SAFETY: the model's main thread owns the span.
-            unsafe { s.take_remote_owned() }
-        })
-    });
-}
-
-/// The broken variant: the owner's swap weakened from Acquire to Relaxed (a copy of
-/// `Span::take_remote_owned`, so production code is untouched). The owner then reuses an
-/// object without seeing the freeing thread's writes to it, and loom reports the race.
-#[test]
-#[should_panic(expected = "Causality violation")]
-fn broken_relaxed_collection_is_caught() {
-    model(3, || {
-        remote_frees_race_owner(|s| {
-            if s.remote.load(Ordering::Relaxed) & 0xffff_ffff == 0 {
-                return null_mut();
-            }
-            let word = s.remote.swap(OWNED, Ordering::Relaxed);
-            match word & 0xffff_ffff {
-                0 => null_mut(),
-                h => (s.start_addr() + h as usize - 1) as *mut u8,
-            }
-        })
-    });
-}
-
-// -------------------------------------------------------------------------------------
-// 3. Central lists lending and taking back spans while remote frees arrive.
-
-/// A thread cache owns a span of two objects, both handed out. It gives the span back to its
-/// central list (`uncache_span` / `disown`) while two other threads free the two objects
-/// remotely. Depending on the order the span is given back wholly free (DEAD at `disown`),
-/// partial (the last free releases it), or full (the first free moves it: FULL, MOVING, and
-/// the mover finds it partial or, if the second free came meanwhile, wholly free). In every
-/// order it goes back to the page heap exactly once.
-#[test]
-fn central_hand_back_races_remote_frees() {
-    model(3, || {
-        let w = World::new();
-        let c = class(4096, 2, 1);
-        let mut owner = ThreadCache::new();
-        let a = w.alloc(&mut owner, c);
-        let b = w.alloc(&mut owner, c);
-        assert!(core::ptr::eq(w.span_of(a), w.span_of(b)), "one span");
-        let w1 = w.clone();
-        let t_owner = spawn(move || owner.flush(&w1.heap));
-        let frees: Vec<_> = [a, b]
-            .into_iter()
-            .map(|o| {
-                let w = w.clone();
-                spawn(move || {
-                    let mut other = ThreadCache::new();
-                    w.free(&mut other, o);
-                    other.flush(&w.heap);
-                })
-            })
-            .collect();
-        t_owner.join().unwrap();
-        for t in frees {
-            t.join().unwrap();
-        }
-        w.assert_all_back_in_page_heap();
-    });
-}
-
-/// A span of a single object, handed out: its owner gives it back (full) while another
-/// thread frees the object. The free either lands on the owned span's remote list (then
-/// `disown` finds the span wholly free) or takes the full span's count to zero (DEAD at
-/// once: the freeing thread takes it off the full list and releases it).
-#[test]
-fn central_full_span_last_free() {
-    model(4, || {
-        let w = World::new();
-        let c = class(8192, 1, 1);
-        let mut owner = ThreadCache::new();
-        let a = w.alloc(&mut owner, c);
-        let w1 = w.clone();
-        let t_owner = spawn(move || owner.flush(&w1.heap));
-        let w2 = w.clone();
-        let t_free = spawn(move || {
-            let mut other = ThreadCache::new();
-            w2.free(&mut other, a);
-            other.flush(&w2.heap);
-        });
-        t_owner.join().unwrap();
-        t_free.join().unwrap();
-        w.assert_all_back_in_page_heap();
-    });
-}
-
-/// A span sits on the partial list with one object handed out and one free. One thread
-/// asks the central list for a span (`cache_span` / `own`) while another frees the handed-out
-/// object remotely, which makes the span wholly free. Either the lender wins (the span is
-/// owned and the free goes to its remote list), or the free wins (DEAD: the lender must skip
-/// the span, even while it is still on the partial list waiting for the freeing thread to
-/// take the central lock, and take a span from the page heap, possibly the same pages once
-/// the freeing thread has released them). The lender never gets an object that is still out.
-#[test]
-fn central_lends_while_last_free_arrives() {
-    model(4, || {
-        let w = World::new();
-        let c = class(4096, 2, 1);
-        let mut first = ThreadCache::new();
-        let a = w.alloc(&mut first, c);
-        let b = w.alloc(&mut first, c);
-        w.free(&mut first, b);
-        first.flush(&w.heap);
-        assert_eq!(w.heap.central_stats(c).partial_spans, 1);
-        let w1 = w.clone();
-        let lender = spawn(move || {
-            let mut cache = ThreadCache::new();
-            let got = w1.alloc(&mut cache, c);
-            (cache, got)
-        });
-        let w2 = w.clone();
-        let freer = spawn(move || {
-            let mut other = ThreadCache::new();
-            w2.free(&mut other, a);
-            other.flush(&w2.heap);
-        });
-        let (mut cache, got) = lender.join().unwrap();
-        freer.join().unwrap();
-        w.free(&mut cache, got);
-        cache.flush(&w.heap);
-        w.assert_all_back_in_page_heap();
-    });
-}
-
-// -------------------------------------------------------------------------------------
 // 4. Page map publication.
 
 /// One thread allocates the heap's first small span (a two-page span): the page heap maps
@@ -591,15 +315,16 @@ fn page_map_reader_never_sees_half_made_span() {
 }
 
 // -------------------------------------------------------------------------------------
-// 5. Thread-exit flush racing remote frees.
+// 5. Thread-exit flush racing frees from other threads.
 
-/// A thread cache owns a span of three objects: one on its local list, two handed out. It
-/// exits (`flush`, which gives the span back with its local list) while another thread
-/// frees one of the handed-out objects remotely, before or after the hand-back. Afterwards a
-/// new cache takes the span and must get exactly the two free objects (from the span's free
-/// list and its remote list), never the one still handed out; then everything goes back.
+/// A thread cache holds one free object of a span of three, two handed out. It exits
+/// (`flush`, which gives its objects back to the central list) while another thread frees
+/// one of the handed-out objects into its own cache and flushes it, before or after. Both
+/// hand their objects back under the central lock, each to its span. Afterwards a new cache
+/// takes a batch and must get exactly the two free objects, never the one still handed out;
+/// then everything goes back.
 #[test]
-fn thread_exit_flush_races_remote_free() {
+fn thread_exit_flush_races_another_threads_free() {
     model(4, || {
         let w = World::new();
         let c = class(2560, 3, 1);
@@ -619,7 +344,7 @@ fn thread_exit_flush_races_remote_free() {
         t_exit.join().unwrap();
         t_free.join().unwrap();
         let st = w.heap.central_stats(c);
-        assert_eq!((st.spans, st.partial_spans, st.unowned_in_use), (1, 1, 1));
+        assert_eq!((st.spans, st.partial_spans, st.out_of_spans), (1, 1, 1));
         let mut next = ThreadCache::new();
         let got = BTreeSet::from([w.alloc(&mut next, c), w.alloc(&mut next, c)]);
         assert_eq!(
@@ -635,52 +360,12 @@ fn thread_exit_flush_races_remote_free() {
     });
 }
 
-/// A thread frees into a span it retains (a filled span it still owns: a plain push on the
-/// span's own list, after reading the span's owner field) while another thread frees into
-/// the same span (it reads a foreign owner and pushes on the remote list). Meanwhile the
-/// owner runs its current span dry and switches to the retained span: it gets its own freed
-/// object first, then the remote one if that has arrived (the collection's swap against the
-/// push's CAS), else a new span. Never an object twice (`World::alloc`), and in the end
-/// everything is back in the page heap.
+/// As above with a third thread: the exiting cache gives its object back while the two
+/// objects it handed out are freed by two other threads, so the span can become wholly free
+/// through any of the three hand-backs. It goes back to the page heap (or becomes the spare)
+/// exactly once.
 #[test]
-fn retained_span_local_and_remote_frees() {
-    model(4, || {
-        let w = World::new();
-        let c = class(2560, 3, 1);
-        let mut owner = ThreadCache::new();
-        let first: Vec<Obj> = (0..4).map(|_| w.alloc(&mut owner, c)).collect();
-        let (a, b) = (first[0], first[1]);
-        assert!(core::ptr::eq(w.span_of(a), w.span_of(first[2])), "one span");
-        assert!(
-            !core::ptr::eq(w.span_of(a), w.span_of(first[3])),
-            "then a new one"
-        );
-        let w2 = w.clone();
-        let t_free = spawn(move || {
-            let mut other = ThreadCache::new();
-            w2.free(&mut other, b);
-            other.flush(&w2.heap);
-        });
-        w.free(&mut owner, a);
-        let rest = [w.alloc(&mut owner, c), w.alloc(&mut owner, c)];
-        assert_eq!(w.alloc(&mut owner, c), a, "the owner's own free first");
-        probe(&w.span_of(a).remote);
-        let next = w.alloc(&mut owner, c);
-        t_free.join().unwrap();
-        for o in [a, next, first[2], first[3]].into_iter().chain(rest) {
-            w.free(&mut owner, o);
-        }
-        owner.flush(&w.heap);
-        w.assert_all_back_in_page_heap();
-    });
-}
-
-/// As above with a third thread: the exiting cache gives the span back while the two
-/// objects it handed out are freed remotely by two threads, so the span can become wholly
-/// free in every way (at `disown`, or by either remote free, from the partial list). It goes
-/// back to the page heap exactly once.
-#[test]
-fn thread_exit_flush_races_two_remote_frees() {
+fn thread_exit_flush_races_two_frees_from_other_threads() {
     model(3, || {
         let w = World::new();
         let c = class(2560, 3, 1);
@@ -706,6 +391,40 @@ fn thread_exit_flush_races_two_remote_frees() {
         for t in frees {
             t.join().unwrap();
         }
+        w.assert_all_back_in_page_heap();
+    });
+}
+
+// -------------------------------------------------------------------------------------
+// 6. Objects freed by another thread race the allocating thread's refills.
+
+/// One cache allocates two objects of a class with one object per span (a batch of two),
+/// then hands them to another thread, which frees them into its own cache (each free past
+/// that cache's bound hands the object back: to its span, which becomes the spare or goes
+/// back to the page heap) while the first cache allocates two more (a refill from the
+/// spare, from a span just given back, or from new pages). No object is handed out twice
+/// (`World::alloc`), and in the end every span is back in the page heap exactly once.
+#[test]
+fn frees_from_another_thread_race_refills() {
+    model(3, || {
+        let w = World::new();
+        let c = class(24576, 1, 3);
+        let mut owner = ThreadCache::new();
+        let given = [w.alloc(&mut owner, c), w.alloc(&mut owner, c)];
+        let w2 = w.clone();
+        let t_free = spawn(move || {
+            let mut other = ThreadCache::new();
+            for o in given {
+                w2.free(&mut other, o);
+            }
+            other.flush(&w2.heap);
+        });
+        let more = [w.alloc(&mut owner, c), w.alloc(&mut owner, c)];
+        t_free.join().unwrap();
+        for o in more {
+            w.free(&mut owner, o);
+        }
+        owner.flush(&w.heap);
         w.assert_all_back_in_page_heap();
     });
 }

@@ -26,14 +26,51 @@ const LEAF_BITS: u32 = LEAF_SPAN_BITS - PAGE_SHIFT;
 const ROOT_LEN: usize = 1 << ROOT_BITS;
 const LEAF_LEN: usize = 1 << LEAF_BITS;
 
+/// A leaf: for each page of its GiB, the span record and the page's small-object word.
 #[cfg(not(loom))]
-type Leaf = [AtomicPtr<Span>; LEAF_LEN];
+#[repr(C)]
+struct Leaf {
+    spans: [AtomicPtr<Span>; LEAF_LEN],
+    small: [AtomicUsize; LEAF_LEN],
+}
 #[cfg(not(loom))]
 type Root = [AtomicPtr<Leaf>; ROOT_LEN];
 #[cfg(loom)]
-type Leaf = loom_node::Node<Span, { loom_node::LEAF_SLOTS }>;
+struct Leaf {
+    spans: loom_node::Node<Span, { loom_node::LEAF_SLOTS }>,
+    small: loom_node::WordNode<{ loom_node::LEAF_SLOTS }>,
+}
+#[cfg(loom)]
+impl Leaf {
+    fn new() -> Leaf {
+        Leaf {
+            spans: loom_node::Node::new(),
+            small: loom_node::WordNode::new(),
+        }
+    }
+}
 #[cfg(loom)]
 type Root = loom_node::Node<Leaf, { loom_node::ROOT_SLOTS }>;
+
+/// The small-object word of a page of a small span: the span's first byte with its size
+/// class in the low bits (spans start on page boundaries, so those bits are free). 0 for
+/// every other page. What the sizeless `free` needs, in one load from the leaf.
+#[inline(always)]
+pub const fn small_word(start_addr: usize, class: u8) -> usize {
+    start_addr | class as usize
+}
+
+/// The size class index in a small-object word (0: not a small span's page).
+#[inline(always)]
+pub const fn word_class(word: usize) -> usize {
+    word & (PAGE_SIZE - 1)
+}
+
+/// The span start in a small-object word.
+#[inline(always)]
+pub const fn word_start(word: usize) -> usize {
+    word & !(PAGE_SIZE - 1)
+}
 
 /// Under loom a node is a few loom atomics, made by loom (written into the node's memory
 /// after it is mapped) rather than read from zeroed memory, and an index folds onto them
@@ -41,7 +78,7 @@ type Root = loom_node::Node<Leaf, { loom_node::ROOT_SLOTS }>;
 /// gives each of them, and each neighbour the page heap looks up, a slot of its own.
 #[cfg(loom)]
 mod loom_node {
-    use crate::sync::AtomicPtr;
+    use crate::sync::{AtomicPtr, AtomicUsize};
     use core::ptr::null_mut;
 
     pub(super) const ROOT_SLOTS: usize = 2;
@@ -58,6 +95,21 @@ mod loom_node {
     impl<T, const N: usize> core::ops::Index<usize> for Node<T, N> {
         type Output = AtomicPtr<T>;
         fn index(&self, i: usize) -> &AtomicPtr<T> {
+            &self.0[i % N]
+        }
+    }
+
+    pub(super) struct WordNode<const N: usize>([AtomicUsize; N]);
+
+    impl<const N: usize> WordNode<N> {
+        pub(super) fn new() -> Self {
+            WordNode(core::array::from_fn(|_| AtomicUsize::new(0)))
+        }
+    }
+
+    impl<const N: usize> core::ops::Index<usize> for WordNode<N> {
+        type Output = AtomicUsize;
+        fn index(&self, i: usize) -> &AtomicUsize {
             &self.0[i % N]
         }
     }
@@ -110,7 +162,47 @@ impl PageMap {
         let l = (addr >> PAGE_SHIFT) & (LEAF_LEN - 1);
         // Acquire pairs with the Release in `set`: the span record is fully written.
         // SAFETY: `leaf` points to a live leaf and `l` is in bounds.
-        unsafe { (*leaf)[l].load(Ordering::Acquire) }
+        unsafe { (*leaf).spans[l].load(Ordering::Acquire) }
+    }
+
+    /// The small-object word of the page holding `addr` (see [`small_word`]), or 0.
+    /// Lock-free, three loads. Relaxed: a caller freeing a valid object got it, through
+    /// the program's own synchronisation, after the word was written; a caller with an
+    /// invalid pointer may read a stale word, which the pointer checks then judge.
+    #[inline(always)]
+    pub fn small_word_of(&self, addr: usize) -> usize {
+        // Acquire pairs with the Release stores in `ensure`: the nodes' zeroing is visible.
+        let root = self.root.load(Ordering::Acquire);
+        let r = addr >> LEAF_SPAN_BITS;
+        if root.is_null() || r >= ROOT_LEN {
+            return 0;
+        }
+        // SAFETY: `root` points to a live root node and `r` is in bounds.
+        let leaf = unsafe { (*root)[r].load(Ordering::Acquire) };
+        if leaf.is_null() {
+            return 0;
+        }
+        let l = (addr >> PAGE_SHIFT) & (LEAF_LEN - 1);
+        // SAFETY: `leaf` points to a live leaf and `l` is in bounds.
+        unsafe { (*leaf).small[l].load(Ordering::Relaxed) }
+    }
+
+    /// Writes the small-object word of every page in `[start, start + pages)` (covered by
+    /// [`PageMap::ensure`]): [`small_word`] when the pages become a small span, 0 before
+    /// they stop being one. Caller holds the span exclusively (its central list's lock, or
+    /// the span is not yet published to a central list).
+    pub fn set_small_words(&self, start: PageId, pages: Pages, word: usize) {
+        let root = self.root.load(Ordering::Relaxed);
+        debug_assert!(!root.is_null());
+        for p in start.0..start.0 + pages.0 {
+            let addr = PageId(p).addr();
+            // SAFETY: `ensure` covered these pages, so the root and leaf exist.
+            unsafe {
+                let leaf = (*root)[addr >> LEAF_SPAN_BITS].load(Ordering::Relaxed);
+                debug_assert!(!leaf.is_null());
+                (*leaf).small[(addr >> PAGE_SHIFT) & (LEAF_LEN - 1)].store(word, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Makes sure every page in `[start, start + pages)` has a slot. `false` if a node could
@@ -178,7 +270,7 @@ impl PageMap {
             let leaf = (*root)[addr >> LEAF_SPAN_BITS].load(Ordering::Relaxed);
             debug_assert!(!leaf.is_null());
             // Release pairs with the Acquire in `lookup`: the record is published whole.
-            (*leaf)[(addr >> PAGE_SHIFT) & (LEAF_LEN - 1)].store(span, Ordering::Release);
+            (*leaf).spans[(addr >> PAGE_SHIFT) & (LEAF_LEN - 1)].store(span, Ordering::Release);
         }
     }
 

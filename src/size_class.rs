@@ -18,7 +18,7 @@ use crate::pages::{PAGE_SIZE, Pages};
 // Generated and checked by a freshness test: rustfmt must leave it as generated.
 #[rustfmt::skip]
 #[path = "size_class_table.rs"]
-mod table;
+pub(crate) mod table;
 
 pub use table::CLASS_COUNT;
 

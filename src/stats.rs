@@ -1,11 +1,10 @@
 //! Statistics: where every mapped byte is. See `lib.rs` for an overview.
 //!
 //! A snapshot is computed by walking the tiers under their locks (each central list, then
-//! the page heap), so the fast paths keep no shared counter. Spans owned by other threads'
-//! caches cannot be looked into (their free lists belong to those threads): they are
-//! reported whole, as [`Stats::other_thread_caches`]. After every live thread has called
-//! [`crate::flush_thread_cache`] (threads that exited are flushed already) no span is
-//! owned and every figure is exact; the calling thread's own cache is always exact.
+//! the page heap), so the fast paths keep no shared counter. The caches the caller passes
+//! (its own, the orphan cache) are looked into exactly; free objects in other live threads'
+//! caches cannot be seen and are counted in [`Stats::in_use`] until those threads call
+//! [`crate::flush_thread_cache`] or exit (exited threads are flushed already).
 
 use crate::heap::Heap;
 use crate::size_class::{CLASS_COUNT, SizeClass};
@@ -21,15 +20,14 @@ pub struct ClassStats {
     pub spans: usize,
     /// Objects handed out (in spans this snapshot can see into).
     pub objects_in_use: usize,
-    /// Free objects (in spans this snapshot can see into).
+    /// Free objects: in their spans, in the central list's transfer slots, and in the
+    /// caches this snapshot looks into.
     pub free_objects: usize,
-    /// Spans owned by other threads' caches, not looked into.
-    pub other_cached_spans: usize,
 }
 
 /// A snapshot of the allocator. The byte fields other than `mapped` and `metadata` add up
-/// to `mapped`: `in_use + thread_cache + other_thread_caches + central + span_overhead +
-/// page_heap_free + released == mapped`.
+/// to `mapped`: `in_use + thread_cache + central + span_overhead + page_heap_free + released
+/// == mapped`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stats {
     /// Bytes in objects the program holds, counted at their class size (small) or whole
@@ -37,12 +35,10 @@ pub struct Stats {
     pub in_use: usize,
     /// Of which in large objects.
     pub large_in_use: usize,
-    /// Free object bytes in the calling thread's cache and the orphan cache (their owned
-    /// spans).
+    /// Free object bytes in the calling thread's cache and the orphan cache, and their
+    /// stashed large spans.
     pub thread_cache: usize,
-    /// Bytes of whole spans owned by other threads' caches (their used and free objects).
-    pub other_thread_caches: usize,
-    /// Free object bytes in spans no thread owns (central lists).
+    /// Free object bytes in the central lists: in spans, and in the transfer slots.
     pub central: usize,
     /// Bytes of small spans past their last whole object.
     pub span_overhead: usize,
@@ -68,7 +64,6 @@ pub fn snapshot<S: PageSource>(heap: &Heap<S>, own: &[&ThreadCache]) -> Stats {
         in_use: 0,
         large_in_use: 0,
         thread_cache: 0,
-        other_thread_caches: 0,
         central: 0,
         span_overhead: 0,
         page_heap_free: 0,
@@ -78,14 +73,12 @@ pub fn snapshot<S: PageSource>(heap: &Heap<S>, own: &[&ThreadCache]) -> Stats {
         released_total: 0,
         classes: [ClassStats::default(); CLASS_COUNT],
     };
-    let mut own_held = [0usize; CLASS_COUNT];
-    let mut own_spans = [0usize; CLASS_COUNT];
+    let mut cached = [0usize; CLASS_COUNT];
     let mut stashed = 0;
     for cache in own {
         stashed += cache.stashed_bytes();
-        for (class, free) in cache.owned_spans() {
-            own_held[class.index()] += free;
-            own_spans[class.index()] += 1;
+        for (c, n) in cache.cached_objects().into_iter().enumerate() {
+            cached[c] += n;
         }
     }
     for class in SizeClass::all() {
@@ -93,24 +86,20 @@ pub fn snapshot<S: PageSource>(heap: &Heap<S>, own: &[&ThreadCache]) -> Stats {
         let size = class.size();
         let span_bytes = class.pages().bytes();
         let cap = class.objects();
-        let unlisted = c.spans - c.partial_spans - c.full_spans;
-        // Unlisted spans are owned (by us or others), or in transit between a list and the
-        // page heap (only while another thread is mid-free: never on a quiescent process).
-        let others = unlisted.saturating_sub(own_spans[class.index()]);
-        let own_free = own_held[class.index()];
-        let own_in_use = own_spans[class.index()] * cap - own_free;
+        let own = cached[class.index()];
+        // Objects out of the spans are held by the program, by caches, or in the transfer
+        // slots. (A cache's count is a moment behind its list only while its thread works.)
+        let in_use = c.out_of_spans.saturating_sub(c.transfer + own);
         st.classes[class.index()] = ClassStats {
             object_size: size,
             spans: c.spans,
-            objects_in_use: c.unowned_in_use + own_in_use,
-            free_objects: c.unowned_free + own_free,
-            other_cached_spans: others,
+            objects_in_use: in_use,
+            free_objects: c.in_spans_free + c.transfer + own,
         };
-        st.in_use += (c.unowned_in_use + own_in_use) * size;
-        st.thread_cache += own_free * size;
-        st.central += c.unowned_free * size;
-        st.other_thread_caches += others * span_bytes;
-        st.span_overhead += (c.spans - others) * (span_bytes - cap * size);
+        st.in_use += in_use * size;
+        st.thread_cache += own * size;
+        st.central += (c.in_spans_free + c.transfer) * size;
+        st.span_overhead += c.spans * (span_bytes - cap * size);
     }
     let ph = heap.page_heap_stats();
     // The page heap counts stashed large spans (freed into a thread cache) as in use.
@@ -130,7 +119,6 @@ impl Stats {
     pub fn parts(&self) -> usize {
         self.in_use
             + self.thread_cache
-            + self.other_thread_caches
             + self.central
             + self.span_overhead
             + self.page_heap_free

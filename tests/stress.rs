@@ -41,6 +41,8 @@ extern "C" fn run_child_before_main() {
     let start = std::time::Instant::now();
     let threads = stress_impl::run(PARAMS);
     spanalloc::flush_thread_cache();
+    // What the central lists keep for reuse (whole batches, a spare span) goes back too.
+    spanalloc::release_free_memory();
     let heap = spanalloc::heap();
     heap.check_invariants();
     let st = heap.page_heap_stats();

@@ -89,6 +89,21 @@ fn memalign_impl(align: usize, size: usize) -> *mut c_void {
 /// `ptr` is non-null; if spanalloc handed it out, it is not used afterwards.
 #[inline(always)]
 unsafe fn free_keep_errno(ptr: *mut c_void) {
+    // The fast path touches no errno; only the slow path may (a system call).
+    // SAFETY: per the caller.
+    if !unsafe { raw::free_fast(ptr.cast()) } {
+        // SAFETY: per the caller.
+        unsafe { free_slow_keep_errno(ptr) }
+    }
+}
+
+/// The slow path of [`free_keep_errno`], saving and restoring `errno` around it.
+///
+/// # Safety
+/// As [`free_keep_errno`].
+#[cold]
+#[inline(never)]
+unsafe fn free_slow_keep_errno(ptr: *mut c_void) {
     // SAFETY: `__errno_location` returns this thread's errno slot, always valid.
     let errno = unsafe { libc::__errno_location() };
     // SAFETY: as above.
@@ -284,31 +299,22 @@ pub unsafe extern "C" fn malloc_usable_size(ptr: *mut c_void) -> usize {
 }
 
 /// C23 `free_sized`: frees `ptr`, allocated by `malloc`, `calloc` or `realloc` with `size`
-/// bytes; the size spares the page-map lookup when the thread owns the object's span.
+/// bytes. The class comes from the page map, as for `free` (which checks the pointer); a
+/// debug build also checks it against `size`.
 ///
 /// # Safety
 /// As [`free`], and `size` is the size that was asked for (C23 leaves a wrong size
-/// undefined; here a release build falls back to the checked free, a debug build stops).
+/// undefined; here a release build ignores it, a debug build stops).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn free_sized(ptr: *mut c_void, size: usize) {
     if ptr.is_null() {
         return;
     }
-    match c_size(size) {
-        Some(n) => {
-            // SAFETY: `__errno_location` returns this thread's errno slot, always valid.
-            let errno = unsafe { libc::__errno_location() };
-            // SAFETY: as above.
-            let saved = unsafe { *errno };
-            // SAFETY: per the caller, a block of ours allocated as `raw::alloc(n,
-            // MIN_ALIGN)`.
-            unsafe { raw::dealloc(ptr.cast(), n, MIN_ALIGN) };
-            // SAFETY: as above.
-            unsafe { *errno = saved };
-        }
-        // SAFETY: non-null, and per the caller.
-        None => unsafe { free_keep_errno(ptr) },
+    if let (true, Some(n)) = (cfg!(debug_assertions), c_size(size)) {
+        spanalloc::thread_cache::check_layout(spanalloc::heap(), ptr.cast(), n, MIN_ALIGN);
     }
+    // SAFETY: non-null, and per the caller.
+    unsafe { free_keep_errno(ptr) }
 }
 
 /// C23 `free_aligned_sized`: frees `ptr`, allocated by `aligned_alloc(align, size)`.

@@ -1,0 +1,320 @@
+//! The thread cache's per-class lists of free objects: the fast paths (pop, push), and the
+//! slow paths that move batches to and from the central lists. See `lib.rs` for an
+//! overview.
+//!
+//! A bin holds free objects of one class from any span (TCMalloc's `ThreadCache::FreeList`):
+//! a free never asks which span the object is in, so a free that lands far from the last
+//! allocation costs what a free of the last allocation costs. Each bin has a length and a
+//! bound; allocation from an empty bin fetches a batch from the central list
+//! ([`ThreadCache::alloc_slow`]), a free past the bound hands a batch back
+//! (`ThreadCache::release_slow`). The bound starts at one batch and grows by one each
+//! time the bin runs dry, up to [`class_bound`], so a class a thread uses a lot keeps more.
+
+use super::ThreadCache;
+use crate::central_free_list::batch_size;
+use crate::heap::Heap;
+use crate::page_map::{word_class, word_start};
+use crate::size_class::{CLASS_COUNT, SMALL_STEP_LIMIT, SizeClass};
+use crate::span;
+use crate::sys::PageSource;
+use core::ptr::null_mut;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+/// The most bytes of free objects a bin keeps (its bound is at least two batches).
+pub const BIN_BYTES: usize = 256 << 10;
+
+/// One size class of a thread cache.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Bin {
+    /// Free objects, each carrying the free key, linked through their first word.
+    pub(super) head: *mut u8,
+    /// How many are on `head`. Only the owner writes it; an atomic (Relaxed, plain moves)
+    /// only so that statistics may read it from elsewhere.
+    pub(super) len: AtomicU32,
+    /// Past this many, a free hands a batch back.
+    pub(super) max: u32,
+}
+
+impl Bin {
+    pub(super) const fn empty() -> Bin {
+        Bin {
+            head: null_mut(),
+            len: AtomicU32::new(0),
+            max: 0,
+        }
+    }
+
+    #[inline(always)]
+    pub(super) fn len(&self) -> u32 {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    #[inline(always)]
+    fn set_len(&self, len: u32) {
+        self.len.store(len, Ordering::Relaxed);
+    }
+}
+
+/// The most objects a bin of `class` keeps: [`BIN_BYTES`] worth, at least two batches.
+#[inline]
+pub fn class_bound(class: SizeClass) -> u32 {
+    (BIN_BYTES / class.size()).max(2 * batch_size(class)) as u32
+}
+
+/// Per class, what the free path checks an offset into a span against: `ceil(2^64 / size)`
+/// (an offset `n < 2^32` is a multiple of `size` exactly when `n * m mod 2^64 < m`, Lemire's
+/// divisibility test) and the bytes the span's objects cover. Class 0 (not a small span's
+/// page) matches no offset.
+#[derive(Copy, Clone)]
+struct OffsetCheck {
+    multiple: u64,
+    bytes: u64,
+}
+
+static OFFSET_CHECK: [OffsetCheck; CLASS_COUNT] = {
+    let mut table = [OffsetCheck {
+        multiple: 0,
+        bytes: 0,
+    }; CLASS_COUNT];
+    let mut c = 1;
+    while c < CLASS_COUNT {
+        let size = crate::size_class::table::CLASS_SIZE[c] as u64;
+        let objects = crate::size_class::table::CLASS_OBJECTS[c] as u64;
+        table[c] = OffsetCheck {
+            multiple: u64::MAX / size + 1,
+            bytes: size * objects,
+        };
+        c += 1;
+    }
+    table
+};
+
+/// Whether `offset` from the start of a span of class index `class` is the start of one of
+/// its objects. One multiply and two compares.
+#[inline(always)]
+fn is_object_offset(class: usize, offset: usize) -> bool {
+    // SAFETY: `class` comes from a small-object word, which holds a class index below
+    // CLASS_COUNT (see `page_map::small_word`).
+    let check = unsafe { OFFSET_CHECK.get_unchecked(class) };
+    (offset as u64) < check.bytes && (offset as u64).wrapping_mul(check.multiple) < check.multiple
+}
+
+/// The byte offset in [`ThreadCache`]'s bins of the bin for each size `0..=SMALL_STEP_LIMIT`:
+/// the allocation fast path indexes it with the size itself and gets the bin's address in
+/// one load. `const`, so a constant size still folds to its bin.
+const SMALL_BIN_OFFSET: [u16; SMALL_STEP_LIMIT + 1] = {
+    let mut table = [0u16; SMALL_STEP_LIMIT + 1];
+    let mut size = 0;
+    while size <= SMALL_STEP_LIMIT {
+        let offset = crate::size_class::class_index_of_small(size) * core::mem::size_of::<Bin>();
+        assert!(offset <= u16::MAX as usize);
+        table[size] = offset as u16;
+        size += 1;
+    }
+    table
+};
+
+impl ThreadCache {
+    #[inline(always)]
+    pub(super) fn bin(&mut self, class: SizeClass) -> &mut Bin {
+        // SAFETY: a `SizeClass` always indexes the class table, which has CLASS_COUNT
+        // entries (classes are made only from the table or checked lookups).
+        unsafe { self.bins.get_unchecked_mut(class.index()) }
+    }
+
+    /// The bin of the class of `size`.
+    ///
+    /// # Safety
+    /// `size <= SMALL_STEP_LIMIT`.
+    #[inline(always)]
+    pub(super) unsafe fn small_bin(&mut self, size: usize) -> &mut Bin {
+        // SAFETY: `size` indexes the table (per the caller), whose entries are byte offsets
+        // of elements of `bins`.
+        unsafe {
+            let offset = *SMALL_BIN_OFFSET.get_unchecked(size) as usize;
+            &mut *self.bins.as_mut_ptr().byte_add(offset)
+        }
+    }
+
+    /// Pops a free object of `class`, or null when the bin is empty (then call
+    /// [`ThreadCache::alloc_slow`]). No atomic, no lock.
+    #[inline(always)]
+    pub fn pop(&mut self, class: SizeClass) -> *mut u8 {
+        pop_from(self.bin(class))
+    }
+
+    /// As [`ThreadCache::pop`] for the class of `size`, found with one table load.
+    ///
+    /// # Safety
+    /// `size <= SMALL_STEP_LIMIT`.
+    #[inline(always)]
+    pub unsafe fn pop_small(&mut self, size: usize) -> *mut u8 {
+        // SAFETY: per the caller.
+        pop_from(unsafe { self.small_bin(size) })
+    }
+
+    /// As [`ThreadCache::pop_small`] through a raw pointer: forms a reference to the bin only
+    /// when it holds an object, so that a cache shared by several threads and never filled
+    /// (the one of exited threads) is only read.
+    ///
+    /// # Safety
+    /// `size <= SMALL_STEP_LIMIT`; `cache` points to a live cache that is either this
+    /// thread's alone or never holds an object.
+    #[inline(always)]
+    pub unsafe fn pop_small_raw(cache: *mut ThreadCache, size: usize) -> *mut u8 {
+        // SAFETY: per the caller; the table's entries are byte offsets of elements of `bins`.
+        unsafe {
+            let offset = *SMALL_BIN_OFFSET.get_unchecked(size) as usize;
+            let bin = (&raw mut (*cache).bins).cast::<Bin>().byte_add(offset);
+            if (*bin).head.is_null() {
+                return null_mut();
+            }
+            pop_from(&mut *bin)
+        }
+    }
+
+    /// As [`ThreadCache::pop`], through a raw pointer (see [`ThreadCache::pop_small_raw`]).
+    ///
+    /// # Safety
+    /// As [`ThreadCache::pop_small_raw`], without the bound on the size.
+    #[inline(always)]
+    pub unsafe fn pop_raw(cache: *mut ThreadCache, class: SizeClass) -> *mut u8 {
+        // SAFETY: per the caller; a class indexes the bins.
+        unsafe {
+            let bin = (&raw mut (*cache).bins).cast::<Bin>().add(class.index());
+            if (*bin).head.is_null() {
+                return null_mut();
+            }
+            pop_from(&mut *bin)
+        }
+    }
+
+    /// Frees `ptr` if the page map's small-object word `word` of its page says it is the
+    /// start of an object of a small span: pushes it on its class's bin (handing a batch back
+    /// past the bin's bound). Returns `false`, having done nothing, otherwise (a large
+    /// object, or a pointer that is no object's start: the caller's checked path). No
+    /// atomic, no lock on the common path.
+    ///
+    /// # Safety
+    /// `ptr` is a pointer the caller gives up; `word` is `heap`'s small-object word of its
+    /// page.
+    #[inline(always)]
+    pub unsafe fn push_small<S: PageSource>(
+        &mut self,
+        heap: &Heap<S>,
+        ptr: *mut u8,
+        word: usize,
+    ) -> bool {
+        let class = word_class(word);
+        if !is_object_offset(class, (ptr as usize).wrapping_sub(word_start(word))) {
+            return false;
+        }
+        let key = self.key;
+        // SAFETY: `class` is below CLASS_COUNT (a small-object word's class).
+        let bin = unsafe { self.bins.get_unchecked_mut(class) };
+        // SAFETY: the start of an object of a small span, given up by the caller.
+        unsafe {
+            span::mark_freed(ptr, key);
+            span::set_next_free(ptr, bin.head);
+        }
+        bin.head = ptr;
+        let len = bin.len() + 1;
+        bin.set_len(len);
+        if len > bin.max {
+            self.release_slow(heap, SizeClass(class as u8));
+        }
+        true
+    }
+
+    /// Fills the empty bin of `class` with a batch from its central list and pops one object.
+    /// Null when out of memory.
+    #[cold]
+    #[inline(never)]
+    pub fn alloc_slow<S: PageSource>(&mut self, heap: &Heap<S>, class: SizeClass) -> *mut u8 {
+        let obj = self.pop(class);
+        if !obj.is_null() {
+            return obj;
+        }
+        self.maybe_trim(heap);
+        heap.maybe_release();
+        self.activate();
+        let batch = batch_size(class);
+        let key = self.key;
+        let (list, n) = heap
+            .central(class)
+            .remove_range(class, batch, key, &heap.backing());
+        if n == 0 {
+            return null_mut();
+        }
+        let bound = class_bound(class);
+        let bin = self.bin(class);
+        // Ran dry: keep one batch more from now on.
+        bin.max = (bin.max + batch as u32).min(bound);
+        bin.head = list;
+        bin.set_len(n as u32);
+        self.pop(class)
+    }
+
+    /// Hands a batch of the bin of `class` (past its bound) back to the central list: the
+    /// most recently freed objects, whose links are in cache.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn release_slow<S: PageSource>(&mut self, heap: &Heap<S>, class: SizeClass) {
+        let batch = batch_size(class);
+        let bin = self.bin(class);
+        let len = bin.len() as usize;
+        let n = batch.min(len);
+        let head = bin.head;
+        let mut tail = head;
+        // SAFETY: the bin holds `len >= n` free objects linked through their first word.
+        unsafe {
+            for _ in 1..n {
+                tail = span::next_free(tail);
+            }
+            bin.head = span::next_free(tail);
+            span::set_next_free(tail, null_mut());
+        }
+        bin.set_len((len - n) as u32);
+        // SAFETY: `n` free objects of `class`, ours, given up.
+        unsafe {
+            heap.central(class)
+                .insert_range(class, head, n, &heap.backing())
+        };
+    }
+
+    /// Hands every object of the bin of `class` back to its central list.
+    pub(super) fn empty_bin<S: PageSource>(&mut self, heap: &Heap<S>, class: SizeClass) {
+        let bin = self.bin(class);
+        let head = core::mem::replace(&mut bin.head, null_mut());
+        let len = bin.len() as usize;
+        bin.set_len(0);
+        bin.max = 0;
+        // SAFETY: the bin's `len` free objects of `class`, ours, given up.
+        unsafe {
+            heap.central(class)
+                .insert_range(class, head, len, &heap.backing())
+        };
+    }
+
+    /// Free objects in this cache, by class (for statistics).
+    pub fn cached_objects(&self) -> [usize; CLASS_COUNT] {
+        core::array::from_fn(|c| self.bins[c].len() as usize)
+    }
+}
+
+/// Pops a free object from `bin`, or null.
+#[inline(always)]
+fn pop_from(bin: &mut Bin) -> *mut u8 {
+    let obj = bin.head;
+    if !obj.is_null() {
+        // SAFETY: objects on a bin are free objects of its class, linked through their first
+        // word; the one popped is handed out.
+        unsafe {
+            bin.head = span::next_free(obj);
+            span::mark_allocated(obj);
+        }
+        bin.set_len(bin.len().wrapping_sub(1));
+    }
+    obj
+}

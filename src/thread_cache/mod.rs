@@ -1,0 +1,298 @@
+//! The thread cache: per thread, per size class, a list of free objects the thread pops and
+//! pushes with no atomic and no lock (TCMalloc's `ThreadCache`; Go's `mcache` keeps spans
+//! instead). See `lib.rs` for an overview.
+//!
+//! | file | concern |
+//! |---|---|
+//! | `mod.rs` | the value, and the whole operations the global allocator and the tests use |
+//! | [`bins`] | the per-class lists: fast paths, batches to and from the central lists |
+//! | `large.rs` | freed large spans kept for reuse (the stash), and lending them to growing buffers |
+//! | `realloc.rs` | `realloc`: in place where it can, buffers that keep growing |
+//!
+//! The value is plain data without `Drop`; `global.rs` keeps one per thread in a
+//! `const`-initialised thread local and flushes it at thread exit. Tests build them freely
+//! over a heap of fake pages.
+
+pub mod bins;
+mod large;
+mod realloc;
+#[cfg(all(test, not(loom)))]
+mod tests;
+
+use crate::heap::{Heap, Owner};
+use crate::size_class::{self, CLASS_COUNT, SizeClass};
+use crate::span::Span;
+use crate::sys::PageSource;
+use bins::Bin;
+use core::ptr::null_mut;
+
+/// Freed large spans a cache keeps for its next large allocations of the same length.
+const STASH_SLOTS: usize = 4;
+
+/// [`ThreadCache::maybe_trim`] reads the clock on one call in this many.
+const TRIM_CLOCK_EVERY: u32 = 64;
+
+/// A thread's cache: free objects by size class, and freed large spans.
+#[repr(C)]
+pub struct ThreadCache {
+    /// A copy of the double-free key (`check::free_key`), taken when the cache is first
+    /// activated, so the free fast path reads it from the cache rather than a global.
+    key: u64,
+    /// Whether the cache may hold anything: only a cache that will be flushed (a thread's
+    /// registered cache, the orphan cache, a test's) is activated. The free fast path reads
+    /// it (through a raw pointer) before it forms a reference to the cache.
+    active: bool,
+    /// By class; a bin's address is the cache's plus a constant plus `class * 16`.
+    bins: [Bin; CLASS_COUNT],
+    /// When [`ThreadCache::maybe_trim`] next looks at the stash (heap clock, ms).
+    trim_at: u64,
+    /// Calls of [`ThreadCache::maybe_trim`] (it reads the clock on some of them).
+    trim_ticks: u32,
+    /// Whether the stash served an allocation since the last trim.
+    stash_used: bool,
+    /// Large spans this thread freed (each marked stashed), oldest first, `stash_len` of
+    /// them: the next large allocation of the same length takes one with no lock.
+    stash: [*mut Span; STASH_SLOTS],
+    stash_len: usize,
+    /// Where this thread's last `realloc` that grew an object moved it: a hint (the object
+    /// may be gone) that a `realloc` of this address is a buffer growing again.
+    grown: usize,
+    /// The start of the stashed span last lent to a growing buffer as its room (0: none
+    /// out): a thread lends one at a time, so a buffer that keeps its room for good pins at
+    /// most one stashed span (see `lend_stashed`). Checked through the page map, never
+    /// through a record pointer kept from before.
+    lent_start: usize,
+}
+
+// SAFETY: the cache only holds pointers to objects and spans it owns; moving it to another
+// thread (the orphan cache behind its lock) moves that ownership with it.
+unsafe impl Send for ThreadCache {}
+
+impl ThreadCache {
+    /// An empty cache.
+    pub const fn new() -> ThreadCache {
+        ThreadCache {
+            key: 0,
+            active: false,
+            bins: [const { Bin::empty() }; CLASS_COUNT],
+            trim_at: 0,
+            trim_ticks: 0,
+            stash_used: false,
+            stash: [null_mut(); STASH_SLOTS],
+            stash_len: 0,
+            grown: 0,
+            lent_start: 0,
+        }
+    }
+
+    /// Whether the cache at `cache` is active, read without forming a reference to it (a
+    /// cache shared by several threads, such as the one of exited threads, is never active
+    /// and never written).
+    ///
+    /// # Safety
+    /// `cache` points to a live cache.
+    #[inline(always)]
+    pub unsafe fn is_active(cache: *const ThreadCache) -> bool {
+        // SAFETY: per the caller; a place read through the raw pointer.
+        unsafe { (*cache).active }
+    }
+
+    /// Gives the cache the double-free key, before it holds anything: from then on it may
+    /// keep objects and stash large spans. Only for a cache that will be flushed.
+    #[inline]
+    pub fn activate(&mut self) {
+        if !self.active {
+            self.key = crate::check::free_key();
+            self.active = true;
+        }
+    }
+
+    /// Makes a flushed cache inactive again (thread exit): the fast paths then leave it alone
+    /// and requests go to the slow paths.
+    pub fn deactivate(&mut self) {
+        debug_assert!(self.bins.iter().all(|b| b.head.is_null()) && self.stash_len == 0);
+        self.active = false;
+    }
+
+    /// Gives every cached object back to the central lists and the stash to the page heap
+    /// (thread exit, or `flush_thread_cache`). The cache stays usable.
+    pub fn flush<S: PageSource>(&mut self, heap: &Heap<S>) {
+        for class in SizeClass::all() {
+            self.empty_bin(heap, class);
+        }
+        self.free_stash(heap);
+        heap.maybe_release();
+    }
+
+    /// Gives the stash back when it served nothing for a quarter of the decay time. Called
+    /// from the cache's slow paths and large allocations; a few instructions when not due.
+    #[inline]
+    pub fn maybe_trim<S: PageSource>(&mut self, heap: &Heap<S>) {
+        if self.stash_len == 0 {
+            return;
+        }
+        self.trim_ticks = self.trim_ticks.wrapping_add(1);
+        let now = if self.trim_ticks % TRIM_CLOCK_EVERY == 0 {
+            heap.now()
+        } else {
+            heap.recent_now()
+        };
+        if now >= self.trim_at {
+            let decay = heap.decay_ms();
+            self.trim_at = now + (decay.max(0) as u64 / 4).max(1);
+            if decay >= 0 && !core::mem::take(&mut self.stash_used) {
+                self.free_stash(heap);
+            }
+        }
+    }
+
+    /// Gives back what the cache keeps for reuse, now (`release_free_memory`): every cached
+    /// object, and the stash.
+    pub fn trim_now<S: PageSource>(&mut self, heap: &Heap<S>) {
+        self.flush(heap);
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Whole operations over a heap, as the global allocator, the C ABI and the tests use
+    // them.
+
+    /// Allocates `size` bytes aligned to `align` (a power of two). Null when out of memory.
+    #[inline]
+    pub fn alloc<S: PageSource>(&mut self, heap: &Heap<S>, size: usize, align: usize) -> *mut u8 {
+        match size_class::class_for(size, align) {
+            Some(class) => {
+                let obj = self.pop(class);
+                if !obj.is_null() {
+                    return obj;
+                }
+                self.alloc_slow(heap, class)
+            }
+            None => self.alloc_large(heap, size, align),
+        }
+    }
+
+    /// A large object (no class serves `size` at `align`): a stashed span of the same
+    /// length, else the page heap.
+    pub fn alloc_large<S: PageSource>(
+        &mut self,
+        heap: &Heap<S>,
+        size: usize,
+        align: usize,
+    ) -> *mut u8 {
+        if self.active {
+            if let Some(p) = self.alloc_large_stashed(size, align) {
+                return p;
+            }
+            self.maybe_trim(heap);
+        }
+        heap.alloc_large(size, align)
+            .map_or(null_mut(), |(p, _)| p.as_ptr())
+    }
+
+    /// As [`ThreadCache::alloc`], with the first `size` bytes zero. Large objects fresh from
+    /// the OS (or given back to it and not reused since) are not cleared again.
+    pub fn alloc_zeroed<S: PageSource>(
+        &mut self,
+        heap: &Heap<S>,
+        size: usize,
+        align: usize,
+    ) -> *mut u8 {
+        match size_class::class_for(size, align) {
+            Some(_) => {
+                let p = self.alloc(heap, size, align);
+                if !p.is_null() {
+                    // SAFETY: `p` is a new object of at least `size` bytes.
+                    unsafe { core::ptr::write_bytes(p, 0, size) };
+                }
+                p
+            }
+            None => match heap.alloc_large(size, align) {
+                Some((p, zeroed)) => {
+                    if !zeroed {
+                        // SAFETY: a new large object of at least `size` bytes.
+                        unsafe { core::ptr::write_bytes(p.as_ptr(), 0, size) };
+                    }
+                    p.as_ptr()
+                }
+                None => null_mut(),
+            },
+        }
+    }
+
+    /// Frees `ptr` given the size and alignment it was allocated with. The class comes from
+    /// the page map, as for [`ThreadCache::free`]; debug builds check it against the layout.
+    ///
+    /// # Safety
+    /// `ptr` was returned by an allocation of this heap with this `size` and `align`, and is
+    /// not used afterwards.
+    #[inline]
+    pub unsafe fn dealloc<S: PageSource>(
+        &mut self,
+        heap: &Heap<S>,
+        ptr: *mut u8,
+        size: usize,
+        align: usize,
+    ) {
+        if cfg!(debug_assertions) {
+            check_layout(heap, ptr, size, align);
+        }
+        // SAFETY: per the caller.
+        unsafe { self.free(heap, ptr) }
+    }
+
+    /// Frees `ptr` without knowing its size (C `free`): the page map's small-object word
+    /// gives the class and the span start, and the object goes on its bin. Stops the process
+    /// with a message on a pointer this heap did not hand out, where the page map can tell.
+    ///
+    /// # Safety
+    /// `ptr` is non-null, and if it was handed out by this heap, it is not used afterwards.
+    #[inline]
+    pub unsafe fn free<S: PageSource>(&mut self, heap: &Heap<S>, ptr: *mut u8) {
+        self.activate();
+        let word = heap.page_map().small_word_of(ptr as usize);
+        // SAFETY: per the caller; `word` is the word of its page.
+        if !unsafe { self.push_small(heap, ptr, word) } {
+            // SAFETY: per the caller.
+            unsafe { self.free_slow(heap, ptr) }
+        }
+    }
+
+    /// The free of anything but a small object's start: a large object goes to the stash or
+    /// the page heap; anything else stops the process with the message that fits.
+    ///
+    /// # Safety
+    /// As [`ThreadCache::free`].
+    #[cold]
+    #[inline(never)]
+    pub unsafe fn free_slow<S: PageSource>(&mut self, heap: &Heap<S>, ptr: *mut u8) {
+        match heap.owner(ptr) {
+            // SAFETY: validated by `owner`; the caller gives the object up.
+            Owner::Large(span) => unsafe { self.free_large(heap, span) },
+            // The page's word said otherwise a moment ago: only a racing invalid free (the
+            // span given back meanwhile) gets here.
+            Owner::Small(_) => {
+                crate::check::fatal("invalid free: pointer not allocated by spanalloc")
+            }
+        }
+    }
+}
+
+impl Default for ThreadCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Debug builds: stops the process if a small object is freed with a layout of another
+/// class than the one it was allocated with.
+pub fn check_layout<S: PageSource>(heap: &Heap<S>, ptr: *mut u8, size: usize, align: usize) {
+    let word = heap.page_map().small_word_of(ptr as usize);
+    let class = crate::page_map::word_class(word);
+    if class != 0 {
+        if let Some(want) = size_class::class_for(size, align) {
+            if want.index() != class {
+                crate::check::fatal("dealloc with a layout of another size class than alloc");
+            }
+        }
+    }
+}

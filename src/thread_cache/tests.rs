@@ -1,0 +1,659 @@
+//! Tests of the thread cache over a heap of fake pages.
+
+use super::*;
+use crate::heap::tests::heap;
+use crate::heap::{GROWTH_HEADROOM, GROWTH_HEADROOM_MAX, GROWTH_MIN, LEND_MIN, growth_room};
+use crate::pages::Pages;
+use crate::size_class::SMALL_STEP_LIMIT;
+use crate::sys::FakePages;
+use large::STASH_MAX_PAGES;
+use std::collections::BTreeMap;
+
+/// A tiny deterministic generator (xorshift), so failures replay.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Live blocks: start -> (size, fill byte). Checks no overlap and contents.
+#[derive(Default)]
+struct Shadow(BTreeMap<usize, (usize, u8)>);
+impl Shadow {
+    fn add(&mut self, p: *mut u8, size: usize, fill: u8) {
+        let a = p as usize;
+        if let Some((&b, &(bs, _))) = self.0.range(..=a).next_back() {
+            assert!(b + bs.max(1) <= a, "new block {a:#x} overlaps {b:#x}+{bs}");
+        }
+        if let Some((&b, _)) = self.0.range(a..).next() {
+            assert!(
+                a + size.max(1) <= b,
+                "new block {a:#x}+{size} overlaps {b:#x}"
+            );
+        }
+        // SAFETY: a fresh block of `size` bytes.
+        unsafe { core::ptr::write_bytes(p, fill, size) };
+        self.0.insert(a, (size, fill));
+    }
+    fn check(&self, a: usize) {
+        let (size, fill) = self.0[&a];
+        // SAFETY: a live block.
+        let bytes = unsafe { core::slice::from_raw_parts(a as *const u8, size) };
+        assert!(
+            bytes.iter().all(|&b| b == fill),
+            "block {a:#x}+{size} corrupted"
+        );
+    }
+}
+
+fn random_size(rng: &mut Rng) -> usize {
+    match rng.below(10) {
+        0..=5 => rng.below(256) as usize,
+        6..=8 => rng.below(32 * 1024) as usize,
+        _ => rng.below(600 * 1024) as usize,
+    }
+}
+
+#[test]
+fn the_direct_bin_table_agrees_with_the_class_table() {
+    let heap = heap();
+    let mut cache = Box::new(ThreadCache::new());
+    for size in 0..=SMALL_STEP_LIMIT {
+        let class = size_class::class_of_small(size);
+        let by_class: *mut Bin = cache.bin(class);
+        // SAFETY: a small size.
+        let by_size: *mut Bin = unsafe { cache.small_bin(size) };
+        assert_eq!(by_size, by_class, "size {size}");
+    }
+    // The two fast paths serve and take back objects of the size's class.
+    for size in [0, 1, 8, 9, 16, 17, 24, 25, 100, 512, 1000, 1024] {
+        let p = cache.alloc(&heap, size, 8);
+        assert!(!p.is_null());
+        let word = heap.page_map().small_word_of(p as usize);
+        // SAFETY: `p` is live and given up; `word` is its page's.
+        assert!(unsafe { cache.push_small(&heap, p, word) });
+        // SAFETY: a small size.
+        assert_eq!(unsafe { cache.pop_small(size) }, p, "size {size}");
+        // SAFETY: `p` is live and given up.
+        unsafe { cache.free(&heap, p) };
+    }
+    cache.flush(&heap);
+}
+
+#[test]
+fn one_cache_against_a_shadow_model() {
+    let heap = heap();
+    let mut cache = ThreadCache::new();
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    let mut shadow = Shadow::default();
+    let mut live: Vec<(usize, usize, usize)> = Vec::new(); // (addr, size, align)
+    for step in 0..40_000 {
+        if live.is_empty() || rng.below(100) < 55 {
+            let size = random_size(&mut rng);
+            let shift_range = if rng.below(10) == 0 { 16 } else { 4 };
+            let align = 1usize << rng.below(shift_range);
+            let p = if rng.below(4) == 0 {
+                let p = cache.alloc_zeroed(&heap, size, align);
+                // SAFETY: a fresh block of `size` bytes.
+                let bytes = unsafe { core::slice::from_raw_parts(p, size) };
+                assert!(bytes.iter().all(|&b| b == 0));
+                p
+            } else {
+                cache.alloc(&heap, size, align)
+            };
+            assert!(!p.is_null());
+            assert_eq!(p as usize % align, 0, "alignment {align}");
+            assert!(heap.usable_size(p) >= size);
+            shadow.add(p, size, step as u8);
+            live.push((p as usize, size, align));
+        } else {
+            let i = rng.below(live.len() as u64) as usize;
+            let (a, size, align) = live.swap_remove(i);
+            shadow.check(a);
+            shadow.0.remove(&a);
+            if rng.below(5) == 0 {
+                let new_size = random_size(&mut rng);
+                // SAFETY: a live block of ours with this alignment.
+                let p = unsafe { cache.realloc(&heap, a as *mut u8, align, new_size) };
+                assert!(!p.is_null());
+                assert_eq!(p as usize % align, 0);
+                let kept = size.min(new_size);
+                // SAFETY: the first `kept` bytes were kept.
+                let bytes = unsafe { core::slice::from_raw_parts(p, kept) };
+                let fill = bytes.first().copied().unwrap_or(0);
+                assert!(
+                    bytes.iter().all(|&b| b == fill),
+                    "realloc kept the contents"
+                );
+                shadow.add(p, new_size, step as u8);
+                live.push((p as usize, new_size, align));
+            } else if rng.below(2) == 0 {
+                // SAFETY: a live block of ours, freed once.
+                unsafe { cache.dealloc(&heap, a as *mut u8, size, align) };
+            } else {
+                // SAFETY: as above.
+                unsafe { cache.free(&heap, a as *mut u8) };
+            }
+        }
+        if step % 5000 == 0 {
+            heap.check_invariants();
+        }
+    }
+    for &(a, _, _) in &live {
+        shadow.check(a);
+    }
+    for (a, size, align) in live.drain(..) {
+        // SAFETY: live blocks of ours.
+        unsafe { cache.dealloc(&heap, a as *mut u8, size, align) };
+    }
+    cache.flush(&heap);
+    heap.release_free_memory();
+    heap.check_invariants();
+    let st = heap.page_heap_stats();
+    assert_eq!(st.small_spans, 0, "every span is back in the page heap");
+    assert_eq!(st.large_in_use, 0);
+    assert_eq!(st.free, st.mapped);
+}
+
+/// Objects in use per class according to the central lists (all caches flushed).
+fn in_use_by_class(heap: &Heap<FakePages>) -> Vec<usize> {
+    SizeClass::all()
+        .map(|c| {
+            let st = heap.central_stats(c);
+            st.out_of_spans - st.transfer
+        })
+        .collect()
+}
+
+#[test]
+fn caches_trading_objects_keep_every_count_exact() {
+    let heap = heap();
+    let mut caches: Vec<ThreadCache> = (0..4).map(|_| ThreadCache::new()).collect();
+    let mut rng = Rng(12345);
+    let mut live: Vec<(usize, usize)> = Vec::new(); // (addr, size)
+    for round in 0..30 {
+        for _ in 0..3000 {
+            let who = rng.below(4) as usize;
+            if live.is_empty() || rng.below(100) < 60 {
+                let size = 1 + rng.below(3000) as usize;
+                let p = caches[who].alloc(&heap, size, 8);
+                live.push((p as usize, size));
+            } else {
+                // Freed by a random cache: usually not the owner, so a remote free.
+                let (a, size) = live.swap_remove(rng.below(live.len() as u64) as usize);
+                // SAFETY: a live object, freed once.
+                unsafe { caches[who].dealloc(&heap, a as *mut u8, size, 8) };
+            }
+        }
+        // Give back: some caches flush (thread exit), the others keep their spans.
+        for (i, cache) in caches.iter_mut().enumerate() {
+            if (i + round) % 2 == 0 {
+                cache.flush(&heap);
+            }
+        }
+        heap.check_invariants();
+    }
+    for cache in caches.iter_mut() {
+        cache.flush(&heap);
+    }
+    heap.check_invariants();
+    let mut want = vec![0usize; CLASS_COUNT - 1];
+    for &(_, size) in &live {
+        want[size_class::class_of(size).unwrap().index() - 1] += 1;
+    }
+    assert_eq!(
+        in_use_by_class(&heap),
+        want,
+        "objects in use per class are exact"
+    );
+    for (a, size) in live.drain(..) {
+        // SAFETY: live objects, freed once.
+        unsafe { caches[0].dealloc(&heap, a as *mut u8, size, 8) };
+    }
+    caches[0].flush(&heap);
+    heap.release_free_memory();
+    heap.check_invariants();
+    assert!(in_use_by_class(&heap).iter().all(|&n| n == 0));
+    assert_eq!(
+        heap.page_heap_stats().small_spans,
+        0,
+        "every span back in the page heap"
+    );
+}
+
+#[test]
+fn caches_on_threads_passing_objects_keep_every_count_exact() {
+    let heap: &'static Heap<FakePages> = Box::leak(heap());
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(usize, usize)>>(4);
+    let producer = std::thread::spawn(move || {
+        let mut cache = ThreadCache::new();
+        let mut rng = Rng(99);
+        for _ in 0..200 {
+            let batch: Vec<_> = (0..500)
+                .map(|_| {
+                    let size = 1 + rng.below(2000) as usize;
+                    let p = cache.alloc(heap, size, 8);
+                    // SAFETY: a fresh object of `size` bytes.
+                    unsafe { p.write_bytes(size as u8, size) };
+                    (p as usize, size)
+                })
+                .collect();
+            tx.send(batch).unwrap();
+        }
+        cache.flush(heap);
+    });
+    let consumer = std::thread::spawn(move || {
+        let mut cache = ThreadCache::new();
+        for batch in rx {
+            for (a, size) in batch {
+                // SAFETY: the producer's object, now ours.
+                let bytes = unsafe { core::slice::from_raw_parts(a as *const u8, size) };
+                assert!(bytes.iter().all(|&b| b == size as u8), "contents kept");
+                // SAFETY: freed once.
+                unsafe { cache.dealloc(heap, a as *mut u8, size, 8) };
+            }
+        }
+        cache.flush(heap);
+    });
+    producer.join().unwrap();
+    consumer.join().unwrap();
+    heap.release_free_memory();
+    heap.check_invariants();
+    assert!(in_use_by_class(heap).iter().all(|&n| n == 0));
+    assert_eq!(heap.page_heap_stats().small_spans, 0);
+}
+
+#[test]
+fn failing_source_gives_null_and_the_heap_stays_sound() {
+    let heap = heap();
+    let mut cache = ThreadCache::new();
+    let keep: Vec<_> = (0..100).map(|_| cache.alloc(&heap, 200, 8)).collect();
+    heap.source().fail_after(0);
+    let mut got = Vec::new();
+    loop {
+        let p = cache.alloc(&heap, 200, 8);
+        if p.is_null() {
+            break;
+        }
+        got.push(p);
+    }
+    assert!(cache.alloc(&heap, 100_000, 8).is_null(), "large fails too");
+    assert!(cache.alloc_zeroed(&heap, 5000, 8).is_null());
+    heap.check_invariants();
+    heap.source().heal();
+    assert!(!cache.alloc(&heap, 100_000, 8).is_null(), "and recovers");
+    for p in keep.into_iter().chain(got) {
+        // SAFETY: live objects, freed once.
+        unsafe { cache.free(&heap, p) };
+    }
+    cache.flush(&heap);
+    heap.release_free_memory();
+    heap.check_invariants();
+    assert_eq!(heap.page_heap_stats().small_spans, 0);
+}
+
+#[test]
+fn freed_large_spans_are_stashed_reused_and_given_back() {
+    let heap = heap();
+    heap.set_fake_now(1000);
+    heap.set_decay_ms(100);
+    let mut cache = ThreadCache::new();
+    let small = cache.alloc(&heap, 64, 8); // the cache takes a span: it may stash now
+    let sizes = [40 << 10, 100 << 10, 1 << 20, 300 << 10, 64 << 10, 2 << 20];
+    let ptrs: Vec<*mut u8> = sizes.iter().map(|&s| cache.alloc(&heap, s, 8)).collect();
+    for &p in &ptrs {
+        // SAFETY: live, freed once.
+        unsafe { cache.free(&heap, p) };
+    }
+    // 2 MiB is too long to stash; of the five others the oldest went back (4 slots).
+    let bytes = |s: usize| Pages::for_bytes(s).unwrap().bytes();
+    let want: usize = sizes[1..5].iter().map(|&s| bytes(s)).sum();
+    assert_eq!(cache.stashed_bytes(), want);
+    assert_eq!(
+        heap.page_heap_stats().large_in_use,
+        want,
+        "stashed, not freed"
+    );
+    // The same length again: the same object, with no page-heap change.
+    let q = cache.alloc(&heap, 300 << 10, 8);
+    assert_eq!(q, ptrs[3]);
+    assert_eq!(heap.page_heap_stats().large_in_use, want);
+    // SAFETY: live, freed once.
+    unsafe { cache.free(&heap, q) };
+    // A stash that serves nothing between two looks goes back to the page heap.
+    cache.maybe_trim(&heap);
+    assert_eq!(cache.stashed_bytes(), want, "it served an allocation");
+    heap.set_fake_now(1100);
+    cache.maybe_trim(&heap);
+    assert_eq!(cache.stashed_bytes(), 0);
+    assert_eq!(heap.page_heap_stats().large_in_use, 0);
+    // SAFETY: live, freed once.
+    unsafe { cache.free(&heap, small) };
+    cache.flush(&heap);
+    heap.check_invariants();
+}
+
+#[test]
+fn a_buffer_grown_into_the_large_tier_again_and_again_reuses_its_room() {
+    let heap = heap();
+    let mut cache = ThreadCache::new();
+    let top = size_class::class_of(size_class::MAX_SMALL_SIZE)
+        .unwrap()
+        .size();
+    let mut starts = Vec::new();
+    for _ in 0..5 {
+        // From the largest class to the large tier at the same usable size (the class
+        // holds exactly `top` bytes), then doubling to 1 MiB, then freed (stashed).
+        let mut p = cache.alloc(&heap, top - 8, 8);
+        // SAFETY: live; each result replaces the buffer.
+        unsafe {
+            p = cache.realloc(&heap, p, 8, top);
+            starts.push(p as usize);
+            let mut size = top;
+            while size < 1 << 20 {
+                size *= 2;
+                p = cache.realloc(&heap, p, 8, size);
+                assert!(!p.is_null());
+            }
+            assert_eq!(p as usize, *starts.last().unwrap(), "grown in place");
+            cache.free(&heap, p);
+        }
+    }
+    assert!(
+        starts.windows(2).all(|w| w[0] == w[1]),
+        "each round reuses the last one's run: {starts:x?}"
+    );
+    cache.flush(&heap);
+    heap.check_invariants();
+}
+
+/// A heap over fake pages that maps 32 MiB at a time: room for buffers of a few MiB
+/// and their headroom in one run.
+fn roomy_heap() -> Heap<FakePages> {
+    Heap::with_page_heap(
+        FakePages::new(),
+        crate::page_heap::PageHeap::with_grow_bytes(32 << 20),
+    )
+}
+
+/// Fills `len` bytes at `p` with a pattern from `seed`.
+fn fill(p: *mut u8, len: usize, seed: u8) {
+    for i in 0..len {
+        // SAFETY: the caller's live block of at least `len` bytes.
+        unsafe { *p.add(i) = (i as u8).wrapping_mul(31).wrapping_add(seed) };
+    }
+}
+
+/// Whether the `len` bytes at `p` still hold [`fill`]'s pattern.
+fn filled(p: *mut u8, len: usize, seed: u8) -> bool {
+    // SAFETY: the caller's live block of at least `len` bytes.
+    (0..len).all(|i| unsafe { *p.add(i) } == (i as u8).wrapping_mul(31).wrapping_add(seed))
+}
+
+#[test]
+fn a_buffer_that_keeps_growing_moves_once_into_a_page_span_with_headroom() {
+    let heap = heap();
+    let mut cache = ThreadCache::new();
+    let mut p = cache.alloc(&heap, 1000, 8);
+    fill(p, 1000, 7);
+    // SAFETY: live; each result replaces the buffer.
+    unsafe {
+        // Its first growth is an ordinary move, to the exact class.
+        p = cache.realloc(&heap, p, 8, 1500);
+        assert_eq!(
+            heap.usable_size(p),
+            size_class::class_of(1500).unwrap().size()
+        );
+        assert!(matches!(heap.owner(p), Owner::Small(_)));
+        // Moved by growth and growing again: a page span with GROWTH_HEADROOM times the
+        // new size.
+        p = cache.realloc(&heap, p, 8, GROWTH_MIN);
+        assert!(matches!(heap.owner(p), Owner::Large(_)));
+        assert_eq!(heap.usable_size(p), GROWTH_HEADROOM * GROWTH_MIN);
+        assert!(filled(p, 1000, 7), "the move kept the contents");
+        // The next growths fit in place.
+        for size in [2 * GROWTH_MIN, GROWTH_HEADROOM * GROWTH_MIN] {
+            assert_eq!(cache.realloc(&heap, p, 8, size), p, "{size} grows in place");
+        }
+        assert!(filled(p, 1000, 7));
+        cache.free(&heap, p);
+    }
+    cache.flush(&heap);
+    heap.check_invariants();
+}
+
+/// Builds a growing buffer as `Vec` does, from 1000 bytes doubling to `to`: returns it
+/// and where its page span starts (the move at GROWTH_MIN).
+fn build_buffer(heap: &Heap<FakePages>, cache: &mut ThreadCache, to: usize) -> (*mut u8, usize) {
+    let mut p = cache.alloc(heap, 1000, 8);
+    // SAFETY: live; each result replaces the buffer.
+    unsafe {
+        for next in [1500, GROWTH_MIN] {
+            p = cache.realloc(heap, p, 8, next);
+        }
+        let span_start = p as usize;
+        let mut size = GROWTH_MIN;
+        while size < to {
+            size *= 2;
+            p = cache.realloc(heap, p, 8, size);
+            assert!(!p.is_null());
+        }
+        (p, span_start)
+    }
+}
+
+#[test]
+fn a_buffer_built_again_each_round_takes_its_last_span_from_the_stash() {
+    let heap = heap();
+    let mut cache = ThreadCache::new();
+    let mut starts = Vec::new();
+    for round in 0..4 {
+        let (mut p, start) = build_buffer(&heap, &mut cache, GROWTH_MIN);
+        // The first round's span is its room; later rounds are lent the whole span the
+        // last round left in the stash.
+        let room = if round == 0 {
+            growth_room(GROWTH_MIN)
+        } else {
+            1 << 20
+        };
+        assert_eq!(heap.usable_size(p), room);
+        let mut size = GROWTH_MIN;
+        while size < 1 << 20 {
+            size *= 2;
+            // SAFETY: live; the result replaces it.
+            p = unsafe { cache.realloc(&heap, p, 8, size) };
+        }
+        assert_eq!(
+            p as usize, start,
+            "grown in place from the page-span move on"
+        );
+        starts.push(start);
+        // SAFETY: live, freed once: a 1 MiB span goes to the stash.
+        unsafe { cache.free(&heap, p) };
+        assert_eq!(cache.stashed_bytes(), 1 << 20);
+    }
+    assert!(
+        starts.windows(2).all(|w| w[0] == w[1]),
+        "each round is lent the last round's span: {starts:x?}"
+    );
+    cache.flush(&heap);
+    heap.check_invariants();
+}
+
+#[test]
+fn the_growing_buffers_span_is_stashed_up_to_a_longer_bound() {
+    let heap = roomy_heap();
+    let mut cache = ThreadCache::new();
+    // A 4 MiB buffer (with its room, a longer span than STASH_MAX_PAGES) is stashed...
+    let (p, start) = build_buffer(&heap, &mut cache, 4 << 20);
+    let span_bytes = heap.usable_size(p);
+    assert!(span_bytes > STASH_MAX_PAGES.bytes());
+    // SAFETY: live, freed once.
+    unsafe { cache.free(&heap, p) };
+    assert_eq!(cache.stashed_bytes(), span_bytes);
+    // ...and lent to the next buffer.
+    let (q, q_start) = build_buffer(&heap, &mut cache, GROWTH_MIN);
+    assert_eq!(q_start, start);
+    // Another large object of that length is not: it goes back to the page heap.
+    let other = cache.alloc(&heap, 4 << 20, 8);
+    // SAFETY: live, freed once.
+    unsafe {
+        cache.free(&heap, other);
+        cache.free(&heap, q);
+    }
+    assert_eq!(cache.stashed_bytes(), span_bytes, "only the buffer's span");
+    cache.flush(&heap);
+    heap.check_invariants();
+}
+
+#[test]
+fn below_growth_min_the_buffer_keeps_its_class_unless_a_span_is_lent() {
+    let heap = heap();
+    let mut cache = ThreadCache::new();
+    let grow = |cache: &mut ThreadCache| {
+        let mut p = cache.alloc(&heap, 700, 8);
+        // SAFETY: live; each result replaces the buffer.
+        unsafe {
+            for next in [1400, LEND_MIN + 100] {
+                p = cache.realloc(&heap, p, 8, next);
+            }
+        }
+        p
+    };
+    // No stashed span: the growing buffer of LEND_MIN..GROWTH_MIN keeps an exact class.
+    let p = grow(&mut cache);
+    assert!(matches!(heap.owner(p), Owner::Small(_)));
+    // With one (a freed 1 MiB object), it is lent that span: resident already.
+    let big = cache.alloc(&heap, 1 << 20, 8);
+    // SAFETY: live, freed once.
+    unsafe { cache.free(&heap, big) };
+    let q = grow(&mut cache);
+    assert_eq!(q, big, "lent the stashed span");
+    // SAFETY: live, freed once.
+    unsafe {
+        cache.free(&heap, p);
+        cache.free(&heap, q);
+    }
+    cache.flush(&heap);
+    heap.check_invariants();
+}
+
+#[test]
+fn a_thread_lends_one_stashed_span_at_a_time() {
+    let heap = heap();
+    let mut cache = ThreadCache::new();
+    let (p, stashed) = build_buffer(&heap, &mut cache, 1 << 20);
+    // SAFETY: live, freed once (into the stash).
+    unsafe { cache.free(&heap, p) };
+    // A is lent that span, and lives on.
+    let (a, a_start) = build_buffer(&heap, &mut cache, GROWTH_MIN);
+    assert_eq!(a_start, stashed);
+    // Another 1 MiB span goes to the stash...
+    let big = cache.alloc(&heap, 1 << 20, 8);
+    // SAFETY: live, freed once.
+    unsafe { cache.free(&heap, big) };
+    assert_eq!(cache.stashed_bytes(), 1 << 20);
+    // ...but while A holds its lent span, B is not lent it: B gets a span of its own
+    // room from the page heap.
+    let (b, _) = build_buffer(&heap, &mut cache, GROWTH_MIN);
+    assert_eq!(heap.usable_size(b), growth_room(GROWTH_MIN));
+    // Once A is freed (back to the stash), the next buffer is lent a stashed span again.
+    // SAFETY: live, freed once.
+    unsafe { cache.free(&heap, a) };
+    let (c, c_start) = build_buffer(&heap, &mut cache, GROWTH_MIN);
+    assert_eq!(c_start, stashed);
+    assert_eq!(heap.usable_size(c), 1 << 20);
+    // SAFETY: live, freed once.
+    unsafe { cache.free(&heap, b) };
+    // SAFETY: live, freed once.
+    unsafe { cache.free(&heap, c) };
+    cache.flush(&heap);
+    heap.check_invariants();
+}
+
+#[test]
+fn an_object_resized_once_keeps_an_exact_class() {
+    let heap = heap();
+    let mut cache = ThreadCache::new();
+    // A growth that is not the thread's growing buffer moves to the exact class (no
+    // headroom, no page span), however large the medium size.
+    let p = cache.alloc(&heap, 5000, 8);
+    // SAFETY: live; the result replaces it.
+    let p = unsafe { cache.realloc(&heap, p, 8, 20_000) };
+    assert!(matches!(heap.owner(p), Owner::Small(_)));
+    assert_eq!(
+        heap.usable_size(p),
+        size_class::class_of(20_000).unwrap().size()
+    );
+    // Shrinking a small object moves it to its exact class too (a layout names the
+    // class of the span that holds the object).
+    // SAFETY: as above.
+    let q = unsafe { cache.realloc(&heap, p, 8, 12_000) };
+    assert_ne!(q, p);
+    assert_eq!(
+        heap.usable_size(q),
+        size_class::class_of(12_000).unwrap().size()
+    );
+    // SAFETY: live, freed once.
+    unsafe { cache.free(&heap, q) };
+    cache.flush(&heap);
+    heap.check_invariants();
+}
+
+#[test]
+fn a_growing_large_object_takes_headroom_in_place_up_to_a_bound() {
+    // A free run follows the span for all the growths below.
+    let heap = roomy_heap();
+    let mut cache = ThreadCache::new();
+    let mut p = cache.alloc(&heap, 64 << 10, 8);
+    fill(p, 64 << 10, 3);
+    // SAFETY: live; each result replaces the buffer.
+    unsafe {
+        // A fresh heap has a free run after the span: growth is in place, with room for
+        // GROWTH_HEADROOM times the new size.
+        let q = cache.realloc(&heap, p, 8, 128 << 10);
+        assert_eq!(q, p);
+        assert_eq!(heap.usable_size(p), GROWTH_HEADROOM * (128 << 10));
+        // Past GROWTH_HEADROOM_MAX the headroom stops growing with the object.
+        let big = 4 * GROWTH_HEADROOM_MAX;
+        p = cache.realloc(&heap, p, 8, big);
+        assert_eq!(
+            heap.usable_size(p),
+            big + (GROWTH_HEADROOM - 1) * GROWTH_HEADROOM_MAX
+        );
+        assert!(filled(p, 64 << 10, 3));
+        cache.free(&heap, p);
+    }
+    cache.flush(&heap);
+    heap.check_invariants();
+}
+
+#[test]
+fn a_page_span_object_stays_when_it_shrinks_by_at_most_half() {
+    let heap = heap();
+    let mut cache = ThreadCache::new();
+    let p = cache.alloc(&heap, 40 << 10, 8);
+    let room = heap.usable_size(p);
+    // SAFETY: live; each result replaces it.
+    unsafe {
+        // Into the small range, using more than half of the span: in place (it would
+        // otherwise be copied to a class of nearly the same size).
+        let q = cache.realloc(&heap, p, 8, room / 2 + 1);
+        assert_eq!(q, p);
+        assert_eq!(heap.usable_size(q), room);
+        // Less than half: moved to its class.
+        let r = cache.realloc(&heap, q, 8, 1000);
+        assert_ne!(r, q);
+        assert!(matches!(heap.owner(r), Owner::Small(_)));
+        cache.free(&heap, r);
+    }
+    cache.flush(&heap);
+    heap.check_invariants();
+}
