@@ -6,6 +6,8 @@
 //! caches cannot be seen and are counted in [`Stats::in_use`] until those threads call
 //! [`crate::flush_thread_cache`] or exit (exited threads are flushed already).
 
+use core::fmt::{self, Write as _};
+
 use crate::heap::Heap;
 use crate::size_class::{CLASS_COUNT, SizeClass};
 use crate::sys::PageSource;
@@ -60,19 +62,7 @@ pub struct Stats {
 /// Takes a snapshot of `heap`, looking into the caches in `own` (the calling thread's, and
 /// any other the caller holds exclusively, such as the orphan cache under its lock).
 pub fn snapshot<S: PageSource>(heap: &Heap<S>, own: &[&ThreadCache]) -> Stats {
-    let mut st = Stats {
-        in_use: 0,
-        large_in_use: 0,
-        thread_cache: 0,
-        central: 0,
-        span_overhead: 0,
-        page_heap_free: 0,
-        released: 0,
-        mapped: 0,
-        metadata: 0,
-        released_total: 0,
-        classes: [ClassStats::default(); CLASS_COUNT],
-    };
+    let mut st = Stats::default();
     let mut cached = [0usize; CLASS_COUNT];
     let mut stashed = 0;
     for cache in own {
@@ -123,5 +113,295 @@ impl Stats {
             + self.span_overhead
             + self.page_heap_free
             + self.released
+    }
+}
+
+impl Default for Stats {
+    /// All zeros: the snapshot of a heap that has mapped nothing.
+    fn default() -> Stats {
+        Stats {
+            in_use: 0,
+            large_in_use: 0,
+            thread_cache: 0,
+            central: 0,
+            span_overhead: 0,
+            page_heap_free: 0,
+            released: 0,
+            mapped: 0,
+            metadata: 0,
+            released_total: 0,
+            classes: [ClassStats::default(); CLASS_COUNT],
+        }
+    }
+}
+
+/// A readable table in the manner of mimalloc's `mi_stats_print`: where the mapped bytes
+/// are, in binary units, then one row per size class that has spans:
+///
+/// ```text
+/// spanalloc statistics
+///   in use                 125.4 KiB   objects the program holds, at class size (large: 0 B)
+///   thread cache                 0 B   free in this thread's cache
+///   central                 23.4 KiB   free in central lists
+///   span overhead            3.2 KiB   small spans past their last object
+///   page heap free               0 B   free pages, resident
+///   released                31.5 MiB   free pages not resident (given back over the run: 0 B)
+///   mapped                  32.0 MiB   for spans: the sum of the above
+///   metadata                 3.1 MiB   span records and page-map nodes
+///   class      size    spans   in use     free
+///       3        32        2        1      255
+///      43      3200        8       40        0
+/// ```
+///
+/// Formatting allocates nothing itself, but the writer it formats into may (a `String`):
+/// do not print statistics from inside an allocation.
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Name, bytes, meaning, and a note in brackets.
+        type Row<'a> = (&'a str, usize, &'a str, Option<(&'a str, usize)>);
+        let rows: [Row<'_>; 8] = [
+            (
+                "in use",
+                self.in_use,
+                "objects the program holds, at class size",
+                Some(("large", self.large_in_use)),
+            ),
+            (
+                "thread cache",
+                self.thread_cache,
+                "free in this thread's cache",
+                None,
+            ),
+            ("central", self.central, "free in central lists", None),
+            (
+                "span overhead",
+                self.span_overhead,
+                "small spans past their last object",
+                None,
+            ),
+            (
+                "page heap free",
+                self.page_heap_free,
+                "free pages, resident",
+                None,
+            ),
+            (
+                "released",
+                self.released,
+                "free pages not resident",
+                Some(("given back over the run", self.released_total)),
+            ),
+            (
+                "mapped",
+                self.mapped,
+                "for spans: the sum of the above",
+                None,
+            ),
+            (
+                "metadata",
+                self.metadata,
+                "span records and page-map nodes",
+                None,
+            ),
+        ];
+        writeln!(f, "spanalloc statistics")?;
+        for (name, bytes, meaning, note) in rows {
+            write!(f, "  {name:<20}{:>12}   {meaning}", Bytes(bytes))?;
+            match note {
+                Some((label, bytes)) => writeln!(f, " ({label}: {})", Bytes(bytes))?,
+                None => writeln!(f)?,
+            }
+        }
+        writeln!(
+            f,
+            "  {:>5} {:>9} {:>8} {:>8} {:>8}",
+            "class", "size", "spans", "in use", "free"
+        )?;
+        for (index, c) in self.classes.iter().enumerate().skip(1) {
+            if c.spans == 0 {
+                continue;
+            }
+            writeln!(
+                f,
+                "  {index:>5} {:>9} {:>8} {:>8} {:>8}",
+                c.object_size, c.spans, c.objects_in_use, c.free_objects
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Stats {
+    /// The snapshot as one JSON object: every field of [`Stats`] under its own name (byte
+    /// counts as plain integers), and `classes`, an array with one object per size class
+    /// (class 1 first) holding `class` (its index) and the fields of [`ClassStats`].
+    ///
+    /// Allocates the string: do not call it from inside an allocation.
+    pub fn to_json(&self) -> String {
+        let mut out = String::with_capacity(256 + 128 * CLASS_COUNT);
+        // Writing into a `String` cannot fail.
+        let _ = self.write_json(&mut out);
+        out
+    }
+
+    fn write_json(&self, out: &mut String) -> fmt::Result {
+        let fields: [(&str, u64); 10] = [
+            ("in_use", self.in_use as u64),
+            ("large_in_use", self.large_in_use as u64),
+            ("thread_cache", self.thread_cache as u64),
+            ("central", self.central as u64),
+            ("span_overhead", self.span_overhead as u64),
+            ("page_heap_free", self.page_heap_free as u64),
+            ("released", self.released as u64),
+            ("mapped", self.mapped as u64),
+            ("metadata", self.metadata as u64),
+            ("released_total", self.released_total as u64),
+        ];
+        out.push('{');
+        for (name, value) in fields {
+            write!(out, "\"{name}\":{value},")?;
+        }
+        out.push_str("\"classes\":[");
+        for (index, c) in self.classes.iter().enumerate().skip(1) {
+            if index > 1 {
+                out.push(',');
+            }
+            write!(
+                out,
+                "{{\"class\":{index},\"object_size\":{},\"spans\":{},\"objects_in_use\":{},\
+                 \"free_objects\":{}}}",
+                c.object_size, c.spans, c.objects_in_use, c.free_objects
+            )?;
+        }
+        out.push_str("]}");
+        Ok(())
+    }
+}
+
+/// A byte count shown in binary units: `512 B`, `1.5 KiB`, `32.0 MiB` (one decimal,
+/// rounded to nearest). Honours the formatter's width and alignment.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Bytes(pub usize);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+        let mut buf = StackStr::<24>::new();
+        let n = self.0 as u128;
+        if n < 1024 {
+            write!(buf, "{n} B")?;
+        } else {
+            let mut unit = 0;
+            // Tenths of a unit, rounded to nearest; a value that rounds up to 1024.0 moves
+            // to the next unit.
+            let mut tenths = (n * 10 + 512) / 1024;
+            while tenths >= 10240 && unit + 1 < UNITS.len() {
+                unit += 1;
+                tenths = (n * 10 + (1 << (10 * (unit + 1))) / 2) >> (10 * (unit + 1));
+            }
+            write!(buf, "{}.{} {}", tenths / 10, tenths % 10, UNITS[unit])?;
+        }
+        f.pad(buf.as_str())
+    }
+}
+
+/// A short string built on the stack, for padding formatted pieces without a `String`.
+struct StackStr<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> StackStr<N> {
+    fn new() -> Self {
+        StackStr {
+            buf: [0; N],
+            len: 0,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only whole `&str`s are ever copied in (`write_str`), so the bytes are UTF-8.
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl<const N: usize> fmt::Write for StackStr<N> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        if end > N {
+            return Err(fmt::Error);
+        }
+        self.buf[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn human(n: usize) -> String {
+        Bytes(n).to_string()
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human(0), "0 B");
+        assert_eq!(human(1023), "1023 B");
+        assert_eq!(human(1024), "1.0 KiB");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(8192), "8.0 KiB");
+        assert_eq!(
+            human(1024 * 1024 - 1),
+            "1.0 MiB",
+            "1023.99 KiB rounds to the next unit"
+        );
+        assert_eq!(human(1024 * 1024 - 60), "1023.9 KiB");
+        assert_eq!(human(32 << 20), "32.0 MiB");
+        assert_eq!(human((5 << 30) + (1 << 29)), "5.5 GiB");
+        assert_eq!(human(usize::MAX), "16.0 EiB");
+        assert_eq!(format!("[{:>9}]", Bytes(1536)), "[  1.5 KiB]");
+        assert_eq!(format!("[{:<9}]", Bytes(5)), "[5 B      ]");
+    }
+
+    #[test]
+    fn display_lists_only_classes_with_spans() {
+        let mut st = Stats {
+            in_use: 3 * 1024 * 1024,
+            mapped: 32 << 20,
+            ..Stats::default()
+        };
+        st.classes[3] = ClassStats {
+            object_size: 24,
+            spans: 2,
+            objects_in_use: 500,
+            free_objects: 182,
+        };
+        st.classes[5].object_size = 40;
+        let text = st.to_string();
+        assert!(text.contains("3.0 MiB"), "{text}");
+        assert!(text.contains("32.0 MiB"), "{text}");
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|w| w.len() == 5 && w.iter().all(|x| x.parse::<u64>().is_ok()))
+            .collect();
+        assert_eq!(rows, [["3", "24", "2", "500", "182"]], "{text}");
+    }
+
+    #[test]
+    fn json_of_the_default_is_complete() {
+        let json = Stats::default().to_json();
+        assert!(
+            json.starts_with("{\"in_use\":0,\"large_in_use\":0,"),
+            "{json}"
+        );
+        assert!(
+            json.contains(",\"released_total\":0,\"classes\":[{\"class\":1,"),
+            "{json}"
+        );
+        assert_eq!(json.matches("\"class\":").count(), CLASS_COUNT - 1);
+        assert!(json.ends_with("\"free_objects\":0}]}"), "{json}");
     }
 }

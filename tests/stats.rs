@@ -1,14 +1,23 @@
 //! `spanalloc::stats()`: its parts add up to what is mapped, and its bytes in use follow
-//! what the program holds, counted at class size.
+//! what the program holds, counted at class size; its table lists the classes in use, and
+//! its JSON form parses and carries the same numbers.
 
 #[global_allocator]
 static A: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
 
 use spanalloc::size_class::class_for;
 use std::alloc::{Layout, alloc, dealloc};
+use std::sync::{Mutex, MutexGuard};
+
+/// The tests compare snapshots of the one global heap: one at a time.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 #[test]
 fn stats_identities_hold() {
+    let _serial = serial();
     let sizes: Vec<usize> = (0..3000).map(|i| 1 + (i * 97) % 20_000).collect();
     let large = [40_000usize, 100_000, 1 << 20, (3 << 20) + 5];
     let mut held = Vec::with_capacity(sizes.len() + large.len());
@@ -76,4 +85,330 @@ fn stats_identities_hold() {
         after.in_use, before.in_use,
         "everything freed is no longer in use"
     );
+}
+
+/// Holds `n` objects of `size` bytes until dropped.
+struct Held {
+    ptrs: Vec<*mut u8>,
+    layout: Layout,
+}
+
+impl Held {
+    fn new(size: usize, n: usize) -> Held {
+        let layout = Layout::from_size_align(size, 8).unwrap();
+        let ptrs = (0..n)
+            .map(|_| {
+                // SAFETY: non-zero layout.
+                let p = unsafe { alloc(layout) };
+                assert!(!p.is_null());
+                p
+            })
+            .collect();
+        Held { ptrs, layout }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        for &p in &self.ptrs {
+            // SAFETY: allocated in `new` with `layout`, freed once.
+            unsafe { dealloc(p, self.layout) };
+        }
+    }
+}
+
+#[test]
+fn display_lists_a_class_in_use() {
+    let _serial = serial();
+    let class = class_for(3000, 8).unwrap();
+    let held = Held::new(3000, 40);
+    spanalloc::flush_thread_cache();
+    let st = spanalloc::stats();
+    let text = st.to_string();
+    drop(held);
+    for label in [
+        "in use",
+        "thread cache",
+        "central",
+        "page heap free",
+        "released",
+        "mapped",
+        "metadata",
+    ] {
+        assert!(text.contains(label), "no {label:?} line:\n{text}");
+    }
+    assert!(
+        text.contains("MiB") || text.contains("KiB"),
+        "sizes in binary units:\n{text}"
+    );
+    // The class rows: class, size, spans, in use, free, other-owned spans.
+    let rows: Vec<Vec<usize>> = text
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<usize> = l
+                .split_whitespace()
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .ok()?;
+            (w.len() == 5).then_some(w)
+        })
+        .collect();
+    let row = rows
+        .iter()
+        .find(|w| w[0] == class.index())
+        .unwrap_or_else(|| panic!("no row for class {}:\n{text}", class.index()));
+    let c = &st.classes[class.index()];
+    assert_eq!(row[1], class.size());
+    assert_eq!(
+        row[2..],
+        [c.spans, c.objects_in_use, c.free_objects]
+    );
+    assert!(row[3] >= 40, "the 40 objects held are in use:\n{text}");
+    assert_eq!(
+        rows.len(),
+        st.classes.iter().filter(|c| c.spans > 0).count(),
+        "one row per class with spans, and only those:\n{text}"
+    );
+}
+
+#[test]
+fn json_parses_and_matches() {
+    let _serial = serial();
+    let held = Held::new(200, 100);
+    let st = spanalloc::stats();
+    let json = st.to_json();
+    drop(held);
+    let value = json::parse(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let top = value.object();
+    let expect: [(&str, u64); 10] = [
+        ("in_use", st.in_use as u64),
+        ("large_in_use", st.large_in_use as u64),
+        ("thread_cache", st.thread_cache as u64),
+        ("central", st.central as u64),
+        ("span_overhead", st.span_overhead as u64),
+        ("page_heap_free", st.page_heap_free as u64),
+        ("released", st.released as u64),
+        ("mapped", st.mapped as u64),
+        ("metadata", st.metadata as u64),
+        ("released_total", st.released_total as u64),
+    ];
+    let names: Vec<&str> = top.iter().map(|(k, _)| k.as_str()).collect();
+    let mut wanted: Vec<&str> = expect.iter().map(|(k, _)| *k).collect();
+    wanted.push("classes");
+    assert_eq!(names, wanted, "every field once, in order");
+    for (name, v) in expect {
+        assert_eq!(value.get(name).number(), v, "{name}");
+    }
+    let classes = value.get("classes").array();
+    assert_eq!(classes.len(), st.classes.len() - 1, "every class but 0");
+    for (i, c) in classes.iter().enumerate() {
+        let s = &st.classes[i + 1];
+        assert_eq!(c.get("class").number(), i as u64 + 1);
+        assert_eq!(c.get("object_size").number(), s.object_size as u64);
+        assert_eq!(c.get("spans").number(), s.spans as u64);
+        assert_eq!(c.get("objects_in_use").number(), s.objects_in_use as u64);
+        assert_eq!(c.get("free_objects").number(), s.free_objects as u64);
+    }
+    let class = class_for(200, 8).unwrap();
+    assert!(classes[class.index() - 1].get("objects_in_use").number() >= 100);
+
+    // The checker itself rejects what is not JSON.
+    for bad in [
+        "",
+        "{",
+        "{\"a\":1,}",
+        "{\"a\" 1}",
+        "[1 2]",
+        "01",
+        "{\"a\":1}x",
+        "{a:1}",
+    ] {
+        assert!(json::parse(bad).is_err(), "{bad:?} accepted");
+    }
+    assert!(json::parse(" {\"a\": [1, {\"b\": 0}], \"c\": \"d\"} ").is_ok());
+}
+
+/// A small strict JSON reader: objects, arrays, strings without escapes, unsigned
+/// integers, `true`, `false`, `null`. Enough to check what `Stats::to_json` writes.
+mod json {
+    #[derive(Debug)]
+    pub enum Value {
+        Number(u64),
+        Str(#[allow(dead_code)] String),
+        Literal(#[allow(dead_code)] &'static str),
+        Array(Vec<Value>),
+        Object(Vec<(String, Value)>),
+    }
+
+    impl Value {
+        pub fn object(&self) -> &[(String, Value)] {
+            match self {
+                Value::Object(fields) => fields,
+                other => panic!("not an object: {other:?}"),
+            }
+        }
+
+        pub fn get(&self, name: &str) -> &Value {
+            let found: Vec<&Value> = self
+                .object()
+                .iter()
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v)
+                .collect();
+            assert_eq!(found.len(), 1, "{name:?} appears once");
+            found[0]
+        }
+
+        pub fn array(&self) -> &[Value] {
+            match self {
+                Value::Array(items) => items,
+                other => panic!("not an array: {other:?}"),
+            }
+        }
+
+        pub fn number(&self) -> u64 {
+            match self {
+                Value::Number(n) => *n,
+                other => panic!("not a number: {other:?}"),
+            }
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Value, String> {
+        let mut p = Parser {
+            s: text.as_bytes(),
+            i: 0,
+        };
+        let v = p.value()?;
+        p.ws();
+        if p.i != p.s.len() {
+            return Err(format!("trailing bytes at {}", p.i));
+        }
+        Ok(v)
+    }
+
+    struct Parser<'a> {
+        s: &'a [u8],
+        i: usize,
+    }
+
+    impl Parser<'_> {
+        fn ws(&mut self) {
+            while matches!(self.s.get(self.i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+                self.i += 1;
+            }
+        }
+
+        fn eat(&mut self, b: u8) -> Result<(), String> {
+            self.ws();
+            if self.s.get(self.i) == Some(&b) {
+                self.i += 1;
+                Ok(())
+            } else {
+                Err(format!("expected {:?} at {}", b as char, self.i))
+            }
+        }
+
+        fn value(&mut self) -> Result<Value, String> {
+            self.ws();
+            match self.s.get(self.i) {
+                Some(b'{') => self.object(),
+                Some(b'[') => self.array(),
+                Some(b'"') => self.string().map(Value::Str),
+                Some(b'0'..=b'9') => self.number(),
+                _ => {
+                    for lit in ["true", "false", "null"] {
+                        if self.s[self.i..].starts_with(lit.as_bytes()) {
+                            self.i += lit.len();
+                            return Ok(Value::Literal(lit));
+                        }
+                    }
+                    Err(format!("no value at {}", self.i))
+                }
+            }
+        }
+
+        fn object(&mut self) -> Result<Value, String> {
+            self.eat(b'{')?;
+            let mut fields = Vec::new();
+            self.ws();
+            if self.s.get(self.i) == Some(&b'}') {
+                self.i += 1;
+                return Ok(Value::Object(fields));
+            }
+            loop {
+                self.ws();
+                let key = self.string()?;
+                self.eat(b':')?;
+                fields.push((key, self.value()?));
+                self.ws();
+                match self.s.get(self.i) {
+                    Some(b',') => self.i += 1,
+                    Some(b'}') => {
+                        self.i += 1;
+                        return Ok(Value::Object(fields));
+                    }
+                    _ => return Err(format!("expected ',' or '}}' at {}", self.i)),
+                }
+            }
+        }
+
+        fn array(&mut self) -> Result<Value, String> {
+            self.eat(b'[')?;
+            let mut items = Vec::new();
+            self.ws();
+            if self.s.get(self.i) == Some(&b']') {
+                self.i += 1;
+                return Ok(Value::Array(items));
+            }
+            loop {
+                items.push(self.value()?);
+                self.ws();
+                match self.s.get(self.i) {
+                    Some(b',') => self.i += 1,
+                    Some(b']') => {
+                        self.i += 1;
+                        return Ok(Value::Array(items));
+                    }
+                    _ => return Err(format!("expected ',' or ']' at {}", self.i)),
+                }
+            }
+        }
+
+        fn string(&mut self) -> Result<String, String> {
+            if self.s.get(self.i) != Some(&b'"') {
+                return Err(format!("expected a string at {}", self.i));
+            }
+            let start = self.i + 1;
+            let len = self.s[start..]
+                .iter()
+                .position(|&b| b == b'"')
+                .ok_or("unterminated string")?;
+            let body = &self.s[start..start + len];
+            if body.iter().any(|&b| b == b'\\' || b < 0x20) {
+                return Err(format!("escape or control byte in string at {start}"));
+            }
+            self.i = start + len + 1;
+            String::from_utf8(body.to_vec()).map_err(|e| e.to_string())
+        }
+
+        fn number(&mut self) -> Result<Value, String> {
+            let start = self.i;
+            while matches!(self.s.get(self.i), Some(b'0'..=b'9')) {
+                self.i += 1;
+            }
+            let digits = &self.s[start..self.i];
+            if digits.len() > 1 && digits[0] == b'0' {
+                return Err(format!("leading zero at {start}"));
+            }
+            if matches!(self.s.get(self.i), Some(b'.' | b'e' | b'E')) {
+                return Err(format!("not an integer at {start}"));
+            }
+            std::str::from_utf8(digits)
+                .unwrap()
+                .parse()
+                .map(Value::Number)
+                .map_err(|e| format!("{e} at {start}"))
+        }
+    }
 }

@@ -48,7 +48,7 @@ fn page_size() -> usize {
 
 /// `malloc` without the `errno`: `size` bytes aligned to [`C_ALIGN`], or null.
 #[inline(always)]
-fn alloc_c(size: usize) -> *mut c_void {
+pub(crate) fn alloc_c(size: usize) -> *mut c_void {
     match c_size(size) {
         // SAFETY: MIN_ALIGN is a power of two.
         Some(n) => unsafe { raw::alloc(n, MIN_ALIGN) }.cast(),
@@ -58,7 +58,7 @@ fn alloc_c(size: usize) -> *mut c_void {
 
 /// `size` bytes aligned to `align` (a power of two), or null.
 #[inline]
-fn alloc_aligned(align: usize, size: usize) -> *mut c_void {
+pub(crate) fn alloc_aligned(align: usize, size: usize) -> *mut c_void {
     if align <= C_ALIGN {
         return alloc_c(size);
     }
@@ -307,6 +307,40 @@ pub unsafe extern "C" fn malloc_usable_size(ptr: *mut c_void) -> usize {
 /// undefined; here a release build ignores it, a debug build stops).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn free_sized(ptr: *mut c_void, size: usize) {
+    // SAFETY: per the caller.
+    unsafe { free_sized_impl(ptr, size) }
+}
+
+/// C23 `free_aligned_sized`: frees `ptr`, allocated by `aligned_alloc(align, size)`.
+///
+/// # Safety
+/// As [`free_sized`], and `align` is the alignment that was asked for.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn free_aligned_sized(ptr: *mut c_void, align: usize, size: usize) {
+    // SAFETY: per the caller.
+    unsafe { free_aligned_sized_impl(ptr, align, size) }
+}
+
+/// The body of [`free`], for the other front doors in this crate (the C++ `delete`s):
+/// they call this rather than the exported symbol, which is interposable and so reached
+/// through the GOT.
+///
+/// # Safety
+/// As [`free`].
+#[inline(always)]
+pub(crate) unsafe fn free_impl(ptr: *mut c_void) {
+    if !ptr.is_null() {
+        // SAFETY: non-null, and per the caller.
+        unsafe { free_keep_errno(ptr) };
+    }
+}
+
+/// The body of [`free_sized`] (see [`free_impl`]).
+///
+/// # Safety
+/// As [`free_sized`].
+#[inline(always)]
+pub(crate) unsafe fn free_sized_impl(ptr: *mut c_void, size: usize) {
     if ptr.is_null() {
         return;
     }
@@ -317,18 +351,18 @@ pub unsafe extern "C" fn free_sized(ptr: *mut c_void, size: usize) {
     unsafe { free_keep_errno(ptr) }
 }
 
-/// C23 `free_aligned_sized`: frees `ptr`, allocated by `aligned_alloc(align, size)`.
+/// The body of [`free_aligned_sized`] (see [`free_impl`]).
 ///
 /// # Safety
-/// As [`free_sized`], and `align` is the alignment that was asked for.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn free_aligned_sized(ptr: *mut c_void, align: usize, size: usize) {
+/// As [`free_aligned_sized`].
+#[inline(always)]
+pub(crate) unsafe fn free_aligned_sized_impl(ptr: *mut c_void, align: usize, size: usize) {
     if ptr.is_null() {
         return;
     }
     if align <= C_ALIGN {
         // SAFETY: per the caller; such blocks were allocated as by `malloc`.
-        unsafe { free_sized(ptr, size) };
+        unsafe { free_sized_impl(ptr, size) };
         return;
     }
     if !align.is_power_of_two() {

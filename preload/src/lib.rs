@@ -8,12 +8,19 @@
 //! - [`c_api`]: `malloc`, `free`, `calloc`, `realloc`, `reallocarray`, `posix_memalign`,
 //!   `aligned_alloc`, `memalign`, `valloc`, `pvalloc`, `malloc_usable_size`, `free_sized`,
 //!   `free_aligned_sized` and glibc's `__libc_*` aliases, with glibc's semantics.
+//! - [`cxx`]: the C++ `operator new` / `new[]` / `delete` / `delete[]` in every form
+//!   (sized, `std::align_val_t`, `std::nothrow`), with the new-handler loop and
+//!   `std::bad_alloc`, though the library links no C++ runtime (x86_64 Linux).
+//! - [`glibc_ext`]: glibc's `malloc_trim`, `mallinfo`, `mallinfo2`, `malloc_stats`,
+//!   `malloc_info` and `mallopt`, filled from spanalloc's statistics.
 //! - [`stats`]: `SPANALLOC_SHOW_STATS=1` prints a summary to stderr at exit.
 //!
-//! The thread-local slot this library relies on is spanalloc's `c-abi` feature (one
+//! The thread-local slot this library relies on is spanalloc's `small-tls` feature (one
 //! pointer in initial-exec TLS); `docs/preload.md` explains why.
 
 pub mod c_api;
+pub mod cxx;
+pub mod glibc_ext;
 pub mod stats;
 
 pub use c_api::*;
