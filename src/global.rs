@@ -63,6 +63,14 @@ fn local() -> *mut Local {
     LOCAL.with(|l| l.get())
 }
 
+/// This thread's slot for the fast paths, which make no call: as [`local`] without making
+/// one (the slot of exited threads, which is never filled, for a thread that has none yet).
+#[cfg(not(feature = "small-tls"))]
+#[inline(always)]
+fn local_for_fast_path() -> *mut Local {
+    local()
+}
+
 // With the `small-tls` feature (what libspanalloc.so builds with), thread-local storage
 // holds one pointer, read with the initial-exec TLS model, and the `Local` itself comes from
 // the metadata allocator. A library loaded with `dlopen` then needs 8 bytes of static TLS
@@ -186,6 +194,20 @@ fn local() -> *mut Local {
         l
     } else {
         local_slow(l)
+    }
+}
+
+/// This thread's slot for the fast paths, which make no call: as [`local`] without making
+/// one (`DEAD_LOCAL`, which is never filled, for a thread that has none yet: its fast paths
+/// find no object and no room, and the slow paths call [`local`]).
+#[cfg(feature = "small-tls")]
+#[inline(always)]
+fn local_for_fast_path() -> *mut Local {
+    let l = slot::get();
+    if l as usize > SLOT_DEAD {
+        l
+    } else {
+        DEAD_LOCAL.0.get()
     }
 }
 
@@ -381,7 +403,9 @@ pub mod raw {
             if size <= SMALL_STEP_LIMIT {
                 // SAFETY: our own slot (or the never-filled one of exited threads); the fast
                 // path makes no call that could re-enter. `size` is small.
-                let obj = unsafe { ThreadCache::pop_small_raw(&raw mut (*local()).cache, size) };
+                let obj = unsafe {
+                    ThreadCache::pop_small_raw(&raw mut (*local_for_fast_path()).cache, size)
+                };
                 if !obj.is_null() {
                     return obj;
                 }
@@ -443,10 +467,11 @@ pub mod raw {
     pub unsafe fn free_fast(ptr: *mut u8) -> bool {
         let word = HEAP.page_map().small_word_of(ptr as usize);
         // SAFETY: our own slot (or the never-written one of exited threads).
-        let cache = unsafe { &raw mut (*local()).cache };
-        // SAFETY: an active cache is this thread's alone (a shared one never is active); the
-        // fast path makes no call that could re-enter; per the caller.
-        unsafe { ThreadCache::is_active(cache) && (*cache).push_small(&HEAP, ptr, word) }
+        let cache = unsafe { &raw mut (*local_for_fast_path()).cache };
+        // SAFETY: a cache with room in a bin is active, so this thread's alone (a shared one
+        // never has room and is only read); the fast path makes no call that could re-enter;
+        // per the caller.
+        unsafe { ThreadCache::push_small_raw(cache, ptr, word) }
     }
 
     /// Resizes `ptr` (allocated with `align`) to `new_size` bytes. Null on failure, leaving
@@ -517,7 +542,7 @@ unsafe fn alloc_medium(size: usize) -> *mut u8 {
     unsafe { core::hint::assert_unchecked(size > SMALL_STEP_LIMIT && size < LARGE_THRESHOLD) };
     let class = size_class::class_of_medium(size);
     // SAFETY: as in `raw::alloc`.
-    let obj = unsafe { ThreadCache::pop_raw(&raw mut (*local()).cache, class) };
+    let obj = unsafe { ThreadCache::pop_raw(&raw mut (*local_for_fast_path()).cache, class) };
     if !obj.is_null() {
         return obj;
     }

@@ -35,6 +35,28 @@ struct Leaf {
 }
 #[cfg(not(loom))]
 type Root = [AtomicPtr<Leaf>; ROOT_LEN];
+
+/// The root of every map until its first [`PageMap::ensure`]: all null, never written (zero
+/// pages of `.bss`, never resident), so that a lookup needs no test for "no root yet".
+#[cfg(not(loom))]
+static EMPTY_ROOT: Root = {
+    // SAFETY: a null `AtomicPtr` is all zero bytes.
+    unsafe { core::mem::zeroed() }
+};
+
+/// The root a map has before its first [`PageMap::ensure`].
+#[cfg(not(loom))]
+#[inline(always)]
+const fn empty_root() -> *mut Root {
+    core::ptr::addr_of!(EMPTY_ROOT).cast_mut()
+}
+
+/// Under loom the root is made at run time; null until then.
+#[cfg(loom)]
+#[inline(always)]
+fn empty_root() -> *mut Root {
+    null_mut()
+}
 #[cfg(loom)]
 struct Leaf {
     spans: loom_node::Node<Span, { loom_node::LEAF_SLOTS }>,
@@ -53,16 +75,24 @@ impl Leaf {
 type Root = loom_node::Node<Leaf, { loom_node::ROOT_SLOTS }>;
 
 /// The small-object word of a page of a small span: the span's first byte with its size
-/// class in the low bits (spans start on page boundaries, so those bits are free). 0 for
-/// every other page. What the sizeless `free` needs, in one load from the leaf.
+/// class times 16 in the low bits (spans start on page boundaries, so those bits are free;
+/// times 16, the size of the free path's per-class records, so the free path indexes them
+/// with the bits as they are). 0 for every other page. What the sizeless `free` needs, in
+/// one load from the leaf.
 #[inline(always)]
 pub const fn small_word(start_addr: usize, class: u8) -> usize {
-    start_addr | class as usize
+    start_addr | (class as usize) << 4
 }
 
 /// The size class index in a small-object word (0: not a small span's page).
 #[inline(always)]
 pub const fn word_class(word: usize) -> usize {
+    word_class_bytes(word) >> 4
+}
+
+/// The size class index times 16 in a small-object word.
+#[inline(always)]
+pub const fn word_class_bytes(word: usize) -> usize {
     word & (PAGE_SIZE - 1)
 }
 
@@ -130,7 +160,7 @@ impl PageMap {
     #[cfg(not(loom))]
     pub const fn new() -> PageMap {
         PageMap {
-            root: AtomicPtr::new(null_mut()),
+            root: AtomicPtr::new(empty_root()),
             node_bytes: AtomicUsize::new(0),
         }
     }
@@ -148,14 +178,7 @@ impl PageMap {
     /// stale for pages inside large or free spans: callers check `span.contains(addr)`.
     #[inline(always)]
     pub fn lookup(&self, addr: usize) -> *mut Span {
-        // Acquire pairs with the Release stores in `ensure`: the nodes' zeroing is visible.
-        let root = self.root.load(Ordering::Acquire);
-        let r = addr >> LEAF_SPAN_BITS;
-        if root.is_null() || r >= ROOT_LEN {
-            return null_mut();
-        }
-        // SAFETY: `root` points to a live root node and `r` is in bounds.
-        let leaf = unsafe { (*root)[r].load(Ordering::Acquire) };
+        let leaf = self.leaf_of(addr);
         if leaf.is_null() {
             return null_mut();
         }
@@ -165,20 +188,31 @@ impl PageMap {
         unsafe { (*leaf).spans[l].load(Ordering::Acquire) }
     }
 
-    /// The small-object word of the page holding `addr` (see [`small_word`]), or 0.
-    /// Lock-free, three loads. Relaxed: a caller freeing a valid object got it, through
+    /// The leaf covering `addr`, or null. An address at or above 2^[`ADDRESS_BITS`] is
+    /// folded onto a lower one (no branch for it): every caller then checks the address
+    /// against a span's own range or start, which the folded one never matches.
+    #[inline(always)]
+    fn leaf_of(&self, addr: usize) -> *mut Leaf {
+        // Acquire pairs with the Release stores in `ensure`: the nodes' zeroing is visible.
+        let root = self.root.load(Ordering::Acquire);
+        #[cfg(loom)]
+        if root.is_null() {
+            return null_mut();
+        }
+        let r = (addr >> LEAF_SPAN_BITS) & (ROOT_LEN - 1);
+        // SAFETY: `root` points to a live root node (the empty one at first) and `r` is in
+        // bounds.
+        unsafe { (*root)[r].load(Ordering::Acquire) }
+    }
+
+    /// The small-object word of the page holding `addr` (see [`small_word`]), or 0 (for an
+    /// address at or above 2^[`ADDRESS_BITS`], possibly a folded address's word, which fails
+    /// the caller's offset check). Lock-free, three loads. Relaxed: a caller freeing a valid object got it, through
     /// the program's own synchronisation, after the word was written; a caller with an
     /// invalid pointer may read a stale word, which the pointer checks then judge.
     #[inline(always)]
     pub fn small_word_of(&self, addr: usize) -> usize {
-        // Acquire pairs with the Release stores in `ensure`: the nodes' zeroing is visible.
-        let root = self.root.load(Ordering::Acquire);
-        let r = addr >> LEAF_SPAN_BITS;
-        if root.is_null() || r >= ROOT_LEN {
-            return 0;
-        }
-        // SAFETY: `root` points to a live root node and `r` is in bounds.
-        let leaf = unsafe { (*root)[r].load(Ordering::Acquire) };
+        let leaf = self.leaf_of(addr);
         if leaf.is_null() {
             return 0;
         }
@@ -193,7 +227,7 @@ impl PageMap {
     /// the span is not yet published to a central list).
     pub fn set_small_words(&self, start: PageId, pages: Pages, word: usize) {
         let root = self.root.load(Ordering::Relaxed);
-        debug_assert!(!root.is_null());
+        debug_assert!(root != empty_root());
         for p in start.0..start.0 + pages.0 {
             let addr = PageId(p).addr();
             // SAFETY: `ensure` covered these pages, so the root and leaf exist.
@@ -217,7 +251,7 @@ impl PageMap {
             return false;
         }
         let mut root = self.root.load(Ordering::Relaxed);
-        if root.is_null() {
+        if root == empty_root() {
             let bytes = core::mem::size_of::<Root>().next_multiple_of(PAGE_SIZE);
             root = match source.map(bytes, PAGE_SIZE) {
                 Some(p) => p.as_ptr().cast(),
@@ -264,7 +298,7 @@ impl PageMap {
     pub fn set(&self, page: PageId, span: *mut Span) {
         let addr = page.addr();
         let root = self.root.load(Ordering::Relaxed);
-        debug_assert!(!root.is_null());
+        debug_assert!(root != empty_root());
         // SAFETY: `ensure` covered this page, so the root and leaf exist.
         unsafe {
             let leaf = (*root)[addr >> LEAF_SPAN_BITS].load(Ordering::Relaxed);

@@ -4,21 +4,22 @@
 //!
 //! A bin holds free objects of one class from any span (TCMalloc's `ThreadCache::FreeList`):
 //! a free never asks which span the object is in, so a free that lands far from the last
-//! allocation costs what a free of the last allocation costs. Each bin has a length and a
-//! bound; allocation from an empty bin fetches a batch from the central list
-//! ([`ThreadCache::alloc_slow`]), a free past the bound hands a batch back
-//! (`ThreadCache::release_slow`). The bound starts at one batch and grows by one each
-//! time the bin runs dry, up to [`class_bound`], so a class a thread uses a lot keeps more.
+//! allocation costs what a free of the last allocation costs. Each bin has a bound and the
+//! room left under it; allocation from an empty bin fetches a batch from the central list
+//! ([`ThreadCache::alloc_slow`]), a free into a bin with no room left hands a batch back
+//! first ([`ThreadCache::push_small_slow`]). The bound starts at 0 (so an inactive cache,
+//! whose bins never grow, sends every free to the slow path without being written), and
+//! grows by one batch each time the bin runs dry or fills while short, up to
+//! [`class_bound`], so a class a thread uses a lot keeps more.
 
 use super::ThreadCache;
 use crate::central_free_list::batch_size;
 use crate::heap::Heap;
-use crate::page_map::{word_class, word_start};
+use crate::page_map::{word_class, word_class_bytes, word_start};
 use crate::size_class::{CLASS_COUNT, SMALL_STEP_LIMIT, SizeClass};
 use crate::span;
 use crate::sys::PageSource;
 use core::ptr::null_mut;
-use core::sync::atomic::{AtomicU32, Ordering};
 
 /// The most bytes of free objects a bin keeps (its bound is at least two batches).
 pub const BIN_BYTES: usize = 256 << 10;
@@ -29,10 +30,10 @@ pub const BIN_BYTES: usize = 256 << 10;
 pub struct Bin {
     /// Free objects, each carrying the free key, linked through their first word.
     pub(super) head: *mut u8,
-    /// How many are on `head`. Only the owner writes it; an atomic (Relaxed, plain moves)
-    /// only so that statistics may read it from elsewhere.
-    pub(super) len: AtomicU32,
-    /// Past this many, a free hands a batch back.
+    /// How many more objects the bin takes before a free must hand a batch back: `max`
+    /// minus the objects on `head`.
+    pub(super) room: u32,
+    /// The bin's bound.
     pub(super) max: u32,
 }
 
@@ -40,19 +41,15 @@ impl Bin {
     pub(super) const fn empty() -> Bin {
         Bin {
             head: null_mut(),
-            len: AtomicU32::new(0),
+            room: 0,
             max: 0,
         }
     }
 
+    /// Objects on the bin.
     #[inline(always)]
     pub(super) fn len(&self) -> u32 {
-        self.len.load(Ordering::Relaxed)
-    }
-
-    #[inline(always)]
-    fn set_len(&self, len: u32) {
-        self.len.store(len, Ordering::Relaxed);
+        self.max - self.room
     }
 }
 
@@ -72,7 +69,7 @@ struct OffsetCheck {
     bytes: u64,
 }
 
-static OFFSET_CHECK: [OffsetCheck; CLASS_COUNT] = {
+const OFFSET_CHECK: [OffsetCheck; CLASS_COUNT] = {
     let mut table = [OffsetCheck {
         multiple: 0,
         bytes: 0,
@@ -90,13 +87,19 @@ static OFFSET_CHECK: [OffsetCheck; CLASS_COUNT] = {
     table
 };
 
-/// Whether `offset` from the start of a span of class index `class` is the start of one of
-/// its objects. One multiply and two compares.
+// The free path indexes the bins and `OFFSET_CHECK` with a small-object word's class bits,
+// the class times 16.
+const _: () =
+    assert!(core::mem::size_of::<Bin>() == 16 && core::mem::size_of::<OffsetCheck>() == 16);
+
+/// Whether `offset` from the start of a span of the class whose index times 16 is
+/// `class_bytes` is the start of one of its objects. One multiply and two compares.
 #[inline(always)]
-fn is_object_offset(class: usize, offset: usize) -> bool {
-    // SAFETY: `class` comes from a small-object word, which holds a class index below
-    // CLASS_COUNT (see `page_map::small_word`).
-    let check = unsafe { OFFSET_CHECK.get_unchecked(class) };
+fn is_object_offset(class_bytes: usize, offset: usize) -> bool {
+    // A `const`, so that every crate indexes its own copy rather than go through the GOT.
+    // SAFETY: `class_bytes` comes from a small-object word, which holds a class index below
+    // CLASS_COUNT times the record size (see `page_map::small_word`).
+    let check = unsafe { &*OFFSET_CHECK.as_ptr().byte_add(class_bytes) };
     (offset as u64) < check.bytes && (offset as u64).wrapping_mul(check.multiple) < check.multiple
 }
 
@@ -191,40 +194,79 @@ impl ThreadCache {
     }
 
     /// Frees `ptr` if the page map's small-object word `word` of its page says it is the
-    /// start of an object of a small span: pushes it on its class's bin (handing a batch back
-    /// past the bin's bound). Returns `false`, having done nothing, otherwise (a large
-    /// object, or a pointer that is no object's start: the caller's checked path). No
-    /// atomic, no lock on the common path.
+    /// start of an object of a small span and its bin has room: pushes it there. Returns
+    /// `false`, having written nothing, otherwise (a large object, a pointer that is no
+    /// object's start, a full bin, an inactive cache: the caller's slow path). No atomic, no
+    /// lock, no call.
     ///
     /// # Safety
-    /// `ptr` is a pointer the caller gives up; `word` is `heap`'s small-object word of its
-    /// page.
+    /// `ptr` is a pointer the caller gives up; `word` is the small-object word of its page;
+    /// the cache is this thread's alone, or inactive (then it is only read).
     #[inline(always)]
+    pub unsafe fn push_small_raw(cache: *mut ThreadCache, ptr: *mut u8, word: usize) -> bool {
+        let class_bytes = word_class_bytes(word);
+        if !is_object_offset(class_bytes, (ptr as usize).wrapping_sub(word_start(word))) {
+            return false;
+        }
+        // SAFETY: per the caller; the class is below CLASS_COUNT (a small-object word's).
+        unsafe {
+            let bin = (&raw mut (*cache).bins).cast::<Bin>().byte_add(class_bytes);
+            if (*bin).room == 0 {
+                return false;
+            }
+            // Room means an active cache: this thread's alone.
+            let bin = &mut *bin;
+            span::mark_freed(ptr, (*cache).key);
+            span::set_next_free(ptr, bin.head);
+            bin.head = ptr;
+            bin.room -= 1;
+        }
+        true
+    }
+
+    /// As [`ThreadCache::push_small_raw`] when the bin may have no room: makes room first
+    /// (a batch back to the central list, or a larger bound). `false`, having done nothing,
+    /// when `ptr` is not a small object's start.
+    ///
+    /// # Safety
+    /// As [`ThreadCache::push_small_raw`], and the cache is active.
+    #[inline]
     pub unsafe fn push_small<S: PageSource>(
         &mut self,
         heap: &Heap<S>,
         ptr: *mut u8,
         word: usize,
     ) -> bool {
-        let class = word_class(word);
-        if !is_object_offset(class, (ptr as usize).wrapping_sub(word_start(word))) {
+        if !is_object_offset(
+            word_class_bytes(word),
+            (ptr as usize).wrapping_sub(word_start(word)),
+        ) {
             return false;
         }
-        let key = self.key;
-        // SAFETY: `class` is below CLASS_COUNT (a small-object word's class).
-        let bin = unsafe { self.bins.get_unchecked_mut(class) };
-        // SAFETY: the start of an object of a small span, given up by the caller.
-        unsafe {
-            span::mark_freed(ptr, key);
-            span::set_next_free(ptr, bin.head);
+        debug_assert!(self.active);
+        let class = SizeClass(word_class(word) as u8);
+        if self.bin(class).room == 0 {
+            self.push_small_slow(heap, class);
         }
-        bin.head = ptr;
-        let len = bin.len() + 1;
-        bin.set_len(len);
-        if len > bin.max {
-            self.release_slow(heap, SizeClass(class as u8));
+        // SAFETY: per the caller; the bin has room now.
+        unsafe { Self::push_small_raw(self, ptr, word) }
+    }
+
+    /// Makes room in the full bin of `class`: hands a batch back to the central list (the
+    /// most recently freed objects, whose links are in cache) when the bin holds one, else
+    /// raises the bound by a batch.
+    #[cold]
+    #[inline(never)]
+    pub fn push_small_slow<S: PageSource>(&mut self, heap: &Heap<S>, class: SizeClass) {
+        let batch = batch_size(class);
+        let bin = self.bin(class);
+        debug_assert_eq!(bin.room, 0);
+        if (bin.max as usize) < batch {
+            bin.max += batch as u32;
+            bin.room += batch as u32;
+            return;
         }
-        true
+        self.release_slow(heap, class);
     }
 
     /// Fills the empty bin of `class` with a batch from its central list and pops one object.
@@ -249,18 +291,17 @@ impl ThreadCache {
         }
         let bound = class_bound(class);
         let bin = self.bin(class);
+        debug_assert!(bin.head.is_null() && bin.room == bin.max);
         // Ran dry: keep one batch more from now on.
-        bin.max = (bin.max + batch as u32).min(bound);
+        bin.max = (bin.max + batch as u32).min(bound).max(n as u32);
         bin.head = list;
-        bin.set_len(n as u32);
+        bin.room = bin.max - n as u32;
         self.pop(class)
     }
 
-    /// Hands a batch of the bin of `class` (past its bound) back to the central list: the
-    /// most recently freed objects, whose links are in cache.
-    #[cold]
-    #[inline(never)]
-    pub(super) fn release_slow<S: PageSource>(&mut self, heap: &Heap<S>, class: SizeClass) {
+    /// Hands a batch of the bin of `class` back to the central list: the most recently freed
+    /// objects, whose links are in cache.
+    fn release_slow<S: PageSource>(&mut self, heap: &Heap<S>, class: SizeClass) {
         let batch = batch_size(class);
         let bin = self.bin(class);
         let len = bin.len() as usize;
@@ -275,7 +316,7 @@ impl ThreadCache {
             bin.head = span::next_free(tail);
             span::set_next_free(tail, null_mut());
         }
-        bin.set_len((len - n) as u32);
+        bin.room += n as u32;
         // SAFETY: `n` free objects of `class`, ours, given up.
         unsafe {
             heap.central(class)
@@ -288,7 +329,7 @@ impl ThreadCache {
         let bin = self.bin(class);
         let head = core::mem::replace(&mut bin.head, null_mut());
         let len = bin.len() as usize;
-        bin.set_len(0);
+        bin.room = 0;
         bin.max = 0;
         // SAFETY: the bin's `len` free objects of `class`, ours, given up.
         unsafe {
@@ -314,7 +355,7 @@ fn pop_from(bin: &mut Bin) -> *mut u8 {
             bin.head = span::next_free(obj);
             span::mark_allocated(obj);
         }
-        bin.set_len(bin.len().wrapping_sub(1));
+        bin.room += 1;
     }
     obj
 }
