@@ -26,7 +26,7 @@ MODELS=(
 filter="${1:-}"
 
 start=$(date +%s)
-if ! cargo test --release --lib --no-run -q; then
+if ! cargo test --release -p spanalloc --lib --no-run -q; then
   echo "loom: build failed"
   echo "0 passed, 1 failed"
   exit 1
@@ -40,7 +40,7 @@ for entry in "${MODELS[@]}"; do
   read -r name bound <<<"$entry"
   [[ -n "$filter" && "$name" != *"$filter"* ]] && continue
   t0=$(date +%s.%N)
-  out=$(LOOM_MAX_PREEMPTIONS="$bound" cargo test --release --lib -q "loom_tests::$name" \
+  out=$(LOOM_MAX_PREEMPTIONS="$bound" cargo test --release -p spanalloc --lib -q "loom_tests::$name" \
           -- --exact --nocapture 2>&1)
   status=$?
   t1=$(date +%s.%N)

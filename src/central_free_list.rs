@@ -147,8 +147,8 @@ impl Lists {
         }
     }
 
-    /// Takes up to `want` objects from the partial spans onto `list` (marking never-used
-    /// ones with `key`, as every free object is marked). Returns the new head and count.
+    /// Takes up to `want` objects from the partial spans onto `list` (each already marked
+    /// free). Returns the new head and count.
     ///
     /// # Safety
     /// The caller holds the lock; `list` holds `got` objects the caller owns.
@@ -156,7 +156,6 @@ impl Lists {
         &mut self,
         class: SizeClass,
         want: usize,
-        key: u64,
         mut list: *mut u8,
         mut got: usize,
     ) -> (*mut u8, usize) {
@@ -186,11 +185,11 @@ impl Lists {
                     got += 1;
                     taken += 1;
                 }
-                // Never-used objects: linked so that the lowest address is popped first.
+                // Never-used objects (marked free when the span was made): linked so that the
+                // lowest address is popped first.
                 let n = (want - got).min(cap - bump);
                 for i in (bump..bump + n).rev() {
                     let obj = (start + i * size) as *mut u8;
-                    span::mark_freed_fresh(obj, key);
                     span::set_next_free(obj, list);
                     list = obj;
                 }
@@ -281,7 +280,7 @@ impl CentralFreeList {
                 return (core::mem::replace(&mut lists.slots[i], null_mut()), batch);
             }
             // SAFETY: we hold the lock and own the (empty) list.
-            let (list, got) = unsafe { lists.take_from_spans(class, want, key, null_mut(), 0) };
+            let (list, got) = unsafe { lists.take_from_spans(class, want, null_mut(), 0) };
             if got > 0 {
                 return (list, got);
             }
@@ -297,6 +296,17 @@ impl CentralFreeList {
         };
         // SAFETY: a fresh small span, not yet on any list: ours alone.
         let s = unsafe { span.as_ref() };
+        // Every object not handed out carries the free key, never-used ones included: a
+        // forged free of one (a pointer on an object boundary the program was never given)
+        // then stops as a double free instead of putting the object on a list twice.
+        if crate::check::FREE_CHECKS {
+            for i in 0..class.objects() {
+                // SAFETY: never-used objects of our fresh span.
+                unsafe {
+                    span::mark_freed_fresh((s.start_addr() + i * class.size()) as *mut u8, key)
+                };
+            }
+        }
         backing.map.set_small_words(
             s.start(),
             s.pages(),
@@ -307,7 +317,7 @@ impl CentralFreeList {
         // SAFETY: a live span on no list; we hold the lock.
         unsafe {
             lists.partial.push(span.as_ptr());
-            lists.take_from_spans(class, want, key, null_mut(), 0)
+            lists.take_from_spans(class, want, null_mut(), 0)
         }
     }
 

@@ -169,14 +169,6 @@ impl World {
         unsafe { cache.free(&self.heap, o.0) };
     }
 
-    /// The span that holds `o`, from the page map.
-    fn span_of(&self, o: Obj) -> &Span {
-        let s = self.heap.page_map().lookup(o.0 as usize);
-        assert!(!s.is_null());
-        // SAFETY: page-map entries point to live span records.
-        unsafe { &*s }
-    }
-
     /// The census at the end of a heap model, after every object has been freed and every
     /// cache flushed: every span must be back in the page heap exactly once and the central
     /// lists empty. A lost object keeps its span out of the page heap; a span released twice

@@ -356,6 +356,17 @@ pub unsafe fn mark_freed_fresh(obj: *mut u8, key: u64) {
     }
 }
 
+/// Whether `obj` carries the free `key` (it is on a free list). Always `false` when the
+/// free checks are off.
+///
+/// # Safety
+/// `obj` is the start of an object of at least two words.
+#[inline(always)]
+pub unsafe fn is_marked_freed(obj: *mut u8, key: u64) -> bool {
+    // SAFETY: per the caller.
+    crate::check::FREE_CHECKS && unsafe { obj.cast::<u64>().add(1).read() } == key
+}
+
 /// Clears the free key of an object being handed out.
 ///
 /// # Safety

@@ -159,10 +159,7 @@ fn display_lists_a_class_in_use() {
         .unwrap_or_else(|| panic!("no row for class {}:\n{text}", class.index()));
     let c = &st.classes[class.index()];
     assert_eq!(row[1], class.size());
-    assert_eq!(
-        row[2..],
-        [c.spans, c.objects_in_use, c.free_objects]
-    );
+    assert_eq!(row[2..], [c.spans, c.objects_in_use, c.free_objects]);
     assert!(row[3] >= 40, "the 40 objects held are in use:\n{text}");
     assert_eq!(
         rows.len(),

@@ -277,6 +277,76 @@ impl ThreadCache {
     }
 }
 
+impl ThreadCache {
+    /// The first broken invariant of this cache, if any: every bin holds exactly as many
+    /// objects as its count says, ending in null (so no object twice, no cycle), within its
+    /// bound; each is the start of an object of a small span of the bin's class (as the page
+    /// map says) and carries the free key; every stashed span is a large span marked
+    /// stashed. Walks every object (an expensive check: for tests).
+    pub fn invariant_violation<S: PageSource>(&self, heap: &Heap<S>) -> Option<&'static str> {
+        macro_rules! ensure {
+            ($cond:expr, $msg:expr) => {
+                if !$cond {
+                    return Some($msg);
+                }
+            };
+        }
+        for class in SizeClass::all() {
+            let bin = &self.bins[class.index()];
+            ensure!(bin.room <= bin.max, "a bin's room is within its bound");
+            ensure!(
+                bin.max <= bins::class_bound(class),
+                "a bin's bound is within the class's"
+            );
+            ensure!(
+                self.active || bin.max == 0,
+                "an inactive cache holds nothing"
+            );
+            let mut at = bin.head;
+            let mut n = 0;
+            while !at.is_null() {
+                ensure!(n < bin.len(), "a bin holds no more objects than its count");
+                let word = heap.page_map().small_word_of(at as usize);
+                ensure!(
+                    crate::page_map::word_class(word) == class.index(),
+                    "a bin's objects are of its class"
+                );
+                let offset = at as usize - crate::page_map::word_start(word);
+                ensure!(
+                    offset % class.size() == 0 && offset < class.objects() * class.size(),
+                    "a bin's objects are object starts"
+                );
+                // SAFETY: a free object of our bin: its first two words are ours.
+                unsafe {
+                    ensure!(
+                        !crate::check::FREE_CHECKS || crate::span::is_marked_freed(at, self.key),
+                        "a bin's objects carry the free key"
+                    );
+                    at = crate::span::next_free(at);
+                }
+                n += 1;
+            }
+            ensure!(n == bin.len(), "a bin holds as many objects as its count");
+        }
+        for &s in &self.stash[..self.stash_len] {
+            // SAFETY: stashed spans are live large spans this cache holds.
+            let s = unsafe { &*s };
+            ensure!(
+                s.kind() == crate::span::SpanKind::Large && s.is_stashed_large(),
+                "stashed spans are large spans marked stashed"
+            );
+        }
+        None
+    }
+
+    /// Panics on the first broken invariant of [`ThreadCache::invariant_violation`].
+    pub fn check_invariants<S: PageSource>(&self, heap: &Heap<S>) {
+        if let Some(v) = self.invariant_violation(heap) {
+            panic!("thread cache invariant broken: {v}");
+        }
+    }
+}
+
 impl Default for ThreadCache {
     fn default() -> Self {
         Self::new()

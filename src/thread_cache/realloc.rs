@@ -3,8 +3,10 @@
 //! overview, and `docs/design.md` for the growth policy.
 
 use super::ThreadCache;
+use crate::check::fatal;
 use crate::heap::{GROWTH_MIN, Heap, LEND_MIN, Owner, growth_room};
 use crate::size_class;
+use crate::span;
 use crate::sys::PageSource;
 use core::ptr::null_mut;
 
@@ -47,10 +49,24 @@ impl ThreadCache {
     ) -> *mut u8 {
         let owner = heap.owner(ptr);
         let (old_usable, old_span) = match owner {
-            // SAFETY: validated by `owner`.
-            Owner::Small(span) => (unsafe { span.as_ref() }.class().size(), None),
-            // SAFETY: validated by `owner`.
-            Owner::Large(span) => (unsafe { span.as_ref() }.bytes(), Some(span)),
+            Owner::Small(span) => {
+                // A freed small object carries the free key: resizing it would hand it to
+                // two owners (it is on a free list too).
+                // SAFETY: validated by `owner`: the start of an object of at least 16 bytes.
+                if crate::check::FREE_CHECKS && unsafe { span::is_marked_freed(ptr, self.key) } {
+                    fatal("invalid realloc: pointer already freed");
+                }
+                // SAFETY: validated by `owner`.
+                (unsafe { span.as_ref() }.class().size(), None)
+            }
+            Owner::Large(span) => {
+                // SAFETY: validated by `owner`.
+                let s = unsafe { span.as_ref() };
+                if s.is_stashed_large() {
+                    fatal("invalid realloc: pointer already freed");
+                }
+                (s.bytes(), Some(span))
+            }
         };
         let new_class = size_class::class_for(new_size, align);
         // The buffer this thread is growing (a hint: it can be stale, and then an object

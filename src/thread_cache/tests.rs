@@ -5,6 +5,7 @@ use crate::heap::tests::heap;
 use crate::heap::{GROWTH_HEADROOM, GROWTH_HEADROOM_MAX, GROWTH_MIN, LEND_MIN, growth_room};
 use crate::pages::Pages;
 use crate::size_class::SMALL_STEP_LIMIT;
+use crate::span;
 use crate::sys::FakePages;
 use large::STASH_MAX_PAGES;
 use std::collections::BTreeMap;
@@ -144,6 +145,7 @@ fn one_cache_against_a_shadow_model() {
         }
         if step % 5000 == 0 {
             heap.check_invariants();
+            cache.check_invariants(&heap);
         }
     }
     for &(a, _, _) in &live {
@@ -197,6 +199,7 @@ fn caches_trading_objects_keep_every_count_exact() {
             if (i + round) % 2 == 0 {
                 cache.flush(&heap);
             }
+            cache.check_invariants(&heap);
         }
         heap.check_invariants();
     }
@@ -656,4 +659,47 @@ fn a_page_span_object_stays_when_it_shrinks_by_at_most_half() {
     }
     cache.flush(&heap);
     heap.check_invariants();
+}
+
+#[test]
+fn the_cache_walker_catches_a_broken_bin() {
+    let heap = heap();
+    let mut cache = ThreadCache::new();
+    let objs: Vec<*mut u8> = (0..100).map(|_| cache.alloc(&heap, 48, 8)).collect();
+    for &p in &objs[..50] {
+        // SAFETY: live objects, freed once.
+        unsafe { cache.free(&heap, p) };
+    }
+    assert_eq!(cache.invariant_violation(&heap), None);
+    // A live object slipped onto the bin behind the cache's back: it carries no key.
+    let class = size_class::class_of(48).unwrap();
+    let head = cache.bin(class).head;
+    // SAFETY: test only: `objs[60]` is live and ours; the bin's count is raised to match.
+    unsafe { span::set_next_free(objs[60], head) };
+    cache.bin(class).head = objs[60];
+    cache.bin(class).room -= 1;
+    assert_eq!(
+        cache.invariant_violation(&heap),
+        Some("a bin's objects carry the free key")
+    );
+    // A count that disagrees with the list: undo, then break the count.
+    cache.bin(class).head = head;
+    cache.bin(class).room += 2;
+    assert_eq!(
+        cache.invariant_violation(&heap),
+        Some("a bin holds no more objects than its count")
+    );
+    cache.bin(class).room -= 2;
+    assert_eq!(
+        cache.invariant_violation(&heap),
+        Some("a bin holds as many objects as its count")
+    );
+    cache.bin(class).room += 1;
+    assert_eq!(cache.invariant_violation(&heap), None);
+    for &p in &objs[50..] {
+        // SAFETY: live objects, freed once.
+        unsafe { cache.free(&heap, p) };
+    }
+    cache.flush(&heap);
+    cache.check_invariants(&heap);
 }

@@ -1,0 +1,113 @@
+//! Forged pointers that look like objects: a free of an object boundary the program was
+//! never given, an interior pointer through the sized frees, a `realloc` of a freed block.
+//! Each stops the process with one fixed line (child process, exact stderr line, SIGABRT),
+//! as the death tests do; without the checks, each would hand one block to two owners.
+
+mod common;
+
+use common::death_test;
+use core::alloc::{GlobalAlloc, Layout};
+use spanalloc::{SpanAlloc, raw};
+
+#[global_allocator]
+static A: SpanAlloc = SpanAlloc;
+
+const INTERIOR: &str = "spanalloc: invalid free: pointer into the middle of an object";
+const DOUBLE: &str = "spanalloc: double free detected";
+const REALLOC_FREED: &str = "spanalloc: invalid realloc: pointer already freed";
+
+/// A class nothing else in these children uses, so its span is fresh.
+const SIZE: usize = 432;
+
+/// `p = malloc(n); free(p + n * k)`, with object `k` of the span never handed out: every
+/// object not handed out carries the free key, so the forged free is a double free. (Before
+/// the never-used objects carried it, the free was taken and the object later handed out
+/// twice: the free list became a cycle.)
+fn forged_free_of_a_never_handed_out_object(k: usize) {
+    // SAFETY: a live object.
+    let p = unsafe { raw::alloc(SIZE, 8) };
+    assert!(!p.is_null());
+    let object = spanalloc::size_class::class_of(SIZE).unwrap().size();
+    // SAFETY: deliberately wrong: an object boundary of the same span, never handed out.
+    unsafe { raw::free(p.add(object * k)) };
+}
+
+#[test]
+fn forged_free_of_an_object_in_the_threads_cache() {
+    // The next object: in the batch this thread's cache took with `p`.
+    death_test(
+        "forged_free_of_an_object_in_the_threads_cache",
+        DOUBLE,
+        || forged_free_of_a_never_handed_out_object(1),
+    );
+}
+
+#[test]
+fn forged_free_of_an_object_never_carved() {
+    // The span's last object (a span of this class holds 18): never taken out of it.
+    death_test("forged_free_of_an_object_never_carved", DOUBLE, || {
+        let objects = spanalloc::size_class::class_of(SIZE).unwrap().objects();
+        forged_free_of_a_never_handed_out_object(objects - 1)
+    });
+}
+
+#[test]
+fn interior_pointer_through_the_sized_rust_dealloc() {
+    death_test(
+        "interior_pointer_through_the_sized_rust_dealloc",
+        INTERIOR,
+        || {
+            let layout = Layout::from_size_align(64, 8).unwrap();
+            // SAFETY: a live object, then a pointer 16 bytes into it freed on purpose.
+            unsafe {
+                let p = A.alloc(layout);
+                assert!(!p.is_null());
+                A.dealloc(p.add(16), layout);
+            }
+        },
+    );
+}
+
+#[test]
+fn interior_pointer_through_raw_dealloc() {
+    // What the C library's `free_sized(p + 16, 64)` calls.
+    death_test("interior_pointer_through_raw_dealloc", INTERIOR, || {
+        // SAFETY: a live object, then a pointer 16 bytes into it freed on purpose.
+        unsafe {
+            let p = raw::alloc(64, 16);
+            assert!(!p.is_null());
+            raw::dealloc(p.add(16), 64, 16);
+        }
+    });
+}
+
+#[test]
+fn realloc_of_a_freed_large_object_in_the_stash() {
+    death_test(
+        "realloc_of_a_freed_large_object_in_the_stash",
+        REALLOC_FREED,
+        || {
+            // SAFETY: a live large object, freed (into this thread's stash), then resized on
+            // purpose.
+            unsafe {
+                let p = raw::alloc(100_000, 16);
+                assert!(!p.is_null());
+                raw::free(p);
+                raw::realloc(p, 100_500, 16);
+            }
+        },
+    );
+}
+
+#[test]
+fn realloc_of_a_freed_small_object() {
+    death_test("realloc_of_a_freed_small_object", REALLOC_FREED, || {
+        // SAFETY: a live small object, freed, then resized within its class on purpose.
+        unsafe {
+            let p = raw::alloc(100, 16);
+            assert!(!p.is_null());
+            raw::free(p);
+            raw::realloc(p, 101, 16);
+        }
+    });
+}
