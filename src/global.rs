@@ -580,10 +580,9 @@ unsafe fn realloc_sized(ptr: *mut u8, align: usize, old_size: usize, new_size: u
 }
 
 /// Moves a small object to the class of `new_size` (below `LEND_MIN`: a short buffer
-/// growing) through the allocation and free fast paths, with no page-map lookup; the
-/// general path when the new class's owned span is empty. (An object that is not in its
-/// layout's class, such as a page-span buffer shrunk in place, moves just as well: the free
-/// finds its span.)
+/// growing) through the allocation and free fast paths; the general path when the new
+/// class's bin is empty. (An object that is not in its layout's class, such as a page-span
+/// buffer shrunk in place, moves just as well: the free finds its span.)
 ///
 /// # Safety
 /// As [`realloc_sized`], with `align <= MIN_ALIGN`, `old_size <= MAX_SMALL_SIZE` and
@@ -612,7 +611,7 @@ unsafe fn move_small(ptr: *mut u8, align: usize, old_size: usize, new_size: usiz
     new
 }
 
-/// Gives the calling thread's cached spans back to the central lists, so that memory this
+/// Gives the calling thread's cached objects back to the central lists, so that memory this
 /// thread freed can be reused by others or returned to the OS. The cache refills on its next
 /// allocation.
 pub fn flush_thread_cache() {
@@ -628,10 +627,10 @@ pub fn flush_thread_cache() {
     ORPHAN.lock().flush(&HEAP);
 }
 
-/// Gives every free page back to the OS now (with `MADV_DONTNEED`), including the spans the
-/// calling thread's cache retains and has left wholly free. Returns the bytes given back.
-/// (Other threads' caches keep theirs until they exit, call [`flush_thread_cache`], or find
-/// them wholly free for the decay time.)
+/// Gives every free page back to the OS now (with `MADV_DONTNEED`), after handing the
+/// calling thread's cached objects and the central lists' kept batches and spare spans
+/// back to their spans. Returns the bytes given back. (Other threads' caches keep their
+/// free objects until they exit or call [`flush_thread_cache`].)
 pub fn release_free_memory() -> usize {
     let l = local();
     // SAFETY: our own slot; ACTIVE: nothing else on this thread uses the cache now.

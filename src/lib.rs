@@ -14,9 +14,9 @@
 //! # Lineage and layers
 //!
 //! The design is TCMalloc's and Go's (`runtime/malloc.go`): a small-object front end of
-//! per-thread caches, a middle of central lists, a back end of pages; mimalloc's per-span
-//! lock-free cross-thread free lists. The modules below are listed lowest layer first; each
-//! uses only the ones above it in this list.
+//! per-thread caches of free objects, a middle of central lists that move them in batches,
+//! a back end of pages. The modules below are listed lowest layer first; each uses only the
+//! ones above it in this list.
 //!
 //! | module | role | Go name |
 //! |---|---|---|
@@ -26,11 +26,11 @@
 //! | [`sync`] | atomics, [`sync::GuardedCell`] and the futex [`sync::Lock`]; the loom switch | |
 //! | [`sys`] | [`sys::PageSource`]: `mmap`, `MADV_DONTNEED`; a fake source for tests | `mem_linux.go` |
 //! | [`fixed_alloc`] | [`fixed_alloc::FixedAlloc`]: metadata records from their own memory | `mfixalloc.go` |
-//! | [`span`] | [`span::Span`]: a run of pages; its free lists; the remote-free word | `mspan` |
-//! | [`page_map`] | [`page_map::PageMap`]: address → span, lock-free reads | `arenas` |
+//! | [`span`] | [`span::Span`]: a run of pages; its free list; the free-object link and key | `mspan` |
+//! | [`page_map`] | [`page_map::PageMap`]: address → span and small-object word, lock-free reads | `arenas` |
 //! | [`page_heap`] | [`page_heap::PageHeap`]: free runs, split and merged; release to the OS | `mheap` |
-//! | [`central_free_list`] | [`central_free_list::CentralFreeList`]: per class, spans no thread owns | `mcentral` |
-//! | [`heap`](mod@heap) | [`heap::Heap`]: the shared tiers as one value; large objects; remote frees | `mheap_` |
+//! | [`central_free_list`] | [`central_free_list::CentralFreeList`]: per class, the spans and whole batches of free objects | `mcentral` |
+//! | [`heap`](mod@heap) | [`heap::Heap`]: the shared tiers as one value; large objects; pointer validation | `mheap_` |
 //! | [`thread_cache`] | [`thread_cache::ThreadCache`]: per thread, free objects by class, moved in batches | `mcache` |
 //! | [`stats`](mod@stats) | [`stats::Stats`]: where every mapped byte is | `MemStats` |
 //! | `global` | the only statics: the heap, the thread-local slot, [`SpanAlloc`], [`raw`] | `mallocgc` |
@@ -39,33 +39,31 @@
 //!
 //! 1. **Thread cache**, no atomic, no lock: look the size up in a table (one load: below
 //!    1 KiB it gives the bin's offset directly, above the class), pop the head of the
-//!    thread's local free list for that class. Empty bins have a null list, so this is the
-//!    only test.
-//! 2. **Current span**, still no lock: the list was empty, so take the span's remote-free
-//!    list with one atomic swap (objects other threads freed into it), or carve up to ~4 KiB
-//!    of never-used objects from the span's tail. Amortizes the atomic over many objects.
-//! 3. **Retained spans**, no lock: the used-up span stays owned, on the cache's retained
-//!    lists (up to 16 MiB per thread; past that it goes back to its central list), and a
-//!    retained span with free objects becomes current: one the thread freed into, else the
-//!    oldest if other threads freed into it.
-//! 4. **Central list**, one lock per class: take a span with free objects (`cache_span`).
-//!    Amortizes the lock over a span.
-//! 5. **Page heap**, one lock: when the central list has no span with free objects, carve a
-//!    new span from a free run (best fit). Amortizes the lock over a span's pages.
-//! 6. **OS**: when no run fits, map at least 32 MiB (2 MiB aligned) with `mmap`.
+//!    thread's bin for that class. An empty bin has a null head, so this is the only test.
+//! 2. **Central list**, one lock per class: the bin was empty, so fetch a batch (up to 32
+//!    objects, 64 KiB worth): a whole batch from a transfer slot in one step, else objects
+//!    from the class's spans (their free lists, then never-used objects). Amortizes the
+//!    lock over a batch; the bin's bound grows by a batch.
+//! 3. **Page heap**, one lock: when no span of the class has a free object (and there is no
+//!    spare span), carve a new span from a free run (best fit). Amortizes the lock over a
+//!    span's objects.
+//! 4. **OS**: when no run fits, map at least 32 MiB (2 MiB aligned) with `mmap`.
 //!
 //! # Freeing (small)
 //!
-//! 1. If the object lies in the thread's current span for its class (a subtraction and a
-//!    compare against the bin's range), push it on the local list: no atomic, no lock.
-//! 2. Otherwise find its span in the page map (three loads, no lock). If the span's owner
-//!    field holds this cache's id (a retained span), push it on the span's own free list:
-//!    still no atomic, no lock.
-//! 3. Otherwise push it on the span's remote list: one compare-and-swap, which also counts
-//!    the span's objects still in use while no thread owns it.
-//! 4. The free that makes a full span partly free moves it to its central list's partial
-//!    list, and the free that makes an unowned span wholly free returns it to the page heap:
-//!    both take the central lock, once per span.
+//! 1. Look the pointer's page up in the page map: its small-object word holds the span's
+//!    start and class (three loads, no lock). The pointer must be an object's start (an
+//!    offset below the objects' bytes, and a multiple of the class size by one multiply)
+//!    and must not carry the free key already (a double free); then push it on this
+//!    thread's bin of that class: no atomic, no lock, whichever thread allocated it and
+//!    whether or not the size is known.
+//! 2. A bin at its bound hands its most recently freed batch back to the central list:
+//!    into a transfer slot in one step when one is empty, else each object back to its span
+//!    (found in the page map) under the lock. A span whose objects have all come back goes
+//!    to the page heap (one per class stays as the spare).
+//! 3. Anything the word does not vouch for (a large object, a bad pointer) goes to the slow
+//!    path, which finds the span record and either frees the large object or stops the
+//!    process with the message that fits.
 //!
 //! # Large objects (32 KiB and up, or alignment above 8 KiB)
 //!
@@ -100,14 +98,16 @@
 //!
 //! Free runs that have stayed unused for the decay time (default 500 ms) are given back with
 //! `MADV_DONTNEED`, a bounded amount at a time, from the allocator's own slow paths (or,
-//! after [`start_background_release`], from a thread of its own);
-//! [`release_free_memory`] gives back everything now; [`set_decay_ms`] and
-//! `SPANALLOC_DECAY_MS` configure it.
+//! after [`start_background_release`], from a thread of its own), after the central lists'
+//! transfer slots and spare spans have gone back to the page heap on the same clock;
+//! [`release_free_memory`] gives back everything now (the calling thread's cache
+//! included); [`set_decay_ms`] and `SPANALLOC_DECAY_MS` configure it.
 //!
 //! # What is lock-free, and the lock order
 //!
-//! The fast paths take no lock and use no atomic. Cross-thread frees take one
-//! compare-and-swap; page-map lookups are lock-free reads. Locks, in the only order in which
+//! The fast paths take no lock and use no atomic, cross-thread frees included (a free goes
+//! to the freeing thread's own cache); page-map lookups are lock-free reads. Threads meet
+//! only in the central lists, once per batch. Locks, in the only order in which
 //! they may be nested: the orphan cache (threads without a usable cache), a central list,
 //! the page heap. Central lists never hold their lock while they call the page heap. Every
 //! lock is a [`sync::Lock`], which never allocates.
