@@ -296,9 +296,6 @@ fn ensure_process_init() {
         }
         EXIT_KEY.store(key, Ordering::Relaxed);
         crate::check::seed_free_key();
-        if let Some(ms) = env_i64(c"SPANALLOC_DECAY_MS") {
-            HEAP.set_decay_ms(ms);
-        }
         // SAFETY: the handlers are `extern "C" fn`s that only take and release our locks.
         unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
         // Release pairs with the Acquire loads above.
@@ -690,27 +687,6 @@ pub fn stats() -> crate::stats::Stats {
         Some(own) => crate::stats::snapshot(&HEAP, &[own, &orphan]),
         None => crate::stats::snapshot(&HEAP, &[&orphan]),
     }
-}
-
-/// Reads an integer environment variable without allocating.
-fn env_i64(name: &core::ffi::CStr) -> Option<i64> {
-    // SAFETY: `name` is NUL-terminated; getenv returns null or a NUL-terminated string that
-    // stays valid while nobody calls setenv (none of our business during set-up).
-    let value = unsafe { libc::getenv(name.as_ptr()) };
-    if value.is_null() {
-        return None;
-    }
-    // SAFETY: non-null, NUL-terminated (above).
-    let bytes = unsafe { core::ffi::CStr::from_ptr(value) }.to_bytes();
-    let (negative, digits) = match bytes.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        _ => (false, bytes),
-    };
-    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let n = digits.iter().fold(0i64, |n, &d| n * 10 + (d - b'0') as i64);
-    Some(if negative { -n } else { n })
 }
 
 /// spanalloc as a Rust global allocator:

@@ -20,7 +20,7 @@ use crate::page_map::PageMap;
 use crate::pages::{PAGE_SIZE, Pages};
 use crate::size_class::{CLASS_COUNT, SizeClass};
 use crate::span::{Span, SpanKind};
-use crate::sync::{AtomicI64, AtomicU64, Lock, Ordering};
+use crate::sync::{AtomicI64, AtomicU64, AtomicUsize, Lock, Ordering};
 use crate::sys::PageSource;
 use core::ptr::NonNull;
 use crossbeam_utils::CachePadded;
@@ -67,6 +67,8 @@ pub struct Heap<S: PageSource> {
     last_now: AtomicU64,
     /// Free pages unused this long (ms) go back to the OS; 0: at once; negative: never.
     decay_ms: AtomicI64,
+    /// The most bytes of free objects of one class a thread cache keeps.
+    bin_bytes: AtomicUsize,
     /// The clock time at or after which the next decay release is due.
     next_release_at: AtomicU64,
     /// The clock time at or after which the decay step next empties the central lists'
@@ -76,6 +78,10 @@ pub struct Heap<S: PageSource> {
 
 /// How long free pages stay resident by default before they go back to the OS.
 pub const DEFAULT_DECAY_MS: i64 = 500;
+/// The most bytes of free objects of one size class a thread cache keeps by default
+/// (TCMalloc bounds a whole thread cache at 4 MiB by default, spread over the classes a
+/// thread uses; a program touches a handful of classes hard, so this is per class).
+pub const DEFAULT_BIN_BYTES: usize = 256 << 10;
 /// The most one decay step gives back, so that no single request stalls for long.
 pub const RELEASE_BYTES_PER_STEP: usize = 64 << 20;
 
@@ -105,6 +111,7 @@ impl<S: PageSource> Heap<S> {
             fake_now: AtomicU64::new(0),
             last_now: AtomicU64::new(0),
             decay_ms: AtomicI64::new(DEFAULT_DECAY_MS),
+            bin_bytes: AtomicUsize::new(DEFAULT_BIN_BYTES),
             next_release_at: AtomicU64::new(0),
             next_drain_at: AtomicU64::new(0),
         }
@@ -121,6 +128,7 @@ impl<S: PageSource> Heap<S> {
             fake_now: AtomicU64::new(0),
             last_now: AtomicU64::new(0),
             decay_ms: AtomicI64::new(DEFAULT_DECAY_MS),
+            bin_bytes: AtomicUsize::new(DEFAULT_BIN_BYTES),
             next_release_at: AtomicU64::new(0),
             next_drain_at: AtomicU64::new(0),
         }
@@ -180,6 +188,19 @@ impl<S: PageSource> Heap<S> {
     pub fn set_decay_ms(&self, ms: i64) {
         self.decay_ms.store(ms, Ordering::Relaxed);
         self.next_release_at.store(0, Ordering::Relaxed);
+    }
+
+    /// Sets the most bytes of free objects of one size class a thread cache keeps (at least
+    /// two batches whatever the value; see [`DEFAULT_BIN_BYTES`]). Bins over it shrink as
+    /// their thread frees into them.
+    pub fn set_bin_bytes(&self, bytes: usize) {
+        self.bin_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The bound [`Heap::set_bin_bytes`] set.
+    #[inline]
+    pub fn bin_bytes(&self) -> usize {
+        self.bin_bytes.load(Ordering::Relaxed)
     }
 
     /// The decay time in milliseconds (see [`Heap::set_decay_ms`]).

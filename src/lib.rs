@@ -33,7 +33,9 @@
 //! | [`heap`](mod@heap) | [`heap::Heap`]: the shared tiers as one value; large objects; pointer validation | `mheap_` |
 //! | [`thread_cache`] | [`thread_cache::ThreadCache`]: per thread, free objects by class, moved in batches | `mcache` |
 //! | [`stats`](mod@stats) | [`stats::Stats`]: where every mapped byte is | `MemStats` |
+//! | [`config`] | [`config::Config`]: the `SPANALLOC_*` variables, parsed without allocating | `parsedebugvars` |
 //! | `global` | the only statics: the heap, the thread-local slot, [`SpanAlloc`], [`raw`] | `mallocgc` |
+//! | `startup` | the process's start and end: the configuration applied before `main`, statistics at exit | `schedinit` |
 //!
 //! # Allocating (small: under 32 KiB)
 //!
@@ -101,7 +103,8 @@
 //! after [`start_background_release`], from a thread of its own), after the central lists'
 //! transfer slots and spare spans have gone back to the page heap on the same clock;
 //! [`release_free_memory`] gives back everything now (the calling thread's cache
-//! included); [`set_decay_ms`] and `SPANALLOC_DECAY_MS` configure it.
+//! included); [`set_decay_ms`] and `SPANALLOC_DECAY_MS` configure it (every variable:
+//! [`config`]).
 //!
 //! # What is lock-free, and the lock order
 //!
@@ -131,8 +134,11 @@ pub mod central_free_list;
 pub mod heap;
 pub mod thread_cache;
 pub mod stats;
+pub mod config;
 #[cfg(not(loom))]
 mod global;
+#[cfg(not(loom))]
+mod startup;
 #[cfg(all(test, loom))]
 mod loom_tests;
 

@@ -13,7 +13,9 @@
 //!   `std::bad_alloc`, though the library links no C++ runtime (x86_64 Linux).
 //! - [`glibc_ext`]: glibc's `malloc_trim`, `mallinfo`, `mallinfo2`, `malloc_stats`,
 //!   `malloc_info` and `mallopt`, filled from spanalloc's statistics.
-//! - [`stats`]: `SPANALLOC_SHOW_STATS=1` prints a summary to stderr at exit.
+//!
+//! `SPANALLOC_SHOW_STATS=1` and the other `SPANALLOC_*` variables are the core's
+//! (`spanalloc::config`), read by its constructor when the library is loaded.
 //!
 //! The thread-local slot this library relies on is spanalloc's `small-tls` feature (one
 //! pointer in initial-exec TLS); `docs/preload.md` explains why.
@@ -21,6 +23,5 @@
 pub mod c_api;
 pub mod cxx;
 pub mod glibc_ext;
-pub mod stats;
 
 pub use c_api::*;

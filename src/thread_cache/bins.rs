@@ -21,9 +21,6 @@ use crate::span;
 use crate::sys::PageSource;
 use core::ptr::null_mut;
 
-/// The most bytes of free objects a bin keeps (its bound is at least two batches).
-pub const BIN_BYTES: usize = 256 << 10;
-
 /// One size class of a thread cache.
 #[repr(C)]
 #[derive(Debug)]
@@ -53,10 +50,13 @@ impl Bin {
     }
 }
 
-/// The most objects a bin of `class` keeps: [`BIN_BYTES`] worth, at least two batches.
+/// The most objects a bin of `class` keeps: `bin_bytes` worth (the heap's
+/// [`Heap::bin_bytes`]), at least two batches, at most what a count holds.
 #[inline]
-pub fn class_bound(class: SizeClass) -> u32 {
-    (BIN_BYTES / class.size()).max(2 * batch_size(class)) as u32
+pub fn class_bound(class: SizeClass, bin_bytes: usize) -> u32 {
+    (bin_bytes / class.size())
+        .max(2 * batch_size(class))
+        .min(u32::MAX as usize / 2) as u32
 }
 
 /// Per class, what the free path checks an offset into a span against: `ceil(2^64 / size)`
@@ -259,6 +259,7 @@ impl ThreadCache {
     #[inline(never)]
     pub fn push_small_slow<S: PageSource>(&mut self, heap: &Heap<S>, class: SizeClass) {
         let batch = batch_size(class);
+        let bound = class_bound(class, heap.bin_bytes());
         let bin = self.bin(class);
         debug_assert_eq!(bin.room, 0);
         if (bin.max as usize) < batch {
@@ -267,6 +268,16 @@ impl ThreadCache {
             return;
         }
         self.release_slow(heap, class);
+        // A bound lowered since the bin grew (`Heap::set_bin_bytes`): shrink towards it.
+        let bin = self.bin(class);
+        if bin.max > bound && bin.room > 0 {
+            let cut = (bin.max - bound).min(bin.room);
+            bin.max -= cut;
+            bin.room -= cut;
+            if bin.room == 0 {
+                self.release_slow(heap, class);
+            }
+        }
     }
 
     /// Fills the empty bin of `class` with a batch from its central list and pops one object.
@@ -289,7 +300,7 @@ impl ThreadCache {
         if n == 0 {
             return null_mut();
         }
-        let bound = class_bound(class);
+        let bound = class_bound(class, heap.bin_bytes());
         let bin = self.bin(class);
         debug_assert!(bin.head.is_null() && bin.room == bin.max);
         // Ran dry: keep one batch more from now on.

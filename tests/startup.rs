@@ -1,0 +1,106 @@
+//! The configuration read from the environment before `main`, and the statistics printed at
+//! exit: each case runs this test binary again as a child with the variables set.
+
+#[global_allocator]
+static A: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
+
+use std::process::Command;
+
+const CHILD: &str = "SPANALLOC_STARTUP_CHILD";
+
+/// Runs the test `name` of this binary as a child with `vars`; returns its stderr.
+fn child(name: &str, vars: &[(&str, &str)]) -> String {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .envs(vars.iter().copied())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn in_child() -> bool {
+    std::env::var_os(CHILD).is_some()
+}
+
+#[test]
+fn variables_are_applied_before_main() {
+    if in_child() {
+        // What the child prints on stdout is read by nobody; the checks are its exit status.
+        assert_eq!(spanalloc::heap().decay_ms(), 1234);
+        assert_eq!(spanalloc::heap().bin_bytes(), 64 << 10);
+        return;
+    }
+    let err = child(
+        "variables_are_applied_before_main",
+        &[
+            ("SPANALLOC_DECAY_MS", "1234"),
+            ("SPANALLOC_BIN_BYTES", "64K"),
+        ],
+    );
+    assert!(!err.contains("spanalloc:"), "{err}");
+}
+
+#[test]
+fn a_bad_value_warns_once_and_keeps_the_default() {
+    if in_child() {
+        assert_eq!(
+            spanalloc::heap().decay_ms(),
+            spanalloc::heap::DEFAULT_DECAY_MS
+        );
+        return;
+    }
+    let err = child(
+        "a_bad_value_warns_once_and_keeps_the_default",
+        &[("SPANALLOC_DECAY_MS", "abc")],
+    );
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("spanalloc:"))
+        .collect();
+    assert_eq!(
+        lines,
+        ["spanalloc: invalid SPANALLOC_DECAY_MS, keeping the default"],
+        "{err}"
+    );
+}
+
+#[test]
+fn show_stats_prints_the_table_at_exit() {
+    if in_child() {
+        let v: Vec<Vec<u8>> = (0..1000).map(|i| vec![1; 100 + i]).collect();
+        std::hint::black_box(&v);
+        return;
+    }
+    let err = child(
+        "show_stats_prints_the_table_at_exit",
+        &[("SPANALLOC_SHOW_STATS", "1")],
+    );
+    assert!(err.contains("spanalloc: peak "), "{err}");
+    assert!(err.contains("spanalloc statistics"), "{err}");
+    assert!(err.contains("mapped"), "{err}");
+    let quiet = child("show_stats_prints_the_table_at_exit", &[]);
+    assert!(!quiet.contains("spanalloc"), "{quiet}");
+}
+
+#[test]
+fn background_release_starts_its_thread_when_asked() {
+    // The thread's name as the kernel keeps it (15 bytes).
+    let running = || {
+        std::fs::read_dir("/proc/self/task").unwrap().any(|t| {
+            let comm = std::fs::read_to_string(t.unwrap().path().join("comm")).unwrap();
+            comm.trim_end() == "spanalloc-relea"
+        })
+    };
+    if in_child() {
+        let asked = std::env::var_os("SPANALLOC_BACKGROUND_RELEASE").is_some();
+        assert_eq!(running(), asked);
+        return;
+    }
+    child(
+        "background_release_starts_its_thread_when_asked",
+        &[("SPANALLOC_BACKGROUND_RELEASE", "1")],
+    );
+    child("background_release_starts_its_thread_when_asked", &[]);
+}
