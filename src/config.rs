@@ -6,6 +6,7 @@
 //! | `SPANALLOC_DECAY_MS` | integer milliseconds | 500 | how long free pages stay resident before they are given back to the OS; 0 at once, negative never |
 //! | `SPANALLOC_SHOW_STATS` | `0` or `1` | 0 | print statistics to stderr at exit |
 //! | `SPANALLOC_BACKGROUND_RELEASE` | `0` or `1` | 0 | start the thread that gives memory back on time |
+//! | `SPANALLOC_THREAD_CACHE_BYTES` | bytes, optional `K`, `M` or `G` suffix | 4M | the most bytes of free small objects a thread cache keeps in all |
 //! | `SPANALLOC_BIN_BYTES` | bytes, optional `K`, `M` or `G` suffix (powers of 1024) | 256K | the most bytes of free objects of one size class a thread cache keeps (at least two batches) |
 //!
 //! Each parser takes a variable's raw bytes, as `getenv` gives them, and returns the value or
@@ -29,6 +30,9 @@ pub const SHOW_STATS: &CStr = c"SPANALLOC_SHOW_STATS";
 /// `SPANALLOC_BACKGROUND_RELEASE`: `1` starts the background release thread
 /// ([`parse_switch`]).
 pub const BACKGROUND_RELEASE: &CStr = c"SPANALLOC_BACKGROUND_RELEASE";
+/// `SPANALLOC_THREAD_CACHE_BYTES`: the bound on a thread cache's free small objects in all
+/// ([`parse_bytes`]).
+pub const THREAD_CACHE_BYTES: &CStr = c"SPANALLOC_THREAD_CACHE_BYTES";
 /// `SPANALLOC_BIN_BYTES`: the bound on a thread cache's free objects of one class
 /// ([`parse_bytes`]).
 pub const BIN_BYTES: &CStr = c"SPANALLOC_BIN_BYTES";
@@ -45,6 +49,8 @@ pub struct Config {
     /// Start the thread that gives free memory back on time, even while the program makes
     /// no allocator call.
     pub background_release: bool,
+    /// The most bytes of free small objects a thread cache keeps in all.
+    pub thread_cache_bytes: usize,
     /// The most bytes of free objects of one size class a thread cache keeps; past it, a
     /// free hands a batch back to the central list.
     pub bin_bytes: usize,
@@ -56,6 +62,7 @@ impl Config {
         decay_ms: crate::heap::DEFAULT_DECAY_MS,
         show_stats: false,
         background_release: false,
+        thread_cache_bytes: crate::heap::DEFAULT_THREAD_CACHE_BYTES,
         bin_bytes: crate::heap::DEFAULT_BIN_BYTES,
     };
 
@@ -84,6 +91,13 @@ impl Config {
                 BACKGROUND_RELEASE,
                 parse_switch,
                 d.background_release,
+            ),
+            thread_cache_bytes: read(
+                &getenv,
+                &mut warn,
+                THREAD_CACHE_BYTES,
+                parse_bytes,
+                d.thread_cache_bytes,
             ),
             bin_bytes: read(&getenv, &mut warn, BIN_BYTES, parse_bytes, d.bin_bytes),
         }
@@ -321,6 +335,7 @@ mod tests {
         assert_eq!(Config::default(), Config::DEFAULT);
         assert_eq!(Config::DEFAULT.decay_ms, 500);
         assert_eq!(Config::DEFAULT.bin_bytes, 256 << 10);
+        assert_eq!(Config::DEFAULT.thread_cache_bytes, 4 << 20);
     }
 
     #[test]
@@ -330,6 +345,7 @@ mod tests {
             (SHOW_STATS, b"1"),
             (BACKGROUND_RELEASE, b"1"),
             (BIN_BYTES, b"4M"),
+            (THREAD_CACHE_BYTES, b"1g"),
         ]);
         assert_eq!(
             config,
@@ -337,6 +353,7 @@ mod tests {
                 decay_ms: -1,
                 show_stats: true,
                 background_release: true,
+                thread_cache_bytes: 1 << 30,
                 bin_bytes: 4 << 20,
             }
         );

@@ -69,6 +69,8 @@ pub struct Heap<S: PageSource> {
     decay_ms: AtomicI64,
     /// The most bytes of free objects of one class a thread cache keeps.
     bin_bytes: AtomicUsize,
+    /// The most bytes of free small objects a thread cache keeps in all.
+    thread_cache_bytes: AtomicUsize,
     /// The clock time at or after which the next decay release is due.
     next_release_at: AtomicU64,
     /// The clock time at or after which the decay step next empties the central lists'
@@ -82,6 +84,11 @@ pub const DEFAULT_DECAY_MS: i64 = 500;
 /// (TCMalloc bounds a whole thread cache at 4 MiB by default, spread over the classes a
 /// thread uses; a program touches a handful of classes hard, so this is per class).
 pub const DEFAULT_BIN_BYTES: usize = 256 << 10;
+/// The most bytes of free small objects a thread cache keeps in all by default (TCMalloc's
+/// per-thread bound): what an idle thread can hold back from the others and from the OS,
+/// besides its stash of large spans. A bin that would grow past it takes the room from the
+/// bin with the most.
+pub const DEFAULT_THREAD_CACHE_BYTES: usize = 4 << 20;
 /// The most one decay step gives back, so that no single request stalls for long.
 pub const RELEASE_BYTES_PER_STEP: usize = 64 << 20;
 
@@ -112,6 +119,7 @@ impl<S: PageSource> Heap<S> {
             last_now: AtomicU64::new(0),
             decay_ms: AtomicI64::new(DEFAULT_DECAY_MS),
             bin_bytes: AtomicUsize::new(DEFAULT_BIN_BYTES),
+            thread_cache_bytes: AtomicUsize::new(DEFAULT_THREAD_CACHE_BYTES),
             next_release_at: AtomicU64::new(0),
             next_drain_at: AtomicU64::new(0),
         }
@@ -129,6 +137,7 @@ impl<S: PageSource> Heap<S> {
             last_now: AtomicU64::new(0),
             decay_ms: AtomicI64::new(DEFAULT_DECAY_MS),
             bin_bytes: AtomicUsize::new(DEFAULT_BIN_BYTES),
+            thread_cache_bytes: AtomicUsize::new(DEFAULT_THREAD_CACHE_BYTES),
             next_release_at: AtomicU64::new(0),
             next_drain_at: AtomicU64::new(0),
         }
@@ -195,6 +204,18 @@ impl<S: PageSource> Heap<S> {
     /// their thread frees into them.
     pub fn set_bin_bytes(&self, bytes: usize) {
         self.bin_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Sets the most bytes of free small objects a thread cache keeps in all (see
+    /// [`DEFAULT_THREAD_CACHE_BYTES`]); a bin always keeps room for one batch.
+    pub fn set_thread_cache_bytes(&self, bytes: usize) {
+        self.thread_cache_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The bound [`Heap::set_thread_cache_bytes`] set.
+    #[inline]
+    pub fn thread_cache_bytes(&self) -> usize {
+        self.thread_cache_bytes.load(Ordering::Relaxed)
     }
 
     /// The bound [`Heap::set_bin_bytes`] set.

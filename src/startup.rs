@@ -31,6 +31,7 @@ extern "C" fn on_load() {
     let heap = crate::heap();
     heap.set_decay_ms(config.decay_ms);
     heap.set_bin_bytes(config.bin_bytes);
+    heap.set_thread_cache_bytes(config.thread_cache_bytes);
     if config.show_stats {
         // SAFETY: `fcntl` on a descriptor number has no memory-safety preconditions.
         let fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 3) };

@@ -258,26 +258,78 @@ impl ThreadCache {
     #[cold]
     #[inline(never)]
     pub fn push_small_slow<S: PageSource>(&mut self, heap: &Heap<S>, class: SizeClass) {
-        let batch = batch_size(class);
+        let batch = batch_size(class) as u32;
         let bound = class_bound(class, heap.bin_bytes());
-        let bin = self.bin(class);
-        debug_assert_eq!(bin.room, 0);
-        if (bin.max as usize) < batch {
-            bin.max += batch as u32;
-            bin.room += batch as u32;
+        debug_assert_eq!(self.bin(class).room, 0);
+        let max = self.bin(class).max;
+        if max < batch && self.grow_bound(heap, class, max + batch) {
             return;
         }
         self.release_slow(heap, class);
         // A bound lowered since the bin grew (`Heap::set_bin_bytes`): shrink towards it.
-        let bin = self.bin(class);
-        if bin.max > bound && bin.room > 0 {
-            let cut = (bin.max - bound).min(bin.room);
-            bin.max -= cut;
-            bin.room -= cut;
-            if bin.room == 0 {
-                self.release_slow(heap, class);
+        let max = self.bin(class).max;
+        if max > bound {
+            self.shrink_bound(heap, class, bound.max(batch));
+        }
+    }
+
+    /// Raises the bound of `class`'s bin to `want` if the cache's bounds stay within the
+    /// heap's `thread_cache_bytes` (halving the bin that holds the most bytes, another class's,
+    /// to make room if need be). Returns whether it did.
+    fn grow_bound<S: PageSource>(&mut self, heap: &Heap<S>, class: SizeClass, want: u32) -> bool {
+        let max = self.bin(class).max;
+        debug_assert!(want > max);
+        let extra = (want - max) as usize * class.size();
+        let budget = heap.thread_cache_bytes();
+        if self.bound_bytes + extra > budget {
+            // The bin with the most bytes of bound, but this class's.
+            let victim = SizeClass::all()
+                .filter(|&c| c != class)
+                .max_by_key(|&c| self.bins[c.index()].max as usize * c.size());
+            if let Some(v) = victim {
+                let vmax = self.bins[v.index()].max;
+                self.shrink_bound(heap, v, vmax / 2);
+            }
+            if self.bound_bytes + extra > budget {
+                return false;
             }
         }
+        let bin = self.bin(class);
+        bin.max = want;
+        bin.room += want - max;
+        self.bound_bytes += extra;
+        true
+    }
+
+    /// Lowers the bound of `class`'s bin to `want`, handing back to the central list the
+    /// objects it then holds too many of.
+    fn shrink_bound<S: PageSource>(&mut self, heap: &Heap<S>, class: SizeClass, want: u32) {
+        let bin = self.bin(class);
+        if want >= bin.max {
+            return;
+        }
+        let len = bin.len();
+        if len > want {
+            let n = (len - want) as usize;
+            let head = bin.head;
+            let mut tail = head;
+            // SAFETY: the bin holds `len > want` free objects linked through their first word.
+            unsafe {
+                for _ in 1..n {
+                    tail = span::next_free(tail);
+                }
+                bin.head = span::next_free(tail);
+                span::set_next_free(tail, null_mut());
+                heap.central(class)
+                    .insert_range(class, head, n, &heap.backing());
+            }
+        }
+        let len = len.min(want);
+        let max = self.bin(class).max;
+        self.bound_bytes -= (max - want) as usize * class.size();
+        let bin = self.bin(class);
+        bin.max = want;
+        bin.room = want - len;
     }
 
     /// Fills the empty bin of `class` with a batch from its central list and pops one object.
@@ -301,10 +353,19 @@ impl ThreadCache {
             return null_mut();
         }
         let bound = class_bound(class, heap.bin_bytes());
+        debug_assert!(self.bin(class).head.is_null());
+        // Ran dry: keep one batch more from now on, within the cache's budget; and always
+        // room for the batch just taken.
+        let max = self.bin(class).max;
+        let want = (max + batch as u32).min(bound);
+        if want <= max || !self.grow_bound(heap, class, want) {
+            let max = self.bin(class).max;
+            if max < n as u32 {
+                self.bound_bytes += (n - max as usize) * class.size();
+                self.bin(class).max = n as u32;
+            }
+        }
         let bin = self.bin(class);
-        debug_assert!(bin.head.is_null() && bin.room == bin.max);
-        // Ran dry: keep one batch more from now on.
-        bin.max = (bin.max + batch as u32).min(bound).max(n as u32);
         bin.head = list;
         bin.room = bin.max - n as u32;
         self.pop(class)
@@ -340,8 +401,10 @@ impl ThreadCache {
         let bin = self.bin(class);
         let head = core::mem::replace(&mut bin.head, null_mut());
         let len = bin.len() as usize;
+        let max = bin.max as usize;
         bin.room = 0;
         bin.max = 0;
+        self.bound_bytes -= max * class.size();
         // SAFETY: the bin's `len` free objects of `class`, ours, given up.
         unsafe {
             heap.central(class)

@@ -44,6 +44,9 @@ pub struct ThreadCache {
     active: bool,
     /// By class; a bin's address is the cache's plus a constant plus `class * 16`.
     bins: [Bin; CLASS_COUNT],
+    /// The bins' bounds in bytes (each bin's bound times its class size): what the cache
+    /// may hold in free small objects, kept within the heap's `thread_cache_bytes`.
+    bound_bytes: usize,
     /// When [`ThreadCache::maybe_trim`] next looks at the stash (heap clock, ms).
     trim_at: u64,
     /// Calls of [`ThreadCache::maybe_trim`] (it reads the clock on some of them).
@@ -75,6 +78,7 @@ impl ThreadCache {
             key: 0,
             active: false,
             bins: [const { Bin::empty() }; CLASS_COUNT],
+            bound_bytes: 0,
             trim_at: 0,
             trim_ticks: 0,
             stash_used: false,
@@ -291,6 +295,13 @@ impl ThreadCache {
                 }
             };
         }
+        let bound_bytes: usize = SizeClass::all()
+            .map(|c| self.bins[c.index()].max as usize * c.size())
+            .sum();
+        ensure!(
+            bound_bytes == self.bound_bytes,
+            "the cache's bound in bytes is the sum of its bins'"
+        );
         for class in SizeClass::all() {
             let bin = &self.bins[class.index()];
             ensure!(bin.room <= bin.max, "a bin's room is within its bound");

@@ -703,3 +703,47 @@ fn the_cache_walker_catches_a_broken_bin() {
     cache.flush(&heap);
     cache.check_invariants(&heap);
 }
+
+#[test]
+fn a_cache_keeps_its_free_objects_within_the_thread_budget() {
+    let heap = heap();
+    heap.set_thread_cache_bytes(512 << 10);
+    let mut cache = ThreadCache::new();
+    let mut rng = Rng(777);
+    // Rounds of many objects of a few sizes, allocated and then all freed: each round's
+    // frees would fill several bins to their own bounds (256 KiB each).
+    for round in 0..6 {
+        let sizes = [48, 200, 1000, 3000, 9000, 20000];
+        let live: Vec<(*mut u8, usize)> = (0..3000)
+            .map(|_| {
+                let size = sizes[(rng.below(6) + round) as usize % 6];
+                (cache.alloc(&heap, size, 8), size)
+            })
+            .collect();
+        for (p, size) in live {
+            assert!(!p.is_null());
+            // SAFETY: live objects, freed once.
+            unsafe { cache.dealloc(&heap, p, size, 8) };
+        }
+        cache.check_invariants(&heap);
+        let held: usize = cache
+            .cached_objects()
+            .iter()
+            .enumerate()
+            .map(|(c, n)| n * SizeClass(c as u8).size())
+            .sum();
+        // The budget, plus at most one batch a class kept whatever the budget.
+        let slack: usize = SizeClass::all()
+            .map(|c| crate::central_free_list::batch_size(c) * c.size())
+            .max()
+            .unwrap();
+        assert!(
+            held <= (512 << 10) + slack,
+            "round {round}: {held} bytes held"
+        );
+    }
+    cache.flush(&heap);
+    heap.release_free_memory();
+    heap.check_invariants();
+    assert_eq!(heap.page_heap_stats().small_spans, 0);
+}
