@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Draws the compare table as an SVG chart (Python standard library only).
 
-    cargo run --release --example compare -- --json > /tmp/compare.json
+    cargo run --release -p spanalloc-compare -- --json > /tmp/compare.json
     python3 scripts/chart.py /tmp/compare.json docs/compare.svg
 
-Reads the JSON of `examples/compare --json` (a file, or stdin with "-") and writes one SVG:
+Reads the JSON of `compare --json` (a file, or stdin with "-") and writes one SVG:
 per workload, each allocator's time per operation and peak resident memory as a ratio to
 the system allocator, on a log scale (left of the 1.0x line is better), then the geometric
 means. The title carries the date and the machine from the JSON.
@@ -19,6 +19,8 @@ COLORS = {
     "spanalloc": "#d62728",
     "system": "#7f7f7f",
     "mimalloc": "#1f77b4",
+    "mimalloc-v2": "#9ecae1",
+    "mimalloc-v3": "#1f77b4",
     "jemalloc": "#2ca02c",
 }
 FALLBACK_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#17becf"]
@@ -66,14 +68,23 @@ def draw(run):
     allocs = run["allocators"]
     colors = {a: COLORS.get(a, FALLBACK_COLORS[i % 4]) for i, a in enumerate(allocs)}
     rows = []  # (label, {alloc: (time_ratio, peak_ratio)}, is_mean)
+    none = {"time_ratio": None, "peak_ratio": None}
     for w in run["workloads"]:
         res = w["results"]
         rows.append(
-            (w["name"], {a: (res[a]["time_ratio"], res[a]["peak_ratio"]) for a in allocs}, False)
+            (
+                w["name"],
+                {a: (res.get(a, none)["time_ratio"], res.get(a, none)["peak_ratio"]) for a in allocs},
+                False,
+            )
         )
     gm = run["geomean"]
     rows.append(
-        ("geometric mean", {a: (gm[a]["time_ratio"], gm[a]["peak_ratio"]) for a in allocs}, True)
+        (
+            "geometric mean",
+            {a: (gm.get(a, none)["time_ratio"], gm.get(a, none)["peak_ratio"]) for a in allocs},
+            True,
+        )
     )
 
     t_range = axis_range([r[1][a][0] for r in rows for a in allocs])
@@ -92,11 +103,13 @@ def draw(run):
 
     machine = run.get("machine", {})
     title = "spanalloc vs system malloc, mimalloc, jemalloc: ratio to system (log scale, lower is better)"
+    versions = run.get("mimalloc_versions") or {}
     sub = (
         f'{run.get("date", "")} · {machine.get("nproc", "?")} CPUs · {machine.get("cpu", "?")} · '
         f'median of {run.get("reps", "?")} runs per cell'
         + (" · --quick" if run.get("quick") else "")
-        + " · cargo run --release --example compare"
+        + "".join(f" · {a} = {v}" for a, v in sorted(versions.items()))
+        + " · cargo run --release -p spanalloc-compare"
     )
     add(f'<text x="12" y="22" font-size="15" font-weight="bold">{escape(title)}</text>')
     add(f'<text x="12" y="42" fill="#444">{escape(sub)}</text>')

@@ -3,12 +3,16 @@
 # spanalloc, glibc (System), mimalloc and jemalloc through their GlobalAlloc methods.
 # Usage: scripts/fastpath.sh [size|inline]   (default 64 bytes through non-inlined shims;
 # "inline": a constant 64-byte layout, the methods free to inline, as under LTO)
+# The harness is compare/examples/fastpath.rs. mimalloc is the line the build links: v3 by
+# default, v2 with FEATURES="--features mimalloc-v2"; FEATURES=--no-default-features
+# measures spanalloc without its free checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:-64}
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
-cargo build --release --example fastpath -q ${FEATURES:-}
-bin=target/release/examples/fastpath
+# jemalloc stays in under --no-default-features (spanalloc's free checks go).
+cargo build --release -p spanalloc-compare --example fastpath -q --features jemalloc ${FEATURES:-}
+bin=${CARGO_TARGET_DIR:-target}/release/examples/fastpath
 count() { # allocator pairs -> total instructions
   local out
   out=$(valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$1" "$2" "$size" 2>&1)

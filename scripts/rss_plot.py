@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Draws the RSS cycle as an SVG line chart (Python standard library only).
 
-    cargo run --release --example rss_cycle -- --json-file /tmp/rss.json
+    cargo run --release -p spanalloc-compare --example rss_cycle -- --json-file /tmp/rss.json
     python3 scripts/rss_plot.py /tmp/rss.json docs/rss_cycle.svg
 
-Reads the JSON of `examples/rss_cycle --json-file` and writes one SVG: resident memory (MiB)
+Reads the JSON of `compare/examples/rss_cycle.rs --json-file` and writes one SVG: resident memory (MiB)
 over time (s, from each child's start) for every allocator, a dashed line where each one's
 free phase began, and under the plot one strip per allocator with its phases (the allocate
 phase takes a different time on each). The title carries the date and the machine, from the
@@ -115,7 +115,7 @@ def draw(run):
     sub = (
         f'{run.get("date", "")} · {machine.get("nproc", "?")} CPUs · {machine.get("cpu", "?")} · '
         f'spanalloc decay {run.get("spanalloc_decay_ms", "?")} ms · '
-        f'cargo run --release --example rss_cycle'
+        f'cargo run --release -p spanalloc-compare --example rss_cycle'
     )
     add(f'<text x="12" y="22" font-size="15" font-weight="bold">{escape(title)}</text>')
     add(f'<text x="12" y="40" fill="#444">{escape(sub)}</text>')

@@ -14,6 +14,9 @@
 //! path), as `libspanalloc.so`'s `malloc` and `free` do.
 //!
 //! Usage: `fastpath <spanalloc|spanalloc-c|system|mimalloc|jemalloc|empty> <pairs> [size|inline]`
+//!
+//! `mimalloc` is the line this build links: v3, the `mimalloc` crate's default (v2 with
+//! `--features mimalloc-v2`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;

@@ -1,14 +1,17 @@
-//! The benchmark workloads, written once and shared by `benches/alloc.rs` (criterion) and
-//! `examples/compare.rs` (the side-by-side table, which includes this file with `#[path]`).
+//! The benchmark workloads, written once and shared by the criterion suite
+//! (`benches/alloc.rs`) and the side-by-side table (the `compare` binary).
 //!
-//! Every workload is generic over `A: GlobalAlloc` and calls the allocator's `GlobalAlloc`
-//! methods directly, so one binary can measure spanalloc, the system allocator, mimalloc and
-//! jemalloc side by side while its own global allocator stays the system one.
+//! Every micro-workload is generic over `A: GlobalAlloc` and calls the allocator's
+//! `GlobalAlloc` methods directly, so one binary can measure spanalloc, the system allocator,
+//! mimalloc and jemalloc side by side while its own global allocator stays the system one.
+//! The exception is [`Kind::Program`], the realistic program of [`crate::program`]: it uses
+//! `std`'s collections, threads and channels, which allocate through the global allocator,
+//! so it runs in a child process whose global allocator is the measured one (see
+//! [`crate::allocators::Dispatch`]).
 //!
 //! A workload runs `iters` iterations of its unit of work (see [`Workload::ops_per_iter`])
 //! and returns the time of the timed region only: set-up (threads spawned, working sets
 //! filled, the long-lived set built) and tear-down happen outside it.
-#![allow(dead_code)] // each of the two users needs a different part
 
 use std::alloc::{GlobalAlloc, Layout, handle_alloc_error};
 use std::cell::Cell;
@@ -220,7 +223,12 @@ pub enum Kind {
     /// 1. One malloc+free pair of this size per iteration.
     Pair(usize),
     /// 2. Allocate [`BATCH`] objects, then free them in `order`; fixed 64 B or mixed sizes.
-    Batch { order: Order, mixed: bool },
+    Batch {
+        /// The order in which the batch is freed.
+        order: Order,
+        /// Mixed sizes 8 B..4 KiB rather than 64 B.
+        mixed: bool,
+    },
     /// 3a. One buffer grown from 8 B to [`REALLOC_TO`] by doubling, then freed.
     ReallocDouble,
     /// 3b. One buffer grown from 16 B to [`REALLOC_TO`] in +16 B steps, then freed.
@@ -228,11 +236,19 @@ pub enum Kind {
     /// 3c. A `Vec<u64>`-like push loop to [`VEC_ELEMS`] elements, growing by realloc.
     VecPush,
     /// 4. One thread allocates, another frees; one object per iteration.
-    ProducerConsumer { mixed: bool },
+    ProducerConsumer {
+        /// Mixed sizes 8 B..4 KiB rather than 64 B.
+        mixed: bool,
+    },
     /// 5. [`LARSON_THREADS`] threads each replace a random object of their working set.
     Larson,
     /// 6. Small objects churn next to a long-lived set of about [`LIVE_BYTES`].
     LiveSet,
+    /// 7. The realistic program of [`crate::program`], through the global allocator.
+    ///
+    /// The iteration count is its size (see [`crate::program::run`]); one run is one
+    /// operation.
+    Program,
 }
 
 /// A named workload.
@@ -242,7 +258,7 @@ pub struct Workload {
     pub name: &'static str,
     /// What it does.
     pub kind: Kind,
-    /// Iterations for one measurement of `examples/compare` (its `--quick` runs fewer).
+    /// Iterations for one measurement of the `compare` binary (its `--quick` runs fewer).
     pub compare_iters: u64,
 }
 
@@ -291,6 +307,7 @@ pub const WORKLOADS: &[Workload] = &[
     ),
     w("larson-4t", Kind::Larson, 500_000),
     w("liveset-100MB", Kind::LiveSet, 2_000_000),
+    w("rust-program", Kind::Program, crate::program::FULL_SCALE),
 ];
 
 impl Workload {
@@ -300,6 +317,7 @@ impl Workload {
     pub fn ops_per_iter(&self) -> u64 {
         match self.kind {
             Kind::Pair(_) | Kind::ProducerConsumer { .. } | Kind::LiveSet => 1,
+            Kind::Program => 1,
             Kind::Batch { .. } => BATCH as u64,
             Kind::ReallocDouble => (REALLOC_TO / 8).trailing_zeros() as u64,
             Kind::ReallocStep16 => (REALLOC_TO / 16 - 1) as u64,
@@ -336,7 +354,24 @@ impl Workload {
                 "{LARSON_THREADS} threads replace random objects of {LARSON_SLOTS} mixed 8 B..4 KiB each"
             ),
             Kind::LiveSet => "small objects churn beside a 100 MB live set of mixed sizes".into(),
+            Kind::Program => crate::program::DESCRIPTION.into(),
         }
+    }
+
+    /// Operations in a measurement of `iters` iterations: what the time is divided by.
+    /// For [`Kind::Program`], whose iteration count is its size, one run is one operation.
+    pub fn ops(&self, iters: u64) -> u64 {
+        match self.kind {
+            Kind::Program => 1,
+            _ => iters * self.ops_per_iter(),
+        }
+    }
+
+    /// Whether the workload allocates through the process's global allocator (so that a
+    /// measurement must run in a process whose global allocator is the measured one)
+    /// rather than through the `GlobalAlloc` methods of the allocator it is handed.
+    pub fn uses_global(&self) -> bool {
+        matches!(self.kind, Kind::Program)
     }
 
     /// Builds what the workload keeps across measurements (the long-lived set of
@@ -375,7 +410,9 @@ pub struct Prepared<'a, A: GlobalAlloc + Sync> {
 }
 
 impl<A: GlobalAlloc + Sync> Prepared<'_, A> {
-    /// Runs `iters` iterations; returns the time of the timed region.
+    /// Runs `iters` iterations; returns the time of the timed region. [`Kind::Program`]
+    /// allocates through the global allocator, whatever `A` is (see
+    /// [`Workload::uses_global`]).
     pub fn run(&mut self, iters: u64) -> Duration {
         let a = self.a;
         match self.w.kind {
@@ -390,6 +427,8 @@ impl<A: GlobalAlloc + Sync> Prepared<'_, A> {
                 let (churn, rng) = self.churn.as_mut().expect("prepared");
                 live_set_churn(churn, rng, iters)
             }
+            // The global allocator, not `a`: the caller has made them the same allocator.
+            Kind::Program => crate::program::run(iters).time,
         }
     }
 
@@ -723,29 +762,4 @@ fn live_set_churn<A: GlobalAlloc>(
         churn.replace(slot, size);
     }
     start.elapsed()
-}
-
-// ---------------------------------------------------------------------------------------
-// The allocators.
-
-/// The allocators compared, in table order.
-pub const ALLOCATORS: [&str; 4] = ["spanalloc", "system", "mimalloc", "jemalloc"];
-
-/// Something to do with one allocator, whatever its type.
-pub trait WithAlloc {
-    /// What it returns.
-    type Out;
-    /// Does it with allocator `a`, called `name`.
-    fn call<A: GlobalAlloc + Sync>(self, name: &'static str, a: &A) -> Self::Out;
-}
-
-/// Calls `f` with the allocator called `name` (one of [`ALLOCATORS`]); `None` if unknown.
-pub fn with_alloc<F: WithAlloc>(name: &str, f: F) -> Option<F::Out> {
-    Some(match name {
-        "spanalloc" => f.call("spanalloc", &spanalloc::SpanAlloc),
-        "system" => f.call("system", &std::alloc::System),
-        "mimalloc" => f.call("mimalloc", &mimalloc::MiMalloc),
-        "jemalloc" => f.call("jemalloc", &tikv_jemallocator::Jemalloc),
-        _ => return None,
-    })
 }

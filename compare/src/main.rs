@@ -1,50 +1,63 @@
-//! The side-by-side table: spanalloc against the system allocator, mimalloc and jemalloc on
-//! the workloads of `benches/workloads`, time per operation and peak resident memory.
+//! The side-by-side table: spanalloc against the system allocator, mimalloc (v2 and v3) and
+//! jemalloc on the workloads of `spanalloc_compare::workloads` (the realistic program
+//! included), time per operation and peak resident memory.
 //!
 //! ```text
-//! cargo run --release --example compare            # full table, about a minute
-//! cargo run --release --example compare -- --quick # a few seconds, rougher
-//! cargo run --release --example compare -- --json  # machine-readable (for scripts/chart.py)
+//! cargo run --release -p spanalloc-compare            # full table, a few minutes
+//! cargo run --release -p spanalloc-compare -- --quick # under a minute, rougher
+//! cargo run --release -p spanalloc-compare -- --json  # machine-readable (for scripts/chart.py)
 //! ```
 //!
-//! Options: `--json-file PATH` (print the table and also write the JSON there), `--reps N` (measurements per cell, median reported; 5 by default, 1 with
-//! `--quick`), `--filter a,b` (only workloads whose name contains one of these).
+//! Options: `--json-file PATH` (print the table and also write the JSON there), `--reps N`
+//! (measurements per cell, median reported; 5 by default, 1 with `--quick`), `--filter a,b`
+//! (only workloads whose name contains one of these), `--alloc a,b` (only these allocators).
 //!
 //! Every allocator × workload × repetition runs in a child process of its own (this binary
 //! re-executed as `compare --child <allocator> <workload> <iterations>`), so peak resident
 //! memory (`VmHWM`) is that of one allocator on one workload. The child runs the workload
 //! once briefly to warm up, then once timed, and prints the time per operation and its peak
-//! on stdout. This binary's global allocator stays the system one: the workloads call each
-//! allocator's `GlobalAlloc` methods directly.
+//! on stdout. This binary's global allocator stays the system one for the micro-workloads,
+//! which call each allocator's `GlobalAlloc` methods directly; for the realistic program the
+//! child's global allocator is the measured one (`spanalloc_compare::allocators::Dispatch`).
+//!
+//! One build links one mimalloc line (v3, the `mimalloc` crate's default); the children of
+//! the other line run from a second build of this binary, which the first run makes (into
+//! `target/mimalloc-v2/`; see `spanalloc_compare::child::Binaries`).
 
-#[path = "../benches/workloads/mod.rs"]
-mod workloads;
-#[path = "common/report.rs"]
-mod report;
-
-use report::{cpu_model, json_str, utc_now};
-use std::alloc::GlobalAlloc;
+use spanalloc_compare::allocators::{
+    ALLOCATORS, Dispatch, MIMALLOC_V2, MIMALLOC_V3, SYSTEM, mimalloc_version,
+};
+use spanalloc_compare::child::{Binaries, child_main, run_child};
+use spanalloc_compare::report::{cpu_model, json_str, utc_now};
+use spanalloc_compare::workloads::{WORKLOADS, Workload};
 use std::fmt::Write as _;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use workloads::{ALLOCATORS, WORKLOADS, WithAlloc, Workload, with_alloc};
+
+#[global_allocator]
+static GLOBAL: Dispatch = Dispatch;
 
 /// `--quick` divides every workload's iterations by this.
 const QUICK_DIVISOR: u64 = 20;
-/// A child that takes longer than this is killed and its cell reported as failed.
-const CHILD_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--child") {
-        child(&args[1..]);
-        return;
+    match args.first().map(String::as_str) {
+        Some("--child") => {
+            child_main(&args[1..]);
+            return;
+        }
+        Some("--mimalloc-version") => {
+            let (a, b, c) = mimalloc_version();
+            println!("{a}.{b}.{c}");
+            return;
+        }
+        _ => {}
     }
     let opts = match Options::parse(&args) {
         Ok(o) => o,
         Err(e) => {
             eprintln!(
-                "compare: {e}\n\nusage: compare [--quick] [--json] [--json-file PATH] [--reps N] [--filter a,b]"
+                "compare: {e}\n\nusage: compare [--quick] [--json] [--json-file PATH] [--reps N] [--filter a,b] [--alloc a,b]"
             );
             std::process::exit(2);
         }
@@ -64,71 +77,6 @@ fn main() {
 }
 
 // ---------------------------------------------------------------------------------------
-// The child: one workload on one allocator.
-
-/// Runs one workload on one allocator and reports on stdout.
-struct ChildRun {
-    workload: &'static Workload,
-    iters: u64,
-}
-
-impl WithAlloc for ChildRun {
-    type Out = ();
-
-    fn call<A: GlobalAlloc + Sync>(self, _name: &'static str, a: &A) {
-        let mut prepared = self.workload.prepare(a);
-        prepared.run((self.iters / 10).max(1));
-        let time = prepared.run(self.iters);
-        let ops = self.iters * self.workload.ops_per_iter();
-        let ns_per_op = time.as_nanos() as f64 / ops as f64;
-        let peak = peak_rss_kib();
-        drop(prepared);
-        println!("ns_per_op={ns_per_op} peak_kib={peak}");
-    }
-}
-
-fn child(args: &[String]) {
-    let [alloc, name, iters] = args else {
-        eprintln!("compare --child: expected <allocator> <workload> <iterations>");
-        std::process::exit(2);
-    };
-    let Some(workload) = WORKLOADS.iter().find(|w| w.name == name.as_str()) else {
-        eprintln!("compare --child: unknown workload {name}");
-        std::process::exit(2);
-    };
-    let Ok(iters) = iters.parse() else {
-        eprintln!("compare --child: bad iteration count {iters}");
-        std::process::exit(2);
-    };
-    if with_alloc(alloc, ChildRun { workload, iters }).is_none() {
-        eprintln!("compare --child: unknown allocator {alloc}");
-        std::process::exit(2);
-    }
-}
-
-/// Peak resident memory of this process in KiB: `VmHWM` of /proc/self/status, or
-/// `getrusage`'s `ru_maxrss` where /proc is missing.
-fn peak_rss_kib() -> u64 {
-    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
-        for line in status.lines() {
-            if let Some(v) = line.strip_prefix("VmHWM:") {
-                if let Ok(kib) = v.trim().trim_end_matches("kB").trim().parse() {
-                    return kib;
-                }
-            }
-        }
-    }
-    // SAFETY: an all-zero `rusage` is a valid value; `getrusage` fills it in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `usage` is a valid out-pointer.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0 {
-        usage.ru_maxrss.max(0) as u64
-    } else {
-        0
-    }
-}
-
-// ---------------------------------------------------------------------------------------
 // The parent: every cell, a few times, in children.
 
 struct Options {
@@ -137,6 +85,7 @@ struct Options {
     json_file: Option<String>,
     reps: usize,
     filter: Vec<String>,
+    allocs: Vec<String>,
 }
 
 impl Options {
@@ -147,6 +96,7 @@ impl Options {
             json_file: None,
             reps: 0,
             filter: Vec::new(),
+            allocs: Vec::new(),
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -164,6 +114,16 @@ impl Options {
                     let f = it.next().ok_or("--filter needs a list")?;
                     o.filter = f.split(',').map(str::to_owned).collect();
                 }
+                "--alloc" => {
+                    let f = it.next().ok_or("--alloc needs a list")?;
+                    o.allocs = f.split(',').map(str::to_owned).collect();
+                    if let Some(bad) = o.allocs.iter().find(|a| !ALLOCATORS.contains(&a.as_str())) {
+                        return Err(format!(
+                            "unknown allocator {bad} (one of {})",
+                            ALLOCATORS.join(", ")
+                        ));
+                    }
+                }
                 other => return Err(format!("unknown option {other}")),
             }
         }
@@ -175,6 +135,10 @@ impl Options {
 
     fn selected(&self, w: &Workload) -> bool {
         self.filter.is_empty() || self.filter.iter().any(|f| w.name.contains(f.as_str()))
+    }
+
+    fn alloc_selected(&self, a: &str) -> bool {
+        self.allocs.is_empty() || self.allocs.iter().any(|x| x == a)
     }
 
     fn iters(&self, w: &Workload) -> u64 {
@@ -191,6 +155,7 @@ impl Options {
 struct Cell {
     ns: Vec<f64>,
     peak_kib: Vec<u64>,
+    checks: Vec<u64>,
     failures: Vec<String>,
 }
 
@@ -225,29 +190,47 @@ struct Run {
     quick: bool,
     reps: usize,
     wall: Duration,
+    /// The mimalloc version of each mimalloc column that ran, e.g. `("mimalloc-v3", "3.3.2")`.
+    mimalloc: Vec<(&'static str, String)>,
+    /// The allocators measured, in [`ALLOCATORS`] order (all of them unless `--alloc`).
+    allocs: Vec<&'static str>,
     workloads: Vec<&'static Workload>,
     /// `cells[workload][allocator]`, allocators in [`ALLOCATORS`] order.
     cells: Vec<Vec<Cell>>,
 }
 
 fn measure(opts: &Options) -> Run {
-    let exe = std::env::current_exe().expect("own path");
+    let bins = Binaries::new(std::env::current_exe().expect("own path"));
     let workloads: Vec<&'static Workload> = WORKLOADS.iter().filter(|w| opts.selected(w)).collect();
+    let allocs: Vec<usize> = (0..ALLOCATORS.len())
+        .filter(|&ai| opts.alloc_selected(ALLOCATORS[ai]))
+        .collect();
     let mut cells = vec![vec![Cell::default(); ALLOCATORS.len()]; workloads.len()];
+    // Build the second binary (the other mimalloc line) before any measurement, so that
+    // its compilation does not run beside one.
+    for &ai in &allocs {
+        if let Err(e) = bins.for_alloc(ALLOCATORS[ai]) {
+            eprintln!("compare: {} will fail: {e}", ALLOCATORS[ai]);
+        }
+    }
     let started = Instant::now();
     for rep in 0..opts.reps {
         for (wi, w) in workloads.iter().enumerate() {
             let mut line = format!("[{}/{}] {:<20}", rep + 1, opts.reps, w.name);
             // Rotate the order each repetition so that no allocator always runs first.
-            for k in 0..ALLOCATORS.len() {
-                let ai = (k + rep + wi) % ALLOCATORS.len();
+            for k in 0..allocs.len() {
+                let ai = allocs[(k + rep + wi) % allocs.len()];
                 let alloc = ALLOCATORS[ai];
                 let cell = &mut cells[wi][ai];
-                match run_child(&exe, alloc, w, opts.iters(w)) {
-                    Ok((ns, peak)) => {
-                        cell.ns.push(ns);
-                        cell.peak_kib.push(peak);
-                        let _ = write!(line, " {alloc} {}", fmt_time(ns));
+                let result = bins
+                    .for_alloc(alloc)
+                    .and_then(|exe| run_child(exe, alloc, w, opts.iters(w)));
+                match result {
+                    Ok(m) => {
+                        cell.ns.push(m.ns_per_op);
+                        cell.peak_kib.push(m.peak_kib);
+                        cell.checks.push(m.check);
+                        let _ = write!(line, " {alloc} {}", fmt_time(m.ns_per_op));
                     }
                     Err(e) => {
                         let _ = write!(line, " {alloc} FAILED");
@@ -258,6 +241,25 @@ fn measure(opts: &Options) -> Run {
             eprintln!("{line}  ({:.0} s)", started.elapsed().as_secs_f64());
         }
     }
+    let mut mimalloc = Vec::new();
+    for ai in [MIMALLOC_V2, MIMALLOC_V3] {
+        if !allocs.contains(&ai) {
+            continue;
+        }
+        let name = ALLOCATORS[ai];
+        let version = match bins.for_alloc(name) {
+            Ok(exe) => std::process::Command::new(exe)
+                .arg("--mimalloc-version")
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()),
+            Err(_) => None,
+        };
+        if let Some(v) = version {
+            mimalloc.push((name, v));
+        }
+    }
     Run {
         date: utc_now(),
         nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -265,60 +267,15 @@ fn measure(opts: &Options) -> Run {
         quick: opts.quick,
         reps: opts.reps,
         wall: started.elapsed(),
+        mimalloc,
+        allocs: allocs.iter().map(|&ai| ALLOCATORS[ai]).collect(),
         workloads,
         cells,
     }
 }
 
-/// Runs one child; returns its time per operation (ns) and peak RSS (KiB).
-fn run_child(
-    exe: &std::path::Path,
-    alloc: &str,
-    w: &Workload,
-    iters: u64,
-) -> Result<(f64, u64), String> {
-    let mut child = Command::new(exe)
-        .args(["--child", alloc, w.name, &iters.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("spawn: {e}"))?;
-    let deadline = Instant::now() + CHILD_TIMEOUT;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("timed out after {} s", CHILD_TIMEOUT.as_secs()));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(2)),
-            Err(e) => return Err(format!("wait: {e}")),
-        }
-    }
-    let out = child.wait_with_output().map_err(|e| format!("wait: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("child exited with {}", out.status));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let field = |key: &str| {
-        text.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(key))
-            .map(str::to_owned)
-    };
-    let ns = field("ns_per_op=").and_then(|v| v.parse().ok());
-    let peak = field("peak_kib=").and_then(|v| v.parse().ok());
-    match (ns, peak) {
-        (Some(ns), Some(peak)) => Ok((ns, peak)),
-        _ => Err(format!("unreadable child output {text:?}")),
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Reporting.
-
-const SYSTEM: usize = 1;
 
 fn fmt_time(ns: f64) -> String {
     if ns < 1.0 {
@@ -327,8 +284,10 @@ fn fmt_time(ns: f64) -> String {
         format!("{ns:.1} ns")
     } else if ns < 1e6 {
         format!("{:.2} µs", ns / 1e3)
-    } else {
+    } else if ns < 1e9 {
         format!("{:.2} ms", ns / 1e6)
+    } else {
+        format!("{:.2} s", ns / 1e9)
     }
 }
 
@@ -344,6 +303,13 @@ fn geomean(v: &[f64]) -> Option<f64> {
 }
 
 impl Run {
+    /// Indices in [`ALLOCATORS`] of the allocators measured.
+    fn alloc_indices(&self) -> Vec<usize> {
+        (0..ALLOCATORS.len())
+            .filter(|&ai| self.allocs.contains(&ALLOCATORS[ai]))
+            .collect()
+    }
+
     /// Ratios of allocator `ai` to the system allocator over the workloads where both ran:
     /// `(time ratios, peak ratios)`.
     fn ratios(&self, ai: usize) -> (Vec<f64>, Vec<f64>) {
@@ -386,14 +352,23 @@ impl Run {
             if self.reps == 1 { "" } else { "s" },
             self.wall.as_secs_f64()
         );
+        if !self.mimalloc.is_empty() {
+            let versions: Vec<String> = self
+                .mimalloc
+                .iter()
+                .map(|(a, v)| format!("{a} is mimalloc {v}"))
+                .collect();
+            let _ = writeln!(s, "{}.\n", versions.join(", "));
+        }
+        let allocs = self.alloc_indices();
         let header = |s: &mut String, first: &str, last: &str| {
             let _ = write!(s, "| {first} |");
-            for a in ALLOCATORS {
-                let _ = write!(s, " {a} |");
+            for &ai in &allocs {
+                let _ = write!(s, " {} |", ALLOCATORS[ai]);
             }
             let _ = writeln!(s, "{last}");
             let _ = write!(s, "|---|");
-            for _ in ALLOCATORS {
+            for _ in &allocs {
                 let _ = write!(s, "---:|");
             }
             let _ = writeln!(s, "{}", if last.is_empty() { "" } else { "---|" });
@@ -401,13 +376,14 @@ impl Run {
 
         let _ = writeln!(
             s,
-            "Time per operation (ratio to system; lower is better):\n"
+            "Time per operation (ratio to system; lower is better; `rust-program`: one run):\n"
         );
         header(&mut s, "workload", " spanalloc vs best |");
         for (wi, w) in self.workloads.iter().enumerate() {
             let row = &self.cells[wi];
             let _ = write!(s, "| {} |", w.name);
-            for cell in row {
+            for &ai in &allocs {
+                let cell = &row[ai];
                 match (cell.ns(), row[SYSTEM].ns()) {
                     (Some(ns), Some(sys)) => {
                         let _ = write!(s, " {} ({:.2}x) |", fmt_time(ns), ns / sys);
@@ -434,10 +410,13 @@ impl Run {
         for (wi, w) in self.workloads.iter().enumerate() {
             let row = &self.cells[wi];
             let _ = write!(s, "| {} |", w.name);
-            for cell in row {
-                match (cell.peak_kib(), row[SYSTEM].peak_kib()) {
+            for &ai in &allocs {
+                match (row[ai].peak_kib(), row[SYSTEM].peak_kib()) {
                     (Some(k), Some(sys)) => {
                         let _ = write!(s, " {} ({:.2}x) |", fmt_mib(k), k / sys);
+                    }
+                    (Some(k), None) => {
+                        let _ = write!(s, " {} |", fmt_mib(k));
                     }
                     _ => s.push_str(" failed |"),
                 }
@@ -451,20 +430,24 @@ impl Run {
         );
         let _ = writeln!(
             s,
-            "| allocator | time | peak RSS | time vs mimalloc | peak RSS vs mimalloc |"
+            "| allocator | time | peak RSS | time vs mimalloc-v2 | time vs mimalloc-v3 | peak RSS vs mimalloc-v2 | peak RSS vs mimalloc-v3 |"
         );
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|");
-        for (ai, a) in ALLOCATORS.iter().enumerate() {
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
+        let g = |v: &[f64]| geomean(v).map_or("-".into(), |g| format!("{g:.2}x"));
+        for &ai in &allocs {
             let (t, m) = self.ratios(ai);
-            let (tm, mm) = self.ratios_to(ai, 2);
-            let g = |v: &[f64]| geomean(v).map_or("-".into(), |g| format!("{g:.2}x"));
+            let (t2, m2) = self.ratios_to(ai, MIMALLOC_V2);
+            let (t3, m3) = self.ratios_to(ai, MIMALLOC_V3);
             let _ = writeln!(
                 s,
-                "| {a} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                ALLOCATORS[ai],
                 g(&t),
                 g(&m),
-                g(&tm),
-                g(&mm)
+                g(&t2),
+                g(&t3),
+                g(&m2),
+                g(&m3)
             );
         }
         let failed: Vec<String> = self.failures().collect();
@@ -477,19 +460,38 @@ impl Run {
         s
     }
 
+    /// Every failed child, and every row whose allocators did not all compute the same
+    /// checksum (the program must do the same work on every allocator).
     fn failures(&self) -> impl Iterator<Item = String> + '_ {
-        self.workloads.iter().enumerate().flat_map(move |(wi, w)| {
+        let children = self.workloads.iter().enumerate().flat_map(move |(wi, w)| {
             ALLOCATORS.iter().enumerate().flat_map(move |(ai, a)| {
                 self.cells[wi][ai]
                     .failures
                     .iter()
                     .map(move |e| format!("{} on {a}: {e}", w.name))
             })
-        })
+        });
+        let checks = self
+            .workloads
+            .iter()
+            .enumerate()
+            .filter_map(move |(wi, w)| {
+                let mut all: Vec<(&str, u64)> = Vec::new();
+                for (ai, a) in ALLOCATORS.iter().enumerate() {
+                    all.extend(self.cells[wi][ai].checks.iter().map(|&c| (*a, c)));
+                }
+                let first = all.first()?.1;
+                all.iter().any(|&(_, c)| c != first).then(|| {
+                    let list: Vec<String> = all.iter().map(|(a, c)| format!("{a} {c:x}")).collect();
+                    format!("{}: checksums differ: {}", w.name, list.join(", "))
+                })
+            });
+        children.chain(checks)
     }
 
     fn json(&self) -> String {
         let num = |v: Option<f64>| v.map_or("null".into(), |x| format!("{x}"));
+        let allocs = self.alloc_indices();
         let mut s = String::new();
         let _ = writeln!(s, "{{");
         let _ = writeln!(s, "  \"date\": {},", json_str(&self.date));
@@ -501,8 +503,14 @@ impl Run {
         );
         let _ = writeln!(s, "  \"quick\": {}, \"reps\": {},", self.quick, self.reps);
         let _ = writeln!(s, "  \"wall_seconds\": {:.1},", self.wall.as_secs_f64());
-        let names: Vec<String> = ALLOCATORS.iter().map(|a| json_str(a)).collect();
+        let names: Vec<String> = allocs.iter().map(|&ai| json_str(ALLOCATORS[ai])).collect();
         let _ = writeln!(s, "  \"allocators\": [{}],", names.join(", "));
+        let versions: Vec<String> = self
+            .mimalloc
+            .iter()
+            .map(|(a, v)| format!("{}: {}", json_str(a), json_str(v)))
+            .collect();
+        let _ = writeln!(s, "  \"mimalloc_versions\": {{{}}},", versions.join(", "));
         let _ = writeln!(s, "  \"baseline\": \"system\",");
         let _ = writeln!(s, "  \"workloads\": [");
         for (wi, w) in self.workloads.iter().enumerate() {
@@ -513,7 +521,7 @@ impl Run {
                 json_str(w.name),
                 json_str(&w.describe())
             );
-            for (ai, a) in ALLOCATORS.iter().enumerate() {
+            for (k, &ai) in allocs.iter().enumerate() {
                 let c = &row[ai];
                 let ratio = c.ns().zip(row[SYSTEM].ns()).map(|(a, b)| a / b);
                 let rss_ratio = c.peak_kib().zip(row[SYSTEM].peak_kib()).map(|(a, b)| a / b);
@@ -521,14 +529,14 @@ impl Run {
                 let _ = writeln!(
                     s,
                     "      {}: {{\"ns_per_op\": {}, \"time_ratio\": {}, \"peak_kib\": {}, \"peak_ratio\": {}, \"samples_ns\": [{}], \"failures\": {}}}{}",
-                    json_str(a),
+                    json_str(ALLOCATORS[ai]),
                     num(c.ns()),
                     num(ratio),
                     num(c.peak_kib()),
                     num(rss_ratio),
                     samples.join(", "),
                     c.failures.len(),
-                    if ai + 1 < ALLOCATORS.len() { "," } else { "" }
+                    if k + 1 < allocs.len() { "," } else { "" }
                 );
             }
             let _ = writeln!(
@@ -543,15 +551,15 @@ impl Run {
         }
         let _ = writeln!(s, "  ],");
         let _ = writeln!(s, "  \"geomean\": {{");
-        for (ai, a) in ALLOCATORS.iter().enumerate() {
+        for (k, &ai) in allocs.iter().enumerate() {
             let (t, m) = self.ratios(ai);
             let _ = writeln!(
                 s,
                 "    {}: {{\"time_ratio\": {}, \"peak_ratio\": {}}}{}",
-                json_str(a),
+                json_str(ALLOCATORS[ai]),
                 num(geomean(&t)),
                 num(geomean(&m)),
-                if ai + 1 < ALLOCATORS.len() { "," } else { "" }
+                if k + 1 < allocs.len() { "," } else { "" }
             );
         }
         let _ = writeln!(s, "  }}");

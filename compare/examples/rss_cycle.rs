@@ -1,9 +1,9 @@
 //! Resident memory through an allocate / free / idle cycle (issue #5): spanalloc against the
-//! system allocator (glibc), mimalloc and jemalloc.
+//! system allocator (glibc), mimalloc (the line this build links: v3 by default) and jemalloc.
 //!
 //! ```text
-//! cargo run --release --example rss_cycle                              # table on stdout
-//! cargo run --release --example rss_cycle -- --json-file /tmp/rss.json # and the samples
+//! cargo run --release -p spanalloc-compare --example rss_cycle          # table on stdout
+//! cargo run --release -p spanalloc-compare --example rss_cycle -- --json-file /tmp/rss.json
 //! python3 scripts/rss_plot.py /tmp/rss.json docs/rss_cycle.svg         # the chart
 //! ```
 //!
@@ -33,10 +33,7 @@
 //! the free, 1 s and 2 s after it) and with `--json-file PATH` writes every sample there.
 //! Progress goes to stderr. About 5 s a child.
 
-#[path = "common/report.rs"]
-mod report;
-
-use report::{cpu_model, json_str, utc_now};
+use spanalloc_compare::report::{cpu_model, json_str, utc_now};
 use std::alloc::{GlobalAlloc, Layout};
 use std::fmt::Write as _;
 use std::io::Read as _;

@@ -1,4 +1,4 @@
-//! Report helpers shared by the `compare` and `rss_cycle` examples: JSON strings, the
+//! Report helpers shared by `compare` and the `rss_cycle` example: JSON strings, the
 //! machine's CPU model and the date.
 
 use std::fmt::Write as _;
