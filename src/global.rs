@@ -424,10 +424,43 @@ pub mod raw {
         if cfg!(debug_assertions) {
             crate::thread_cache::check_layout(&HEAP, ptr, size, align);
         }
-        // The class comes from the page map, not the layout: the same path as `free`, which
-        // checks that `ptr` is an object's start whatever the caller says.
         // SAFETY: per the caller.
-        unsafe { free(ptr) }
+        if !unsafe { dealloc_fast(ptr, size) } {
+            // SAFETY: per the caller.
+            unsafe { free_slow(ptr) }
+        }
+    }
+
+    /// The fast path of [`dealloc`] alone: the bin comes from `size`, as allocation finds
+    /// it, and the page map's word must name the same class and an object's start (the
+    /// checks of [`free`], with the push not waiting for the page-map loads). Returns
+    /// `false`, having done nothing, for anything else (another class, a large object, a
+    /// bad pointer, a full bin): then call [`free`]. Makes no call outside the allocator on
+    /// the common path.
+    ///
+    /// # Safety
+    /// As [`free`]; `size` is the size `ptr` was allocated with (or another; then this
+    /// returns `false` unless it names the same class).
+    #[inline(always)]
+    pub unsafe fn dealloc_fast(ptr: *mut u8, size: usize) -> bool {
+        if size <= SMALL_STEP_LIMIT {
+            let word = HEAP.page_map().small_word_of(ptr as usize);
+            // SAFETY: our own slot (or the never-written one of exited threads); as in
+            // `free_fast`; `size` is small.
+            unsafe {
+                ThreadCache::push_sized_raw(
+                    &raw mut (*local_for_fast_path()).cache,
+                    ptr,
+                    word,
+                    size,
+                )
+            }
+        } else if size < LARGE_THRESHOLD {
+            // SAFETY: per the caller.
+            unsafe { dealloc_medium(ptr, size) }
+        } else {
+            false
+        }
     }
 
     /// As [`alloc`], with the first `size` bytes zero.
@@ -527,9 +560,25 @@ unsafe fn free_slow(ptr: *mut u8) {
     unsafe { with_cache(|cache| cache.free(&HEAP, ptr)) }
 }
 
-// The fast path of 1 KiB to 32 KiB: the same as below 1 KiB with the second size table,
-// out of line so that the sub-KiB path keeps its length (inlined together, the two lookups
-// merge into one with a variable shift).
+// The fast paths of 1 KiB to 32 KiB: the same as below 1 KiB with the second size table,
+// out of line so that the sub-KiB paths keep their length (inlined together, the two
+// lookups merge into one with a variable shift).
+
+/// The medium-size part of [`raw::dealloc_fast`].
+///
+/// # Safety
+/// As [`raw::dealloc_fast`], with `SMALL_STEP_LIMIT < size < LARGE_THRESHOLD`.
+#[inline(never)]
+unsafe fn dealloc_medium(ptr: *mut u8, size: usize) -> bool {
+    // SAFETY: per the caller (lets the table index go unchecked).
+    unsafe { core::hint::assert_unchecked(size > SMALL_STEP_LIMIT && size < LARGE_THRESHOLD) };
+    let class = size_class::class_of_medium(size);
+    let word = HEAP.page_map().small_word_of(ptr as usize);
+    // SAFETY: as in `raw::dealloc_fast`.
+    unsafe {
+        ThreadCache::push_class_raw_of(&raw mut (*local_for_fast_path()).cache, ptr, word, class)
+    }
+}
 
 /// # Safety
 /// `SMALL_STEP_LIMIT < size < LARGE_THRESHOLD`.

@@ -344,8 +344,15 @@ pub(crate) unsafe fn free_sized_impl(ptr: *mut c_void, size: usize) {
     if ptr.is_null() {
         return;
     }
-    if let (true, Some(n)) = (cfg!(debug_assertions), c_size(size)) {
-        spanalloc::thread_cache::check_layout(spanalloc::heap(), ptr.cast(), n, MIN_ALIGN);
+    if let Some(n) = c_size(size) {
+        if cfg!(debug_assertions) {
+            spanalloc::thread_cache::check_layout(spanalloc::heap(), ptr.cast(), n, MIN_ALIGN);
+        }
+        // The sized fast path: the bin from the size, checked against the page map.
+        // SAFETY: non-null, and per the caller.
+        if unsafe { raw::dealloc_fast(ptr.cast(), n) } {
+            return;
+        }
     }
     // SAFETY: non-null, and per the caller.
     unsafe { free_keep_errno(ptr) }

@@ -224,6 +224,83 @@ impl ThreadCache {
         true
     }
 
+    /// As [`ThreadCache::push_small_raw`] for a free that knows the object's size: the bin
+    /// comes from `size` (one table load, as allocation finds it), and the page map's word
+    /// must name the same class. The push's address then does not wait for the page-map
+    /// loads: they only feed the checks, which the processor resolves alongside the push.
+    /// `false`, having written nothing, when the word names another class (an object whose
+    /// layout is not its class's, such as an over-aligned one: the caller's slow path takes
+    /// the word's class) or on any failure [`ThreadCache::push_small_raw`] reports.
+    ///
+    /// # Safety
+    /// As [`ThreadCache::push_small_raw`], and `size <= SMALL_STEP_LIMIT`.
+    #[inline(always)]
+    pub unsafe fn push_sized_raw(
+        cache: *mut ThreadCache,
+        ptr: *mut u8,
+        word: usize,
+        size: usize,
+    ) -> bool {
+        // SAFETY: per the caller, `size` indexes the table.
+        let class_bytes = unsafe { *SMALL_BIN_OFFSET.get_unchecked(size) } as usize;
+        // SAFETY: per the caller.
+        unsafe { Self::push_class_raw(cache, ptr, word, class_bytes) }
+    }
+
+    /// As [`ThreadCache::push_sized_raw`] for a class found by the caller.
+    ///
+    /// # Safety
+    /// As [`ThreadCache::push_small_raw`], and `class` is the class of the object's layout.
+    #[inline(always)]
+    pub unsafe fn push_class_raw_of(
+        cache: *mut ThreadCache,
+        ptr: *mut u8,
+        word: usize,
+        class: SizeClass,
+    ) -> bool {
+        // SAFETY: per the caller.
+        unsafe {
+            Self::push_class_raw(
+                cache,
+                ptr,
+                word,
+                class.index() * core::mem::size_of::<Bin>(),
+            )
+        }
+    }
+
+    /// The push of [`ThreadCache::push_sized_raw`], with the class as its bins' byte offset.
+    ///
+    /// # Safety
+    /// As [`ThreadCache::push_small_raw`], and `class_bytes` is a class's index times 16.
+    #[inline(always)]
+    unsafe fn push_class_raw(
+        cache: *mut ThreadCache,
+        ptr: *mut u8,
+        word: usize,
+        class_bytes: usize,
+    ) -> bool {
+        if word_class_bytes(word) != class_bytes
+            || !is_object_offset(class_bytes, (ptr as usize).wrapping_sub(word_start(word)))
+        {
+            return false;
+        }
+        // SAFETY: per the caller; the class is below CLASS_COUNT.
+        unsafe {
+            let bin = (&raw mut (*cache).bins).cast::<Bin>().byte_add(class_bytes);
+            if (*bin).room == 0 {
+                return false;
+            }
+            // Room means an active cache: this thread's alone.
+            let bin = &mut *bin;
+            span::mark_freed(ptr, (*cache).key);
+            span::set_next_free(ptr, bin.head);
+            bin.head = ptr;
+            bin.room -= 1;
+        }
+        true
+    }
+
     /// As [`ThreadCache::push_small_raw`] when the bin may have no room: makes room first
     /// (a batch back to the central list, or a larger bound). `false`, having done nothing,
     /// when `ptr` is not a small object's start.
