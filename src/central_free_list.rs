@@ -179,7 +179,11 @@ impl Lists {
                 let mut taken = 0;
                 while got < want && !free.is_null() {
                     let obj = free;
-                    free = span::next_free(obj);
+                    #[cfg(not(feature = "hardened"))]
+                    let next = span::next_free(obj);
+                    #[cfg(feature = "hardened")]
+                    let next = s.next_free_checked(obj);
+                    free = next;
                     span::set_next_free(obj, list);
                     list = obj;
                     got += 1;
@@ -296,6 +300,9 @@ impl CentralFreeList {
         };
         // SAFETY: a fresh small span, not yet on any list: ours alone.
         let s = unsafe { span.as_ref() };
+        // Hardened build: the link keys exist before the first link does.
+        #[cfg(feature = "hardened")]
+        crate::hardening::seed();
         // Every object not handed out carries the free key, never-used ones included: a
         // forged free of one (a pointer on an object boundary the program was never given)
         // then stops as a double free instead of putting the object on a list twice.
@@ -362,10 +369,19 @@ impl CentralFreeList {
         backing: &Backing<'_, S>,
     ) {
         let mut releases = Releases::new();
+        // Hardened build: the links are checked against the class of the head, which the
+        // caller vouches for.
+        #[cfg(feature = "hardened")]
+        let class_bytes = page_map::word_class_bytes(backing.map.small_word_of(list as usize));
         while !list.is_null() {
             let obj = list;
+            #[cfg(not(feature = "hardened"))]
             // SAFETY: per the caller, a free object with a link.
-            list = unsafe { span::next_free(obj) };
+            let next = unsafe { span::next_free(obj) };
+            #[cfg(feature = "hardened")]
+            // SAFETY: per the caller, a free object with a link.
+            let next = unsafe { backing.map.next_free_checked(obj, class_bytes) };
+            list = next;
             // Every page of a small span maps to it (span invariant 4), and the object's span
             // cannot change while the object is out of it.
             let s = backing.map.lookup(obj as usize);

@@ -62,6 +62,11 @@ pub struct ThreadCache {
     /// most one stashed span (see `lend_stashed`). Checked through the page map, never
     /// through a record pointer kept from before.
     lent_start: usize,
+    /// Hardened build: the page map the bins' links are checked against when followed (the
+    /// heap's whose slow paths last filled or made room in a bin; a bin holds objects only
+    /// after one of them ran).
+    #[cfg(feature = "hardened")]
+    map: *const crate::page_map::PageMap,
 }
 
 // SAFETY: the cache only holds pointers to objects and spans it owns; moving it to another
@@ -82,6 +87,8 @@ impl ThreadCache {
             stash_len: 0,
             grown: 0,
             lent_start: 0,
+            #[cfg(feature = "hardened")]
+            map: core::ptr::null(),
         }
     }
 

@@ -1,0 +1,104 @@
+//! The hardened build's secrets (cargo feature `hardened`): the keys free-list links are
+//! encoded with. See `lib.rs` for an overview.
+//!
+//! Each protection lives with the code it protects, behind `cfg(feature = "hardened")`;
+//! this module holds what they share:
+//!
+//! | protection | where |
+//! |---|---|
+//! | links encoded with [`encode_link`], checked when followed | `span::next_free` / `set_next_free`; `PageMap::next_free_checked` (bins, batches); `Span::next_free_checked` (a span's own list) |
+//!
+//! No link exists before the first span is made, and making one calls [`seed`] first, so
+//! the keys never change once a link is written.
+
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// The link keys: `[rotation and offset, mask]`, random per process, never 0 once set.
+static LINK_KEYS: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+/// Whether [`seed`] has run to the end (on some thread).
+static SEEDED: AtomicBool = AtomicBool::new(false);
+
+const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// Sets the keys from `getrandom(2)`, once per process; a few
+/// instructions after the first call. Called before the first span is made.
+#[inline]
+pub fn seed() {
+    // Acquire pairs with the Release store in `seed_slow`: the keys are visible.
+    if !SEEDED.load(Ordering::Acquire) {
+        seed_slow();
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn seed_slow() {
+    let mut r = [0u64; 2];
+    // SAFETY: `r` is a valid 16-byte buffer; GRND_NONBLOCK never blocks.
+    let n = unsafe { libc::getrandom(r.as_mut_ptr().cast(), 16, libc::GRND_NONBLOCK) };
+    if n != 16 {
+        // No entropy yet (early boot): the address-space layout and the clock, mixed.
+        let here = &r as *const _ as u64;
+        let t = crate::sys::monotonic_ms();
+        r = [mix(here ^ t), mix(here.rotate_left(17) ^ GOLDEN)];
+    }
+    // Each key is set once, by whichever thread gets there first; the losers keep the
+    // winner's value. Relaxed: published by the Release store below.
+    let _ =
+        LINK_KEYS[0].compare_exchange(0, r[0] as usize | 1, Ordering::Relaxed, Ordering::Relaxed);
+    let _ =
+        LINK_KEYS[1].compare_exchange(0, r[1] as usize | 1, Ordering::Relaxed, Ordering::Relaxed);
+    // Release pairs with the Acquire load in `seed`.
+    SEEDED.store(true, Ordering::Release);
+}
+
+/// The word stored in free object `slot` to link it to `next` (null included): mimalloc's
+/// `mi_ptr_encode` with the slot's address mixed in, `rotl(next ^ slot ^ k1, k0) + k0`.
+/// Without the keys, a value written over the link (an overflow from the object before,
+/// a write after free) decodes to a random address, which the follower's check rejects; a
+/// link copied from another free object decodes wrong too.
+#[inline(always)]
+pub fn encode_link(slot: *mut u8, next: *mut u8) -> usize {
+    // Relaxed: set before any link exists (see the module comment).
+    let k0 = LINK_KEYS[0].load(Ordering::Relaxed);
+    let k1 = LINK_KEYS[1].load(Ordering::Relaxed);
+    ((next as usize) ^ (slot as usize) ^ k1)
+        .rotate_left(k0 as u32 & 63)
+        .wrapping_add(k0)
+}
+
+/// The link that [`encode_link`] stored as `stored` in `slot`. Not checked: the follower
+/// checks it (against the page map or the span).
+#[inline(always)]
+pub fn decode_link(slot: *mut u8, stored: usize) -> *mut u8 {
+    // Relaxed: as in `encode_link`.
+    let k0 = LINK_KEYS[0].load(Ordering::Relaxed);
+    let k1 = LINK_KEYS[1].load(Ordering::Relaxed);
+    (stored.wrapping_sub(k0).rotate_right(k0 as u32 & 63) ^ k1 ^ (slot as usize)) as *mut u8
+}
+
+/// splitmix64's finaliser.
+#[inline]
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_round_trip_and_depend_on_the_slot() {
+        seed();
+        let slot = 0x7f00_1234_5000usize as *mut u8;
+        for next in [0usize, 0x7f00_1234_5040, 0x5555_0000_0010, usize::MAX - 7] {
+            let stored = encode_link(slot, next as *mut u8);
+            assert_eq!(decode_link(slot, stored) as usize, next);
+            assert_ne!(stored, next, "the link is not stored as it is");
+            // The same word read in another slot decodes elsewhere.
+            assert_ne!(decode_link(slot.wrapping_add(64), stored) as usize, next);
+        }
+    }
+}
