@@ -190,12 +190,17 @@ impl Lists {
                     taken += 1;
                 }
                 // Never-used objects (marked free when the span was made): linked so that the
-                // lowest address is popped first.
+                // lowest address is popped first; in random order in the hardened build.
                 let n = (want - got).min(cap - bump);
+                #[cfg(not(feature = "hardened"))]
                 for i in (bump..bump + n).rev() {
                     let obj = (start + i * size) as *mut u8;
                     span::set_next_free(obj, list);
                     list = obj;
+                }
+                #[cfg(feature = "hardened")]
+                {
+                    list = link_shuffled(start, size, bump, n, list);
                 }
                 bump += n;
                 got += n;
@@ -566,4 +571,44 @@ unsafe fn release<S: PageSource>(span: NonNull<Span>, backing: &Backing<'_, S>) 
     let mut heap = backing.page_heap.lock();
     // SAFETY: per the caller.
     unsafe { heap.free(span, backing.now, backing.map) };
+}
+
+/// Hardened build: links the never-used objects `bump..bump + n` of the span at `start`
+/// (objects of `size` bytes) in front of `list`, in random order (Fisher-Yates over at most
+/// a batch of indices at a time, on the stack), and returns the new head. Which object a
+/// program gets next is then not the one after its last.
+///
+/// # Safety
+/// The objects are never-used objects of a span the caller holds the lock of.
+#[cfg(feature = "hardened")]
+unsafe fn link_shuffled(
+    start: usize,
+    size: usize,
+    bump: usize,
+    n: usize,
+    mut list: *mut u8,
+) -> *mut u8 {
+    if n == 0 {
+        return list;
+    }
+    let mut rng = crate::hardening::Rng::new();
+    let mut order = [0u32; MAX_BATCH];
+    let mut from = bump;
+    while from < bump + n {
+        let k = (bump + n - from).min(MAX_BATCH);
+        for (j, slot) in order[..k].iter_mut().enumerate() {
+            *slot = (from + j) as u32;
+        }
+        for j in (1..k).rev() {
+            order.swap(j, rng.below(j + 1));
+        }
+        for &i in &order[..k] {
+            let obj = (start + i as usize * size) as *mut u8;
+            // SAFETY: per the caller.
+            unsafe { span::set_next_free(obj, list) };
+            list = obj;
+        }
+        from += k;
+    }
+    list
 }

@@ -1,5 +1,6 @@
 //! The hardened build's secrets (cargo feature `hardened`): the keys free-list links are
-//! encoded with. See `lib.rs` for an overview.
+//! encoded with, the random source that orders never-used objects. See `lib.rs` for an
+//! overview.
 //!
 //! Each protection lives with the code it protects, behind `cfg(feature = "hardened")`;
 //! this module holds what they share:
@@ -7,20 +8,23 @@
 //! | protection | where |
 //! |---|---|
 //! | links encoded with [`encode_link`], checked when followed | `span::next_free` / `set_next_free`; `PageMap::next_free_checked` (bins, batches); `Span::next_free_checked` (a span's own list) |
+//! | never-used objects in random order ([`Rng`]) | `central_free_list` (`take_from_spans`) |
 //!
 //! No link exists before the first span is made, and making one calls [`seed`] first, so
 //! the keys never change once a link is written.
 
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// The link keys: `[rotation and offset, mask]`, random per process, never 0 once set.
 static LINK_KEYS: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+/// The shared Weyl sequence [`random`] draws from.
+static RANDOM: AtomicU64 = AtomicU64::new(0);
 /// Whether [`seed`] has run to the end (on some thread).
 static SEEDED: AtomicBool = AtomicBool::new(false);
 
 const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// Sets the keys from `getrandom(2)`, once per process; a few
+/// Sets the keys and the random source from `getrandom(2)`, once per process; a few
 /// instructions after the first call. Called before the first span is made.
 #[inline]
 pub fn seed() {
@@ -33,14 +37,18 @@ pub fn seed() {
 #[cold]
 #[inline(never)]
 fn seed_slow() {
-    let mut r = [0u64; 2];
-    // SAFETY: `r` is a valid 16-byte buffer; GRND_NONBLOCK never blocks.
-    let n = unsafe { libc::getrandom(r.as_mut_ptr().cast(), 16, libc::GRND_NONBLOCK) };
-    if n != 16 {
+    let mut r = [0u64; 3];
+    // SAFETY: `r` is a valid 24-byte buffer; GRND_NONBLOCK never blocks.
+    let n = unsafe { libc::getrandom(r.as_mut_ptr().cast(), 24, libc::GRND_NONBLOCK) };
+    if n != 24 {
         // No entropy yet (early boot): the address-space layout and the clock, mixed.
         let here = &r as *const _ as u64;
         let t = crate::sys::monotonic_ms();
-        r = [mix(here ^ t), mix(here.rotate_left(17) ^ GOLDEN)];
+        r = [
+            mix(here ^ t),
+            mix(here.rotate_left(17) ^ GOLDEN),
+            mix(t ^ GOLDEN),
+        ];
     }
     // Each key is set once, by whichever thread gets there first; the losers keep the
     // winner's value. Relaxed: published by the Release store below.
@@ -48,6 +56,7 @@ fn seed_slow() {
         LINK_KEYS[0].compare_exchange(0, r[0] as usize | 1, Ordering::Relaxed, Ordering::Relaxed);
     let _ =
         LINK_KEYS[1].compare_exchange(0, r[1] as usize | 1, Ordering::Relaxed, Ordering::Relaxed);
+    let _ = RANDOM.compare_exchange(0, r[2] | 1, Ordering::Relaxed, Ordering::Relaxed);
     // Release pairs with the Acquire load in `seed`.
     SEEDED.store(true, Ordering::Release);
 }
@@ -85,6 +94,37 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A random 64-bit value from the per-process sequence (one atomic add): splitmix64 over a
+/// Weyl sequence that [`seed`] started at a random point.
+#[inline]
+pub fn random() -> u64 {
+    mix(RANDOM.fetch_add(GOLDEN, Ordering::Relaxed))
+}
+
+/// A small generator for one shuffle, seeded from [`random`]: no atomic per draw.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator at a random point of its sequence.
+    #[inline]
+    pub fn new() -> Rng {
+        Rng(random())
+    }
+
+    /// A value in `0..n` (`n > 0`), by Lemire's multiply-shift.
+    #[inline]
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_add(GOLDEN);
+        ((mix(self.0) as u128 * n as u128) >> 64) as usize
+    }
+}
+
+impl Default for Rng {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +140,16 @@ mod tests {
             // The same word read in another slot decodes elsewhere.
             assert_ne!(decode_link(slot.wrapping_add(64), stored) as usize, next);
         }
+    }
+
+    #[test]
+    fn below_stays_below() {
+        seed();
+        let mut rng = Rng::new();
+        let mut seen = [false; 7];
+        for _ in 0..1000 {
+            seen[rng.below(7)] = true;
+        }
+        assert!(seen.iter().all(|&s| s));
     }
 }
