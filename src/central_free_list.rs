@@ -310,12 +310,17 @@ impl CentralFreeList {
         crate::hardening::seed();
         // Every object not handed out carries the free key, never-used ones included: a
         // forged free of one (a pointer on an object boundary the program was never given)
-        // then stops as a double free instead of putting the object on a list twice.
+        // then stops as a double free instead of putting the object on a list twice. The
+        // hardened build poisons them too (checked when a bin hands them out).
         if crate::check::FREE_CHECKS {
             for i in 0..class.objects() {
+                let obj = (s.start_addr() + i * class.size()) as *mut u8;
                 // SAFETY: never-used objects of our fresh span.
+                unsafe { span::mark_freed_fresh(obj, key) };
+                #[cfg(feature = "hardened")]
+                // SAFETY: as above.
                 unsafe {
-                    span::mark_freed_fresh((s.start_addr() + i * class.size()) as *mut u8, key)
+                    crate::hardening::poison(obj, class.size())
                 };
             }
         }

@@ -1,6 +1,6 @@
-//! The hardened build's secrets (cargo feature `hardened`): the keys free-list links are
-//! encoded with, the random source that orders never-used objects. See `lib.rs` for an
-//! overview.
+//! The hardened build's secrets and fills (cargo feature `hardened`): the keys free-list
+//! links are encoded with, the random source that orders never-used objects, the poison
+//! freed objects carry. See `lib.rs` for an overview.
 //!
 //! Each protection lives with the code it protects, behind `cfg(feature = "hardened")`;
 //! this module holds what they share:
@@ -9,6 +9,7 @@
 //! |---|---|
 //! | links encoded with [`encode_link`], checked when followed | `span::next_free` / `set_next_free`; `PageMap::next_free_checked` (bins, batches); `Span::next_free_checked` (a span's own list) |
 //! | never-used objects in random order ([`Rng`]) | `central_free_list` (`take_from_spans`) |
+//! | freed objects [`poison`]ed, checked on reuse | thread cache bins (filled on push, checked on pop); new spans |
 //!
 //! No link exists before the first span is made, and making one calls [`seed`] first, so
 //! the keys never change once a link is written.
@@ -125,6 +126,44 @@ impl Default for Rng {
     }
 }
 
+/// How much of a freed object is poisoned: its bytes from the third word up to this bound
+/// (the first two words hold the link and the free key), so a free costs at most a
+/// 240-byte fill and an allocation a 240-byte check, whatever the class.
+pub const POISON_LIMIT: usize = 256;
+
+/// The poison byte (mimalloc's debug fill for freed memory).
+pub const POISON_BYTE: u8 = 0xdf;
+const POISON_WORD: u64 = u64::from_ne_bytes([POISON_BYTE; 8]);
+
+/// Fills the poisoned part of free object `obj` of `size` bytes (see [`POISON_LIMIT`]).
+///
+/// # Safety
+/// `obj` is a free object of `size` bytes (a multiple of 8) that the caller owns.
+#[inline(always)]
+pub unsafe fn poison(obj: *mut u8, size: usize) {
+    let end = size.min(POISON_LIMIT);
+    if end > 16 {
+        // SAFETY: per the caller, bytes 16..end lie in the object.
+        unsafe { core::ptr::write_bytes(obj.add(16), POISON_BYTE, end - 16) };
+    }
+}
+
+/// Whether the poisoned part of free object `obj` of `size` bytes is intact (nothing wrote
+/// to it since [`poison`]).
+///
+/// # Safety
+/// `obj` is a free object of `size` bytes (a multiple of 8) that the caller owns.
+#[inline(always)]
+pub unsafe fn poison_intact(obj: *mut u8, size: usize) -> bool {
+    let words = size.min(POISON_LIMIT) / 8;
+    let mut diff = 0;
+    for i in 2..words {
+        // SAFETY: per the caller, word `i` lies in the object.
+        diff |= unsafe { obj.cast::<u64>().add(i).read() } ^ POISON_WORD;
+    }
+    diff == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +178,29 @@ mod tests {
             assert_ne!(stored, next, "the link is not stored as it is");
             // The same word read in another slot decodes elsewhere.
             assert_ne!(decode_link(slot.wrapping_add(64), stored) as usize, next);
+        }
+    }
+
+    #[test]
+    fn poison_is_checked_past_the_first_two_words_up_to_the_limit() {
+        let mut obj = [0u64; 64];
+        let p = obj.as_mut_ptr().cast::<u8>();
+        // SAFETY: a 512-byte buffer of ours, used as an object of each size below.
+        unsafe {
+            for size in [16, 24, 64, 256, 512] {
+                poison(p, size);
+                assert!(poison_intact(p, size));
+            }
+            poison(p, 512);
+            // The link and key words are free to change.
+            p.cast::<u64>().write(1);
+            p.cast::<u64>().add(1).write(2);
+            assert!(poison_intact(p, 512));
+            // Past the limit is not checked; below it is.
+            p.add(POISON_LIMIT).write(0);
+            assert!(poison_intact(p, 512));
+            p.add(POISON_LIMIT - 1).write(0);
+            assert!(!poison_intact(p, 512));
         }
     }
 

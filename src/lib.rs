@@ -25,7 +25,7 @@
 //! | [`size_class`] | the class table (generated) and size → class lookup | `sizeclasses.go` |
 //! | [`sync`] | atomics, [`sync::GuardedCell`] and the futex [`sync::Lock`]; the loom switch | |
 //! | [`sys`] | [`sys::PageSource`]: `mmap`, `MADV_DONTNEED`; a fake source for tests | `mem_linux.go` |
-//! | `hardening` | the `hardened` build's link keys and random order | |
+//! | `hardening` | the `hardened` build's link keys, random order and poison | |
 //! | [`fixed_alloc`] | [`fixed_alloc::FixedAlloc`]: metadata records from their own memory | `mfixalloc.go` |
 //! | [`span`] | [`span::Span`]: a run of pages; its free list; the free-object link and key | `mspan` |
 //! | [`page_map`] | [`page_map::PageMap`]: address → span and small-object word, lock-free reads | `arenas` |

@@ -228,6 +228,8 @@ impl ThreadCache {
             // Room means an active cache: this thread's alone.
             let bin = &mut *bin;
             span::mark_freed(ptr, (*cache).key);
+            #[cfg(feature = "hardened")]
+            crate::hardening::poison(ptr, class_size(class_bytes));
             span::set_next_free(ptr, bin.head);
             bin.head = ptr;
             bin.room -= 1;
@@ -378,7 +380,7 @@ impl ThreadCache {
 
 /// Pops a free object from `bin`, or null. `map` and `class_bytes` (the bin's class index
 /// times 16) serve the hardened build, which checks the link it follows against the page
-/// map.
+/// map and the popped object's poison.
 #[inline(always)]
 fn pop_from(bin: &mut Bin, map: *const PageMap, class_bytes: usize) -> *mut u8 {
     let obj = bin.head;
@@ -387,6 +389,10 @@ fn pop_from(bin: &mut Bin, map: *const PageMap, class_bytes: usize) -> *mut u8 {
         // word; the one popped is handed out.
         unsafe {
             bin.head = next_in_bin(map, obj, class_bytes);
+            #[cfg(feature = "hardened")]
+            if !crate::hardening::poison_intact(obj, class_size(class_bytes)) {
+                crate::check::fatal("write after free detected");
+            }
             span::mark_allocated(obj);
         }
         bin.room += 1;
@@ -429,4 +435,11 @@ unsafe fn link_map(cache: *const ThreadCache) -> *const PageMap {
     // SAFETY: per the caller.
     let map = unsafe { (*cache).map };
     map
+}
+
+/// The object size of the class whose index times 16 is `class_bytes`.
+#[cfg(feature = "hardened")]
+#[inline(always)]
+fn class_size(class_bytes: usize) -> usize {
+    SizeClass((class_bytes >> 4) as u8).size()
 }
