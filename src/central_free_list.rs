@@ -574,8 +574,16 @@ unsafe fn release<S: PageSource>(span: NonNull<Span>, backing: &Backing<'_, S>) 
     let s = unsafe { span.as_ref() };
     backing.map.set_small_words(s.start(), s.pages(), 0);
     let mut heap = backing.page_heap.lock();
+    #[cfg(not(feature = "hardened"))]
     // SAFETY: per the caller.
-    unsafe { heap.free(span, backing.now, backing.map) };
+    unsafe {
+        heap.free(span, backing.now, backing.map)
+    };
+    #[cfg(feature = "hardened")]
+    // SAFETY: per the caller.
+    unsafe {
+        heap.free(span, backing.now, backing.map, backing.source)
+    };
 }
 
 /// Hardened build: links the never-used objects `bump..bump + n` of the span at `start`

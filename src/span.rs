@@ -1,7 +1,8 @@
 //! The span record: a run of pages and what it holds. See `lib.rs` for an overview.
 //!
 //! A span is one of: a free run in the page heap ([`SpanKind::Free`]), a small-object span
-//! of one size class ([`SpanKind::Small`]), or one large object ([`SpanKind::Large`]).
+//! of one size class ([`SpanKind::Small`]), or one large object ([`SpanKind::Large`]),
+//! followed in the hardened build by a guard page ([`GUARD_PAGES`]).
 //!
 //! # Small spans
 //!
@@ -29,6 +30,12 @@ use crate::pages::{PageId, Pages};
 use crate::size_class::SizeClass;
 use crate::sync::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, GuardedCell, Ordering};
 use core::ptr::null_mut;
+
+/// The pages at the end of every large span that are not its object's: in the hardened
+/// build one page, made inaccessible while the span is a large span (or waits in the page
+/// heap's large-span cache), so that a linear overflow past the object faults (see
+/// `page_heap`); none otherwise.
+pub const GUARD_PAGES: Pages = Pages(if cfg!(feature = "hardened") { 1 } else { 0 });
 
 /// What a span holds.
 #[derive(Copy, Clone, PartialEq, Eq, Debug)]
@@ -277,6 +284,22 @@ impl Span {
         let magic = self.div_magic.load(Ordering::Relaxed) as u64;
         let index = ((offset as u64 * magic) >> 32) as usize;
         (index * self.object_size() == offset).then_some(index)
+    }
+
+    /// The pages of a large span that hold its object: all of them but the guard pages
+    /// (see [`GUARD_PAGES`]).
+    #[inline(always)]
+    pub fn object_pages(&self) -> Pages {
+        #[cfg(feature = "hardened")]
+        return self.pages() - GUARD_PAGES;
+        #[cfg(not(feature = "hardened"))]
+        self.pages()
+    }
+
+    /// The bytes of a large span that hold its object (see [`Span::object_pages`]).
+    #[inline(always)]
+    pub fn object_bytes(&self) -> usize {
+        self.object_pages().bytes()
     }
 
     /// Hardened build: the link of `obj`, a free object on this small span's own free list,

@@ -6,6 +6,7 @@
 static A: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
 
 use spanalloc::size_class::class_for;
+use spanalloc::span::GUARD_PAGES;
 use std::alloc::{Layout, alloc, dealloc};
 use std::sync::{Mutex, MutexGuard};
 
@@ -34,7 +35,8 @@ fn stats_identities_hold() {
         held.push((p, layout));
         expected += match class_for(s, 8) {
             Some(class) => class.size(),
-            None => s.div_ceil(8192) * 8192,
+            // A large object's span: its pages, and its guard page in the hardened build.
+            None => s.div_ceil(8192) * 8192 + GUARD_PAGES.bytes(),
         };
     }
     spanalloc::flush_thread_cache();
@@ -69,7 +71,7 @@ fn stats_identities_hold() {
     assert_eq!(unflushed.parts(), unflushed.mapped, "{unflushed:#?}");
     assert_eq!(
         unflushed.in_use - before.in_use,
-        expected - (3 << 20) - 8192 + class_for(100, 8).unwrap().size()
+        expected - (3 << 20) - 8192 - GUARD_PAGES.bytes() + class_for(100, 8).unwrap().size()
     );
 
     // SAFETY: allocated above, freed once.
