@@ -11,6 +11,7 @@
 //! | a guard page after every large object | `page_heap` (`span::GUARD_PAGES`, `PageSource::protect`) |
 //! | never-used objects in random order ([`Rng`]) | `central_free_list` (`take_from_spans`) |
 //! | freed objects [`poison`]ed, checked on reuse | thread cache bins (filled on push, checked on pop); new spans |
+//! | the sized free's layout checked | `thread_cache::check_layout`, from every `dealloc` |
 //!
 //! No link exists before the first span is made, and making one calls [`seed`] first, so
 //! the keys never change once a link is written.

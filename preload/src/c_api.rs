@@ -344,7 +344,8 @@ pub(crate) unsafe fn free_sized_impl(ptr: *mut c_void, size: usize) {
     if ptr.is_null() {
         return;
     }
-    if let (true, Some(n)) = (cfg!(debug_assertions), c_size(size)) {
+    let check = cfg!(debug_assertions) || spanalloc::check::HARDENED;
+    if let (true, Some(n)) = (check, c_size(size)) {
         spanalloc::thread_cache::check_layout(spanalloc::heap(), ptr.cast(), n, MIN_ALIGN);
     }
     // SAFETY: non-null, and per the caller.

@@ -227,7 +227,8 @@ impl ThreadCache {
     }
 
     /// Frees `ptr` given the size and alignment it was allocated with. The class comes from
-    /// the page map, as for [`ThreadCache::free`]; debug builds check it against the layout.
+    /// the page map, as for [`ThreadCache::free`]; debug and hardened builds check it against
+    /// the layout.
     ///
     /// # Safety
     /// `ptr` was returned by an allocation of this heap with this `size` and `align`, and is
@@ -240,7 +241,7 @@ impl ThreadCache {
         size: usize,
         align: usize,
     ) {
-        if cfg!(debug_assertions) {
+        if cfg!(debug_assertions) || cfg!(feature = "hardened") {
             check_layout(heap, ptr, size, align);
         }
         // SAFETY: per the caller.
@@ -356,8 +357,8 @@ impl Default for ThreadCache {
     }
 }
 
-/// Debug builds: stops the process if a small object is freed with a layout of another
-/// class than the one it was allocated with.
+/// Debug and hardened builds: stops the process if a small object is freed with a layout of
+/// another class than the one it was allocated with.
 pub fn check_layout<S: PageSource>(heap: &Heap<S>, ptr: *mut u8, size: usize, align: usize) {
     let word = heap.page_map().small_word_of(ptr as usize);
     let class = crate::page_map::word_class(word);
