@@ -1,6 +1,7 @@
 //! The hardened build's secrets and fills (cargo feature `hardened`): the keys free-list
 //! links are encoded with, the random source that orders never-used objects, the poison
-//! freed objects carry. See `lib.rs` for an overview.
+//! freed objects carry. See `lib.rs` for an overview, and `docs/robustness.md` ("Hardened
+//! build") for what each protection catches and what it costs.
 //!
 //! Each protection lives with the code it protects, behind `cfg(feature = "hardened")`;
 //! this module holds what they share:

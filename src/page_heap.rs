@@ -11,9 +11,9 @@
 //!
 //! # Guard pages (hardened build)
 //!
-//! A large span has [`GUARD_PAGES`](crate::span::GUARD_PAGES) more pages than its object needs, and its last page is
-//! made inaccessible (`PageSource::protect`), so that a linear overflow past the object
-//! faults. One rule keeps this right through every split and merge: the last page of every
+//! A large span has [`crate::span::GUARD_PAGES`] (one) more pages than its object needs,
+//! and its last page is made inaccessible (`PageSource::protect`), so that a linear
+//! overflow past the object faults. One rule keeps this right through every split and merge: the last page of every
 //! large span, and of every span in the large-span cache (which were large spans), is
 //! inaccessible, and every other page is accessible. So a span becoming large protects its
 //! last page; growing or shrinking in place moves the guard to the new end (a shrunk-off
