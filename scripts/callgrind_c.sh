@@ -4,11 +4,13 @@
 #   same    malloc(64) + free of the same pointer
 #   random  free of a random one of 4096 live 64 B objects, then malloc(64)
 # Usage: scripts/callgrind_c.sh [extra-name=path.so ...]
+# FEATURES adds cargo flags to the build of libspanalloc.so, e.g. the hardened build:
+#   FEATURES="--features spanalloc/hardened" scripts/callgrind_c.sh
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
-cargo build --release -p spanalloc-preload -q
+cargo build --release -p spanalloc-preload -q ${FEATURES:-}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cc -O2 -o "$work/pairs" bench/callgrind/pairs.c

@@ -179,19 +179,28 @@ impl Lists {
                 let mut taken = 0;
                 while got < want && !free.is_null() {
                     let obj = free;
-                    free = span::next_free(obj);
+                    #[cfg(not(feature = "hardened"))]
+                    let next = span::next_free(obj);
+                    #[cfg(feature = "hardened")]
+                    let next = s.next_free_checked(obj);
+                    free = next;
                     span::set_next_free(obj, list);
                     list = obj;
                     got += 1;
                     taken += 1;
                 }
                 // Never-used objects (marked free when the span was made): linked so that the
-                // lowest address is popped first.
+                // lowest address is popped first; in random order in the hardened build.
                 let n = (want - got).min(cap - bump);
+                #[cfg(not(feature = "hardened"))]
                 for i in (bump..bump + n).rev() {
                     let obj = (start + i * size) as *mut u8;
                     span::set_next_free(obj, list);
                     list = obj;
+                }
+                #[cfg(feature = "hardened")]
+                {
+                    list = link_shuffled(start, size, bump, n, list);
                 }
                 bump += n;
                 got += n;
@@ -296,14 +305,22 @@ impl CentralFreeList {
         };
         // SAFETY: a fresh small span, not yet on any list: ours alone.
         let s = unsafe { span.as_ref() };
+        // Hardened build: the link keys exist before the first link does.
+        #[cfg(feature = "hardened")]
+        crate::hardening::seed();
         // Every object not handed out carries the free key, never-used ones included: a
         // forged free of one (a pointer on an object boundary the program was never given)
-        // then stops as a double free instead of putting the object on a list twice.
+        // then stops as a double free instead of putting the object on a list twice. The
+        // hardened build poisons them too (checked when a bin hands them out).
         if crate::check::FREE_CHECKS {
             for i in 0..class.objects() {
+                let obj = (s.start_addr() + i * class.size()) as *mut u8;
                 // SAFETY: never-used objects of our fresh span.
+                unsafe { span::mark_freed_fresh(obj, key) };
+                #[cfg(feature = "hardened")]
+                // SAFETY: as above.
                 unsafe {
-                    span::mark_freed_fresh((s.start_addr() + i * class.size()) as *mut u8, key)
+                    crate::hardening::poison(obj, class.size())
                 };
             }
         }
@@ -362,10 +379,19 @@ impl CentralFreeList {
         backing: &Backing<'_, S>,
     ) {
         let mut releases = Releases::new();
+        // Hardened build: the links are checked against the class of the head, which the
+        // caller vouches for.
+        #[cfg(feature = "hardened")]
+        let class_bytes = page_map::word_class_bytes(backing.map.small_word_of(list as usize));
         while !list.is_null() {
             let obj = list;
+            #[cfg(not(feature = "hardened"))]
             // SAFETY: per the caller, a free object with a link.
-            list = unsafe { span::next_free(obj) };
+            let next = unsafe { span::next_free(obj) };
+            #[cfg(feature = "hardened")]
+            // SAFETY: per the caller, a free object with a link.
+            let next = unsafe { backing.map.next_free_checked(obj, class_bytes) };
+            list = next;
             // Every page of a small span maps to it (span invariant 4), and the object's span
             // cannot change while the object is out of it.
             let s = backing.map.lookup(obj as usize);
@@ -548,6 +574,54 @@ unsafe fn release<S: PageSource>(span: NonNull<Span>, backing: &Backing<'_, S>) 
     let s = unsafe { span.as_ref() };
     backing.map.set_small_words(s.start(), s.pages(), 0);
     let mut heap = backing.page_heap.lock();
+    #[cfg(not(feature = "hardened"))]
     // SAFETY: per the caller.
-    unsafe { heap.free(span, backing.now, backing.map) };
+    unsafe {
+        heap.free(span, backing.now, backing.map)
+    };
+    #[cfg(feature = "hardened")]
+    // SAFETY: per the caller.
+    unsafe {
+        heap.free(span, backing.now, backing.map, backing.source)
+    };
+}
+
+/// Hardened build: links the never-used objects `bump..bump + n` of the span at `start`
+/// (objects of `size` bytes) in front of `list`, in random order (Fisher-Yates over at most
+/// a batch of indices at a time, on the stack), and returns the new head. Which object a
+/// program gets next is then not the one after its last.
+///
+/// # Safety
+/// The objects are never-used objects of a span the caller holds the lock of.
+#[cfg(feature = "hardened")]
+unsafe fn link_shuffled(
+    start: usize,
+    size: usize,
+    bump: usize,
+    n: usize,
+    mut list: *mut u8,
+) -> *mut u8 {
+    if n == 0 {
+        return list;
+    }
+    let mut rng = crate::hardening::Rng::new();
+    let mut order = [0u32; MAX_BATCH];
+    let mut from = bump;
+    while from < bump + n {
+        let k = (bump + n - from).min(MAX_BATCH);
+        for (j, slot) in order[..k].iter_mut().enumerate() {
+            *slot = (from + j) as u32;
+        }
+        for j in (1..k).rev() {
+            order.swap(j, rng.below(j + 1));
+        }
+        for &i in &order[..k] {
+            let obj = (start + i as usize * size) as *mut u8;
+            // SAFETY: per the caller.
+            unsafe { span::set_next_free(obj, list) };
+            list = obj;
+        }
+        from += k;
+    }
+    list
 }

@@ -65,6 +65,11 @@ pub fn format_decimal(mut value: u64, buf: &mut [u8; 20]) -> &[u8] {
 /// free and cleared on allocation, as glibc's tcache does.
 pub const FREE_CHECKS: bool = cfg!(feature = "free-checks");
 
+/// Whether this is the hardened build (cargo feature `hardened`, off by default; see
+/// `docs/robustness.md`): for code outside the crate, such as the C library's sized frees,
+/// which check the size against the class when it is on.
+pub const HARDENED: bool = cfg!(feature = "hardened");
+
 /// The per-process double-free key. Starts as a fixed odd constant and is replaced by a
 /// random value when the process first sets up (`seed_free_key`). An object freed before
 /// the reseed carries the old key, so a double free of it is missed, never misreported.

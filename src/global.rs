@@ -421,7 +421,8 @@ pub mod raw {
     /// alignment, and is not used afterwards.
     #[inline(always)]
     pub unsafe fn dealloc(ptr: *mut u8, size: usize, align: usize) {
-        if cfg!(debug_assertions) {
+        // Debug and hardened builds: the layout must name the class the page map knows.
+        if cfg!(debug_assertions) || cfg!(feature = "hardened") {
             crate::thread_cache::check_layout(&HEAP, ptr, size, align);
         }
         // SAFETY: per the caller.

@@ -353,11 +353,19 @@ impl<S: PageSource> Heap<S> {
         if unsafe { span.as_ref() }.is_stashed_large() {
             fatal("double free detected");
         }
+        #[cfg(not(feature = "hardened"))]
         // SAFETY: per the caller.
         let cached = unsafe {
             self.page_heap
                 .lock()
                 .free(span, self.recent_now(), &self.map)
+        };
+        #[cfg(feature = "hardened")]
+        // SAFETY: per the caller.
+        let cached = unsafe {
+            self.page_heap
+                .lock()
+                .free(span, self.recent_now(), &self.map, &self.source)
         };
         // A span that went to the large-span cache is the hot path of large-object churn:
         // no clock read. Others run the decay step, as every page-heap slow path does (and a
@@ -422,7 +430,7 @@ impl<S: PageSource> Heap<S> {
             // SAFETY: `owner` validated the span.
             Owner::Small(span) => unsafe { span.as_ref() }.class().size(),
             // SAFETY: as above.
-            Owner::Large(span) => unsafe { span.as_ref() }.bytes(),
+            Owner::Large(span) => unsafe { span.as_ref() }.object_bytes(),
         }
     }
 
@@ -434,7 +442,7 @@ impl<S: PageSource> Heap<S> {
         let addr = ptr as usize;
         // SAFETY: page-map entries point to span records, which are never unmapped.
         match unsafe { self.map.lookup(addr).as_ref() } {
-            Some(s) if s.kind() == SpanKind::Large && s.start_addr() == addr => s.bytes(),
+            Some(s) if s.kind() == SpanKind::Large && s.start_addr() == addr => s.object_bytes(),
             _ => 0,
         }
     }
@@ -451,18 +459,27 @@ impl<S: PageSource> Heap<S> {
             return false;
         };
         // SAFETY: per the caller (the span is the caller's: its length is stable).
-        let have = unsafe { span.as_ref() }.pages();
+        let have = unsafe { span.as_ref() }.object_pages();
         if pages > have {
             // A large object that grows is a buffer that will likely grow again: take
             // headroom when the free run after it has it (its pages stay untouched until
             // the object reaches them), so the next growths need no lock.
             let room = Pages::for_bytes(growth_room(new_size));
             let mut page_heap = self.page_heap.lock();
+            #[cfg(not(feature = "hardened"))]
             // SAFETY: per the caller.
-            unsafe {
+            let grown = unsafe {
                 room.is_some_and(|room| page_heap.grow_in_place(span, room, &self.map))
                     || page_heap.grow_in_place(span, pages, &self.map)
-            }
+            };
+            #[cfg(feature = "hardened")]
+            // SAFETY: per the caller.
+            let grown = unsafe {
+                room.is_some_and(|room| {
+                    page_heap.grow_in_place(span, room, &self.map, &self.source)
+                }) || page_heap.grow_in_place(span, pages, &self.map, &self.source)
+            };
+            grown
         } else if pages.0 * 2 < have.0 {
             // Give back the tail only when it is at least half the span; otherwise keep it
             // (it makes a later grow free), and take no lock.
@@ -545,6 +562,7 @@ impl<S: PageSource> Heap<S> {
 pub(crate) mod tests {
     use super::*;
     use crate::page_heap::PageHeap;
+    use crate::span::GUARD_PAGES;
     use crate::sys::FakePages;
     use crate::thread_cache::ThreadCache;
 
@@ -562,7 +580,8 @@ pub(crate) mod tests {
         heap.page_heap_stats().released_total
     }
 
-    /// Frees a 1 MiB large object at fake time `t` and returns its bytes.
+    /// Frees a 1 MiB large object at fake time `t` and returns its span's bytes (the guard
+    /// page included, in the hardened build).
     fn free_large_at(heap: &Heap<FakePages>, t: u64) -> usize {
         heap.set_fake_now(t);
         let (p, _) = heap.alloc_large(1 << 20, 8).unwrap();
@@ -571,7 +590,7 @@ pub(crate) mod tests {
         };
         // SAFETY: our large object, freed once.
         unsafe { heap.free_large(span) };
-        1 << 20
+        (1 << 20) + GUARD_PAGES.bytes()
     }
 
     #[test]
@@ -604,7 +623,7 @@ pub(crate) mod tests {
         assert_eq!(released(&heap), 0);
         assert_eq!(
             heap.release_free_memory(),
-            1 << 20,
+            (1 << 20) + GUARD_PAGES.bytes(),
             "explicit release still works"
         );
     }
@@ -633,15 +652,16 @@ pub(crate) mod tests {
         heap.set_decay_ms(10);
         heap.set_fake_now(200);
         heap.maybe_release();
+        let span_bytes = (48 << 20) + GUARD_PAGES.bytes();
         assert_eq!(
             released(&heap),
-            2 * (48 << 20),
+            2 * span_bytes,
             "stops after the run that crosses 64 MiB"
         );
         heap.maybe_release();
         assert_eq!(
             released(&heap),
-            3 * (48 << 20),
+            3 * span_bytes,
             "the next step finishes the work"
         );
         heap.check_invariants();

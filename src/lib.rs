@@ -25,6 +25,7 @@
 //! | [`size_class`] | the class table (generated) and size → class lookup | `sizeclasses.go` |
 //! | [`sync`] | atomics, [`sync::GuardedCell`] and the futex [`sync::Lock`]; the loom switch | |
 //! | [`sys`] | [`sys::PageSource`]: `mmap`, `MADV_DONTNEED`; a fake source for tests | `mem_linux.go` |
+//! | `hardening` | the `hardened` build's link keys, random order and poison (see below) | |
 //! | [`fixed_alloc`] | [`fixed_alloc::FixedAlloc`]: metadata records from their own memory | `mfixalloc.go` |
 //! | [`span`] | [`span::Span`]: a run of pages; its free list; the free-object link and key | `mspan` |
 //! | [`page_map`] | [`page_map::PageMap`]: address → span and small-object word, lock-free reads | `arenas` |
@@ -115,6 +116,16 @@
 //! the page heap. Central lists never hold their lock while they call the page heap. Every
 //! lock is a [`sync::Lock`], which never allocates.
 //!
+//! # The hardened build
+//!
+//! The cargo feature `hardened` (off by default) adds, in the shape of snmalloc's checked
+//! build and mimalloc's secure mode: free-list links encoded with a per-process key and
+//! checked when followed (a link an overflow wrote over stops the process instead of being
+//! followed), a guard page after every large object, never-used objects handed out in
+//! random order, freed objects poisoned and checked when reused (a write after free stops
+//! the process), and the sized free's layout checked against the class. None of it is in
+//! the default build's code. What each catches and costs: `docs/robustness.md`.
+//!
 //! # Errors
 //!
 //! `Option` travels up; only [`SpanAlloc`] and [`raw`] turn `None` into null. Bad pointers
@@ -126,6 +137,8 @@ pub mod pages;
 pub mod size_class;
 pub mod sync;
 pub mod sys;
+#[cfg(feature = "hardened")]
+pub mod hardening;
 pub mod fixed_alloc;
 pub mod span;
 pub mod page_map;

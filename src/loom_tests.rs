@@ -113,6 +113,11 @@ unsafe impl PageSource for ModelPages {
     fn os_page_size(&self) -> usize {
         4096
     }
+
+    #[cfg(feature = "hardened")]
+    unsafe fn protect(&self, _ptr: NonNull<u8>, _bytes: usize, _accessible: bool) -> bool {
+        true
+    }
 }
 
 impl Drop for ModelPages {

@@ -8,11 +8,29 @@
 //! Free runs of up to [`LISTED_PAGES`] pages sit on one list per length, with a bitmask of
 //! the non-empty lists, so finding the smallest fitting run is a mask and a trailing-zero
 //! count. Longer runs sit on one list searched best-fit (lowest address on ties).
+//!
+//! # Guard pages (hardened build)
+//!
+//! A large span has [`crate::span::GUARD_PAGES`] (one) more pages than its object needs,
+//! and its last page is made inaccessible (`PageSource::protect`), so that a linear
+//! overflow past the object faults. One rule keeps this right through every split and merge: the last page of every
+//! large span, and of every span in the large-span cache (which were large spans), is
+//! inaccessible, and every other page is accessible. So a span becoming large protects its
+//! last page; growing or shrinking in place moves the guard to the new end (a shrunk-off
+//! tail is a large span whose last page is the old guard); a large span going back to the
+//! free runs, or leaving the cache for them, makes its last page accessible first. Free
+//! runs, which are split, merged and given back to the OS, never hold a guard page. The
+//! large-span cache and the threads' stashes keep their spans' guards, so reusing a span of
+//! the same length costs no system call. Callers see object pages: the `pages` that
+//! [`PageHeap::alloc`], [`PageHeap::grow_in_place`] and [`PageHeap::shrink`] take for a
+//! large span leave the guard out, as `Span::object_pages` does.
 
 use crate::fixed_alloc::FixedAlloc;
 use crate::page_map::PageMap;
 use crate::pages::{PAGE_SIZE, PageId, Pages};
 use crate::size_class::SizeClass;
+#[cfg(feature = "hardened")]
+use crate::span::GUARD_PAGES;
 use crate::span::{ListId, Span, SpanKind, SpanList};
 use crate::sys::PageSource;
 use core::ptr::{NonNull, null_mut};
@@ -142,7 +160,10 @@ impl PageHeap {
     ) -> Option<(NonNull<Span>, bool)> {
         // The cached spans are free room too: merged back first, they can be the largest
         // run (a buffer grown again and again would otherwise take fresh pages each time).
+        #[cfg(not(feature = "hardened"))]
         self.drain_cache(u64::MAX, map);
+        #[cfg(feature = "hardened")]
+        self.drain_cache(u64::MAX, map, source);
         self.alloc_from(pages, align, SizeClass::LARGE, false, map, source)
     }
 
@@ -156,6 +177,12 @@ impl PageHeap {
         source: &impl PageSource,
     ) -> Option<(NonNull<Span>, bool)> {
         debug_assert!(pages.0 > 0 && align.0.is_power_of_two());
+        #[cfg(feature = "hardened")]
+        let pages = if class == SizeClass::LARGE {
+            pages + GUARD_PAGES
+        } else {
+            pages
+        };
         if use_cache && class == SizeClass::LARGE && align.0 == 1 && pages.0 <= CACHED_PAGES {
             if let Some(span) = self.take_cached(pages) {
                 return Some((span, false));
@@ -179,7 +206,10 @@ impl PageHeap {
         };
         if run.is_null() && self.cached_bytes > 0 {
             // Cached spans merged back may make a fitting run; try that before mapping more.
+            #[cfg(not(feature = "hardened"))]
             self.drain_cache(u64::MAX, map);
+            #[cfg(feature = "hardened")]
+            self.drain_cache(u64::MAX, map, source);
             run = self.find(want);
         }
         if run.is_null() {
@@ -198,6 +228,8 @@ impl PageHeap {
             s.set_kind(SpanKind::Large, class);
             map.set_ends(s.start(), pages, span.as_ptr());
             self.stats.large_in_use += pages.bytes();
+            #[cfg(feature = "hardened")]
+            set_guard(s, false, source);
         } else {
             // SAFETY: the span is not yet published as a small span.
             unsafe { s.init_small(class) };
@@ -214,7 +246,13 @@ impl PageHeap {
     /// # Safety
     /// `span` came from [`PageHeap::alloc`] on this heap (possibly reshaped by
     /// `grow_in_place` / `shrink`), is not used afterwards, and none of its memory is live.
-    pub unsafe fn free(&mut self, span: NonNull<Span>, now: u64, map: &PageMap) -> bool {
+    pub unsafe fn free(
+        &mut self,
+        span: NonNull<Span>,
+        now: u64,
+        map: &PageMap,
+        #[cfg(feature = "hardened")] source: &impl PageSource,
+    ) -> bool {
         // SAFETY: per the caller, a live record of ours.
         let s = unsafe { span.as_ref() };
         if s.kind() == SpanKind::Large
@@ -229,6 +267,11 @@ impl PageHeap {
             SpanKind::Large => self.stats.large_in_use -= s.bytes(),
             SpanKind::Small => self.stats.small_spans -= s.bytes(),
             _ => crate::check::fatal("page heap: free of a span that is not in use"),
+        }
+        // Hardened build: a large span's guard becomes an ordinary free page again.
+        #[cfg(feature = "hardened")]
+        if s.kind() == SpanKind::Large {
+            set_guard(s, true, source);
         }
         // SAFETY: the lock is held (`&mut self`); the span is ours.
         unsafe {
@@ -258,7 +301,10 @@ impl PageHeap {
         span: NonNull<Span>,
         pages: Pages,
         map: &PageMap,
+        #[cfg(feature = "hardened")] source: &impl PageSource,
     ) -> bool {
+        #[cfg(feature = "hardened")]
+        let pages = pages + GUARD_PAGES;
         // SAFETY: per the caller.
         let s = unsafe { span.as_ref() };
         let have = s.pages();
@@ -293,8 +339,14 @@ impl PageHeap {
             // SAFETY: a free run on no list, whose neighbours did not change.
             unsafe { self.list(next) };
         }
+        // Hardened build: the old guard page becomes part of the object, the new last page
+        // the guard.
+        #[cfg(feature = "hardened")]
+        set_guard(s, true, source);
         s.set_range(s.start(), pages);
         map.set_ends(s.start(), pages, span.as_ptr());
+        #[cfg(feature = "hardened")]
+        set_guard(s, false, source);
         self.stats.large_in_use += extra.bytes();
         true
     }
@@ -313,6 +365,8 @@ impl PageHeap {
         map: &PageMap,
         source: &impl PageSource,
     ) -> bool {
+        #[cfg(feature = "hardened")]
+        let pages = pages + GUARD_PAGES;
         // SAFETY: per the caller.
         let s = unsafe { span.as_ref() };
         if pages >= s.pages() {
@@ -333,9 +387,22 @@ impl PageHeap {
         };
         s.set_range(s.start(), pages);
         map.set_ends(s.start(), pages, span.as_ptr());
-        // SAFETY: the tail is a large span of ours that nobody uses; `free` handles the
-        // counters as if it had been allocated (it was, as part of `span`).
-        unsafe { self.free(tail, now, map) };
+        // Hardened build: the span's new last page is its guard; the tail's last page is the
+        // old guard, as a large span's must be.
+        #[cfg(feature = "hardened")]
+        set_guard(s, false, source);
+        // The tail is a large span of ours that nobody uses; `free` handles the counters as
+        // if it had been allocated (it was, as part of `span`).
+        #[cfg(not(feature = "hardened"))]
+        // SAFETY: as just said.
+        unsafe {
+            self.free(tail, now, map)
+        };
+        #[cfg(feature = "hardened")]
+        // SAFETY: as just said.
+        unsafe {
+            self.free(tail, now, map, source)
+        };
         true
     }
 
@@ -350,7 +417,10 @@ impl PageHeap {
         map: &PageMap,
         source: &impl PageSource,
     ) -> usize {
+        #[cfg(not(feature = "hardened"))]
         self.drain_cache(freed_by, map);
+        #[cfg(feature = "hardened")]
+        self.drain_cache(freed_by, map, source);
         let mut done = 0;
         let os_page = source.os_page_size().max(PAGE_SIZE);
         let mut lists: [*const SpanList; LISTED_PAGES + 1] = [core::ptr::null(); LISTED_PAGES + 1];
@@ -572,10 +642,19 @@ impl PageHeap {
 
     /// Moves cached spans freed at or before `freed_by` to the free runs, merging them with
     /// their neighbours.
-    fn drain_cache(&mut self, freed_by: u64, map: &PageMap) {
+    fn drain_cache(
+        &mut self,
+        freed_by: u64,
+        map: &PageMap,
+        #[cfg(feature = "hardened")] source: &impl PageSource,
+    ) {
         // One span at a time: merging one may absorb other cached spans (its neighbours),
         // so the lists are searched afresh after each.
         while let Some(span) = self.cached_freed_by(freed_by) {
+            // Hardened build: a cached span keeps its guard; free runs have none.
+            #[cfg(feature = "hardened")]
+            // SAFETY: a live record in the cache.
+            set_guard(unsafe { span.as_ref() }, true, source);
             // SAFETY: a live record in the cache; the lock is held.
             unsafe {
                 self.unlist(span.as_ptr());
@@ -889,6 +968,33 @@ impl Default for PageHeap {
     }
 }
 
+/// Hardened build: makes the guard page of large (or cached) span `s`, its last page,
+/// inaccessible (`accessible == false`) or accessible again. Only where an OS page fits in
+/// a page: with larger OS pages the guard page is reserved but stays accessible. Making it
+/// inaccessible may fail (the kernel's limit on mappings, `vm.max_map_count`): the span then
+/// goes without a guard, and making an accessible page accessible is harmless. Making it
+/// accessible again does not fail short of a broken kernel; if it does, the process stops,
+/// as the page would fault when reused.
+#[cfg(feature = "hardened")]
+fn set_guard(s: &Span, accessible: bool, source: &impl PageSource) {
+    if source.os_page_size() > PAGE_SIZE {
+        return;
+    }
+    let guard = PageId(s.end().0 - GUARD_PAGES.0);
+    // SAFETY: the guard pages lie in the span, memory of the source's; per the rule above,
+    // nothing uses them while they are inaccessible.
+    let done = unsafe {
+        source.protect(
+            NonNull::new_unchecked(guard.ptr()),
+            GUARD_PAGES.bytes(),
+            accessible,
+        )
+    };
+    if !done && accessible {
+        crate::check::fatal("mprotect failed on a guard page");
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -908,6 +1014,37 @@ mod tests {
                 map: PageMap::new(),
                 source: FakePages::new(),
             }
+        }
+
+        /// Frees `span` at time 1.
+        ///
+        /// # Safety
+        /// As [`PageHeap::free`].
+        unsafe fn free(&mut self, span: NonNull<Span>) -> bool {
+            #[cfg(not(feature = "hardened"))]
+            // SAFETY: per the caller.
+            let cached = unsafe { self.heap.free(span, 1, &self.map) };
+            #[cfg(feature = "hardened")]
+            // SAFETY: per the caller.
+            let cached = unsafe { self.heap.free(span, 1, &self.map, &self.source) };
+            cached
+        }
+
+        /// Grows `span` in place to `pages` object pages.
+        ///
+        /// # Safety
+        /// As [`PageHeap::grow_in_place`].
+        unsafe fn grow_in_place(&mut self, span: NonNull<Span>, pages: Pages) -> bool {
+            #[cfg(not(feature = "hardened"))]
+            // SAFETY: per the caller.
+            let grown = unsafe { self.heap.grow_in_place(span, pages, &self.map) };
+            #[cfg(feature = "hardened")]
+            // SAFETY: per the caller.
+            let grown = unsafe {
+                self.heap
+                    .grow_in_place(span, pages, &self.map, &self.source)
+            };
+            grown
         }
 
         /// Checks the heap, and that every live span is mapped on every page it must be,
@@ -939,6 +1076,34 @@ mod tests {
                 .map(|(s, _)| unsafe { s.as_ref() }.bytes())
                 .sum();
             assert_eq!(st.large_in_use + st.small_spans, live_bytes);
+            #[cfg(feature = "hardened")]
+            self.check_guards(live);
+        }
+
+        /// Hardened build: the inaccessible OS pages are exactly the last page of every live
+        /// large span and of every span in the large-span cache.
+        #[cfg(feature = "hardened")]
+        fn check_guards(&self, live: &[(NonNull<Span>, SizeClass)]) {
+            let mut want: Vec<usize> = Vec::new();
+            let mut guard_of = |s: &Span| {
+                let at = s.end().addr() - PAGE_SIZE;
+                want.extend((at..at + PAGE_SIZE).step_by(4096));
+            };
+            for &(span, class) in live {
+                if class == SizeClass::LARGE {
+                    // SAFETY: live spans handed out by the fixture's heap.
+                    guard_of(unsafe { span.as_ref() });
+                }
+            }
+            for list in &self.heap.cached {
+                // SAFETY: the fixture owns the heap; no lock guards it.
+                for span in unsafe { list.iter() } {
+                    // SAFETY: live records in the cache.
+                    guard_of(unsafe { &*span });
+                }
+            }
+            want.sort_unstable();
+            assert_eq!(self.source.protected_pages(), want, "guard pages");
         }
     }
 
@@ -985,31 +1150,31 @@ mod tests {
                             f.heap.alloc(pages, align, class, &f.map, &f.source).unwrap();
                         // SAFETY: just handed out.
                         let s = unsafe { span.as_ref() };
-                        prop_assert_eq!(s.pages(), pages);
+                        prop_assert_eq!(if small { s.pages() } else { s.object_pages() }, pages);
                         prop_assert_eq!(s.start().0 % align.0, 0);
                         live.push((span, class));
                     }
                     Op::Free(i) if !live.is_empty() => {
                         let (span, _) = live.swap_remove(i % live.len());
                         // SAFETY: a live span of this heap, freed once.
-                        unsafe { f.heap.free(span, 1, &f.map) };
+                        unsafe { f.free(span) };
                     }
                     Op::Grow(i, n) if !live.is_empty() => {
                         let (span, class) = live[i % live.len()];
                         if class == SizeClass::LARGE {
                             // SAFETY: a live large span.
-                            let have = unsafe { span.as_ref() }.pages();
+                            let have = unsafe { span.as_ref() }.object_pages();
                             // SAFETY: as above.
-                            let grown = unsafe { f.heap.grow_in_place(span, have + Pages(n), &f.map) };
+                            let grown = unsafe { f.grow_in_place(span, have + Pages(n)) };
                             // SAFETY: as above.
-                            let now = unsafe { span.as_ref() }.pages();
+                            let now = unsafe { span.as_ref() }.object_pages();
                             prop_assert_eq!(now, if grown { have + Pages(n) } else { have });
                         }
                     }
                     Op::Shrink(i, n) if !live.is_empty() => {
                         let (span, class) = live[i % live.len()];
                         // SAFETY: a live span.
-                        let have = unsafe { span.as_ref() }.pages();
+                        let have = unsafe { span.as_ref() }.object_pages();
                         if class == SizeClass::LARGE && have.0 > n {
                             // SAFETY: a live large span; its tail holds nothing live.
                             let shrunk = unsafe { f.heap.shrink(span, Pages(have.0 - n), 1, &f.map, &f.source) };
@@ -1026,7 +1191,7 @@ mod tests {
             }
             for (span, _) in live.drain(..) {
                 // SAFETY: live spans, freed once.
-                unsafe { f.heap.free(span, 1, &f.map) };
+                unsafe { f.free(span) };
             }
             f.check(&live);
             let st = f.heap.stats();
@@ -1073,8 +1238,8 @@ mod tests {
         f.check(&[(a, class), (b, class)]);
         // SAFETY: live spans, freed once.
         unsafe {
-            f.heap.free(a, 1, &f.map);
-            f.heap.free(b, 1, &f.map);
+            f.free(a);
+            f.free(b);
         }
         f.check(&[]);
         assert_eq!(f.heap.stats().free, f.heap.stats().mapped);
@@ -1094,7 +1259,7 @@ mod tests {
         // Free in an order that merges left, right and both.
         for i in [1, 3, 2, 0, 4] {
             // SAFETY: live spans, freed once.
-            unsafe { f.heap.free(spans[i], 1, &f.map) };
+            unsafe { f.free(spans[i]) };
             f.heap.check_invariants(&f.map);
         }
         let runs: usize =

@@ -221,6 +221,43 @@ impl PageMap {
         unsafe { (*leaf).small[l].load(Ordering::Relaxed) }
     }
 
+    /// Hardened build: whether `addr` is the start of an object of a small span whose class
+    /// index times 16 is `class_bytes`, as its page's small-object word says. Three loads,
+    /// three of the class table, two multiplies.
+    #[cfg(feature = "hardened")]
+    #[inline]
+    pub fn is_object_of_class(&self, addr: usize, class_bytes: usize) -> bool {
+        let word = self.small_word_of(addr);
+        if word_class_bytes(word) != class_bytes {
+            return false;
+        }
+        let class = crate::size_class::SizeClass((class_bytes >> 4) as u8);
+        let offset = addr.wrapping_sub(word_start(word));
+        // Below the objects' bytes, then offset / size by multiplication (exact over a
+        // span, see `size_class`).
+        offset < class.size() * class.objects()
+            && class.object_index(offset) * class.size() == offset
+    }
+
+    /// Hardened build: the link of `obj`, a free object of the class whose index times 16
+    /// is `class_bytes` on a thread cache's bin or in a batch, decoded; stops the process
+    /// unless it is null or the start of an object of a small span of that class (a link an
+    /// overflow or a write after free changed: the encoding makes whatever was written
+    /// decode to a random address).
+    ///
+    /// # Safety
+    /// `obj` is a free object whose first word is a link.
+    #[cfg(feature = "hardened")]
+    #[inline(always)]
+    pub unsafe fn next_free_checked(&self, obj: *mut u8, class_bytes: usize) -> *mut u8 {
+        // SAFETY: per the caller.
+        let next = unsafe { crate::span::next_free(obj) };
+        if !next.is_null() && !self.is_object_of_class(next as usize, class_bytes) {
+            crate::check::fatal("free list corrupted");
+        }
+        next
+    }
+
     /// Writes the small-object word of every page in `[start, start + pages)` (covered by
     /// [`PageMap::ensure`]): [`small_word`] when the pages become a small span, 0 before
     /// they stop being one. Caller holds the span exclusively (its central list's lock, or

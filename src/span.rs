@@ -1,7 +1,8 @@
 //! The span record: a run of pages and what it holds. See `lib.rs` for an overview.
 //!
 //! A span is one of: a free run in the page heap ([`SpanKind::Free`]), a small-object span
-//! of one size class ([`SpanKind::Small`]), or one large object ([`SpanKind::Large`]).
+//! of one size class ([`SpanKind::Small`]), or one large object ([`SpanKind::Large`]),
+//! followed in the hardened build by a guard page ([`GUARD_PAGES`]).
 //!
 //! # Small spans
 //!
@@ -29,6 +30,12 @@ use crate::pages::{PageId, Pages};
 use crate::size_class::SizeClass;
 use crate::sync::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, GuardedCell, Ordering};
 use core::ptr::null_mut;
+
+/// The pages at the end of every large span that are not its object's: in the hardened
+/// build one page, made inaccessible while the span is a large span (or waits in the page
+/// heap's large-span cache), so that a linear overflow past the object faults (see
+/// `page_heap`); none otherwise.
+pub const GUARD_PAGES: Pages = Pages(if cfg!(feature = "hardened") { 1 } else { 0 });
 
 /// What a span holds.
 #[derive(Copy, Clone, PartialEq, Eq, Debug)]
@@ -279,6 +286,39 @@ impl Span {
         (index * self.object_size() == offset).then_some(index)
     }
 
+    /// The pages of a large span that hold its object: all of them but the guard pages
+    /// (see [`GUARD_PAGES`]).
+    #[inline(always)]
+    pub fn object_pages(&self) -> Pages {
+        #[cfg(feature = "hardened")]
+        return self.pages() - GUARD_PAGES;
+        #[cfg(not(feature = "hardened"))]
+        self.pages()
+    }
+
+    /// The bytes of a large span that hold its object (see [`Span::object_pages`]).
+    #[inline(always)]
+    pub fn object_bytes(&self) -> usize {
+        self.object_pages().bytes()
+    }
+
+    /// Hardened build: the link of `obj`, a free object on this small span's own free list,
+    /// decoded; stops the process unless it is null or an object of this span (a corrupted
+    /// link, see [`next_free`]).
+    ///
+    /// # Safety
+    /// As [`next_free`], and the caller holds the lock that guards the span's objects.
+    #[cfg(feature = "hardened")]
+    #[inline]
+    pub unsafe fn next_free_checked(&self, obj: *mut u8) -> *mut u8 {
+        // SAFETY: per the caller.
+        let next = unsafe { next_free(obj) };
+        if !next.is_null() && self.object_index(next as usize).is_none() {
+            fatal("free list corrupted");
+        }
+        next
+    }
+
     /// Marks a large span as sitting in a thread's stash of freed large spans. `false` if
     /// it already was: the object was freed twice.
     #[inline]
@@ -379,24 +419,39 @@ pub unsafe fn mark_allocated(obj: *mut u8) {
     }
 }
 
-/// Reads the link stored in a free object.
+/// Reads the link stored in a free object (the hardened build decodes it; the follower
+/// checks it, see `Span::next_free_checked` and `PageMap::next_free_checked`).
 ///
 /// # Safety
 /// `obj` is a free object whose first word is a link.
 #[inline(always)]
 pub unsafe fn next_free(obj: *mut u8) -> *mut u8 {
+    #[cfg(not(feature = "hardened"))]
     // SAFETY: per the caller.
-    unsafe { (obj as *mut *mut u8).read() }
+    let next = unsafe { (obj as *mut *mut u8).read() };
+    #[cfg(feature = "hardened")]
+    // SAFETY: per the caller.
+    let next = crate::hardening::decode_link(obj, unsafe { (obj as *mut usize).read() });
+    next
 }
 
-/// Writes the link of a free object.
+/// Writes the link of a free object (the hardened build encodes it with the per-process
+/// key and the object's address, `hardening::encode_link`).
 ///
 /// # Safety
 /// `obj` is a free object owned by the caller, at least a word long and word-aligned.
 #[inline(always)]
 pub unsafe fn set_next_free(obj: *mut u8, next: *mut u8) {
+    #[cfg(not(feature = "hardened"))]
     // SAFETY: per the caller.
-    unsafe { (obj as *mut *mut u8).write(next) }
+    unsafe {
+        (obj as *mut *mut u8).write(next)
+    };
+    #[cfg(feature = "hardened")]
+    // SAFETY: per the caller.
+    unsafe {
+        (obj as *mut usize).write(crate::hardening::encode_link(obj, next))
+    };
 }
 
 /// Appends list `b` to list `a` (walking `a`), returning the head.

@@ -35,6 +35,17 @@ pub unsafe trait PageSource: Sync {
 
     /// The operating system's page size, read at run time.
     fn os_page_size(&self) -> usize;
+
+    /// Hardened build (guard pages): makes `[ptr, ptr + bytes)` inaccessible, so that any
+    /// access faults (`accessible == false`), or readable and writable again, its contents
+    /// kept. `ptr` and `bytes` are multiples of [`PageSource::os_page_size`]. `false` when
+    /// the system refuses (Linux: `ENOMEM` past `vm.max_map_count` mappings).
+    ///
+    /// # Safety
+    /// The range lies inside memory this source mapped; made inaccessible, nothing reads or
+    /// writes it until it is made accessible again.
+    #[cfg(feature = "hardened")]
+    unsafe fn protect(&self, ptr: NonNull<u8>, bytes: usize, accessible: bool) -> bool;
 }
 
 /// Milliseconds since an arbitrary fixed point, never 0. `CLOCK_MONOTONIC_COARSE` through

@@ -396,9 +396,10 @@ fn double_free_large_sized() {
 // ---------------------------------------------------------------------------------------
 // A Rust dealloc with a Layout of another size class than the allocation's.
 //
-// Debug builds stop with a message. Release builds do not check: the free goes by the page
-// map, which knows the object's real class, so the object is freed correctly (the child
-// checks the heap's invariants and that the object is reused) and the process goes on.
+// Debug builds and the hardened build stop with a message. Other release builds do not
+// check: the free goes by the page map, which knows the object's real class, so the object
+// is freed correctly (the child checks the heap's invariants and that the object is reused)
+// and the process goes on.
 
 fn wrong_layout_case(test_name: &str, alloc_size: usize, dealloc_size: usize) {
     let body = || {
@@ -413,7 +414,7 @@ fn wrong_layout_case(test_name: &str, alloc_size: usize, dealloc_size: usize) {
             A.dealloc(p, bad);
         }
     };
-    if cfg!(debug_assertions) {
+    if cfg!(debug_assertions) || spanalloc::check::HARDENED {
         death_test(test_name, WRONG_LAYOUT, body);
         return;
     }

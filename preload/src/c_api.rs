@@ -345,7 +345,7 @@ pub(crate) unsafe fn free_sized_impl(ptr: *mut c_void, size: usize) {
         return;
     }
     if let Some(n) = c_size(size) {
-        if cfg!(debug_assertions) {
+        if cfg!(debug_assertions) || spanalloc::check::HARDENED {
             spanalloc::thread_cache::check_layout(spanalloc::heap(), ptr.cast(), n, MIN_ALIGN);
         }
         // The sized fast path: the bin from the size, checked against the page map.

@@ -21,6 +21,11 @@ pub struct FakePages {
     fail_after: AtomicUsize,
     /// Fail every call whose size is at least this many bytes.
     fail_at_least: AtomicUsize,
+    /// Hardened build: the OS pages made inaccessible, by address. Nothing is protected for
+    /// real; instead the fake checks the page heap's use of `protect` (no page protected
+    /// twice or made accessible when it was not protected, none released while protected).
+    #[cfg(feature = "hardened")]
+    protected: std::sync::Mutex<std::collections::BTreeSet<usize>>,
 }
 
 impl FakePages {
@@ -47,6 +52,12 @@ impl FakePages {
     pub fn heal(&self) {
         self.fail_after.store(usize::MAX, Ordering::Relaxed);
         self.fail_at_least.store(usize::MAX, Ordering::Relaxed);
+    }
+
+    /// Hardened build: the addresses of the OS pages made inaccessible, in order.
+    #[cfg(feature = "hardened")]
+    pub fn protected_pages(&self) -> Vec<usize> {
+        self.protected.lock().unwrap().iter().copied().collect()
     }
 }
 
@@ -75,6 +86,15 @@ unsafe impl PageSource for FakePages {
     }
 
     unsafe fn release(&self, ptr: NonNull<u8>, bytes: usize) {
+        #[cfg(feature = "hardened")]
+        {
+            let start = ptr.as_ptr() as usize;
+            let protected = self.protected.lock().unwrap();
+            assert!(
+                protected.range(start..start + bytes).next().is_none(),
+                "fake pages: an inaccessible page released"
+            );
+        }
         // Released memory reads as zero, as after MADV_DONTNEED.
         // SAFETY: the caller guarantees the range is ours and holds nothing live.
         unsafe { core::ptr::write_bytes(ptr.as_ptr(), 0, bytes) };
@@ -83,5 +103,26 @@ unsafe impl PageSource for FakePages {
 
     fn os_page_size(&self) -> usize {
         4096
+    }
+
+    #[cfg(feature = "hardened")]
+    unsafe fn protect(&self, ptr: NonNull<u8>, bytes: usize, accessible: bool) -> bool {
+        let start = ptr.as_ptr() as usize;
+        assert!(
+            start % 4096 == 0 && bytes % 4096 == 0,
+            "fake pages: protect of part of a page"
+        );
+        let mut protected = self.protected.lock().unwrap();
+        for page in (start..start + bytes).step_by(4096) {
+            if accessible {
+                assert!(
+                    protected.remove(&page),
+                    "fake pages: unprotect of an accessible page"
+                );
+            } else {
+                assert!(protected.insert(page), "fake pages: page protected twice");
+            }
+        }
+        true
     }
 }

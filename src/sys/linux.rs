@@ -1,5 +1,5 @@
-//! The real page source: anonymous `mmap`, `madvise(MADV_DONTNEED)`. See `lib.rs` for an
-//! overview. This file is the only code in the crate that names `libc` memory calls.
+//! The real page source: anonymous `mmap`, `madvise(MADV_DONTNEED)`, and `mprotect` for
+//! the hardened build's guard pages. See `lib.rs` for an overview. This file is the only code in the crate that names `libc` memory calls.
 
 use super::PageSource;
 use crate::sync::Ordering;
@@ -76,5 +76,17 @@ unsafe impl PageSource for OsPages {
 
     fn os_page_size(&self) -> usize {
         os_page_size()
+    }
+
+    #[cfg(feature = "hardened")]
+    unsafe fn protect(&self, ptr: NonNull<u8>, bytes: usize, accessible: bool) -> bool {
+        let prot = if accessible {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_NONE
+        };
+        // SAFETY: the caller guarantees the range is ours and that nothing uses it while it
+        // is inaccessible; `mprotect` changes no contents.
+        unsafe { libc::mprotect(ptr.as_ptr().cast(), bytes, prot) == 0 }
     }
 }

@@ -15,7 +15,7 @@
 use super::ThreadCache;
 use crate::central_free_list::batch_size;
 use crate::heap::Heap;
-use crate::page_map::{word_class, word_class_bytes, word_start};
+use crate::page_map::{PageMap, word_class, word_class_bytes, word_start};
 use crate::size_class::{CLASS_COUNT, SMALL_STEP_LIMIT, SizeClass};
 use crate::span;
 use crate::sys::PageSource;
@@ -144,7 +144,13 @@ impl ThreadCache {
     /// [`ThreadCache::alloc_slow`]). No atomic, no lock.
     #[inline(always)]
     pub fn pop(&mut self, class: SizeClass) -> *mut u8 {
-        pop_from(self.bin(class))
+        // SAFETY: our own cache.
+        let map = unsafe { link_map(self) };
+        pop_from(
+            self.bin(class),
+            map,
+            class.index() * core::mem::size_of::<Bin>(),
+        )
     }
 
     /// As [`ThreadCache::pop`] for the class of `size`, found with one table load.
@@ -153,8 +159,12 @@ impl ThreadCache {
     /// `size <= SMALL_STEP_LIMIT`.
     #[inline(always)]
     pub unsafe fn pop_small(&mut self, size: usize) -> *mut u8 {
+        // SAFETY: our own cache.
+        let map = unsafe { link_map(self) };
         // SAFETY: per the caller.
-        pop_from(unsafe { self.small_bin(size) })
+        let class_bytes = unsafe { *SMALL_BIN_OFFSET.get_unchecked(size) } as usize;
+        // SAFETY: per the caller.
+        pop_from(unsafe { self.small_bin(size) }, map, class_bytes)
     }
 
     /// As [`ThreadCache::pop_small`] through a raw pointer: forms a reference to the bin only
@@ -173,7 +183,7 @@ impl ThreadCache {
             if (*bin).head.is_null() {
                 return null_mut();
             }
-            pop_from(&mut *bin)
+            pop_from(&mut *bin, link_map(cache), offset)
         }
     }
 
@@ -189,7 +199,8 @@ impl ThreadCache {
             if (*bin).head.is_null() {
                 return null_mut();
             }
-            pop_from(&mut *bin)
+            let class_bytes = class.index() * core::mem::size_of::<Bin>();
+            pop_from(&mut *bin, link_map(cache), class_bytes)
         }
     }
 
@@ -204,24 +215,9 @@ impl ThreadCache {
     /// the cache is this thread's alone, or inactive (then it is only read).
     #[inline(always)]
     pub unsafe fn push_small_raw(cache: *mut ThreadCache, ptr: *mut u8, word: usize) -> bool {
-        let class_bytes = word_class_bytes(word);
-        if !is_object_offset(class_bytes, (ptr as usize).wrapping_sub(word_start(word))) {
-            return false;
-        }
-        // SAFETY: per the caller; the class is below CLASS_COUNT (a small-object word's).
-        unsafe {
-            let bin = (&raw mut (*cache).bins).cast::<Bin>().byte_add(class_bytes);
-            if (*bin).room == 0 {
-                return false;
-            }
-            // Room means an active cache: this thread's alone.
-            let bin = &mut *bin;
-            span::mark_freed(ptr, (*cache).key);
-            span::set_next_free(ptr, bin.head);
-            bin.head = ptr;
-            bin.room -= 1;
-        }
-        true
+        // The class from the word itself: the class test of `push_class_raw` folds away.
+        // SAFETY: per the caller.
+        unsafe { Self::push_class_raw(cache, ptr, word, word_class_bytes(word)) }
     }
 
     /// As [`ThreadCache::push_small_raw`] for a free that knows the object's size: the bin
@@ -294,6 +290,8 @@ impl ThreadCache {
             // Room means an active cache: this thread's alone.
             let bin = &mut *bin;
             span::mark_freed(ptr, (*cache).key);
+            #[cfg(feature = "hardened")]
+            crate::hardening::poison(ptr, class_size(class_bytes));
             span::set_next_free(ptr, bin.head);
             bin.head = ptr;
             bin.room -= 1;
@@ -335,6 +333,10 @@ impl ThreadCache {
     #[cold]
     #[inline(never)]
     pub fn push_small_slow<S: PageSource>(&mut self, heap: &Heap<S>, class: SizeClass) {
+        #[cfg(feature = "hardened")]
+        {
+            self.map = heap.page_map();
+        }
         let batch = batch_size(class) as u32;
         let bound = class_bound(class, heap.bin_bytes());
         debug_assert_eq!(self.bin(class).room, 0);
@@ -421,6 +423,10 @@ impl ThreadCache {
         self.maybe_trim(heap);
         heap.maybe_release();
         self.activate();
+        #[cfg(feature = "hardened")]
+        {
+            self.map = heap.page_map();
+        }
         let batch = batch_size(class);
         let key = self.key;
         let (list, n) = heap
@@ -457,12 +463,14 @@ impl ThreadCache {
         let n = batch.min(len);
         let head = bin.head;
         let mut tail = head;
+        let map: *const PageMap = heap.page_map();
+        let class_bytes = class.index() * core::mem::size_of::<Bin>();
         // SAFETY: the bin holds `len >= n` free objects linked through their first word.
         unsafe {
             for _ in 1..n {
-                tail = span::next_free(tail);
+                tail = next_in_bin(map, tail, class_bytes);
             }
-            bin.head = span::next_free(tail);
+            bin.head = next_in_bin(map, tail, class_bytes);
             span::set_next_free(tail, null_mut());
         }
         bin.room += n as u32;
@@ -495,18 +503,68 @@ impl ThreadCache {
     }
 }
 
-/// Pops a free object from `bin`, or null.
+/// Pops a free object from `bin`, or null. `map` and `class_bytes` (the bin's class index
+/// times 16) serve the hardened build, which checks the link it follows against the page
+/// map and the popped object's poison.
 #[inline(always)]
-fn pop_from(bin: &mut Bin) -> *mut u8 {
+fn pop_from(bin: &mut Bin, map: *const PageMap, class_bytes: usize) -> *mut u8 {
     let obj = bin.head;
     if !obj.is_null() {
         // SAFETY: objects on a bin are free objects of its class, linked through their first
         // word; the one popped is handed out.
         unsafe {
-            bin.head = span::next_free(obj);
+            bin.head = next_in_bin(map, obj, class_bytes);
+            #[cfg(feature = "hardened")]
+            if !crate::hardening::poison_intact(obj, class_size(class_bytes)) {
+                crate::check::fatal("write after free detected");
+            }
             span::mark_allocated(obj);
         }
         bin.room += 1;
     }
     obj
+}
+
+/// The link of `obj`, a free object of a bin (or a batch) of the class whose index times 16
+/// is `class_bytes`. The hardened build checks it against the page map `map`
+/// ([`PageMap::next_free_checked`]); otherwise neither argument is used.
+///
+/// # Safety
+/// `obj` is a free object whose first word is a link; hardened: `map` is the map of the
+/// heap the object belongs to.
+#[inline(always)]
+unsafe fn next_in_bin(map: *const PageMap, obj: *mut u8, class_bytes: usize) -> *mut u8 {
+    #[cfg(not(feature = "hardened"))]
+    let _ = (map, class_bytes);
+    #[cfg(not(feature = "hardened"))]
+    // SAFETY: per the caller.
+    let next = unsafe { span::next_free(obj) };
+    #[cfg(feature = "hardened")]
+    // SAFETY: per the caller.
+    let next = unsafe { (*map).next_free_checked(obj, class_bytes) };
+    next
+}
+
+/// The map the hardened build checks a cache's links against (the heap's its slow paths
+/// last served); null otherwise, and unused.
+///
+/// # Safety
+/// `cache` points to a live cache.
+#[inline(always)]
+unsafe fn link_map(cache: *const ThreadCache) -> *const PageMap {
+    #[cfg(not(feature = "hardened"))]
+    let _ = cache;
+    #[cfg(not(feature = "hardened"))]
+    let map = core::ptr::null();
+    #[cfg(feature = "hardened")]
+    // SAFETY: per the caller.
+    let map = unsafe { (*cache).map };
+    map
+}
+
+/// The object size of the class whose index times 16 is `class_bytes`.
+#[cfg(feature = "hardened")]
+#[inline(always)]
+fn class_size(class_bytes: usize) -> usize {
+    SizeClass((class_bytes >> 4) as u8).size()
 }

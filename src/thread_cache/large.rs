@@ -25,7 +25,7 @@ impl ThreadCache {
         let i = self.stash[..self.stash_len].iter().rposition(|&s| {
             // SAFETY: stashed spans are live large spans this cache holds.
             let s = unsafe { &*s };
-            s.pages() == pages && s.start_addr() % align == 0
+            s.object_pages() == pages && s.start_addr() % align == 0
         })?;
         let span = self.stash[i];
         self.stash.copy_within(i + 1..self.stash_len, i);
@@ -72,7 +72,7 @@ impl ThreadCache {
         for (i, &s) in self.stash[..self.stash_len].iter().enumerate() {
             // SAFETY: stashed spans are live large spans this cache holds.
             let s = unsafe { &*s };
-            let bytes = s.bytes();
+            let bytes = s.object_bytes();
             if bytes >= room && bytes < best_bytes && s.start_addr() % align == 0 {
                 best = Some(i);
                 best_bytes = bytes;
@@ -124,7 +124,7 @@ impl ThreadCache {
         } else {
             STASH_MAX_PAGES
         };
-        if s.pages() > max || !self.active {
+        if s.object_pages() > max || !self.active {
             // SAFETY: per the caller.
             return unsafe { heap.free_large(span) };
         }

@@ -65,6 +65,11 @@ pub struct ThreadCache {
     /// most one stashed span (see `lend_stashed`). Checked through the page map, never
     /// through a record pointer kept from before.
     lent_start: usize,
+    /// Hardened build: the page map the bins' links are checked against when followed (the
+    /// heap's whose slow paths last filled or made room in a bin; a bin holds objects only
+    /// after one of them ran).
+    #[cfg(feature = "hardened")]
+    map: *const crate::page_map::PageMap,
 }
 
 // SAFETY: the cache only holds pointers to objects and spans it owns; moving it to another
@@ -86,6 +91,8 @@ impl ThreadCache {
             stash_len: 0,
             grown: 0,
             lent_start: 0,
+            #[cfg(feature = "hardened")]
+            map: core::ptr::null(),
         }
     }
 
@@ -224,7 +231,8 @@ impl ThreadCache {
     }
 
     /// Frees `ptr` given the size and alignment it was allocated with. The class comes from
-    /// the page map, as for [`ThreadCache::free`]; debug builds check it against the layout.
+    /// the page map, as for [`ThreadCache::free`]; debug and hardened builds check it against
+    /// the layout.
     ///
     /// # Safety
     /// `ptr` was returned by an allocation of this heap with this `size` and `align`, and is
@@ -237,7 +245,7 @@ impl ThreadCache {
         size: usize,
         align: usize,
     ) {
-        if cfg!(debug_assertions) {
+        if cfg!(debug_assertions) || cfg!(feature = "hardened") {
             check_layout(heap, ptr, size, align);
         }
         // SAFETY: per the caller.
@@ -360,8 +368,8 @@ impl Default for ThreadCache {
     }
 }
 
-/// Debug builds: stops the process if a small object is freed with a layout of another
-/// class than the one it was allocated with.
+/// Debug and hardened builds: stops the process if a small object is freed with a layout of
+/// another class than the one it was allocated with.
 pub fn check_layout<S: PageSource>(heap: &Heap<S>, ptr: *mut u8, size: usize, align: usize) {
     let word = heap.page_map().small_word_of(ptr as usize);
     let class = crate::page_map::word_class(word);

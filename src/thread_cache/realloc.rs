@@ -65,7 +65,7 @@ impl ThreadCache {
                 if s.is_stashed_large() {
                     fatal("invalid realloc: pointer already freed");
                 }
-                (s.bytes(), Some(span))
+                (s.object_bytes(), Some(span))
             }
         };
         let new_class = size_class::class_for(new_size, align);

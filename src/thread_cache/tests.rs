@@ -6,6 +6,7 @@ use crate::heap::{GROWTH_HEADROOM, GROWTH_HEADROOM_MAX, GROWTH_MIN, LEND_MIN, gr
 use crate::pages::Pages;
 use crate::size_class::SMALL_STEP_LIMIT;
 use crate::span;
+use crate::span::GUARD_PAGES;
 use crate::sys::FakePages;
 use large::STASH_MAX_PAGES;
 use std::collections::BTreeMap;
@@ -315,8 +316,9 @@ fn freed_large_spans_are_stashed_reused_and_given_back() {
         // SAFETY: live, freed once.
         unsafe { cache.free(&heap, p) };
     }
-    // 2 MiB is too long to stash; of the five others the oldest went back (4 slots).
-    let bytes = |s: usize| Pages::for_bytes(s).unwrap().bytes();
+    // 2 MiB is too long to stash; of the five others the oldest went back (4 slots). A
+    // stashed span's bytes include its guard page (hardened build).
+    let bytes = |s: usize| Pages::for_bytes(s).unwrap().bytes() + GUARD_PAGES.bytes();
     let want: usize = sizes[1..5].iter().map(|&s| bytes(s)).sum();
     assert_eq!(cache.stashed_bytes(), want);
     assert_eq!(
@@ -480,7 +482,7 @@ fn a_buffer_built_again_each_round_takes_its_last_span_from_the_stash() {
         starts.push(start);
         // SAFETY: live, freed once: a 1 MiB span goes to the stash.
         unsafe { cache.free(&heap, p) };
-        assert_eq!(cache.stashed_bytes(), 1 << 20);
+        assert_eq!(cache.stashed_bytes(), (1 << 20) + GUARD_PAGES.bytes());
     }
     assert!(
         starts.windows(2).all(|w| w[0] == w[1]),
@@ -500,6 +502,7 @@ fn the_growing_buffers_span_is_stashed_up_to_a_longer_bound() {
     assert!(span_bytes > STASH_MAX_PAGES.bytes());
     // SAFETY: live, freed once.
     unsafe { cache.free(&heap, p) };
+    let span_bytes = span_bytes + GUARD_PAGES.bytes();
     assert_eq!(cache.stashed_bytes(), span_bytes);
     // ...and lent to the next buffer.
     let (q, q_start) = build_buffer(&heap, &mut cache, GROWTH_MIN);
@@ -562,7 +565,7 @@ fn a_thread_lends_one_stashed_span_at_a_time() {
     let big = cache.alloc(&heap, 1 << 20, 8);
     // SAFETY: live, freed once.
     unsafe { cache.free(&heap, big) };
-    assert_eq!(cache.stashed_bytes(), 1 << 20);
+    assert_eq!(cache.stashed_bytes(), (1 << 20) + GUARD_PAGES.bytes());
     // ...but while A holds its lent span, B is not lent it: B gets a span of its own
     // room from the page heap.
     let (b, _) = build_buffer(&heap, &mut cache, GROWTH_MIN);

@@ -1,0 +1,220 @@
+//! The hardened build's secrets and fills (cargo feature `hardened`): the keys free-list
+//! links are encoded with, the random source that orders never-used objects, the poison
+//! freed objects carry. See `lib.rs` for an overview, and `docs/robustness.md` ("Hardened
+//! build") for what each protection catches and what it costs.
+//!
+//! Each protection lives with the code it protects, behind `cfg(feature = "hardened")`;
+//! this module holds what they share:
+//!
+//! | protection | where |
+//! |---|---|
+//! | links encoded with [`encode_link`], checked when followed | `span::next_free` / `set_next_free`; `PageMap::next_free_checked` (bins, batches); `Span::next_free_checked` (a span's own list) |
+//! | a guard page after every large object | `page_heap` (`span::GUARD_PAGES`, `PageSource::protect`) |
+//! | never-used objects in random order ([`Rng`]) | `central_free_list` (`take_from_spans`) |
+//! | freed objects [`poison`]ed, checked on reuse | thread cache bins (filled on push, checked on pop); new spans |
+//! | the sized free's layout checked | `thread_cache::check_layout`, from every `dealloc` |
+//!
+//! No link exists before the first span is made, and making one calls [`seed`] first, so
+//! the keys never change once a link is written.
+
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+/// The link keys: `[rotation and offset, mask]`, random per process, never 0 once set.
+static LINK_KEYS: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+/// The shared Weyl sequence [`random`] draws from.
+static RANDOM: AtomicU64 = AtomicU64::new(0);
+/// Whether [`seed`] has run to the end (on some thread).
+static SEEDED: AtomicBool = AtomicBool::new(false);
+
+const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// Sets the keys and the random source from `getrandom(2)`, once per process; a few
+/// instructions after the first call. Called before the first span is made.
+#[inline]
+pub fn seed() {
+    // Acquire pairs with the Release store in `seed_slow`: the keys are visible.
+    if !SEEDED.load(Ordering::Acquire) {
+        seed_slow();
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn seed_slow() {
+    let mut r = [0u64; 3];
+    // SAFETY: `r` is a valid 24-byte buffer; GRND_NONBLOCK never blocks.
+    let n = unsafe { libc::getrandom(r.as_mut_ptr().cast(), 24, libc::GRND_NONBLOCK) };
+    if n != 24 {
+        // No entropy yet (early boot): the address-space layout and the clock, mixed.
+        let here = &r as *const _ as u64;
+        let t = crate::sys::monotonic_ms();
+        r = [
+            mix(here ^ t),
+            mix(here.rotate_left(17) ^ GOLDEN),
+            mix(t ^ GOLDEN),
+        ];
+    }
+    // Each key is set once, by whichever thread gets there first; the losers keep the
+    // winner's value. Relaxed: published by the Release store below.
+    let _ =
+        LINK_KEYS[0].compare_exchange(0, r[0] as usize | 1, Ordering::Relaxed, Ordering::Relaxed);
+    let _ =
+        LINK_KEYS[1].compare_exchange(0, r[1] as usize | 1, Ordering::Relaxed, Ordering::Relaxed);
+    let _ = RANDOM.compare_exchange(0, r[2] | 1, Ordering::Relaxed, Ordering::Relaxed);
+    // Release pairs with the Acquire load in `seed`.
+    SEEDED.store(true, Ordering::Release);
+}
+
+/// The word stored in free object `slot` to link it to `next` (null included): mimalloc's
+/// `mi_ptr_encode` with the slot's address mixed in, `rotl(next ^ slot ^ k1, k0) + k0`.
+/// Without the keys, a value written over the link (an overflow from the object before,
+/// a write after free) decodes to a random address, which the follower's check rejects; a
+/// link copied from another free object decodes wrong too.
+#[inline(always)]
+pub fn encode_link(slot: *mut u8, next: *mut u8) -> usize {
+    // Relaxed: set before any link exists (see the module comment).
+    let k0 = LINK_KEYS[0].load(Ordering::Relaxed);
+    let k1 = LINK_KEYS[1].load(Ordering::Relaxed);
+    ((next as usize) ^ (slot as usize) ^ k1)
+        .rotate_left(k0 as u32 & 63)
+        .wrapping_add(k0)
+}
+
+/// The link that [`encode_link`] stored as `stored` in `slot`. Not checked: the follower
+/// checks it (against the page map or the span).
+#[inline(always)]
+pub fn decode_link(slot: *mut u8, stored: usize) -> *mut u8 {
+    // Relaxed: as in `encode_link`.
+    let k0 = LINK_KEYS[0].load(Ordering::Relaxed);
+    let k1 = LINK_KEYS[1].load(Ordering::Relaxed);
+    (stored.wrapping_sub(k0).rotate_right(k0 as u32 & 63) ^ k1 ^ (slot as usize)) as *mut u8
+}
+
+/// splitmix64's finaliser.
+#[inline]
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A random 64-bit value from the per-process sequence (one atomic add): splitmix64 over a
+/// Weyl sequence that [`seed`] started at a random point.
+#[inline]
+pub fn random() -> u64 {
+    mix(RANDOM.fetch_add(GOLDEN, Ordering::Relaxed))
+}
+
+/// A small generator for one shuffle, seeded from [`random`]: no atomic per draw.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator at a random point of its sequence.
+    #[inline]
+    pub fn new() -> Rng {
+        Rng(random())
+    }
+
+    /// A value in `0..n` (`n > 0`), by Lemire's multiply-shift.
+    #[inline]
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_add(GOLDEN);
+        ((mix(self.0) as u128 * n as u128) >> 64) as usize
+    }
+}
+
+impl Default for Rng {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How much of a freed object is poisoned: its bytes from the third word up to this bound
+/// (the first two words hold the link and the free key), so a free costs at most a
+/// 240-byte fill and an allocation a 240-byte check, whatever the class.
+pub const POISON_LIMIT: usize = 256;
+
+/// The poison byte (mimalloc's debug fill for freed memory).
+pub const POISON_BYTE: u8 = 0xdf;
+const POISON_WORD: u64 = u64::from_ne_bytes([POISON_BYTE; 8]);
+
+/// Fills the poisoned part of free object `obj` of `size` bytes (see [`POISON_LIMIT`]).
+///
+/// # Safety
+/// `obj` is a free object of `size` bytes (a multiple of 8) that the caller owns.
+#[inline(always)]
+pub unsafe fn poison(obj: *mut u8, size: usize) {
+    let end = size.min(POISON_LIMIT);
+    if end > 16 {
+        // SAFETY: per the caller, bytes 16..end lie in the object.
+        unsafe { core::ptr::write_bytes(obj.add(16), POISON_BYTE, end - 16) };
+    }
+}
+
+/// Whether the poisoned part of free object `obj` of `size` bytes is intact (nothing wrote
+/// to it since [`poison`]).
+///
+/// # Safety
+/// `obj` is a free object of `size` bytes (a multiple of 8) that the caller owns.
+#[inline(always)]
+pub unsafe fn poison_intact(obj: *mut u8, size: usize) -> bool {
+    let words = size.min(POISON_LIMIT) / 8;
+    let mut diff = 0;
+    for i in 2..words {
+        // SAFETY: per the caller, word `i` lies in the object.
+        diff |= unsafe { obj.cast::<u64>().add(i).read() } ^ POISON_WORD;
+    }
+    diff == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_round_trip_and_depend_on_the_slot() {
+        seed();
+        let slot = 0x7f00_1234_5000usize as *mut u8;
+        for next in [0usize, 0x7f00_1234_5040, 0x5555_0000_0010, usize::MAX - 7] {
+            let stored = encode_link(slot, next as *mut u8);
+            assert_eq!(decode_link(slot, stored) as usize, next);
+            assert_ne!(stored, next, "the link is not stored as it is");
+            // The same word read in another slot decodes elsewhere.
+            assert_ne!(decode_link(slot.wrapping_add(64), stored) as usize, next);
+        }
+    }
+
+    #[test]
+    fn poison_is_checked_past_the_first_two_words_up_to_the_limit() {
+        let mut obj = [0u64; 64];
+        let p = obj.as_mut_ptr().cast::<u8>();
+        // SAFETY: a 512-byte buffer of ours, used as an object of each size below.
+        unsafe {
+            for size in [16, 24, 64, 256, 512] {
+                poison(p, size);
+                assert!(poison_intact(p, size));
+            }
+            poison(p, 512);
+            // The link and key words are free to change.
+            p.cast::<u64>().write(1);
+            p.cast::<u64>().add(1).write(2);
+            assert!(poison_intact(p, 512));
+            // Past the limit is not checked; below it is.
+            p.add(POISON_LIMIT).write(0);
+            assert!(poison_intact(p, 512));
+            p.add(POISON_LIMIT - 1).write(0);
+            assert!(!poison_intact(p, 512));
+        }
+    }
+
+    #[test]
+    fn below_stays_below() {
+        seed();
+        let mut rng = Rng::new();
+        let mut seen = [false; 7];
+        for _ in 0..1000 {
+            seen[rng.below(7)] = true;
+        }
+        assert!(seen.iter().all(|&s| s));
+    }
+}
