@@ -141,6 +141,8 @@ pub mod config;
 #[cfg(not(loom))]
 mod global;
 #[cfg(not(loom))]
+pub mod profiling;
+#[cfg(not(loom))]
 mod startup;
 #[cfg(all(test, loom))]
 mod loom_tests;
