@@ -4,15 +4,14 @@
 //! depth 2. The workload covers every path: first use and exit of threads, refills,
 //! give-backs, remote frees, large objects, realloc, stats and release.
 //!
-//! The C library's allocation functions of this process are spanalloc too, counted the same
-//! way, so that anything C code allocates from inside spanalloc (the unwinder the heap
-//! profiler captures stacks with, libgcc_s) shows as depth 2 as well. The second test runs
-//! the workload with every allocation sampled.
+//! The second test runs the workload with every allocation sampled by the heap profiler.
+//! (What C code allocates from inside spanalloc, such as the unwinder the profiler captures
+//! stacks with, is checked under `LD_PRELOAD` in `preload/tests/c_program.rs`: a test binary
+//! that defined `malloc` itself could not run under AddressSanitizer.)
 
-use spanalloc::{SpanAlloc, raw};
+use spanalloc::SpanAlloc;
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
-use std::ffi::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 struct Counting;
@@ -70,121 +69,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static A: Counting = Counting;
 
-// The C allocation functions, as libspanalloc.so serves them (sizes rounded up to 16 bytes
-// so that blocks are 16-byte aligned), counted like the Rust ones. The process's own C
-// code (the C library, the unwinder) calls these instead of glibc's.
-
-fn c_size(size: usize) -> Option<usize> {
-    Some(size.checked_add(15)? & !15)
-}
-
-/// # Safety
-/// C `malloc`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
-    enter();
-    // SAFETY: 8 is a power of two.
-    let p = c_size(size).map_or(std::ptr::null_mut(), |n| unsafe { raw::alloc(n, 8) });
-    leave();
-    p.cast()
-}
-
-/// # Safety
-/// C `free`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn free(ptr: *mut c_void) {
-    if !ptr.is_null() {
-        enter();
-        // SAFETY: per the caller, a block of ours.
-        unsafe { raw::free(ptr.cast()) };
-        leave();
-    }
-}
-
-/// # Safety
-/// C `calloc`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
-    enter();
-    let p = n
-        .checked_mul(size)
-        .and_then(c_size)
-        // SAFETY: 8 is a power of two.
-        .map_or(std::ptr::null_mut(), |t| unsafe { raw::alloc_zeroed(t, 8) });
-    leave();
-    p.cast()
-}
-
-/// # Safety
-/// C `realloc`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
-    if ptr.is_null() {
-        // SAFETY: as `malloc`.
-        return unsafe { malloc(size) };
-    }
-    if size == 0 {
-        // SAFETY: per the caller.
-        unsafe { free(ptr) };
-        return std::ptr::null_mut();
-    }
-    enter();
-    let p = c_size(size).map_or(std::ptr::null_mut(), |n| {
-        // SAFETY: per the caller, a block of ours, aligned to 8.
-        unsafe { raw::realloc(ptr.cast(), n, 8) }
-    });
-    leave();
-    p.cast()
-}
-
-/// # Safety
-/// C `posix_memalign`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> i32 {
-    if !align.is_power_of_two() || align < 8 {
-        return libc::EINVAL;
-    }
-    enter();
-    // SAFETY: a power of two.
-    let p = unsafe { raw::alloc(size.max(1), align) };
-    leave();
-    if p.is_null() {
-        return libc::ENOMEM;
-    }
-    // SAFETY: per the caller, a place for the pointer.
-    unsafe { *out = p.cast() };
-    0
-}
-
-/// # Safety
-/// C `aligned_alloc`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
-    let mut p = std::ptr::null_mut();
-    // SAFETY: `p` is a place for the pointer.
-    unsafe { posix_memalign(&mut p, align.max(8), size) };
-    p
-}
-
-/// # Safety
-/// C `memalign`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
-    // SAFETY: as `aligned_alloc`.
-    unsafe { aligned_alloc(align, size) }
-}
-
-/// # Safety
-/// C `malloc_usable_size`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn malloc_usable_size(ptr: *mut c_void) -> usize {
-    if ptr.is_null() {
-        return 0;
-    }
-    // SAFETY: per the caller, a live block of ours.
-    unsafe { raw::usable_size(ptr.cast()) }
-}
-
 /// The tests share the depth counter: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -195,22 +79,13 @@ fn no_nested_allocation_while_serving_one() {
 }
 
 /// Every allocation sampled (mean 1 byte): stack capture and the profiler's table make no
-/// allocation, Rust or C, while an allocation is served, and the sampling path is never
-/// entered again from inside itself.
+/// allocation while an allocation is served, and the sampling path is never entered again
+/// from inside itself.
 #[test]
 fn sampling_every_allocation_allocates_nothing() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     spanalloc::profiling::start(1);
     workload();
-    // C allocations too.
-    for i in 1..2000usize {
-        // SAFETY: C allocation functions, used as C would.
-        unsafe {
-            let p = libc::malloc(i);
-            let q = libc::realloc(p, i * 3);
-            libc::free(q);
-        }
-    }
     let profile = spanalloc::profiling::heap_profile();
     spanalloc::profiling::stop();
     assert!(profile.alloc_bytes() > 0.0);

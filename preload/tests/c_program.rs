@@ -210,3 +210,35 @@ fn heap_profile_on_sigusr2_and_at_exit() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Every allocation of a C program sampled (`SPANALLOC_PROFILE=1`): whatever C code the
+/// sampling path calls (the unwinder, libgcc_s) would allocate through this library's
+/// `malloc` and re-enter the sampling path; the exit profile's comment counts such samples,
+/// and there are none.
+#[test]
+fn sampling_every_c_allocation_reenters_nothing() {
+    use std::io::Read;
+    let exe = compile("profile", "every");
+    let dir = std::env::temp_dir().join(format!("spanalloc-c-every-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("heap.pb.gz");
+    let out = Command::new(&exe)
+        .env("LD_PRELOAD", library())
+        .env("SPANALLOC_PROFILE", "1")
+        .env("SPANALLOC_PROFILE_DUMP", &path)
+        .output()
+        .expect("run the C program");
+    assert!(out.status.success(), "{out:?}");
+    let gz = std::fs::read(&path).unwrap();
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut raw)
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.contains("mean 1 bytes between samples"), "{text}");
+    assert!(
+        text.contains(" 0 re-entered"),
+        "a sample re-entered: {text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -442,8 +442,8 @@ pub(super) fn encode(profile: &HeapProfile) -> Vec<u8> {
     p.message(PROFILE_PERIOD_TYPE, period);
     p.int(PROFILE_PERIOD, profile.mean as i64);
     let comment = format!(
-        "spanalloc heap profile: mean {} bytes between samples, {} live samples",
-        profile.mean, profile.live_samples
+        "spanalloc heap profile: mean {} bytes between samples, {} live samples, {} re-entered",
+        profile.mean, profile.live_samples, profile.reentered
     );
     let comment = strings.id(&comment);
     p.packed(PROFILE_COMMENT, [comment as u64]);
