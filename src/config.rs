@@ -8,6 +8,8 @@
 //! | `SPANALLOC_BACKGROUND_RELEASE` | `0` or `1` | 0 | start the thread that gives memory back on time |
 //! | `SPANALLOC_THREAD_CACHE_BYTES` | bytes, optional `K`, `M` or `G` suffix | 4M | the most bytes of free small objects a thread cache keeps in all |
 //! | `SPANALLOC_BIN_BYTES` | bytes, optional `K`, `M` or `G` suffix (powers of 1024) | 256K | the most bytes of free objects of one size class a thread cache keeps (at least two batches) |
+//! | `SPANALLOC_PROFILE` | bytes, as `SPANALLOC_BIN_BYTES` | 0 (off) | start heap profiling before `main`, with this mean distance between samples ([`crate::profiling`]) |
+//! | `SPANALLOC_PROFILE_DUMP` | a path, at most 511 bytes; `%p` is the process id | none | write a heap profile there at exit, and to `path.N` on the N-th `SIGUSR2`; profiles at 512K unless `SPANALLOC_PROFILE` says otherwise |
 //!
 //! Each parser takes a variable's raw bytes, as `getenv` gives them, and returns the value or
 //! `Err(())`. [`Config::from_env`] reads every variable through a `getenv` it is given (so
@@ -36,6 +38,34 @@ pub const THREAD_CACHE_BYTES: &CStr = c"SPANALLOC_THREAD_CACHE_BYTES";
 /// `SPANALLOC_BIN_BYTES`: the bound on a thread cache's free objects of one class
 /// ([`parse_bytes`]).
 pub const BIN_BYTES: &CStr = c"SPANALLOC_BIN_BYTES";
+/// `SPANALLOC_PROFILE`: the heap profiler's mean distance between samples, 0 for off
+/// ([`parse_bytes`]).
+pub const PROFILE: &CStr = c"SPANALLOC_PROFILE";
+/// `SPANALLOC_PROFILE_DUMP`: where heap profiles are written ([`parse_path`]).
+pub const PROFILE_DUMP: &CStr = c"SPANALLOC_PROFILE_DUMP";
+
+/// A file path kept from the environment (which may change after start-up).
+#[derive(Copy, Clone, PartialEq, Eq)]
+pub struct Path {
+    bytes: [u8; Path::MAX],
+    len: u16,
+}
+
+impl Path {
+    /// The longest path kept, in bytes.
+    pub const MAX: usize = 511;
+
+    /// The path's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+impl core::fmt::Debug for Path {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{:?}", self.as_bytes().escape_ascii().to_string())
+    }
+}
 
 /// The settings the environment can change, each with its default.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -54,6 +84,11 @@ pub struct Config {
     /// The most bytes of free objects of one size class a thread cache keeps; past it, a
     /// free hands a batch back to the central list.
     pub bin_bytes: usize,
+    /// The heap profiler's mean distance between samples; 0: not started from the
+    /// environment.
+    pub profile_mean: usize,
+    /// Where heap profiles are written (at exit and on `SIGUSR2`).
+    pub profile_dump: Option<Path>,
 }
 
 impl Config {
@@ -64,6 +99,8 @@ impl Config {
         background_release: false,
         thread_cache_bytes: crate::heap::DEFAULT_THREAD_CACHE_BYTES,
         bin_bytes: crate::heap::DEFAULT_BIN_BYTES,
+        profile_mean: 0,
+        profile_dump: None,
     };
 
     /// Reads every variable through `getenv` (a variable's name to its value's bytes, or
@@ -100,6 +137,14 @@ impl Config {
                 d.thread_cache_bytes,
             ),
             bin_bytes: read(&getenv, &mut warn, BIN_BYTES, parse_bytes, d.bin_bytes),
+            profile_mean: read(&getenv, &mut warn, PROFILE, parse_bytes, d.profile_mean),
+            profile_dump: read(
+                &getenv,
+                &mut warn,
+                PROFILE_DUMP,
+                |v| parse_path(v).map(Some),
+                None,
+            ),
         }
     }
 }
@@ -206,6 +251,19 @@ pub fn parse_bytes(value: &[u8]) -> Result<usize, ()> {
             .ok_or(())?;
     }
     n.checked_mul(1 << shift).ok_or(())
+}
+
+/// A path: any non-empty bytes up to [`Path::MAX`] long.
+pub fn parse_path(value: &[u8]) -> Result<Path, ()> {
+    if value.is_empty() || value.len() > Path::MAX {
+        return Err(());
+    }
+    let mut bytes = [0u8; Path::MAX];
+    bytes[..value.len()].copy_from_slice(value);
+    Ok(Path {
+        bytes,
+        len: value.len() as u16,
+    })
 }
 
 /// The longest line [`warn_invalid`] writes; a longer name is cut.
@@ -346,6 +404,8 @@ mod tests {
             (BACKGROUND_RELEASE, b"1"),
             (BIN_BYTES, b"4M"),
             (THREAD_CACHE_BYTES, b"1g"),
+            (PROFILE, b"64K"),
+            (PROFILE_DUMP, b"/tmp/heap.%p.pb.gz"),
         ]);
         assert_eq!(
             config,
@@ -355,7 +415,13 @@ mod tests {
                 background_release: true,
                 thread_cache_bytes: 1 << 30,
                 bin_bytes: 4 << 20,
+                profile_mean: 64 << 10,
+                profile_dump: Some(parse_path(b"/tmp/heap.%p.pb.gz").unwrap()),
             }
+        );
+        assert_eq!(
+            config.profile_dump.unwrap().as_bytes(),
+            b"/tmp/heap.%p.pb.gz"
         );
         assert!(warned.is_empty());
     }
@@ -367,6 +433,8 @@ mod tests {
             (SHOW_STATS, b""),
             (BACKGROUND_RELEASE, b"1"),
             (BIN_BYTES, b"12x"),
+            (PROFILE, b"on"),
+            (PROFILE_DUMP, b""),
         ]);
         assert_eq!(
             config,
@@ -380,9 +448,20 @@ mod tests {
             [
                 "SPANALLOC_DECAY_MS",
                 "SPANALLOC_SHOW_STATS",
-                "SPANALLOC_BIN_BYTES"
+                "SPANALLOC_BIN_BYTES",
+                "SPANALLOC_PROFILE",
+                "SPANALLOC_PROFILE_DUMP"
             ]
         );
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(parse_path(b"/a/b").unwrap().as_bytes(), b"/a/b");
+        let longest = vec![b'x'; Path::MAX];
+        assert_eq!(parse_path(&longest).unwrap().as_bytes(), &longest[..]);
+        assert_eq!(parse_path(b""), Err(()));
+        assert_eq!(parse_path(&vec![b'x'; Path::MAX + 1]), Err(()));
     }
 
     #[test]

@@ -20,10 +20,18 @@
 //!
 //! The orphan cache is one [`ThreadCache`] behind a lock, shared by every thread that cannot
 //! use its own.
+//!
+//! # Heap profiling
+//!
+//! Every allocation is charged to its cache's sampling countdown (`sampler.rs`): on the
+//! fast paths after the pop, elsewhere before the request is served. The allocation that
+//! crosses the countdown goes to [`sampled_alloc`], which captures the stack with no lock
+//! held and makes the object a large object recorded in [`PROFILE`] (`sample_table.rs`).
 
 use crate::check::fatal;
 use crate::heap::{Heap, LEND_MIN};
 use crate::pages::PAGE_SHIFT;
+use crate::sample_table::SampleTable;
 use crate::size_class::{self, LARGE_THRESHOLD, MAX_SMALL_SIZE, MIN_ALIGN, SMALL_STEP_LIMIT};
 use crate::sync::{AtomicU8, AtomicU32, Lock, Ordering};
 use crate::sys::OsPages;
@@ -37,22 +45,34 @@ static HEAP: Heap<OsPages> = Heap::new(OsPages);
 /// The cache of threads that cannot use their own (BUSY or DEAD).
 static ORPHAN: Lock<ThreadCache> = Lock::new(ThreadCache::new());
 
+/// The heap profiler's setting and its table of sampled objects.
+static PROFILE: SampleTable = SampleTable::new();
+
 const FRESH: u8 = 0;
 const BUSY: u8 = 1;
 const ACTIVE: u8 = 2;
 const DEAD: u8 = 3;
 
-/// A thread's slot: its cache (hot, first) and its state.
+/// A thread's slot: its cache (hot, first), its state, and where it is with the heap
+/// profiler (`SAMPLE_IDLE`, `SAMPLE_BUSY` inside [`sampled_alloc`], `SAMPLE_PAUSED` while
+/// it writes a profile).
 #[repr(C)]
 struct Local {
     cache: ThreadCache,
     state: u8,
+    sampling: u8,
 }
+
+const SAMPLE_IDLE: u8 = 0;
+/// Inside [`sampled_alloc`]: an allocation made from there is not sampled (and is counted).
+const SAMPLE_BUSY: u8 = 1;
+/// Writing a profile: the profiler's own allocations are not sampled.
+const SAMPLE_PAUSED: u8 = 2;
 
 #[cfg(not(feature = "small-tls"))]
 thread_local! {
     static LOCAL: UnsafeCell<Local> = const {
-        UnsafeCell::new(Local { cache: ThreadCache::new(), state: FRESH })
+        UnsafeCell::new(Local { cache: ThreadCache::new(), state: FRESH, sampling: SAMPLE_IDLE })
     };
 }
 
@@ -98,6 +118,7 @@ unsafe impl Sync for DeadLocal {}
 static DEAD_LOCAL: DeadLocal = DeadLocal(UnsafeCell::new(Local {
     cache: ThreadCache::new(),
     state: DEAD,
+    sampling: SAMPLE_IDLE,
 }));
 
 /// Where `Local`s come from and go back to at thread exit. A leaf lock: nothing else is
@@ -240,6 +261,7 @@ fn local_slow(current: *mut Local) -> *mut Local {
         l.write(Local {
             cache: ThreadCache::new(),
             state: FRESH,
+            sampling: SAMPLE_IDLE,
         });
         slot::set(l);
         register(l);
@@ -263,6 +285,51 @@ unsafe fn retire(l: *mut Local) {
 /// The heap behind the global allocator (for statistics and tests).
 pub fn heap() -> &'static Heap<OsPages> {
     &HEAP
+}
+
+/// The heap profiler's table (for `profiling`).
+pub fn samples() -> &'static SampleTable {
+    &PROFILE
+}
+
+/// Runs `f` with sampling paused on the calling thread: the profiler's own work (taking and
+/// writing a profile, symbolizing) stays out of the profiles.
+pub(crate) fn without_sampling<R>(f: impl FnOnce() -> R) -> R {
+    struct Resume(*mut Local, u8);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            // SAFETY: our own slot, not shared (checked when made).
+            unsafe { (*self.0).sampling = self.1 };
+        }
+    }
+    let l = local();
+    #[cfg(feature = "small-tls")]
+    if l == DEAD_LOCAL.0.get() {
+        return f();
+    }
+    // SAFETY: our own slot, not shared; not inside a request.
+    let _resume = Resume(l, unsafe {
+        core::mem::replace(&mut (*l).sampling, SAMPLE_PAUSED)
+    });
+    f()
+}
+
+/// Restarts the calling thread's sampling countdown under `params` with random numbers
+/// from `seed` (`profiling::start` and `stop`), so that the change holds from its next
+/// allocation.
+pub(crate) fn restart_sampler(params: crate::sampler::Params, seed: u64) {
+    let l = local();
+    #[cfg(feature = "small-tls")]
+    if l == DEAD_LOCAL.0.get() {
+        return;
+    }
+    // SAFETY: our own slot, not shared; nothing else on this thread uses it now (this is
+    // not called from inside a request).
+    unsafe {
+        if matches!((*l).state, FRESH | ACTIVE) {
+            (*l).cache.sampler().restart(params, seed);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -360,11 +427,13 @@ extern "C" fn fork_prepare() {
     LOCALS.raw_lock();
     ORPHAN.raw_lock();
     HEAP.lock_all();
+    PROFILE.lock_for_fork();
 }
 
 extern "C" fn fork_parent() {
     // SAFETY: `fork_prepare` took these locks on this thread.
     unsafe {
+        PROFILE.unlock_after_fork();
         HEAP.unlock_all();
         ORPHAN.raw_unlock();
         #[cfg(feature = "small-tls")]
@@ -376,6 +445,7 @@ extern "C" fn fork_child() {
     // SAFETY: `fork_prepare` took these locks in the parent on the thread that is now the
     // child's only thread. Other threads' caches are gone with them; their spans stay owned.
     unsafe {
+        PROFILE.unlock_after_fork();
         HEAP.unlock_all();
         ORPHAN.raw_unlock();
         #[cfg(feature = "small-tls")]
@@ -400,11 +470,16 @@ pub mod raw {
             if size <= SMALL_STEP_LIMIT {
                 // SAFETY: our own slot (or the never-filled one of exited threads); the fast
                 // path makes no call that could re-enter. `size` is small.
-                let obj = unsafe {
-                    ThreadCache::pop_small_raw(&raw mut (*local_for_fast_path()).cache, size)
-                };
+                let cache = unsafe { &raw mut (*local_for_fast_path()).cache };
+                // SAFETY: as above.
+                let obj = unsafe { ThreadCache::pop_small_raw(cache, size) };
                 if !obj.is_null() {
-                    return obj;
+                    // SAFETY: it held an object, so it is this thread's own active cache.
+                    if unsafe { ThreadCache::charge_raw(cache, size) } {
+                        return obj;
+                    }
+                    // SAFETY: `obj` was just popped for this request.
+                    return unsafe { sample_popped(obj, size) };
                 }
             } else if size < LARGE_THRESHOLD {
                 // SAFETY: the size is in the medium range.
@@ -469,8 +544,7 @@ pub mod raw {
     /// # Safety
     /// `align` is a power of two.
     pub unsafe fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
-        // SAFETY: the closure gets exclusive use of a cache.
-        unsafe { with_cache(|cache| cache.alloc_zeroed(&HEAP, size, align)) }
+        alloc_charged(size, align, true)
     }
 
     /// Frees `ptr` without its size (C `free`). Stops the process with a message on a pointer
@@ -512,8 +586,23 @@ pub mod raw {
     /// `ptr` was handed out by spanalloc with alignment `align`; unless null is returned it
     /// is not used afterwards.
     pub unsafe fn realloc(ptr: *mut u8, new_size: usize, align: usize) -> *mut u8 {
-        // SAFETY: per the caller.
-        unsafe { with_cache(|cache| cache.realloc(&HEAP, ptr, align, new_size)) }
+        // A move allocates: it is charged; one in place is not.
+        // SAFETY: the closure gets exclusive use of a cache; per the caller.
+        let (new, sample) = unsafe {
+            with_cache(|cache| {
+                let new = cache.realloc(&HEAP, ptr, align, new_size);
+                let moved = new != ptr && !new.is_null();
+                let sample = moved
+                    .then(|| cache.sampler().sample(new_size, params))
+                    .flatten();
+                (new, sample)
+            })
+        };
+        match sample {
+            // SAFETY: `new` is the live object just made for this request.
+            Some(weight) => unsafe { resample(new, new_size, align, weight) },
+            None => new,
+        }
     }
 
     /// Bytes usable at `ptr`, which spanalloc handed out.
@@ -589,9 +678,16 @@ unsafe fn alloc_medium(size: usize) -> *mut u8 {
     unsafe { core::hint::assert_unchecked(size > SMALL_STEP_LIMIT && size < LARGE_THRESHOLD) };
     let class = size_class::class_of_medium(size);
     // SAFETY: as in `raw::alloc`.
-    let obj = unsafe { ThreadCache::pop_raw(&raw mut (*local_for_fast_path()).cache, class) };
+    let cache = unsafe { &raw mut (*local_for_fast_path()).cache };
+    // SAFETY: as in `raw::alloc`.
+    let obj = unsafe { ThreadCache::pop_raw(cache, class) };
     if !obj.is_null() {
-        return obj;
+        // SAFETY: it held an object, so it is this thread's own active cache.
+        if unsafe { ThreadCache::charge_raw(cache, size) } {
+            return obj;
+        }
+        // SAFETY: `obj` was just popped for this request.
+        return unsafe { sample_popped(obj, size) };
     }
     alloc_slow(size, MIN_ALIGN)
 }
@@ -599,8 +695,124 @@ unsafe fn alloc_medium(size: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 fn alloc_slow(size: usize, align: usize) -> *mut u8 {
+    alloc_charged(size, align, false)
+}
+
+/// An allocation past the fast paths (or zeroed): charged to the cache's countdown, then
+/// served by the cache, or sampled.
+#[inline]
+fn alloc_charged(size: usize, align: usize, zeroed: bool) -> *mut u8 {
     // SAFETY: the closure gets exclusive use of a cache.
-    unsafe { with_cache(|cache| cache.alloc(&HEAP, size, align)) }
+    let served = unsafe {
+        with_cache(|cache| match cache.sampler().sample(size, params) {
+            None if zeroed => Ok(cache.alloc_zeroed(&HEAP, size, align)),
+            None => Ok(cache.alloc(&HEAP, size, align)),
+            Some(weight) => Err(weight),
+        })
+    };
+    served.unwrap_or_else(|weight| sampled_alloc(size, align, zeroed, weight))
+}
+
+/// The profiler's setting, for a countdown that crossed.
+fn params() -> crate::sampler::Params {
+    PROFILE.params()
+}
+
+/// A fast-path allocation whose charge crossed the countdown: `obj`, popped for it, is
+/// handed out if the crossing samples nothing (a recheck while profiling is off), or goes
+/// back to its bin for the sampled object.
+///
+/// # Safety
+/// `obj` was popped from this thread's active cache for a request of `size` bytes (at
+/// most `MIN_ALIGN` aligned: a fast path's), and is not used otherwise.
+#[cold]
+#[inline(never)]
+unsafe fn sample_popped(obj: *mut u8, size: usize) -> *mut u8 {
+    let l = local();
+    // SAFETY: our own slot; an object came from its cache, so it is ACTIVE and not in use.
+    let weight = unsafe { (*l).cache.sampler().crossed(size, params()) };
+    match weight {
+        None => obj,
+        Some(weight) => {
+            // SAFETY: ours, unused: back to its bin.
+            unsafe { raw::free(obj) };
+            sampled_alloc(size, MIN_ALIGN, false, weight)
+        }
+    }
+}
+
+/// A moved `realloc` whose charge crossed the countdown: the sampled object takes the
+/// place of `new`, which is freed (or kept, if the sampled object cannot be made).
+///
+/// # Safety
+/// `new` is a live object of at least `size` bytes, just made for this request.
+#[cold]
+#[inline(never)]
+unsafe fn resample(new: *mut u8, size: usize, align: usize, weight: usize) -> *mut u8 {
+    let sampled = sampled_alloc(size, align, false, weight);
+    if sampled.is_null() {
+        return new;
+    }
+    // SAFETY: both are live and distinct, of at least `size` bytes; `new` is ours to free.
+    unsafe {
+        core::ptr::copy_nonoverlapping(new, sampled, size);
+        raw::free(new);
+    }
+    sampled
+}
+
+/// The sampled allocation: captures the stack (no allocator lock is held here), then makes
+/// the object a large object recorded in the profiler's table. An allocation that comes
+/// back here from inside (something this called allocated) is served unsampled and
+/// counted; so is one while the thread writes a profile, or from a thread that has no slot
+/// of its own any more, uncounted.
+#[cold]
+#[inline(never)]
+fn sampled_alloc(size: usize, align: usize, zeroed: bool, weight: usize) -> *mut u8 {
+    let l = local();
+    #[cfg(feature = "small-tls")]
+    let shared = l == DEAD_LOCAL.0.get();
+    #[cfg(not(feature = "small-tls"))]
+    let shared = false;
+    // A thread past its exit flush with no slot of its own samples nothing.
+    let now = if shared {
+        SAMPLE_PAUSED
+    } else {
+        // SAFETY: our own slot, not shared.
+        unsafe { (*l).sampling }
+    };
+    if now != SAMPLE_IDLE {
+        if now == SAMPLE_BUSY {
+            PROFILE.note_reentered();
+        }
+        return alloc_unsampled(size, align, zeroed);
+    }
+    // SAFETY: our own slot, not shared.
+    unsafe { (*l).sampling = SAMPLE_BUSY };
+    let mut frames = [0usize; crate::stack::MAX_FRAMES];
+    // Leaves out this function's frame.
+    let depth = crate::stack::capture(&mut frames, 1);
+    let p = PROFILE.alloc_sampled(&HEAP, size, align, zeroed, &frames[..depth], weight);
+    // SAFETY: our own slot.
+    unsafe { (*l).sampling = SAMPLE_IDLE };
+    if p.is_null() {
+        return alloc_unsampled(size, align, zeroed);
+    }
+    p
+}
+
+/// An allocation served by the cache with no charge (the sampled path's fallback).
+fn alloc_unsampled(size: usize, align: usize, zeroed: bool) -> *mut u8 {
+    // SAFETY: the closure gets exclusive use of a cache.
+    unsafe {
+        with_cache(|cache| {
+            if zeroed {
+                cache.alloc_zeroed(&HEAP, size, align)
+            } else {
+                cache.alloc(&HEAP, size, align)
+            }
+        })
+    }
 }
 
 /// `GlobalAlloc::realloc` past its inline same-class and same-pages shortcuts, where the old
@@ -654,6 +866,14 @@ unsafe fn move_small(ptr: *mut u8, align: usize, old_size: usize, new_size: usiz
     unsafe {
         core::ptr::copy_nonoverlapping(ptr, new, old_size.min(new_size));
         raw::dealloc(ptr, old_size, align);
+    }
+    // SAFETY: our own slot, active (checked above).
+    if !unsafe { (*l).cache.sampler().charge(new_size) } {
+        // SAFETY: as above.
+        if let Some(weight) = unsafe { (*l).cache.sampler().crossed(new_size, params()) } {
+            // SAFETY: `new` is the live object just made for this request.
+            return unsafe { resample(new, new_size, align, weight) };
+        }
     }
     new
 }

@@ -32,10 +32,14 @@
 //! | [`page_heap`] | [`page_heap::PageHeap`]: free runs, split and merged; release to the OS | `mheap` |
 //! | [`central_free_list`] | [`central_free_list::CentralFreeList`]: per class, the spans and whole batches of free objects | `mcentral` |
 //! | [`heap`](mod@heap) | [`heap::Heap`]: the shared tiers as one value; large objects; pointer validation | `mheap_` |
+//! | [`sampler`] | [`sampler::Sampler`]: the heap profiler's per-thread countdown to the next sample | `nextSample` |
+//! | [`stack`] | stack capture for the profiler (`_Unwind_Backtrace`) | `callers` |
+//! | [`sample_table`] | [`sample_table::SampleTable`]: live sampled objects and per-stack totals | `mProf` |
 //! | [`thread_cache`] | [`thread_cache::ThreadCache`]: per thread, free objects by class, moved in batches | `mcache` |
 //! | [`stats`](mod@stats) | [`stats::Stats`]: where every mapped byte is | `MemStats` |
 //! | [`config`] | [`config::Config`]: the `SPANALLOC_*` variables, parsed without allocating | `parsedebugvars` |
-//! | `global` | the only statics: the heap, the thread-local slot, [`SpanAlloc`], [`raw`] | `mallocgc` |
+//! | `global` | the only statics: the heap, the profiler's table, the thread-local slot, [`SpanAlloc`], [`raw`] | `mallocgc` |
+//! | [`profiling`] | heap profiles: `start`, `stop`, `heap_profile`, pprof output | `runtime/pprof` |
 //! | `startup` | the process's start and end: the configuration applied before `main`, statistics at exit | `schedinit` |
 //!
 //! # Allocating (small: under 32 KiB)
@@ -107,13 +111,25 @@
 //! included); [`set_decay_ms`] and `SPANALLOC_DECAY_MS` configure it (every variable:
 //! [`config`]).
 //!
+//! # Heap profiling
+//!
+//! Off unless started ([`profiling::start`] or `SPANALLOC_PROFILE`). Every allocation
+//! subtracts its size from its cache's countdown (on the fast path one subtraction and one
+//! branch, after the pop); the one that crosses it is sampled: its stack is captured with no
+//! lock held, it is served as a large object (a span of its own), and its record, with the
+//! bytes it stands for, goes into the profiler's table in metadata memory. Its span record
+//! points to that record, so the free of an ordinary object never looks at the table and a
+//! sampled one is found on the large-object free path. [`profiling::heap_profile`] sums the
+//! table per stack; profiles are written as pprof. See `docs/design.md`, section 10.
+//!
 //! # What is lock-free, and the lock order
 //!
 //! The fast paths take no lock and use no atomic, cross-thread frees included (a free goes
 //! to the freeing thread's own cache); page-map lookups are lock-free reads. Threads meet
 //! only in the central lists, once per batch. Locks, in the only order in which
 //! they may be nested: the orphan cache (threads without a usable cache), a central list,
-//! the page heap. Central lists never hold their lock while they call the page heap. Every
+//! the page heap; the profiler's table is a leaf (nothing is taken while it is held).
+//! Central lists never hold their lock while they call the page heap. Every
 //! lock is a [`sync::Lock`], which never allocates.
 //!
 //! # The hardened build
@@ -145,11 +161,16 @@ pub mod page_map;
 pub mod page_heap;
 pub mod central_free_list;
 pub mod heap;
+pub mod sampler;
+pub mod stack;
+pub mod sample_table;
 pub mod thread_cache;
 pub mod stats;
 pub mod config;
 #[cfg(not(loom))]
 mod global;
+#[cfg(not(loom))]
+pub mod profiling;
 #[cfg(not(loom))]
 mod startup;
 #[cfg(all(test, loom))]

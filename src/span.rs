@@ -84,6 +84,9 @@ pub struct Span {
     /// Large spans: freed into a thread's stash (its object is free, its pages still the
     /// span's). Written by the thread that stashes or unstashes it.
     stashed: AtomicBool,
+    /// Large spans: the heap profiler's record of the object, when it was sampled (0: not
+    /// sampled). Written when the sampled object is made and taken when it is freed.
+    sample: AtomicUsize,
     // Small spans: the class's constants, copied when the span is made small, so that the
     // central list's per-object work reads them from the span.
     obj_size: AtomicU32,
@@ -130,6 +133,7 @@ impl Span {
             s.kind.store(kind as u8, Ordering::Relaxed);
             s.class.store(0, Ordering::Relaxed);
             s.stashed.store(false, Ordering::Relaxed);
+            s.sample.store(0, Ordering::Relaxed);
             s.obj_size.store(0, Ordering::Relaxed);
             s.obj_count.store(0, Ordering::Relaxed);
             s.div_magic.store(0, Ordering::Relaxed);
@@ -157,6 +161,7 @@ impl Span {
                 kind: AtomicU8::new(kind as u8),
                 class: AtomicU8::new(0),
                 stashed: AtomicBool::new(false),
+                sample: AtomicUsize::new(0),
                 obj_size: AtomicU32::new(0),
                 obj_count: AtomicU32::new(0),
                 div_magic: AtomicU32::new(0),
@@ -339,6 +344,27 @@ impl Span {
     #[inline]
     pub fn is_stashed_large(&self) -> bool {
         self.stashed.load(Ordering::Relaxed)
+    }
+
+    /// Marks a large span's object as sampled by the heap profiler: `record` is its record
+    /// (non-zero).
+    #[inline]
+    pub fn set_sample(&self, record: usize) {
+        self.sample.store(record, Ordering::Relaxed);
+    }
+
+    /// The heap profiler's record of the span's object, 0 if it was not sampled. One load:
+    /// what the large-object free path pays.
+    #[inline(always)]
+    pub fn sample(&self) -> usize {
+        self.sample.load(Ordering::Relaxed)
+    }
+
+    /// Takes the heap profiler's record off the span (its object is being freed): the
+    /// record, or 0 if there was none (or a racing free took it).
+    #[inline]
+    pub fn take_sample(&self) -> usize {
+        self.sample.swap(0, Ordering::Relaxed)
     }
 
     // ---------------------------------------------------------------------------------

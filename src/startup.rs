@@ -1,6 +1,7 @@
 //! The process's start and end: the configuration read from the environment once, before
-//! `main`, and the statistics written at exit (`SPANALLOC_SHOW_STATS=1`). See `lib.rs` for
-//! an overview and [`crate::config`] for the variables.
+//! `main`, and the statistics written at exit (`SPANALLOC_SHOW_STATS=1`), and the heap
+//! profile (`SPANALLOC_PROFILE_DUMP`). See `lib.rs` for an overview and [`crate::config`]
+//! for the variables.
 //!
 //! Both are ELF constructor and destructor entries (`.init_array`, `.fini_array`), so they
 //! work the same in a Rust program and in `libspanalloc.so` under `LD_PRELOAD` or `dlopen`:
@@ -43,12 +44,17 @@ extern "C" fn on_load() {
     if config.background_release {
         crate::start_background_release();
     }
+    if config.profile_mean != 0 || config.profile_dump.is_some() {
+        let dump = config.profile_dump.as_ref().map(|p| p.as_bytes());
+        crate::profiling::configure(config.profile_mean, dump);
+    }
 }
 
 extern "C" fn on_unload() {
     if SHOW_STATS.load(Ordering::Relaxed) {
         print_stats();
     }
+    crate::profiling::dump_at_exit();
 }
 
 #[used]

@@ -3,6 +3,11 @@
 //! global allocator (a `Vec`, a `format!`, a thread-local with lazy init) would show as
 //! depth 2. The workload covers every path: first use and exit of threads, refills,
 //! give-backs, remote frees, large objects, realloc, stats and release.
+//!
+//! The second test runs the workload with every allocation sampled by the heap profiler.
+//! (What C code allocates from inside spanalloc, such as the unwinder the profiler captures
+//! stacks with, is checked under `LD_PRELOAD` in `preload/tests/c_program.rs`: a test binary
+//! that defined `malloc` itself could not run under AddressSanitizer.)
 
 use spanalloc::SpanAlloc;
 use std::alloc::{GlobalAlloc, Layout};
@@ -64,8 +69,36 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static A: Counting = Counting;
 
+/// The tests share the depth counter: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn no_nested_allocation_while_serving_one() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    workload();
+}
+
+/// Every allocation sampled (mean 1 byte): stack capture and the profiler's table make no
+/// allocation while an allocation is served, and the sampling path is never entered again
+/// from inside itself.
+#[test]
+fn sampling_every_allocation_allocates_nothing() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    spanalloc::profiling::start(1);
+    workload();
+    let profile = spanalloc::profiling::heap_profile();
+    spanalloc::profiling::stop();
+    assert!(profile.alloc_bytes() > 0.0);
+    assert_eq!(
+        profile.reentered, 0,
+        "the sampling path was entered from inside itself"
+    );
+    assert_eq!(profile.dropped, 0);
+}
+
+fn workload() {
+    MAX_DEPTH.store(0, Ordering::Relaxed);
+    CALLS.store(0, Ordering::Relaxed);
     let threads: Vec<_> = (0..6)
         .map(|t| {
             std::thread::spawn(move || {

@@ -104,3 +104,53 @@ fn background_release_starts_its_thread_when_asked() {
     );
     child("background_release_starts_its_thread_when_asked", &[]);
 }
+
+#[test]
+fn profile_variables_start_profiling_and_dump_at_exit_and_on_sigusr2() {
+    let dir = std::env::temp_dir().join(format!("spanalloc-startup-prof-{}", std::process::id()));
+    if in_child() {
+        assert_eq!(spanalloc::profiling::mean(), 64 << 10);
+        let kept: Vec<Vec<u8>> = (0..500).map(|i| vec![i as u8; 4000]).collect();
+        // The signal's profile is written by a thread of spanalloc's, not in the handler.
+        // SAFETY: raising a signal has no memory-safety preconditions.
+        unsafe { libc::raise(libc::SIGUSR2) };
+        let signalled = std::env::var("SPANALLOC_PROFILE_DUMP").unwrap() + ".1";
+        let start = std::time::Instant::now();
+        while spanalloc::profiling::signal_dumps() < 1 || !std::path::Path::new(&signalled).exists()
+        {
+            assert!(start.elapsed().as_secs() < 20, "no profile after SIGUSR2");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        std::hint::black_box(kept);
+        return;
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("heap.pb.gz");
+    let err = child(
+        "profile_variables_start_profiling_and_dump_at_exit_and_on_sigusr2",
+        &[
+            ("SPANALLOC_PROFILE", "64K"),
+            ("SPANALLOC_PROFILE_DUMP", path.to_str().unwrap()),
+        ],
+    );
+    assert!(!err.contains("spanalloc:"), "{err}");
+    for written in [path.clone(), dir.join("heap.pb.gz.1")] {
+        let bytes = std::fs::read(&written).unwrap();
+        assert_eq!(&bytes[..2], &[0x1f, 0x8b], "{} is gzip", written.display());
+        assert!(bytes.len() > 100, "{} has a profile", written.display());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_bad_profile_mean_warns() {
+    if in_child() {
+        assert_eq!(spanalloc::profiling::mean(), 0);
+        return;
+    }
+    let err = child("a_bad_profile_mean_warns", &[("SPANALLOC_PROFILE", "lots")]);
+    assert!(
+        err.contains("spanalloc: invalid SPANALLOC_PROFILE, keeping the default"),
+        "{err}"
+    );
+}

@@ -171,3 +171,74 @@ int main(int argc, char **argv) {
     let _ = std::fs::remove_file(src);
     let _ = std::fs::remove_file(exe);
 }
+
+/// The heap profile of a C program: `SPANALLOC_PROFILE_DUMP` writes one on `SIGUSR2` (from
+/// spanalloc's thread, the handler only wakes it) and one at exit; both are gzip-compressed
+/// pprof profiles whose functions include the C program's two leaking functions.
+#[test]
+fn heap_profile_on_sigusr2_and_at_exit() {
+    use std::io::Read;
+    let exe = compile("profile", "profile");
+    let dir = std::env::temp_dir().join(format!("spanalloc-c-prof-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("heap.pb.gz");
+    let out = Command::new(&exe)
+        .env("LD_PRELOAD", library())
+        .env("SPANALLOC_PROFILE", "64K")
+        .env("SPANALLOC_PROFILE_DUMP", &path)
+        .output()
+        .expect("run the C program");
+    assert!(
+        out.status.success() && out.stdout == b"ok\n",
+        "{out:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for written in [path.clone(), dir.join("heap.pb.gz.1")] {
+        let gz = std::fs::read(&written).unwrap();
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut raw)
+            .unwrap();
+        for name in [&b"leak_a"[..], b"leak_b", b"inuse_space"] {
+            assert!(
+                raw.windows(name.len()).any(|w| w == name),
+                "{} names {}",
+                written.display(),
+                String::from_utf8_lossy(name)
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Every allocation of a C program sampled (`SPANALLOC_PROFILE=1`): whatever C code the
+/// sampling path calls (the unwinder, libgcc_s) would allocate through this library's
+/// `malloc` and re-enter the sampling path; the exit profile's comment counts such samples,
+/// and there are none.
+#[test]
+fn sampling_every_c_allocation_reenters_nothing() {
+    use std::io::Read;
+    let exe = compile("profile", "every");
+    let dir = std::env::temp_dir().join(format!("spanalloc-c-every-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("heap.pb.gz");
+    let out = Command::new(&exe)
+        .env("LD_PRELOAD", library())
+        .env("SPANALLOC_PROFILE", "1")
+        .env("SPANALLOC_PROFILE_DUMP", &path)
+        .output()
+        .expect("run the C program");
+    assert!(out.status.success(), "{out:?}");
+    let gz = std::fs::read(&path).unwrap();
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut raw)
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.contains("mean 1 bytes between samples"), "{text}");
+    assert!(
+        text.contains(" 0 re-entered"),
+        "a sample re-entered: {text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

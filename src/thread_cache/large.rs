@@ -115,6 +115,7 @@ impl ThreadCache {
     pub unsafe fn free_large<S: PageSource>(&mut self, heap: &Heap<S>, span: NonNull<Span>) {
         // SAFETY: a live span record.
         let s = unsafe { span.as_ref() };
+        crate::sample_table::release_sample(s);
         self.forget_lent(span);
         // The growing buffer's span (room included) is kept up to a longer bound: the next
         // buffer is lent it (`lend_stashed`). A cache that is not active may be one with no

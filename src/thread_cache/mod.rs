@@ -20,6 +20,7 @@ mod realloc;
 mod tests;
 
 use crate::heap::{Heap, Owner};
+use crate::sampler::Sampler;
 use crate::size_class::{self, CLASS_COUNT, SizeClass};
 use crate::span::Span;
 use crate::sys::PageSource;
@@ -42,6 +43,9 @@ pub struct ThreadCache {
     /// registered cache, the orphan cache, a test's) is activated. The free fast path reads
     /// it (through a raw pointer) before it forms a reference to the cache.
     active: bool,
+    /// The heap profiler's countdown: every allocation through this cache is charged to it
+    /// (by the caller, `global.rs`, which samples the one that crosses it).
+    sampler: Sampler,
     /// By class; a bin's address is the cache's plus a constant plus `class * 16`.
     bins: [Bin; CLASS_COUNT],
     /// The bins' bounds in bytes (each bin's bound times its class size): what the cache
@@ -82,6 +86,7 @@ impl ThreadCache {
         ThreadCache {
             key: 0,
             active: false,
+            sampler: Sampler::new(),
             bins: [const { Bin::empty() }; CLASS_COUNT],
             bound_bytes: 0,
             trim_at: 0,
@@ -106,6 +111,25 @@ impl ThreadCache {
     pub unsafe fn is_active(cache: *const ThreadCache) -> bool {
         // SAFETY: per the caller; a place read through the raw pointer.
         unsafe { (*cache).active }
+    }
+
+    /// The heap profiler's countdown for allocations through this cache.
+    #[inline(always)]
+    pub fn sampler(&mut self) -> &mut Sampler {
+        &mut self.sampler
+    }
+
+    /// Charges an allocation of `size` bytes to the countdown of the cache at `cache`
+    /// ([`Sampler::charge`]); `false` when it crossed. Through a raw pointer, for the fast
+    /// paths.
+    ///
+    /// # Safety
+    /// `cache` points to a live cache that is this thread's alone (one it just popped an
+    /// object from).
+    #[inline(always)]
+    pub unsafe fn charge_raw(cache: *mut ThreadCache, size: usize) -> bool {
+        // SAFETY: per the caller.
+        unsafe { Sampler::charge_raw(&raw mut (*cache).sampler, size) }
     }
 
     /// Gives the cache the double-free key, before it holds anything: from then on it may

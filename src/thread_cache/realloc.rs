@@ -136,6 +136,7 @@ impl ThreadCache {
                 // A large object that moved goes to the page heap, not the stash: its
                 // pages may be the room the next growth needs.
                 Some(span) => {
+                    crate::sample_table::release_sample(span.as_ref());
                     self.forget_lent(span);
                     heap.free_large(span)
                 }

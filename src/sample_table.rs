@@ -1,0 +1,594 @@
+//! The heap profiler's table: every live sampled object, and per distinct stack the bytes
+//! and objects allocated from it since profiling started. Lives in metadata memory, never
+//! in the heap it describes. See `lib.rs` for an overview and `docs/design.md` (section 10).
+//!
+//! A sampled object is a large object (a span of its own, as TCMalloc and jemalloc serve
+//! sampled small objects), and its span record points to the object's [`LiveSample`]: the
+//! free of an ordinary object never looks at the table, and the large-object free path,
+//! which is out of line, reads one word of the span record it holds already
+//! ([`release_sample`]).
+//!
+//! One lock guards the table. It is a leaf: nothing is taken while it is held (its records
+//! come from [`FixedAlloc`]s over the page source, which maps memory without a lock of
+//! ours), so it may be taken under the orphan cache's lock, and `fork` takes it last.
+
+use crate::fixed_alloc::FixedAlloc;
+use crate::heap::Heap;
+use crate::pages::PAGE_SIZE;
+use crate::sampler::Params;
+use crate::size_class;
+use crate::span::{Span, SpanKind};
+use crate::stack::MAX_FRAMES;
+use crate::sync::{AtomicU32, AtomicU64, AtomicUsize, Lock, Ordering};
+use crate::sys::PageSource;
+use core::ptr::{NonNull, null_mut};
+
+/// Hash buckets for the distinct stacks (one page of pointers per 1024).
+const BUCKETS: usize = 4096;
+
+/// One distinct stack and what was allocated from it.
+#[repr(C)]
+struct StackRecord {
+    /// The next record in the same bucket.
+    next: *mut StackRecord,
+    /// The next record of all of them (newest first).
+    all: *mut StackRecord,
+    hash: u64,
+    depth: usize,
+    frames: [usize; MAX_FRAMES],
+    /// Bytes and objects allocated from this stack since profiling started (sums of the
+    /// samples' weights).
+    alloc_bytes: u64,
+    alloc_objects: f64,
+    /// Scratch for [`SampleTable::snapshot`]: the live samples' sums.
+    inuse_bytes: u64,
+    inuse_objects: f64,
+}
+
+/// A live sampled object.
+#[repr(C)]
+pub struct LiveSample {
+    prev: *mut LiveSample,
+    next: *mut LiveSample,
+    /// The table that holds it, so that a free finds it from the span record alone.
+    table: *const SampleTable,
+    stack: *mut StackRecord,
+    /// The bytes asked for.
+    size: usize,
+    /// The bytes the sample stands for ([`crate::sampler::Sampler::crossed`]).
+    weight: usize,
+}
+
+/// What the lock guards.
+struct Inner {
+    /// The live samples, newest first.
+    live: *mut LiveSample,
+    live_count: usize,
+    /// `BUCKETS` heads, mapped on first use.
+    buckets: *mut *mut StackRecord,
+    /// Every stack record, newest first.
+    all: *mut StackRecord,
+    stack_count: usize,
+    samples: FixedAlloc<LiveSample>,
+    stacks: FixedAlloc<StackRecord>,
+    bucket_bytes: usize,
+}
+
+// SAFETY: the raw pointers point into the table's own metadata memory; the table moves
+// between threads only inside its lock.
+unsafe impl Send for Inner {}
+
+/// The profiler's setting and its table. The process has one (`global.rs`); tests build
+/// their own over a heap of fake pages.
+pub struct SampleTable {
+    /// The mean distance between sample points; 0: profiling is off.
+    mean: AtomicUsize,
+    /// Bumped by every start and stop.
+    epoch: AtomicU32,
+    seed: AtomicU64,
+    /// Samples not taken because the sampling path was entered again on its own thread
+    /// (something it called allocated): should stay 0.
+    reentered: AtomicU64,
+    /// Samples not recorded because metadata memory ran out.
+    dropped: AtomicU64,
+    /// When profiling last started (ms, the heap's clock).
+    started_ms: AtomicU64,
+    inner: Lock<Inner>,
+}
+
+/// One stack's totals in a [`Snapshot`].
+#[derive(Clone, Debug)]
+pub struct StackTotals {
+    frames: [usize; MAX_FRAMES],
+    depth: usize,
+    /// Estimated bytes and objects live now, allocated from this stack.
+    pub inuse_bytes: f64,
+    /// See `inuse_bytes`.
+    pub inuse_objects: f64,
+    /// Estimated bytes and objects allocated from this stack since profiling started.
+    pub alloc_bytes: f64,
+    /// See `alloc_bytes`.
+    pub alloc_objects: f64,
+}
+
+impl StackTotals {
+    /// Return addresses, innermost first.
+    pub fn frames(&self) -> &[usize] {
+        &self.frames[..self.depth]
+    }
+}
+
+/// A copy of the table's totals at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Per stack with something allocated since the start or still live.
+    pub stacks: Vec<StackTotals>,
+    /// The sampling mean at the time (0: off).
+    pub mean: usize,
+    /// Live sampled objects.
+    pub live_samples: usize,
+    /// Samples not taken because the sampling path was entered again on its own thread.
+    pub reentered: u64,
+    /// Samples not recorded because metadata memory ran out.
+    pub dropped: u64,
+    /// Bytes of metadata the table has mapped.
+    pub metadata_bytes: usize,
+    /// When profiling last started (ms, the heap's clock).
+    pub started_ms: u64,
+}
+
+fn hash_frames(frames: &[usize]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ frames.len() as u64;
+    for &f in frames {
+        h = (h ^ f as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        h ^= h >> 29;
+    }
+    h
+}
+
+impl SampleTable {
+    /// An empty table, profiling off; maps nothing until the first sample.
+    #[cfg(not(loom))]
+    pub const fn new() -> SampleTable {
+        SampleTable {
+            mean: AtomicUsize::new(0),
+            epoch: AtomicU32::new(0),
+            seed: AtomicU64::new(0),
+            reentered: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            started_ms: AtomicU64::new(0),
+            inner: Lock::new(Inner::new()),
+        }
+    }
+
+    /// An empty table, profiling off (loom: its atomics are made at run time).
+    #[cfg(loom)]
+    pub fn new() -> SampleTable {
+        SampleTable {
+            mean: AtomicUsize::new(0),
+            epoch: AtomicU32::new(0),
+            seed: AtomicU64::new(0),
+            reentered: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            started_ms: AtomicU64::new(0),
+            inner: Lock::new(Inner::new()),
+        }
+    }
+
+    /// The setting every thread's sampler follows.
+    #[inline]
+    pub fn params(&self) -> Params {
+        Params {
+            mean: self.mean.load(Ordering::Relaxed),
+            epoch: self.epoch.load(Ordering::Relaxed),
+            seed: self.seed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Starts (or restarts) sampling with a mean of `mean` bytes between sample points (at
+    /// least 1) and random numbers from `seed`; the allocation totals start again from zero
+    /// (live samples stay). Returns the new setting.
+    pub fn start(&self, mean: usize, seed: u64, now_ms: u64) -> Params {
+        let inner = self.inner.lock();
+        let mut s = inner.all;
+        while !s.is_null() {
+            // SAFETY: a stack record of ours; the lock is held.
+            unsafe {
+                (*s).alloc_bytes = 0;
+                (*s).alloc_objects = 0.0;
+                s = (*s).all;
+            }
+        }
+        self.seed.store(seed, Ordering::Relaxed);
+        self.mean.store(mean.max(1), Ordering::Relaxed);
+        self.epoch.fetch_add(1, Ordering::Relaxed);
+        self.started_ms.store(now_ms, Ordering::Relaxed);
+        drop(inner);
+        self.params()
+    }
+
+    /// Stops sampling. Live samples stay in the table until their objects are freed.
+    pub fn stop(&self) -> Params {
+        let _inner = self.inner.lock();
+        self.mean.store(0, Ordering::Relaxed);
+        self.epoch.fetch_add(1, Ordering::Relaxed);
+        self.params()
+    }
+
+    /// Counts a sample not taken because the sampling path was re-entered.
+    pub fn note_reentered(&self) {
+        self.reentered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Makes the sampled object of an allocation of `size` bytes aligned to `align`, which
+    /// stands for `weight` bytes and was made from `frames`: a large object of the size's
+    /// class (so that whatever the class's objects allow, such as `realloc` within it, this
+    /// one allows too), with its record in the table and on its span. Null when the heap
+    /// is out of memory; an object that cannot be recorded (metadata memory ran out) is
+    /// handed out unsampled.
+    pub fn alloc_sampled<S: PageSource>(
+        &self,
+        heap: &Heap<S>,
+        size: usize,
+        align: usize,
+        zeroed: bool,
+        frames: &[usize],
+        weight: usize,
+    ) -> *mut u8 {
+        let bytes = size_class::class_for(size, align).map_or(size, |c| c.size());
+        let Some((p, is_zero)) = heap.alloc_large(bytes, align) else {
+            return null_mut();
+        };
+        let p = p.as_ptr();
+        // SAFETY: page-map entries point to span records, which are never unmapped; this one
+        // is the large span just handed to us.
+        let span = unsafe { &*heap.page_map().lookup(p as usize) };
+        debug_assert!(span.kind() == SpanKind::Large && span.start_addr() == p as usize);
+        if !self.record(heap.source(), span, frames, size, weight) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        if zeroed && !is_zero {
+            // SAFETY: a new object of at least `size` bytes.
+            unsafe { core::ptr::write_bytes(p, 0, size) };
+        }
+        p
+    }
+
+    /// Records a sampled object of `size` bytes standing for `weight` bytes, allocated from
+    /// `frames`, whose span is `span`, and marks the span. `false` when metadata memory ran
+    /// out (nothing is recorded).
+    pub fn record(
+        &self,
+        source: &impl PageSource,
+        span: &Span,
+        frames: &[usize],
+        size: usize,
+        weight: usize,
+    ) -> bool {
+        let frames = &frames[..frames.len().min(MAX_FRAMES)];
+        let hash = hash_frames(frames);
+        let mut inner = self.inner.lock();
+        let Some(stack) = inner.find_or_add(source, frames, hash) else {
+            return false;
+        };
+        let Some(rec) = inner.samples.alloc(source) else {
+            return false;
+        };
+        let rec = rec.as_ptr();
+        let head = inner.live;
+        // SAFETY: a fresh record of ours and the live list's head, under the lock.
+        unsafe {
+            rec.write(LiveSample {
+                prev: null_mut(),
+                next: head,
+                table: self,
+                stack,
+                size,
+                weight,
+            });
+            if !head.is_null() {
+                (*head).prev = rec;
+            }
+            (*stack).alloc_bytes += weight as u64;
+            (*stack).alloc_objects += weight as f64 / size.max(1) as f64;
+        }
+        inner.live = rec;
+        inner.live_count += 1;
+        span.set_sample(rec as usize);
+        true
+    }
+
+    /// Takes a live sample out of the table.
+    ///
+    /// # Safety
+    /// `rec` is a live sample of this table, taken off its span (so that nobody else
+    /// removes it).
+    unsafe fn remove(&self, rec: *mut LiveSample) {
+        let mut inner = self.inner.lock();
+        // SAFETY: per the caller, a record on our live list; the lock is held.
+        unsafe {
+            let (prev, next) = ((*rec).prev, (*rec).next);
+            if prev.is_null() {
+                inner.live = next;
+            } else {
+                (*prev).next = next;
+            }
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+            inner.live_count -= 1;
+            inner.samples.free(NonNull::new_unchecked(rec));
+        }
+    }
+
+    /// The table's totals now. Allocates the copy before it takes the lock (and again if the
+    /// table grew meanwhile), so that nothing allocates while the lock is held: an
+    /// allocation there could be sampled, and recording it takes the same lock.
+    pub fn snapshot(&self) -> Snapshot {
+        loop {
+            let want = self.inner.lock().stack_count;
+            let mut stacks = Vec::with_capacity(want + 16);
+            let mut inner = self.inner.lock();
+            if inner.stack_count > stacks.capacity() {
+                continue;
+            }
+            inner.fill(&mut stacks);
+            let params = self.params();
+            return Snapshot {
+                stacks,
+                mean: params.mean,
+                live_samples: inner.live_count,
+                reentered: self.reentered.load(Ordering::Relaxed),
+                dropped: self.dropped.load(Ordering::Relaxed),
+                metadata_bytes: inner.samples.mapped_bytes()
+                    + inner.stacks.mapped_bytes()
+                    + inner.bucket_bytes,
+                started_ms: self.started_ms.load(Ordering::Relaxed),
+            };
+        }
+    }
+
+    /// Live sampled objects now.
+    pub fn live_samples(&self) -> usize {
+        self.inner.lock().live_count
+    }
+
+    /// Takes the table's lock without a guard (`fork`'s prepare handler).
+    pub fn lock_for_fork(&self) {
+        self.inner.raw_lock();
+    }
+
+    /// Releases the lock taken by [`SampleTable::lock_for_fork`].
+    ///
+    /// # Safety
+    /// The calling thread took it with [`SampleTable::lock_for_fork`] (in a forked child:
+    /// its parent's thread that forked).
+    pub unsafe fn unlock_after_fork(&self) {
+        // SAFETY: per the caller.
+        unsafe { self.inner.raw_unlock() };
+    }
+}
+
+impl Default for SampleTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Inner {
+    const fn new() -> Inner {
+        Inner {
+            live: null_mut(),
+            live_count: 0,
+            buckets: null_mut(),
+            all: null_mut(),
+            stack_count: 0,
+            samples: FixedAlloc::new(),
+            stacks: FixedAlloc::new(),
+            bucket_bytes: 0,
+        }
+    }
+
+    /// The record of `frames`, made if it is new. `None` when metadata memory ran out.
+    fn find_or_add(
+        &mut self,
+        source: &impl PageSource,
+        frames: &[usize],
+        hash: u64,
+    ) -> Option<*mut StackRecord> {
+        if self.buckets.is_null() {
+            let bytes = (BUCKETS * core::mem::size_of::<usize>()).next_multiple_of(PAGE_SIZE);
+            self.buckets = source.map(bytes, PAGE_SIZE)?.as_ptr().cast();
+            self.bucket_bytes = bytes;
+        }
+        // SAFETY: the bucket array has BUCKETS entries (zero: null heads).
+        let bucket = unsafe { self.buckets.add(hash as usize % BUCKETS) };
+        // SAFETY: as above; the chain holds our records.
+        let mut s = unsafe { *bucket };
+        while !s.is_null() {
+            // SAFETY: a stack record of ours.
+            let r = unsafe { &*s };
+            if r.hash == hash && r.frames[..r.depth] == *frames {
+                return Some(s);
+            }
+            s = r.next;
+        }
+        let rec = self.stacks.alloc(source)?.as_ptr();
+        let mut copy = [0usize; MAX_FRAMES];
+        copy[..frames.len()].copy_from_slice(frames);
+        // SAFETY: a fresh record of ours; the bucket is ours.
+        unsafe {
+            rec.write(StackRecord {
+                next: *bucket,
+                all: self.all,
+                hash,
+                depth: frames.len(),
+                frames: copy,
+                alloc_bytes: 0,
+                alloc_objects: 0.0,
+                inuse_bytes: 0,
+                inuse_objects: 0.0,
+            });
+            *bucket = rec;
+        }
+        self.all = rec;
+        self.stack_count += 1;
+        Some(rec)
+    }
+
+    /// Pushes every stack with something to show onto `out`, whose capacity holds them all
+    /// (so nothing allocates).
+    fn fill(&mut self, out: &mut Vec<StackTotals>) {
+        // SAFETY: the records are ours and the caller holds the lock (the whole block).
+        unsafe {
+            let mut s = self.all;
+            while !s.is_null() {
+                (*s).inuse_bytes = 0;
+                (*s).inuse_objects = 0.0;
+                s = (*s).all;
+            }
+            let mut l = self.live;
+            while !l.is_null() {
+                let st = (*l).stack;
+                (*st).inuse_bytes += (*l).weight as u64;
+                (*st).inuse_objects += (*l).weight as f64 / (*l).size.max(1) as f64;
+                l = (*l).next;
+            }
+            let mut s = self.all;
+            while !s.is_null() {
+                let r = &*s;
+                if r.inuse_bytes != 0 || r.alloc_bytes != 0 {
+                    debug_assert!(out.len() < out.capacity());
+                    out.push(StackTotals {
+                        frames: r.frames,
+                        depth: r.depth,
+                        inuse_bytes: r.inuse_bytes as f64,
+                        inuse_objects: r.inuse_objects,
+                        alloc_bytes: r.alloc_bytes as f64,
+                        alloc_objects: r.alloc_objects,
+                    });
+                }
+                s = r.all;
+            }
+        }
+    }
+}
+
+/// The large-object free path's check: if `span`'s object was sampled, takes its record
+/// out of its table. One load when it was not.
+#[inline]
+pub fn release_sample(span: &Span) {
+    if span.sample() != 0 {
+        release_sample_slow(span);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn release_sample_slow(span: &Span) {
+    let rec = span.take_sample() as *mut LiveSample;
+    if rec.is_null() {
+        return;
+    }
+    // SAFETY: the span held our record, taken off it just now by this thread alone; the
+    // record names its table, which outlives its records.
+    unsafe { (*(*rec).table).remove(rec) };
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::heap::tests::heap;
+
+    fn totals_for<'a>(snap: &'a Snapshot, frames: &[usize]) -> Option<&'a StackTotals> {
+        snap.stacks.iter().find(|s| s.frames() == frames)
+    }
+
+    #[test]
+    fn records_live_samples_per_stack_and_frees_them() {
+        let heap = heap();
+        let table = SampleTable::new();
+        table.start(1000, 1, 0);
+        let a = [1usize, 2, 3];
+        let b = [9usize, 8];
+        let pa: Vec<_> = (0..10)
+            .map(|_| table.alloc_sampled(&heap, 100, 8, false, &a, 1000))
+            .collect();
+        let pb = table.alloc_sampled(&heap, 50_000, 8, true, &b, 60_000);
+        assert!(pa.iter().chain([&pb]).all(|p| !p.is_null()));
+        // SAFETY: a new zeroed object of 50 000 bytes.
+        let bytes = unsafe { core::slice::from_raw_parts(pb, 50_000) };
+        assert!(bytes.iter().all(|&x| x == 0));
+        let snap = table.snapshot();
+        assert_eq!(snap.live_samples, 11);
+        let ta = totals_for(&snap, &a).unwrap();
+        assert_eq!((ta.inuse_bytes, ta.inuse_objects), (10_000.0, 100.0));
+        assert_eq!((ta.alloc_bytes, ta.alloc_objects), (10_000.0, 100.0));
+        let tb = totals_for(&snap, &b).unwrap();
+        assert_eq!((tb.inuse_bytes, tb.inuse_objects), (60_000.0, 1.2));
+        // Sampled objects are large objects whose spans know their record.
+        for &p in &pa {
+            match heap.owner(p) {
+                crate::heap::Owner::Large(span) => {
+                    // SAFETY: a live span record.
+                    let span = unsafe { span.as_ref() };
+                    assert_ne!(span.sample(), 0);
+                    release_sample(span);
+                    assert_eq!(span.sample(), 0);
+                    // SAFETY: our large object, freed once.
+                    unsafe { heap.free_large(NonNull::from(span)) };
+                }
+                _ => panic!("a sampled object is a large object"),
+            }
+        }
+        let snap = table.snapshot();
+        assert_eq!(snap.live_samples, 1);
+        let ta = totals_for(&snap, &a).unwrap();
+        assert_eq!(ta.inuse_bytes, 0.0);
+        assert_eq!(
+            ta.alloc_bytes, 10_000.0,
+            "freed objects stay in the allocation totals"
+        );
+        // A restart clears the allocation totals; live samples stay.
+        table.start(1000, 1, 0);
+        let snap = table.snapshot();
+        assert!(totals_for(&snap, &a).is_none());
+        assert_eq!(totals_for(&snap, &b).unwrap().alloc_bytes, 0.0);
+        assert_eq!(totals_for(&snap, &b).unwrap().inuse_bytes, 60_000.0);
+        heap.check_invariants();
+    }
+
+    #[test]
+    fn metadata_failure_hands_the_object_out_unsampled() {
+        let heap = heap();
+        let table = SampleTable::new();
+        table.start(1, 1, 0);
+        // Map the heap's first memory, then fail every further mapping.
+        let warm = table.alloc_sampled(&heap, 16, 8, false, &[1], 16);
+        assert!(!warm.is_null());
+        let n = table.live_samples();
+        heap.source().fail_after(0);
+        let mut got = Vec::new();
+        for i in 0..10_000usize {
+            let p = table.alloc_sampled(&heap, 16, 8, false, &[i + 2], 16);
+            if p.is_null() {
+                break;
+            }
+            got.push(p);
+        }
+        heap.source().heal();
+        let snap = table.snapshot();
+        assert!(snap.dropped > 0 || got.len() < 10_000);
+        assert_eq!(snap.live_samples, n + got.len() - snap.dropped as usize);
+    }
+
+    #[test]
+    fn stop_turns_the_setting_off() {
+        let table = SampleTable::new();
+        let on = table.start(4096, 5, 0);
+        assert_eq!((on.mean, on.seed), (4096, 5));
+        let off = table.stop();
+        assert_eq!(off.mean, 0);
+        assert_ne!(off.epoch, on.epoch);
+    }
+}

@@ -1,0 +1,329 @@
+//! The heap profiler's per-thread sampling countdown (TCMalloc's `Sampler`). See `lib.rs`
+//! for an overview and `docs/design.md` (section 10) for the statistics.
+//!
+//! Each thread cache holds a [`Sampler`]. Every allocation subtracts its size from the
+//! countdown; the allocation that takes it below zero holds a sample point, and is sampled.
+//! The countdown is drawn from an exponential distribution with the configured mean, so the
+//! sample points form a Poisson process over the bytes a thread allocates: each byte is a
+//! sample point with the same small probability, independently of every other byte, and an
+//! allocation of `k` bytes is sampled with probability `1 - exp(-k / mean)`.
+//!
+//! The fast path's whole share is the subtraction and the sign test
+//! ([`Sampler::charge`]); everything else is [`Sampler::crossed`], out of line. While
+//! profiling is off the countdown is [`RECHECK_BYTES`] long, so a thread looks at the
+//! process's setting once per 16 MiB it allocates and starts sampling within that much of
+//! `profiling::start`.
+
+/// The countdown while profiling is off: how many bytes a thread allocates between two
+/// looks at whether profiling was turned on.
+pub const RECHECK_BYTES: isize = 16 << 20;
+
+/// The process's sampling setting, as the profiler publishes it (see
+/// `sample_table::SampleTable::params`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Params {
+    /// The mean distance between sample points in bytes; 0 when profiling is off.
+    pub mean: usize,
+    /// Changes on every start and stop: an interval drawn under another epoch is stale.
+    pub epoch: u32,
+    /// Seeds a thread's random numbers when it first samples in this epoch.
+    pub seed: u64,
+}
+
+impl Params {
+    /// Profiling off.
+    pub const OFF: Params = Params {
+        mean: 0,
+        epoch: 0,
+        seed: 0,
+    };
+}
+
+/// A thread's countdown to its next sample point.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Sampler {
+    /// Bytes before the next sample point; every allocation subtracts its size. Read and
+    /// written by the fast path, so first.
+    countdown: isize,
+    /// The mean the current interval was drawn with; 0 while it is a recheck interval.
+    mean: usize,
+    /// The epoch of [`Params`] the current interval belongs to.
+    epoch: u32,
+    /// The random number generator's state (SplitMix64); 0 until first seeded.
+    rng: u64,
+}
+
+impl Sampler {
+    /// A countdown at zero: the first allocation looks at the setting.
+    pub const fn new() -> Sampler {
+        Sampler {
+            countdown: 0,
+            mean: 0,
+            epoch: 0,
+            rng: 0,
+        }
+    }
+
+    /// Counts an allocation of `size` bytes; `false` when its bytes hold the next sample
+    /// point (then call [`Sampler::crossed`]). One subtraction and one sign test.
+    #[inline(always)]
+    pub fn charge(&mut self, size: usize) -> bool {
+        self.countdown = self.countdown.wrapping_sub(size as isize);
+        self.countdown >= 0
+    }
+
+    /// As [`Sampler::charge`], through a raw pointer.
+    ///
+    /// # Safety
+    /// `sampler` points to a live sampler that only this thread uses.
+    #[inline(always)]
+    pub unsafe fn charge_raw(sampler: *mut Sampler, size: usize) -> bool {
+        // SAFETY: per the caller.
+        unsafe {
+            let c = &raw mut (*sampler).countdown;
+            *c = (*c).wrapping_sub(size as isize);
+            *c >= 0
+        }
+    }
+
+    /// [`Sampler::charge`] and, when it crossed, [`Sampler::crossed`] with the setting
+    /// `params` gives (read only then).
+    #[inline]
+    pub fn sample(&mut self, size: usize, params: impl FnOnce() -> Params) -> Option<usize> {
+        if self.charge(size) {
+            None
+        } else {
+            self.crossed(size, params())
+        }
+    }
+
+    /// After [`Sampler::charge`] of `size` bytes returned `false`: whether this allocation
+    /// is sampled, as the bytes it stands for (its weight), under the setting `params`.
+    ///
+    /// The weight is TCMalloc's: with a mean `T`, a size `k` and `f` bytes left on the
+    /// countdown before this allocation, the sample point falls `f` bytes in; the `k - f`
+    /// bytes after it would hold `(k - f) / T` more points on average, so the sample stands
+    /// for `T * (1 + (k - f) / T) = T + k - f` bytes. Its expectation over the countdown is
+    /// `k` for every allocation, which makes the sum of weights an unbiased estimate of the
+    /// bytes allocated (and `weight / k` of the objects). A mean of 1 samples every
+    /// allocation, with a weight of exactly its size.
+    ///
+    /// An interval that was not drawn for sampling (a recheck interval, or one from before
+    /// the last start or stop) samples nothing: a new one is drawn to start just before
+    /// this allocation, which by the exponential's lack of memory is as good as one drawn
+    /// at any earlier point, and this allocation is counted against it.
+    #[cold]
+    #[inline(never)]
+    pub fn crossed(&mut self, size: usize, params: Params) -> Option<usize> {
+        let live = self.mean != 0 && self.epoch == params.epoch && params.mean != 0;
+        let mut weight = live.then(|| self.weight(size));
+        if params.mean == 0 {
+            self.mean = 0;
+            self.epoch = params.epoch;
+            self.countdown = RECHECK_BYTES;
+            return None;
+        }
+        if self.epoch != params.epoch || self.rng == 0 {
+            // Each thread's own numbers: the seed mixed with where its sampler lives.
+            self.reseed(params.seed ^ (self as *const Sampler as u64));
+        }
+        self.mean = params.mean;
+        self.epoch = params.epoch;
+        if weight.is_none() {
+            // A fresh interval, starting just before this allocation.
+            let f = self.draw();
+            self.countdown = f.wrapping_sub(size as isize);
+            if self.countdown >= 0 {
+                return None;
+            }
+            weight = Some(self.weight(size));
+        }
+        // The next interval starts after the sampled allocation.
+        self.countdown = self.draw();
+        weight
+    }
+
+    /// The weight of a sample of `size` bytes whose charge left the countdown negative.
+    fn weight(&self, size: usize) -> usize {
+        if self.mean == 1 {
+            return size;
+        }
+        // T + k - f, where the countdown is now f - k < 0.
+        (self.mean as isize).saturating_sub(self.countdown).max(1) as usize
+    }
+
+    /// Restarts the random numbers from `seed` (mixed, so that nearby seeds differ).
+    pub fn reseed(&mut self, seed: u64) {
+        self.rng = seed ^ 0x6a09_e667_f3bc_c909;
+        if self.rng == 0 {
+            self.rng = 1;
+        }
+        for _ in 0..4 {
+            self.next_u64();
+        }
+    }
+
+    /// SplitMix64.
+    fn next_u64(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A countdown drawn from the exponential distribution with the current mean, rounded
+    /// down to whole bytes (0 for a mean of 1: every allocation is sampled).
+    fn draw(&mut self) -> isize {
+        if self.mean <= 1 {
+            return 0;
+        }
+        // A uniform value in (0, 1]: 53 random bits, plus one so that the log is finite.
+        let u = ((self.next_u64() >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64);
+        let x = -u.ln() * self.mean as f64;
+        if x >= (isize::MAX / 2) as f64 {
+            isize::MAX / 2
+        } else {
+            x as isize
+        }
+    }
+
+    /// The mean of the current interval (0 while profiling is off for this thread).
+    pub fn mean(&self) -> usize {
+        self.mean
+    }
+
+    /// Starts a fresh interval under `params` now, with the random numbers from `seed`
+    /// (`profiling::start` on the calling thread, so that it samples from its next
+    /// allocation on, reproducibly).
+    pub fn restart(&mut self, params: Params, seed: u64) {
+        self.reseed(seed);
+        self.mean = params.mean;
+        self.epoch = params.epoch;
+        self.countdown = if params.mean == 0 {
+            RECHECK_BYTES
+        } else {
+            self.draw()
+        };
+    }
+}
+
+impl Default for Sampler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ON: Params = Params {
+        mean: 4096,
+        epoch: 1,
+        seed: 7,
+    };
+
+    /// Bytes estimated from `n` allocations of `size` through one sampler.
+    fn estimate(s: &mut Sampler, params: Params, size: usize, n: usize) -> (f64, f64, usize) {
+        let (mut bytes, mut objects, mut samples) = (0.0, 0.0, 0);
+        for _ in 0..n {
+            if let Some(w) = s.sample(size, || params) {
+                bytes += w as f64;
+                objects += w as f64 / size as f64;
+                samples += 1;
+            }
+        }
+        (bytes, objects, samples)
+    }
+
+    #[test]
+    fn off_samples_nothing_and_rechecks() {
+        let mut s = Sampler::new();
+        let (_, _, n) = estimate(&mut s, Params::OFF, 64, 1 << 20);
+        assert_eq!(n, 0);
+        assert_eq!(s.mean(), 0);
+        assert!(s.countdown <= RECHECK_BYTES);
+    }
+
+    #[test]
+    fn weights_are_unbiased_at_every_size() {
+        for size in [1usize, 16, 100, 1000, 4096, 10_000, 100_000] {
+            let mut s = Sampler::new();
+            s.restart(ON, 42);
+            let n = (64 << 20) / size;
+            let (bytes, objects, samples) = estimate(&mut s, ON, size, n);
+            let truth = (n * size) as f64;
+            let err = (bytes - truth).abs() / truth;
+            assert!(
+                err < 0.03,
+                "size {size}: {bytes} for {truth} ({samples} samples)"
+            );
+            let err = (objects - n as f64).abs() / n as f64;
+            assert!(err < 0.03, "size {size}: {objects} objects for {n}");
+        }
+    }
+
+    #[test]
+    fn the_sampling_probability_is_poisson() {
+        // An allocation of `mean` bytes is sampled with probability 1 - 1/e.
+        let mut s = Sampler::new();
+        s.restart(ON, 3);
+        let n = 200_000;
+        let (_, _, samples) = estimate(&mut s, ON, ON.mean, n);
+        let p = samples as f64 / n as f64;
+        let want = 1.0 - (-1.0f64).exp();
+        assert!((p - want).abs() < 0.01, "{p} vs {want}");
+    }
+
+    #[test]
+    fn a_mean_of_one_samples_everything_at_its_size() {
+        let every = Params {
+            mean: 1,
+            epoch: 1,
+            seed: 1,
+        };
+        let mut s = Sampler::new();
+        for size in [1usize, 7, 64, 5000] {
+            assert_eq!(s.sample(size, || every), Some(size));
+        }
+        assert_eq!(
+            s.sample(0, || every),
+            None,
+            "zero bytes hold no sample point"
+        );
+    }
+
+    #[test]
+    fn a_new_epoch_drops_the_old_interval() {
+        let mut s = Sampler::new();
+        s.restart(ON, 5);
+        // Stop: the next crossing samples nothing and goes back to rechecking.
+        let off = Params {
+            mean: 0,
+            epoch: 2,
+            seed: 0,
+        };
+        let (_, _, n) = estimate(&mut s, off, 64, 1 << 20);
+        assert_eq!(n, 0);
+        assert_eq!(s.mean(), 0);
+        // Started again: samples within a recheck interval.
+        let on = Params { epoch: 3, ..ON };
+        let (_, _, n) = estimate(&mut s, on, 64, (RECHECK_BYTES as usize / 64) + 10_000);
+        assert!(n > 0);
+        assert_eq!(s.mean(), ON.mean);
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_samples() {
+        let run = || {
+            let mut s = Sampler::new();
+            s.restart(ON, 99);
+            (0..100_000)
+                .map(|i| s.sample(16 + i % 200, || ON).unwrap_or(0))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(), run());
+    }
+}
