@@ -646,6 +646,15 @@ unsafe fn with_cache<R>(f: impl FnOnce(&mut ThreadCache) -> R) -> R {
 #[cold]
 #[inline(never)]
 unsafe fn free_slow(ptr: *mut u8) {
+    // A large object (its page has no small-object word) goes straight to the stash or the
+    // page heap: one page-map lookup, not the small path's tests first.
+    if HEAP.page_map().small_word_of(ptr as usize) == 0 {
+        if let crate::heap::Owner::Large(span) = HEAP.owner(ptr) {
+            // SAFETY: the closure gets exclusive use of a cache; `owner` validated the span,
+            // and the caller gives the object up.
+            return unsafe { with_cache(|cache| cache.free_large(&HEAP, span)) };
+        }
+    }
     // SAFETY: the closure gets exclusive use of a cache; per the caller.
     unsafe { with_cache(|cache| cache.free(&HEAP, ptr)) }
 }

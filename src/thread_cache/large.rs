@@ -28,7 +28,10 @@ impl ThreadCache {
             s.object_pages() == pages && s.start_addr() % align == 0
         })?;
         let span = self.stash[i];
-        self.stash.copy_within(i + 1..self.stash_len, i);
+        // Keep the rest oldest first (at most three moves; a loop, not a `memmove` call).
+        for j in i + 1..self.stash_len {
+            self.stash[j - 1] = self.stash[j];
+        }
         self.stash_len -= 1;
         self.stash_used = true;
         // SAFETY: we stashed it; its object is ours to hand out again.
