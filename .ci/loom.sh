@@ -12,6 +12,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 export RUSTFLAGS="--cfg loom"
+# Every cargo command names the library (-p): the workspace's default members include
+# preload, which has no loom build (the global allocator is left out under loom).
 export CARGO_TARGET_DIR=target/loom
 
 # model name (in src/loom_tests.rs) and its preemption bound

@@ -84,6 +84,42 @@ script="$root/preload/tests/programs/alloc_heavy.py"
 same_output python3 "$work" "export PYTHONHASHSEED=0" python3 "$script" 20
 same_output python3-pythonmalloc=malloc "$work" "export PYTHONHASHSEED=0 PYTHONMALLOC=malloc" python3 "$script" 20
 
+# 2b. Address space at start-up: the page heap maps 2 MiB first and doubles its step, so a
+#     program under LD_PRELOAD holds a few MiB more than without (the page map's root and
+#     first leaf, the first mapping), and python3 starts a thread under a 48 MiB RLIMIT_AS
+#     as it does without spanalloc.
+cat >"$work/vmsize.c" <<'EOF'
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+int main(void) {
+    void *p = malloc(16);
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, "VmSize:", 7) == 0) printf("%ld\n", strtol(line + 7, 0, 10));
+    free(p);
+    return 0;
+}
+EOF
+cc -O1 -o "$work/vmsize" "$work/vmsize.c"
+plain_kib=$("$work/vmsize")
+ours_kib=$(LD_PRELOAD="$lib" "$work/vmsize")
+extra_kib=$((ours_kib - plain_kib))
+if ((extra_kib <= 8 * 1024)); then
+    pass "address space at start: $((extra_kib / 1024)) MiB more than without (at most 8)"
+else
+    fail "address space at start" "$((extra_kib / 1024)) MiB more than without (at most 8)"
+fi
+thread='import threading; t = threading.Thread(target=lambda: None); t.start(); t.join(); print("ok")'
+if ! (ulimit -v 49152 && python3 -c "$thread") >/dev/null 2>&1; then
+    echo "NOT RUN python3 thread under RLIMIT_AS 48 MiB: python3 itself needs more here"
+elif (ulimit -v 49152 && LD_PRELOAD="$lib" python3 -c "$thread") >"$work/rlimit.out" 2>&1; then
+    pass "python3 starts a thread under RLIMIT_AS = 48 MiB"
+else
+    fail "python3 thread under RLIMIT_AS = 48 MiB" "$(tail -1 "$work/rlimit.out")"
+fi
+
 # 3. sort of a large generated file (about 60 MB, 2 million lines), in memory and with
 #    temporary files, with several threads.
 awk 'BEGIN { x = 12345; for (i = 0; i < 2000000; i++) { x = (x * 1103515245 + 12345) % 2147483648;

@@ -24,7 +24,7 @@
 //! | [`pages`] | [`pages::PageId`] / [`pages::Pages`]: 8 KiB pages as types | |
 //! | [`size_class`] | the class table (generated) and size → class lookup | `sizeclasses.go` |
 //! | [`sync`] | atomics, [`sync::GuardedCell`] and the futex [`sync::Lock`]; the loom switch | |
-//! | [`sys`] | [`sys::PageSource`]: `mmap`, `MADV_DONTNEED`; a fake source for tests | `mem_linux.go` |
+//! | [`sys`] | [`sys::PageSource`]: `mmap`, `munmap`, `MADV_DONTNEED`; a fake source for tests | `mem_linux.go` |
 //! | `hardening` | the `hardened` build's link keys, random order and poison (see below) | |
 //! | [`fixed_alloc`] | [`fixed_alloc::FixedAlloc`]: metadata records from their own memory | `mfixalloc.go` |
 //! | [`span`] | [`span::Span`]: a run of pages; its free list; the free-object link and key | `mspan` |
@@ -54,7 +54,9 @@
 //! 3. **Page heap**, one lock: when no span of the class has a free object (and there is no
 //!    spare span), carve a new span from a free run (best fit). Amortizes the lock over a
 //!    span's objects.
-//! 4. **OS**: when no run fits, map at least 32 MiB (2 MiB aligned) with `mmap`.
+//! 4. **OS**: when no run fits, map with `mmap` (2 MiB aligned): 2 MiB the first time, the
+//!    step doubling up to 32 MiB. When the OS refuses, unmap the free runs of 1 MiB or more
+//!    and try once more.
 //!
 //! # Freeing (small)
 //!

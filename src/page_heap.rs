@@ -42,7 +42,9 @@ const GROW_ROOM_MIN: Pages = Pages(128);
 
 /// Free runs up to this many pages have a list per length.
 pub const LISTED_PAGES: usize = 128;
-/// Memory is mapped from the source at least this much at a time.
+/// Memory is mapped from the source at least this much at a time, once the heap has grown:
+/// [`PageHeap::new`] starts at [`MAP_ALIGN`] and doubles the step with every mapping up to
+/// this, so a small program reserves a few MiB of address space, not 32.
 pub const DEFAULT_GROW_BYTES: usize = 32 << 20;
 /// Mappings are aligned to this, so that released runs can be whole huge pages.
 pub const MAP_ALIGN: usize = 2 << 20;
@@ -51,6 +53,10 @@ pub const MAP_ALIGN: usize = 2 << 20;
 pub const CACHED_PAGES: usize = 128;
 /// The most the large-span cache holds.
 pub const CACHE_BYTES: usize = 8 << 20;
+/// When the source cannot map more, free runs of at least this many bytes are unmapped
+/// (their address space given back) before the one retry; shorter ones are kept, so that
+/// holes between live spans do not multiply the kernel's mappings.
+pub const UNMAP_MIN_BYTES: usize = 1 << 20;
 
 /// Counters of the page heap, exact under its lock.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -67,6 +73,9 @@ pub struct PageHeapStats {
     pub small_spans: usize,
     /// Bytes given back to the OS over the heap's life.
     pub released_total: usize,
+    /// Bytes unmapped (address space given back, see [`PageHeap::unmap_free_runs`]) over
+    /// the heap's life; `mapped` counts only what is still mapped.
+    pub unmapped_total: usize,
     /// Bytes mapped for span records.
     pub metadata: usize,
 }
@@ -87,18 +96,26 @@ pub struct PageHeap {
     cached_mask: u128,
     cached_bytes: usize,
     records: FixedAlloc<Span>,
+    /// The most the growth step becomes.
     grow_bytes: usize,
+    /// The next growth step: at least this much is mapped when the heap grows.
+    next_grow: usize,
     stats: PageHeapStats,
 }
 
 impl PageHeap {
-    /// An empty page heap that maps [`DEFAULT_GROW_BYTES`] at a time.
+    /// An empty page heap that maps [`MAP_ALIGN`] the first time it grows and twice as much
+    /// each time after, up to [`DEFAULT_GROW_BYTES`] at a time.
     pub const fn new() -> PageHeap {
-        PageHeap::with_grow_bytes(DEFAULT_GROW_BYTES)
+        PageHeap::with_steps(MAP_ALIGN, DEFAULT_GROW_BYTES)
     }
 
     /// An empty page heap that maps `grow_bytes` (a multiple of [`MAP_ALIGN`]) at a time.
     pub const fn with_grow_bytes(grow_bytes: usize) -> PageHeap {
+        PageHeap::with_steps(grow_bytes, grow_bytes)
+    }
+
+    const fn with_steps(first: usize, most: usize) -> PageHeap {
         PageHeap {
             by_length: [const { SpanList::new(ListId::PageHeapFree) }; LISTED_PAGES + 1],
             nonempty: 0,
@@ -107,7 +124,8 @@ impl PageHeap {
             cached_mask: 0,
             cached_bytes: 0,
             records: FixedAlloc::new(),
-            grow_bytes,
+            grow_bytes: most,
+            next_grow: first,
             stats: PageHeapStats {
                 mapped: 0,
                 free: 0,
@@ -115,6 +133,7 @@ impl PageHeap {
                 large_in_use: 0,
                 small_spans: 0,
                 released_total: 0,
+                unmapped_total: 0,
                 metadata: 0,
             },
         }
@@ -213,11 +232,8 @@ impl PageHeap {
             run = self.find(want);
         }
         if run.is_null() {
-            self.grow(want, align, map, source)?;
-            run = self.find(want);
-            if run.is_null() {
-                return None;
-            }
+            // A new mapping is aligned as asked: it needs no room for alignment padding.
+            run = self.grow(pages, align, map, source)?.as_ptr();
         }
         let span = self.carve(run, pages, align, map, source)?;
         // SAFETY: `carve` returned a live record we now own.
@@ -730,28 +746,65 @@ impl PageHeap {
         best
     }
 
-    /// Maps more memory from the source and adds it as a free run.
+    /// Maps more memory from the source, at least `pages` pages aligned to `align` pages,
+    /// and adds it as a free run; returns that run (merged with free neighbours, so it may
+    /// start earlier: it still holds `pages` aligned pages). When the source cannot map
+    /// even that much (out of memory or address space), gives back the address space of
+    /// the free runs ([`PageHeap::unmap_free_runs`]) and tries once more.
     fn grow(
         &mut self,
         pages: Pages,
         align: Pages,
         map: &PageMap,
         source: &impl PageSource,
-    ) -> Option<()> {
-        let align_bytes = align.bytes().max(MAP_ALIGN);
-        let need = pages.bytes().checked_next_multiple_of(MAP_ALIGN)?;
-        // Try the usual step first; when that fails (an address-space limit), just enough.
-        let (ptr, bytes) = match source.map(need.max(self.grow_bytes), align_bytes) {
-            Some(p) => (p, need.max(self.grow_bytes)),
-            None => (source.map(need, align_bytes)?, need),
-        };
-        let start = PageId::containing(ptr.as_ptr() as usize);
-        let pages = Pages(bytes / PAGE_SIZE);
-        if !map.ensure(start, pages, source) {
-            // The memory stays mapped but unused; the page map could not cover it.
+    ) -> Option<NonNull<Span>> {
+        let align_bytes = align.0.checked_mul(PAGE_SIZE)?.max(MAP_ALIGN);
+        let need = pages
+            .0
+            .checked_mul(PAGE_SIZE)?
+            .checked_next_multiple_of(MAP_ALIGN)?;
+        // The usual step first; when that fails (an address-space limit), just enough.
+        let step = need.max(self.next_grow);
+        if let Some(run) = self.map_run(step, align_bytes, map, source) {
+            self.next_grow = self.next_grow.saturating_mul(2).min(self.grow_bytes);
+            return Some(run);
+        }
+        if step > need {
+            if let Some(run) = self.map_run(need, align_bytes, map, source) {
+                return Some(run);
+            }
+        }
+        if self.unmap_free_runs(map, source) == 0 {
             return None;
         }
-        let record = self.records.alloc(source)?;
+        self.map_run(need, align_bytes, map, source)
+    }
+
+    /// Maps `bytes` (a multiple of [`MAP_ALIGN`]) aligned to `align` bytes and adds them as
+    /// a free run. `None`, with nothing kept, when the source, the page map or the record
+    /// allocator fails.
+    fn map_run(
+        &mut self,
+        bytes: usize,
+        align: usize,
+        map: &PageMap,
+        source: &impl PageSource,
+    ) -> Option<NonNull<Span>> {
+        let ptr = source.map(bytes, align)?;
+        let start = PageId::containing(ptr.as_ptr() as usize);
+        let pages = Pages(bytes / PAGE_SIZE);
+        let record = if map.ensure(start, pages, source) {
+            self.records.alloc(source)
+        } else {
+            None
+        };
+        let Some(record) = record else {
+            // Give the memory back rather than keep what the heap cannot describe (a source
+            // that cannot unmap keeps it mapped and unused).
+            // SAFETY: just mapped, never handed out.
+            unsafe { source.unmap(ptr, bytes) };
+            return None;
+        };
         // SAFETY: a fresh record.
         unsafe {
             Span::init(record.as_ptr(), start, pages, SpanKind::Free);
@@ -763,8 +816,130 @@ impl PageHeap {
         self.stats.mapped += bytes;
         self.stats.free += bytes;
         // SAFETY: a new free run on no list.
-        unsafe { self.insert_merging(record, map) };
-        Some(())
+        Some(unsafe { self.insert_merging(record, map) })
+    }
+
+    /// Gives the address space of every free run of at least [`UNMAP_MIN_BYTES`] back to
+    /// the source (`munmap`), the large-span cache first merged into the runs. Returns the
+    /// bytes unmapped. What is unmapped stops being counted in `mapped`; the page map keeps
+    /// no entry that names a free run in it (its stale interior entries name records whose
+    /// ranges exclude it, which every reader checks). Called when the source fails to map:
+    /// freed memory is then address space that a limit (`RLIMIT_AS`, the commit limit) can
+    /// give to the next mapping.
+    pub fn unmap_free_runs(&mut self, map: &PageMap, source: &impl PageSource) -> usize {
+        #[cfg(not(feature = "hardened"))]
+        self.drain_cache(u64::MAX, map);
+        #[cfg(feature = "hardened")]
+        self.drain_cache(u64::MAX, map, source);
+        let os_page = source.os_page_size().max(PAGE_SIZE);
+        let min_pages = UNMAP_MIN_BYTES.div_ceil(PAGE_SIZE);
+        let mut done = 0;
+        for n in [0].into_iter().chain(min_pages..=LISTED_PAGES) {
+            let mut at = if n == 0 {
+                self.long_runs.first()
+            } else {
+                self.by_length[n].first()
+            };
+            while !at.is_null() {
+                // SAFETY: a live record on our list; the lock is held (`&mut self`). The
+                // next link is read before `unmap_run` takes `at` off the list (it lists
+                // only leftovers shorter than an OS page, at list heads).
+                let next = unsafe { (*at).next_on_list() };
+                // SAFETY: as above.
+                done += unsafe { self.unmap_run(at, os_page, map, source) };
+                at = next;
+            }
+        }
+        self.stats.unmapped_total += done;
+        done
+    }
+
+    /// Unmaps the whole OS pages of free run `run`; the partial OS pages at its ends (only
+    /// when OS pages are larger than ours) stay as free runs. Returns the bytes unmapped: 0,
+    /// with nothing changed, if there are none, a record cannot be had or the source
+    /// refuses.
+    ///
+    /// # Safety
+    /// `run` is a free run on one of our free lists.
+    unsafe fn unmap_run(
+        &mut self,
+        run: *mut Span,
+        os_page: usize,
+        map: &PageMap,
+        source: &impl PageSource,
+    ) -> usize {
+        // SAFETY: per the caller.
+        let r = unsafe { &*run };
+        let (start, end) = (r.start_addr(), r.start_addr() + r.bytes());
+        let begin = start.next_multiple_of(os_page);
+        let stop = end - end % os_page;
+        if stop <= begin {
+            return 0;
+        }
+        let head = Pages((begin - start) / PAGE_SIZE);
+        let tail = Pages((end - stop) / PAGE_SIZE);
+        // The head keeps the run's record; the tail needs one of its own, had first so that
+        // failure changes nothing.
+        let tail_record = if tail.0 > 0 {
+            match self.records.alloc(source) {
+                Some(rec) => Some(rec),
+                None => return 0,
+            }
+        } else {
+            None
+        };
+        // SAFETY: the range is the whole OS pages of a free run of ours: nothing is live.
+        if !unsafe { source.unmap(NonNull::new_unchecked(begin as *mut u8), stop - begin) } {
+            if let Some(rec) = tail_record {
+                // SAFETY: just allocated, unused.
+                unsafe { self.records.free(rec) };
+            }
+            return 0;
+        }
+        // SAFETY: on its list, per the caller.
+        unsafe { self.unlist(run) };
+        // SAFETY: the lock is held.
+        let (resident, zeroed, freed_at) =
+            unsafe { (r.resident.get(), r.zeroed.get(), r.freed_at.get()) };
+        // Resident pages go to the leftovers first (their counts stay upper bounds).
+        let head_resident = resident.min(head.0);
+        let tail_resident = (resident - head_resident).min(tail.0);
+        let gone = stop - begin;
+        self.stats.mapped -= gone;
+        self.stats.free -= gone;
+        self.stats.free_resident -= (resident - head_resident - tail_resident) * PAGE_SIZE;
+        // No entry of the unmapped pages names a free run any more: the neighbours' merge
+        // lookups there find nothing.
+        map.set(PageId::containing(begin), null_mut());
+        map.set(PageId::containing(stop - 1), null_mut());
+        if head.0 > 0 {
+            r.set_range(r.start(), head);
+            // SAFETY: the lock is held.
+            unsafe { r.resident.set(head_resident) };
+            map.set_ends(r.start(), head, run);
+            // SAFETY: a free run on no list; its left neighbour did not change and its
+            // right one is the hole.
+            unsafe { self.list(run) };
+        } else {
+            r.set_kind(SpanKind::Unused, SizeClass::LARGE);
+            // SAFETY: off every list, and no page-map end names it any more.
+            unsafe { self.records.free(NonNull::new_unchecked(run)) };
+        }
+        if let Some(rec) = tail_record {
+            let at = PageId::containing(stop);
+            // SAFETY: a fresh record, listed at once below.
+            unsafe {
+                Span::init(rec.as_ptr(), at, tail, SpanKind::Free);
+                let t = rec.as_ref();
+                t.resident.set(tail_resident);
+                t.zeroed.set(zeroed);
+                t.freed_at.set(freed_at);
+            }
+            map.set_ends(at, tail, rec.as_ptr());
+            // SAFETY: a free run on no list, next to the hole and an unchanged neighbour.
+            unsafe { self.list(rec.as_ptr()) };
+        }
+        gone
     }
 
     /// Takes `pages` pages aligned to `align` out of free run `run` (which has room for
@@ -998,6 +1173,7 @@ fn set_guard(s: &Span, accessible: bool, source: &impl PageSource) {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use crate::sync::Ordering;
     use crate::sys::FakePages;
     use proptest::prelude::*;
 
@@ -1063,6 +1239,15 @@ mod tests {
                 for p in pages {
                     assert_eq!(self.map.lookup(PageId(p).addr()), span.as_ptr(), "page map");
                 }
+                if class == SizeClass::LARGE {
+                    assert_eq!(s.kind(), SpanKind::Large, "a large span");
+                } else {
+                    assert_eq!(
+                        (s.kind(), s.class()),
+                        (SpanKind::Small, class),
+                        "a small span"
+                    );
+                }
                 ranges.push((s.start().0, s.end().0));
             }
             ranges.sort();
@@ -1070,12 +1255,29 @@ mod tests {
                 assert!(w[0].1 <= w[1].0, "spans overlap: {w:?}");
             }
             let st = self.heap.stats();
+            // Every byte the source mapped is metadata, a span or a free run, or was unmapped.
+            assert_eq!(
+                st.mapped + st.unmapped_total + st.metadata + self.map.node_bytes(),
+                self.source.mapped.load(Ordering::Relaxed),
+                "mapped bytes accounted for"
+            );
+            assert_eq!(
+                st.unmapped_total,
+                self.source.unmapped.load(Ordering::Relaxed)
+            );
             let live_bytes: usize = live
                 .iter()
                 // SAFETY: as above.
                 .map(|(s, _)| unsafe { s.as_ref() }.bytes())
                 .sum();
-            assert_eq!(st.large_in_use + st.small_spans, live_bytes);
+            let live_large: usize = live
+                .iter()
+                .filter(|(_, class)| *class == SizeClass::LARGE)
+                // SAFETY: as above.
+                .map(|(s, _)| unsafe { s.as_ref() }.bytes())
+                .sum();
+            assert_eq!(st.large_in_use, live_large, "large bytes in use");
+            assert_eq!(st.small_spans, live_bytes - live_large, "small span bytes");
             #[cfg(feature = "hardened")]
             self.check_guards(live);
         }
@@ -1107,6 +1309,19 @@ mod tests {
         }
     }
 
+    impl Fixture {
+        /// Whether the first byte of any page of `span` holds the poison the fake source
+        /// writes over what it unmaps (nothing else writes to spans in these tests: free
+        /// runs read as zero, released ones too).
+        fn holds_poison(&self, span: NonNull<Span>) -> bool {
+            // SAFETY: a live span of the fixture's heap.
+            let s = unsafe { span.as_ref() };
+            (s.start().0..s.end().0)
+                // SAFETY: pages of the span: memory the fake source mapped, never freed.
+                .any(|p| unsafe { PageId(p).ptr().read() } == FakePages::POISON)
+        }
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Alloc {
@@ -1118,6 +1333,7 @@ mod tests {
         Grow(usize, usize),
         Shrink(usize, usize),
         Release,
+        Unmap,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1129,6 +1345,7 @@ mod tests {
             1 => (any::<usize>(), 1usize..50).prop_map(|(i, n)| Op::Grow(i, n)),
             1 => (any::<usize>(), 1usize..50).prop_map(|(i, n)| Op::Shrink(i, n)),
             1 => Just(Op::Release),
+            1 => Just(Op::Unmap),
         ]
     }
 
@@ -1136,8 +1353,13 @@ mod tests {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
         #[test]
-        fn random_sequences_keep_the_heap_consistent(ops in proptest::collection::vec(op(), 1..120)) {
+        fn random_sequences_keep_the_heap_consistent(
+            os_shift in 12u32..17,
+            ops in proptest::collection::vec(op(), 1..120),
+        ) {
             let mut f = Fixture::new();
+            // OS pages of 4 to 64 KiB: releasing and unmapping take whole OS pages only.
+            f.source.set_os_page_size(1 << os_shift);
             let mut live: Vec<(NonNull<Span>, SizeClass)> = Vec::new();
             let small_class = crate::size_class::class_of(1000).unwrap();
             for op in ops {
@@ -1152,6 +1374,7 @@ mod tests {
                         let s = unsafe { span.as_ref() };
                         prop_assert_eq!(if small { s.pages() } else { s.object_pages() }, pages);
                         prop_assert_eq!(s.start().0 % align.0, 0);
+                        prop_assert!(!f.holds_poison(span), "a span in unmapped memory");
                         live.push((span, class));
                     }
                     Op::Free(i) if !live.is_empty() => {
@@ -1184,6 +1407,14 @@ mod tests {
                     Op::Release => {
                         f.heap.release(u64::MAX, usize::MAX, &f.map, &f.source);
                         prop_assert_eq!(f.heap.stats().free_resident, 0);
+                    }
+                    Op::Unmap => {
+                        let before = f.heap.stats();
+                        let gone = f.heap.unmap_free_runs(&f.map, &f.source);
+                        let after = f.heap.stats();
+                        prop_assert_eq!(after.mapped, before.mapped - gone);
+                        prop_assert_eq!(after.free, before.free - gone);
+                        prop_assert_eq!(gone % f.source.os_page_size(), 0);
                     }
                     _ => {}
                 }
@@ -1223,12 +1454,25 @@ mod tests {
                 .alloc(Pages(10), Pages(1 << 12), class, &f.map, &f.source)
                 .is_none()
         );
+        // Before failing, the heap gave back the address space of its free run (the rest
+        // of the first mapping, which is longer than UNMAP_MIN_BYTES), and nothing else.
+        let after = f.heap.stats();
         assert_eq!(
-            f.heap.stats(),
-            before,
-            "a failed allocation changes nothing"
+            after.unmapped_total, before.free,
+            "the free run was unmapped"
         );
-        assert_eq!(f.heap.records_in_use(), records);
+        assert_eq!(f.source.unmapped.load(Ordering::Relaxed), before.free);
+        assert_eq!(
+            after,
+            PageHeapStats {
+                mapped: before.mapped - before.free,
+                free: 0,
+                unmapped_total: before.free,
+                ..before
+            },
+            "a failed allocation changes nothing else"
+        );
+        assert_eq!(f.heap.records_in_use(), records - 1, "its record went back");
         f.check(&[(a, class)]);
         f.source.heal();
         let (b, _) = f
@@ -1265,5 +1509,222 @@ mod tests {
         let runs: usize =
             f.heap.by_length.iter().map(SpanList::len).sum::<usize>() + f.heap.long_runs.len();
         assert_eq!(runs, 1, "one mapping, all free: a single run");
+    }
+
+    const MIB: usize = 1 << 20;
+
+    fn alloc_large(f: &mut Fixture, pages: usize) -> Option<NonNull<Span>> {
+        f.heap
+            .alloc(Pages(pages), Pages(1), SizeClass::LARGE, &f.map, &f.source)
+            .map(|(span, _)| span)
+    }
+
+    fn free(f: &mut Fixture, span: NonNull<Span>) {
+        // SAFETY: a live span of the fixture's heap, freed once by the callers.
+        unsafe { f.free(span) };
+    }
+
+    #[test]
+    fn a_full_source_gets_the_address_space_of_free_runs_back() {
+        // As under RLIMIT_AS: 12 MiB allocated and freed, then 16 MiB under a limit that
+        // leaves room for 16 but not for 12 + 16.
+        let mut f = Fixture::new();
+        let a = alloc_large(&mut f, 12 * MIB / PAGE_SIZE).unwrap();
+        free(&mut f, a);
+        // The slack: the rest of the 16, and a page-map leaf should the new mapping land in
+        // another GiB.
+        f.source
+            .limit_address_space(f.source.address_space() + 4 * MIB + 2 * MIB);
+        let b = alloc_large(&mut f, 16 * MIB / PAGE_SIZE).expect("16 MiB after freeing 12");
+        let st = f.heap.stats();
+        assert!(st.unmapped_total >= 12 * MIB, "{st:?}");
+        f.check(&[(b, SizeClass::LARGE)]);
+        assert!(!f.holds_poison(b));
+        free(&mut f, b);
+        f.check(&[]);
+        // Out of room altogether: null, and nothing lost.
+        f.source.limit_address_space(f.source.address_space());
+        assert!(alloc_large(&mut f, 32 * MIB / PAGE_SIZE).is_none());
+        f.check(&[]);
+        f.source.heal();
+        let c = alloc_large(&mut f, 32 * MIB / PAGE_SIZE).unwrap();
+        f.check(&[(c, SizeClass::LARGE)]);
+    }
+
+    #[test]
+    fn unmapping_keeps_neighbours_and_the_page_map_consistent() {
+        for os_page in [4096, 16 << 10, 64 << 10] {
+            let mut f = Fixture::new();
+            f.source.set_os_page_size(os_page);
+            // live | free 128 pages | live | free 300 pages | live: a run on the list of the
+            // longest listed length and a long run, starting and ending off the OS-page grid
+            // (one-page spacers), so that with large OS pages their ends stay as short runs.
+            let s0 = alloc_large(&mut f, 1).unwrap();
+            let a = alloc_large(&mut f, LISTED_PAGES).unwrap();
+            let s1 = alloc_large(&mut f, 1).unwrap();
+            let b = alloc_large(&mut f, 300).unwrap();
+            let s2 = alloc_large(&mut f, 3).unwrap();
+            free(&mut f, a);
+            free(&mut f, b);
+            let live = [s0, s1, s2].map(|s| (s, SizeClass::LARGE));
+            f.check(&live);
+            let before = f.heap.stats();
+            let gone = f.heap.unmap_free_runs(&f.map, &f.source);
+            assert!(
+                gone >= (LISTED_PAGES + 300) * PAGE_SIZE - 4 * os_page && gone % os_page == 0,
+                "os page {os_page}: unmapped {gone}"
+            );
+            assert!(gone <= before.free);
+            // No run of UNMAP_MIN_BYTES or more is left (only the short leftovers at the ends
+            // of runs, when OS pages are larger than ours).
+            assert!(f.heap.long_runs.is_empty() && f.heap.by_length[LISTED_PAGES].is_empty());
+            f.check(&live);
+            // The spacers' neighbours are holes or short leftovers: freeing them merges
+            // with the leftovers only, never across a hole.
+            for i in 0..live.len() {
+                free(&mut f, live[i].0);
+                f.check(&live[i + 1..]);
+            }
+            let st = f.heap.stats();
+            assert_eq!(st.free, st.mapped, "os page {os_page}: everything free");
+            assert_eq!(st.mapped, before.mapped - gone);
+            // And the heap serves again, from what is left and from new mappings.
+            let spans: Vec<_> = [1, 7, 200, 300, 600]
+                .iter()
+                .map(|&n| (alloc_large(&mut f, n).unwrap(), SizeClass::LARGE))
+                .collect();
+            f.check(&spans);
+            for &(s, _) in &spans {
+                assert!(
+                    !f.holds_poison(s),
+                    "os page {os_page}: a span in unmapped memory"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_large_alignment_maps_only_the_size() {
+        // 64 MiB alignment for one page: one 2 MiB mapping placed on the boundary, not 64 MiB
+        // of padding kept as free runs.
+        let mut f = Fixture::new();
+        let align = Pages(64 * MIB / PAGE_SIZE);
+        let (span, zeroed) = f
+            .heap
+            .alloc(Pages(1), align, SizeClass::LARGE, &f.map, &f.source)
+            .unwrap();
+        // SAFETY: just handed out.
+        assert_eq!(unsafe { span.as_ref() }.start().0 % align.0, 0);
+        assert!(zeroed);
+        assert_eq!(f.heap.stats().mapped, MAP_ALIGN);
+        f.check(&[(span, SizeClass::LARGE)]);
+    }
+
+    #[test]
+    fn a_new_heap_maps_little_at_first_and_doubles_its_step() {
+        let mut f = Fixture::new();
+        f.heap = PageHeap::new();
+        let mut steps = Vec::new();
+        let mut live = Vec::new();
+        while steps.len() < 7 {
+            let before = f.heap.stats().mapped;
+            live.push((
+                alloc_large(&mut f, MAP_ALIGN / PAGE_SIZE).unwrap(),
+                SizeClass::LARGE,
+            ));
+            let grown = f.heap.stats().mapped - before;
+            if grown > 0 {
+                steps.push(grown / MIB);
+            }
+        }
+        assert_eq!(
+            steps,
+            [2, 4, 8, 16, 32, 32, 32],
+            "MiB mapped at each growth"
+        );
+        f.check(&live);
+        // A request larger than the step maps just what it needs (rounded to MAP_ALIGN).
+        let before = f.heap.stats().mapped;
+        let big = alloc_large(&mut f, (40 * MIB + 1) / PAGE_SIZE + 1).unwrap();
+        assert_eq!(f.heap.stats().mapped - before, 42 * MIB);
+        live.push((big, SizeClass::LARGE));
+        f.check(&live);
+    }
+
+    #[test]
+    fn a_freed_large_span_waits_in_the_cache_for_the_same_length() {
+        let mut f = Fixture::new();
+        let a = alloc_large(&mut f, 10).unwrap();
+        let keep = alloc_large(&mut f, 1).unwrap();
+        // SAFETY: a live span of ours, freed once.
+        assert!(unsafe { f.free(a) }, "to the cache");
+        assert_eq!(f.heap.cached_bytes(), 10 * PAGE_SIZE);
+        // Not for a small span of the same length, nor for another length.
+        let class = crate::size_class::class_of(1000).unwrap();
+        let small_pages = class.pages();
+        let (small, _) = f
+            .heap
+            .alloc(small_pages, Pages(1), class, &f.map, &f.source)
+            .unwrap();
+        assert_ne!(small, a);
+        let b = alloc_large(&mut f, 9).unwrap();
+        assert_ne!(b, a);
+        assert_eq!(f.heap.cached_bytes(), 10 * PAGE_SIZE);
+        // The same length takes it back, as it was.
+        let c = alloc_large(&mut f, 10).unwrap();
+        assert_eq!(c, a, "the cached span");
+        assert_eq!(f.heap.cached_bytes(), 0);
+        f.check(&[
+            (c, SizeClass::LARGE),
+            (keep, SizeClass::LARGE),
+            (small, class),
+            (b, SizeClass::LARGE),
+        ]);
+    }
+
+    #[test]
+    fn cached_spans_are_merged_back_before_the_heap_grows() {
+        let mut f = Fixture::new();
+        // One mapping, all in use: a (10 pages) and b (the rest).
+        let a = alloc_large(&mut f, 10).unwrap();
+        let b = alloc_large(&mut f, MAP_ALIGN / PAGE_SIZE - 10).unwrap();
+        free(&mut f, a);
+        assert_eq!(f.heap.cached_bytes(), 10 * PAGE_SIZE);
+        // An aligned request skips the cache's exact-length lookup, finds no free run, and
+        // must take the cached span (merged back) rather than map more, which fails here.
+        f.source.fail_after(0);
+        let (c, _) = f
+            .heap
+            .alloc(Pages(5), Pages(2), SizeClass::LARGE, &f.map, &f.source)
+            .expect("the cached span, merged back");
+        // SAFETY: live spans of ours.
+        let (cs, as_) = unsafe { (c.as_ref().start(), a.as_ref()) };
+        assert!(cs >= as_.start() && cs + Pages(5) <= as_.start() + Pages(10));
+        assert_eq!(f.heap.stats().mapped, MAP_ALIGN);
+        f.check(&[(c, SizeClass::LARGE), (b, SizeClass::LARGE)]);
+    }
+
+    #[test]
+    fn a_smaller_mapping_is_tried_before_free_runs_are_unmapped() {
+        let mut f = Fixture::new();
+        f.heap = PageHeap::with_grow_bytes(8 * MIB);
+        // One 8 MiB mapping: 1 + 700 pages in use, a free run of 323 pages (2.5 MiB).
+        let a = alloc_large(&mut f, 1).unwrap();
+        let b = alloc_large(&mut f, 700).unwrap();
+        // Room for a 4 MiB mapping (and a page-map leaf), not for the 8 MiB step.
+        f.source
+            .limit_address_space(f.source.address_space() + 4 * MIB + MIB + MIB / 2);
+        let c = alloc_large(&mut f, 400).expect("3.2 MiB in a 4 MiB mapping");
+        let st = f.heap.stats();
+        assert_eq!(
+            st.unmapped_total, 0,
+            "nothing unmapped when a smaller mapping fits"
+        );
+        assert_eq!(st.mapped, 12 * MIB);
+        f.check(&[
+            (a, SizeClass::LARGE),
+            (b, SizeClass::LARGE),
+            (c, SizeClass::LARGE),
+        ]);
     }
 }

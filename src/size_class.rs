@@ -365,6 +365,31 @@ mod tests {
     }
 
     #[test]
+    fn each_class_reads_what_the_generator_made() {
+        // The accessors read the generated table: size, pages, objects and the division
+        // magic of each class are the generator's (whose entry 0 is the large marker).
+        let classes = generate();
+        for (c, info) in SizeClass::all().zip(&classes[1..]) {
+            assert_eq!(c.size(), info.size, "class {}", c.0);
+            assert_eq!(c.pages(), Pages(info.pages), "class {}", c.0);
+            assert_eq!(c.objects(), info.objects(), "class {}", c.0);
+            assert_eq!(c.div_magic(), div_magic(info.size), "class {}", c.0);
+            assert_eq!(c.index(), c.0 as usize);
+        }
+        assert_eq!(SizeClass::all().count(), classes.len() - 1);
+    }
+
+    #[test]
+    fn requests_of_32_kib_and_more_are_large() {
+        assert_eq!(LARGE_THRESHOLD, 32 * 1024);
+        assert_eq!(MAX_SMALL_SIZE, LARGE_THRESHOLD - 1);
+        assert!(class_of(LARGE_THRESHOLD - 1).is_some());
+        assert_eq!(class_of(LARGE_THRESHOLD), None);
+        assert_eq!(class_for(LARGE_THRESHOLD, 8), None);
+        assert_eq!(class_for(LARGE_THRESHOLD, 4096), None);
+    }
+
+    #[test]
     fn every_size_maps_to_the_smallest_class_that_holds_it() {
         for size in 0..=MAX_SMALL_SIZE {
             let c = class_of(size).unwrap();
@@ -418,18 +443,75 @@ mod tests {
         }
     }
 
+    /// The smallest class of at least `size` bytes (at least 1) whose objects are aligned to
+    /// `align`: the answer [`class_for`] must give, found by a scan of every class. A request
+    /// whose size rounded up to its alignment is large is large (`class_for` looks the
+    /// rounded size up), even where the last class would hold it: 32767 bytes aligned to 16
+    /// is a page span of its own.
+    fn smallest_aligned_class(size: usize, align: usize) -> Option<SizeClass> {
+        let rounded = size.next_multiple_of(align.max(MIN_ALIGN));
+        if align > PAGE_SIZE
+            || size > MAX_SMALL_SIZE
+            || align > MIN_ALIGN && rounded > MAX_SMALL_SIZE
+        {
+            return None;
+        }
+        SizeClass::all().find(|c| c.size() >= size.max(1) && c.size() % align.max(MIN_ALIGN) == 0)
+    }
+
     #[test]
     fn aligned_lookup_gives_an_aligned_class() {
+        // Every alignment up to the page size, every 7th size and every class boundary: the
+        // lookup is exactly the scan, so a request that some class can serve gets the
+        // smallest such class, never `None` (and never a misaligned or too small class).
+        let step = if cfg!(miri) { 97 } else { 7 };
+        let boundaries: Vec<usize> = SizeClass::all()
+            .flat_map(|c| [c.size() - 1, c.size(), c.size() + 1])
+            .collect();
         let mut align = 1;
         while align <= PAGE_SIZE {
-            for size in (0..=MAX_SMALL_SIZE).step_by(7) {
-                if let Some(c) = class_for(size, align) {
+            let mut served = 0;
+            for size in (0..=MAX_SMALL_SIZE)
+                .step_by(step)
+                .chain(boundaries.iter().copied())
+            {
+                let want = smallest_aligned_class(size, align);
+                assert_eq!(class_for(size, align), want, "class_for({size}, {align})");
+                if let Some(c) = want {
                     assert!(c.size() >= size && c.size() % align.max(MIN_ALIGN) == 0);
+                    served += 1;
                 }
             }
+            assert!(served > 0, "no small class serves alignment {align}");
             align *= 2;
         }
         assert_eq!(class_for(8, 2 * PAGE_SIZE), None);
         assert_eq!(class_for(usize::MAX - 4, 64), None);
+        assert_eq!(class_for(MAX_SMALL_SIZE + 1, 16), None);
+    }
+
+    #[test]
+    fn every_alignment_up_to_the_page_size_has_small_classes() {
+        // A power of two from 16 B to the page size is a class of its own, so a small request
+        // with such an alignment is a small object: the class of exactly `align` bytes for a
+        // request that fits it, the same class as without alignment for one already a
+        // multiple. Only alignments above the page size need a span of their own.
+        let mut align = MIN_ALIGN * 2;
+        while align <= PAGE_SIZE {
+            for size in [0, 1, align / 2, align] {
+                let c = class_for(size, align)
+                    .unwrap_or_else(|| panic!("class_for({size}, {align}) is None"));
+                assert_eq!(c.size(), align, "class_for({size}, {align})");
+            }
+            assert_eq!(class_for(2 * align, align), class_of(2 * align));
+            // The largest request of this alignment that stays small.
+            let top = (MAX_SMALL_SIZE + 1 - align) & !(align - 1);
+            assert_eq!(class_for(top, align).map(|c| c.size() % align), Some(0));
+            align *= 2;
+        }
+        for align in [1, 2, 4, 8] {
+            assert_eq!(class_for(100, align), class_of(100));
+        }
+        assert_eq!(class_for(1, 2 * PAGE_SIZE), None);
     }
 }

@@ -17,13 +17,33 @@ use core::ptr::NonNull;
 ///
 /// # Safety
 /// Implementations must keep the contract of each method: memory returned by `map` is
-/// readable, writable, zero-filled, aligned as asked, owned by the caller until process exit
-/// (nothing is ever unmapped), and distinct from every other mapping handed out.
+/// readable, writable, zero-filled, aligned as asked, owned by the caller until it gives
+/// the range back with [`PageSource::unmap`] (or until process exit), and distinct from
+/// every other mapping handed out and not unmapped.
 pub unsafe trait PageSource: Sync {
     /// Maps `bytes` bytes aligned to `align`; both are multiples of the page size and `align`
     /// is a power of two. The memory reads as zero. `None` when the system is out of memory
     /// (or the fake source was told to fail).
+    ///
+    /// The memory is committed the way the system counts it: the real source asks the
+    /// kernel for it under its overcommit policy (no `MAP_NORESERVE`), so a request the
+    /// kernel would refuse to `malloc` in glibc is refused here too, at once, rather than
+    /// granted and later paid for by the OOM killer. Padding taken only to align the
+    /// mapping is not committed and is given back before `map` returns.
     fn map(&self, bytes: usize, align: usize) -> Option<NonNull<u8>>;
+
+    /// Gives `[ptr, ptr + bytes)` back to the system: memory and address space. Returns
+    /// whether it did; `false` leaves the range mapped and unchanged (the default, for a
+    /// source that cannot unmap). `ptr` and `bytes` are multiples of
+    /// [`PageSource::os_page_size`]; the range may span several `map` calls' mappings.
+    ///
+    /// # Safety
+    /// The range lies inside memory this source mapped and did not unmap, nothing in it is
+    /// live, and on `true` the caller never touches it again.
+    unsafe fn unmap(&self, ptr: NonNull<u8>, bytes: usize) -> bool {
+        let _ = (ptr, bytes);
+        false
+    }
 
     /// Gives the physical memory behind `[ptr, ptr + bytes)` back to the system. The range
     /// stays mapped and reads as zero afterwards. `ptr` and `bytes` are multiples of

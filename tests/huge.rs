@@ -215,12 +215,113 @@ fn global_realloc_to_near_maximum_sizes_is_null_and_keeps_the_block() {
 
 #[test]
 fn std_collections_report_capacity_overflow_instead_of_corrupting() {
-    // `try_reserve` goes through the global allocator for sizes that pass Layout checks.
+    // Sizes std accepts as a `Layout` reach the global allocator, which returns null; sizes
+    // past `isize::MAX` bytes are refused by std itself, before it.
     let mut v: Vec<u8> = Vec::new();
-    assert!(v.try_reserve(isize::MAX as usize - 64).is_err());
-    assert!(v.try_reserve(1 << 47).is_err());
+    assert!(allocator_refused(v.try_reserve(isize::MAX as usize - 64)));
+    assert!(allocator_refused(v.try_reserve(1 << 47)));
     let mut w: Vec<u64> = vec![1, 2, 3];
     assert!(w.try_reserve(1 << 60).is_err());
     assert_eq!(w, [1, 2, 3]);
+    heap_still_works();
+}
+
+/// Whether `r` failed because the allocator returned null (not because std found the
+/// capacity too large before asking it). `TryReserveErrorKind` is unstable; its `Display`
+/// tells the two apart.
+fn allocator_refused(r: Result<(), std::collections::TryReserveError>) -> bool {
+    match r {
+        Ok(()) => false,
+        Err(e) => e.to_string().contains("allocator returned an error"),
+    }
+}
+
+/// A size larger than this machine's memory and swap together, and at least 64 GiB, when
+/// the kernel checks such requests (`vm.overcommit_memory` 0, the heuristic, or 2, strict);
+/// `None` under 1 (always overcommit), where the kernel grants any size and so does glibc.
+fn beyond_memory_and_swap() -> Option<usize> {
+    let mode = std::fs::read_to_string("/proc/sys/vm/overcommit_memory").ok()?;
+    if mode.trim() == "1" {
+        return None;
+    }
+    // SAFETY: an all-zero sysinfo is a valid value to fill.
+    let mut info: libc::sysinfo = unsafe { core::mem::zeroed() };
+    // SAFETY: `info` is a valid sysinfo to write.
+    assert_eq!(unsafe { libc::sysinfo(&mut info) }, 0);
+    let total = (info.totalram as usize + info.totalswap as usize) * info.mem_unit as usize;
+    Some((2 * total).next_power_of_two().max(64 << 30))
+}
+
+#[test]
+fn more_than_memory_and_swap_is_null_as_in_glibc() {
+    // Mapped with MAP_NORESERVE, such a block would be granted and the process killed by
+    // the OOM killer once it used it; the kernel's commit check refuses it at once.
+    let Some(size) = beyond_memory_and_swap() else {
+        eprintln!("skipped: vm.overcommit_memory = 1 grants any size");
+        return;
+    };
+    let mapped = spanalloc::heap().page_heap_stats().mapped;
+    // SAFETY: 8 and 4096 are powers of two.
+    unsafe {
+        assert!(raw::alloc(size, 8).is_null(), "raw::alloc({size:#x})");
+        assert!(raw::alloc_zeroed(size, 4096).is_null());
+        let p = raw::alloc(1000, 8);
+        assert!(!p.is_null());
+        p.write_bytes(0x5c, 1000);
+        assert!(raw::realloc(p, size, 8).is_null());
+        assert!(
+            (0..1000).all(|i| *p.add(i) == 0x5c),
+            "realloc failure kept the block"
+        );
+        raw::free(p);
+    }
+    // Through std: `Vec::try_reserve` reaches spanalloc (the Layout is valid).
+    let mut v: Vec<u8> = Vec::new();
+    assert!(
+        allocator_refused(v.try_reserve(size)),
+        "Vec<u8>::try_reserve({size:#x})"
+    );
+    let mut w: Vec<u64> = vec![7; 3];
+    assert!(allocator_refused(w.try_reserve_exact(size / 8)));
+    assert_eq!(w, [7, 7, 7]);
+    // Nothing of it was kept mapped (other tests may map a little meanwhile).
+    let grown = spanalloc::heap()
+        .page_heap_stats()
+        .mapped
+        .saturating_sub(mapped);
+    assert!(grown < 1 << 30, "{grown} bytes mapped by refused requests");
+    heap_still_works();
+}
+
+#[test]
+fn small_sizes_with_huge_alignments_cost_a_mapping_not_the_alignment() {
+    // One byte aligned to 64 GiB .. 32 TiB: the padding is address space reserved for a
+    // moment while the kernel places the mapping, never memory the heap maps and keeps.
+    for shift in 36u32..=45 {
+        let align = 1usize << shift;
+        let mapped = spanalloc::heap().page_heap_stats().mapped;
+        // SAFETY: `align` is a power of two.
+        let p = unsafe { raw::alloc(1, align) };
+        if p.is_null() && std::env::var_os("SPANALLOC_UNDER_ASAN").is_some() {
+            // ASan's shadow takes a large part of the address space.
+            continue;
+        }
+        assert!(!p.is_null(), "raw::alloc(1, 2^{shift})");
+        assert_eq!(p as usize % align, 0, "raw::alloc(1, 2^{shift}) misaligned");
+        let grown = spanalloc::heap()
+            .page_heap_stats()
+            .mapped
+            .saturating_sub(mapped);
+        assert!(
+            grown < 1 << 30,
+            "raw::alloc(1, 2^{shift}) mapped {grown} bytes"
+        );
+        // SAFETY: a live object of ours, freed once.
+        unsafe {
+            assert!(raw::usable_size(p) >= 1);
+            p.write(0x33);
+            raw::free(p);
+        }
+    }
     heap_still_works();
 }

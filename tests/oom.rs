@@ -207,6 +207,173 @@ fn starts_and_works_under_a_256_mib_limit() {
     r.assert_success(NAME);
 }
 
+/// The address space the process holds now (`VmSize`), in bytes.
+fn address_space_now() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmSize:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib << 10
+}
+
+/// Limits the address space to what the process holds now plus `extra` bytes.
+fn limit_to_now_plus(extra: usize) {
+    set_address_space_limit(address_space_now() + extra as u64).unwrap();
+}
+
+/// Allocates `size` bytes and writes their first and last byte (the memory is really
+/// there), or null.
+fn alloc_touched(size: usize) -> *mut u8 {
+    // SAFETY: 8 is a power of two.
+    let p = unsafe { raw::alloc(size, 8) };
+    if !p.is_null() {
+        // SAFETY: a new block of `size` bytes.
+        unsafe {
+            p.write(1);
+            p.add(size - 1).write(2);
+        }
+    }
+    p
+}
+
+/// The largest block that can be had now (to 1 MiB), by bisection: each try is freed.
+fn largest_block() -> usize {
+    let (mut lo, mut hi) = (0usize, 4usize << 30);
+    while hi - lo > MIB {
+        let mid = lo + (hi - lo) / 2;
+        let p = alloc_touched(mid);
+        if p.is_null() {
+            hi = mid;
+        } else {
+            // SAFETY: a live block of ours.
+            unsafe { raw::free(p) };
+            lo = mid;
+        }
+    }
+    lo
+}
+
+/// Runs `body` in a child process of this test binary, except under AddressSanitizer.
+fn rlimit_child(name: &str, body: impl FnOnce()) {
+    if under_asan() {
+        eprintln!("{name}: skipped under AddressSanitizer (RLIMIT_AS and ASan's shadow memory)");
+        return;
+    }
+    if common::child_case().as_deref() == Some(name) {
+        body();
+        std::process::exit(0);
+    }
+    let r = common::run_child(name, name, Duration::from_secs(120));
+    eprintln!("{}", r.stdout.trim());
+    r.assert_success(name);
+}
+
+#[test]
+fn a_freed_block_gives_its_address_space_to_a_larger_one() {
+    rlimit_child(
+        "a_freed_block_gives_its_address_space_to_a_larger_one",
+        || {
+            // 150 MiB freed leaves room for 200 MiB under a limit of what the process has plus
+            // 300 MiB only if its address space goes back (glibc and mimalloc: it does).
+            limit_to_now_plus(300 * MIB);
+            let a = alloc_touched(150 * MIB);
+            assert!(!a.is_null(), "150 MiB under start + 300 MiB");
+            // SAFETY: a live block of ours.
+            unsafe { raw::free(a) };
+            let b = alloc_touched(200 * MIB);
+            assert!(
+                !b.is_null(),
+                "200 MiB after freeing 150 MiB, under start + 300 MiB"
+            );
+            // SAFETY: as above.
+            unsafe { raw::free(b) };
+            spanalloc::heap().check_invariants();
+            // And back: the 200 MiB went back too, the heap serves everything else.
+            let c = alloc_touched(150 * MIB);
+            assert!(!c.is_null(), "150 MiB again");
+            // SAFETY: as above.
+            unsafe { raw::free(c) };
+            let v: Vec<u64> = (0..1_000_000).collect();
+            assert_eq!(v.iter().sum::<u64>(), 499_999_500_000);
+            spanalloc::heap().check_invariants();
+        },
+    );
+}
+
+#[test]
+fn realloc_doubling_uses_the_address_space_of_the_smaller_copies() {
+    rlimit_child(
+        "realloc_doubling_uses_the_address_space_of_the_smaller_copies",
+        || {
+            // Doubling by realloc needs the old and the new block at once: 64 MiB from 32
+            // needs 96 MiB, under a limit of start + 112 MiB only if the copies of 1, 2, 4,
+            // 8 and 16 MiB freed on the way gave their address space back (glibc: 64 MiB;
+            // spanalloc without it: 32).
+            limit_to_now_plus(112 * MIB);
+            let mut size = MIB;
+            let mut p = alloc_touched(size);
+            assert!(!p.is_null());
+            loop {
+                // SAFETY: a live block of ours, moved on success.
+                let q = unsafe { raw::realloc(p, 2 * size, 8) };
+                if q.is_null() {
+                    break;
+                }
+                size *= 2;
+                p = q;
+                // SAFETY: a live block of `size` bytes.
+                unsafe { p.write_bytes(0x6b, size) };
+            }
+            println!(
+                "realloc doubling under start + 112 MiB reached {} MiB",
+                size / MIB
+            );
+            // SAFETY: a live block of ours.
+            unsafe {
+                assert_eq!(
+                    p.add(size - 1).read(),
+                    0x6b,
+                    "the failed realloc kept the block"
+                );
+                raw::free(p);
+            }
+            assert!(
+                size >= 64 * MIB,
+                "realloc doubling stopped at {} MiB",
+                size / MIB
+            );
+            spanalloc::heap().check_invariants();
+        },
+    );
+}
+
+#[test]
+fn after_exhaustion_and_freeing_one_block_can_take_the_whole_limit() {
+    rlimit_child(
+        "after_exhaustion_and_freeing_one_block_can_take_the_whole_limit",
+        || {
+            limit_to_now_plus(512 * MIB);
+            let before = largest_block();
+            let got = exhaust_and_free();
+            let after = largest_block();
+            println!(
+                "under start + 512 MiB: largest block {} MiB; exhausted at {} MiB; then \
+                 largest block {} MiB",
+                before / MIB,
+                got / MIB,
+                after / MIB
+            );
+            // Most of the 512 MiB (the rest holds the page map and span records, the test
+            // harness's buffers, small spans other size classes keep).
+            assert!(before >= 448 * MIB, "largest block {} MiB", before / MIB);
+            assert!(
+                after >= 448 * MIB,
+                "largest block after exhaustion {} MiB",
+                after / MIB
+            );
+        },
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // A fake page source failing on demand.
 

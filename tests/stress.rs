@@ -65,6 +65,7 @@ extern "C" fn run_child_before_main() {
 #[test]
 fn stress_eight_threads_then_every_span_is_back() {
     use std::process::{Command, Stdio};
+    let _one = one_at_a_time();
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
         .env(CHILD_ENV, "1")
@@ -99,10 +100,39 @@ fn stress_eight_threads_then_every_span_is_back() {
     );
 }
 
+/// The tests of this binary run one at a time: the in-process one compares the bytes live
+/// before and after its run, which another test allocating meanwhile would change.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Bytes in objects the process holds (small and large), as spanalloc's statistics count
+/// them, with this thread's cache flushed (threads that exited are flushed already).
+fn live_bytes() -> (usize, usize) {
+    spanalloc::flush_thread_cache();
+    let st = spanalloc::stats();
+    (st.in_use, st.large_in_use)
+}
+
 #[test]
 fn stress_in_process_with_invariants() {
-    // A smaller run inside the test process too (other tests' allocations live alongside),
-    // checking invariants between rounds.
+    // A smaller run inside the test process too (the harness's allocations live alongside).
+    // Every object's contents are checked on every free, resize and hand-over (a corrupted
+    // one panics its thread, and `run` fails); after each round the invariants hold and the
+    // bytes live are exactly what they were before: nothing the workload allocated is left.
+    let _one = one_at_a_time();
+    // The harness records the other test's result when that test ends, just before this one
+    // gets the lock: let it finish.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    // A first spawn and join sets up what std keeps for good (thread ids, output capture).
+    stress_impl::run(stress_impl::Params {
+        threads: 1,
+        scale: 1,
+        iter: 1,
+    });
+    let before = live_bytes();
     for round in 0..3 {
         let p = stress_impl::Params {
             threads: 4,
@@ -111,6 +141,11 @@ fn stress_in_process_with_invariants() {
         };
         assert_eq!(stress_impl::run(p), 8, "round {round}");
         spanalloc::heap().check_invariants();
+        assert_eq!(
+            live_bytes(),
+            before,
+            "round {round}: (in use, of which large) after the stress, against before"
+        );
     }
     let _ = common::under_asan();
 }

@@ -1,5 +1,6 @@
 //! An in-memory page source for tests: hands out memory from the system allocator, counts
-//! what it gave, and fails on demand. See `lib.rs` for an overview.
+//! what it gave and got back, fails on demand and can hold to an address-space limit (as
+//! `RLIMIT_AS` does). See `lib.rs` for an overview.
 
 use super::PageSource;
 use crate::sync::{AtomicUsize, Ordering};
@@ -7,16 +8,22 @@ use core::ptr::NonNull;
 
 /// A page source for tests, backed by `std::alloc::System`.
 ///
-/// It never frees what it hands out (a page source never gets memory back), so it is meant
-/// for short-lived test values.
+/// It never frees what it hands out (`unmap` only counts the bytes and poisons them), so it
+/// is meant for short-lived test values.
 #[derive(Debug, Default)]
 pub struct FakePages {
     /// Bytes handed out by `map`.
     pub mapped: AtomicUsize,
     /// Bytes passed to `release`.
     pub released: AtomicUsize,
+    /// Bytes given back with `unmap`.
+    pub unmapped: AtomicUsize,
     /// Number of `map` calls that succeeded.
     pub maps: AtomicUsize,
+    /// `map` fails when `mapped - unmapped` would exceed this. 0 (the default): no limit.
+    limit: AtomicUsize,
+    /// The OS page size it reports; 0 (the default): 4096.
+    os_page: AtomicUsize,
     /// The next this-many `map` calls succeed; after that they fail. `usize::MAX`: never fail.
     fail_after: AtomicUsize,
     /// Fail every call whose size is at least this many bytes.
@@ -48,10 +55,46 @@ impl FakePages {
         self.fail_at_least.store(bytes, Ordering::Relaxed);
     }
 
+    /// Every map that would take the bytes mapped and not unmapped past `bytes` fails, as
+    /// under `RLIMIT_AS` (until [`FakePages::heal`]).
+    pub fn limit_address_space(&self, bytes: usize) {
+        self.limit.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes mapped and not unmapped: the address space the source holds.
+    pub fn address_space(&self) -> usize {
+        self.mapped.load(Ordering::Relaxed) - self.unmapped.load(Ordering::Relaxed)
+    }
+
+    /// Reports `bytes` (a power of two, at least 4096) as the OS page size, so that tests
+    /// can run the page heap as on a kernel with 16 or 64 KiB pages. `release` and `unmap`
+    /// then check that their ranges are whole OS pages.
+    pub fn set_os_page_size(&self, bytes: usize) {
+        assert!(bytes.is_power_of_two() && bytes >= 4096);
+        self.os_page.store(bytes, Ordering::Relaxed);
+    }
+
     /// Stops failing.
     pub fn heal(&self) {
         self.fail_after.store(usize::MAX, Ordering::Relaxed);
         self.fail_at_least.store(usize::MAX, Ordering::Relaxed);
+        self.limit.store(0, Ordering::Relaxed);
+    }
+
+    /// The byte `unmap` fills given-back memory with, so that a test that reads memory the
+    /// heap gave back sees it.
+    pub const POISON: u8 = 0xdd;
+}
+
+impl FakePages {
+    /// Panics unless `[ptr, ptr + bytes)` is whole OS pages (the contract of `release` and
+    /// `unmap`; a test source may panic, the real one never checks).
+    fn assert_os_pages(&self, ptr: NonNull<u8>, bytes: usize) {
+        let os_page = self.os_page_size();
+        assert!(
+            (ptr.as_ptr() as usize) % os_page == 0 && bytes % os_page == 0 && bytes > 0,
+            "FakePages: a range of whole OS pages"
+        );
     }
 
     /// Hardened build: the addresses of the OS pages made inaccessible, in order.
@@ -62,10 +105,14 @@ impl FakePages {
 }
 
 // SAFETY: every `map` is a fresh zeroed allocation from the system allocator that is never
-// freed, so mappings are distinct and live forever.
+// freed, so mappings are distinct and live forever (an unmapped range stays readable).
 unsafe impl PageSource for FakePages {
     fn map(&self, bytes: usize, align: usize) -> Option<NonNull<u8>> {
         if bytes >= self.fail_at_least.load(Ordering::Relaxed) {
+            return None;
+        }
+        let limit = self.limit.load(Ordering::Relaxed);
+        if limit != 0 && self.address_space().saturating_add(bytes) > limit {
             return None;
         }
         let left = self.fail_after.load(Ordering::Relaxed);
@@ -75,6 +122,7 @@ unsafe impl PageSource for FakePages {
         if left != usize::MAX {
             self.fail_after.store(left - 1, Ordering::Relaxed);
         }
+        let align = align.max(self.os_page_size());
         let layout = std::alloc::Layout::from_size_align(bytes, align).ok()?;
         // SAFETY: `bytes` is non-zero (a multiple of the page size, never zero here).
         let ptr = NonNull::new(unsafe {
@@ -86,6 +134,7 @@ unsafe impl PageSource for FakePages {
     }
 
     unsafe fn release(&self, ptr: NonNull<u8>, bytes: usize) {
+        self.assert_os_pages(ptr, bytes);
         #[cfg(feature = "hardened")]
         {
             let start = ptr.as_ptr() as usize;
@@ -101,8 +150,21 @@ unsafe impl PageSource for FakePages {
         self.released.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    unsafe fn unmap(&self, ptr: NonNull<u8>, bytes: usize) -> bool {
+        self.assert_os_pages(ptr, bytes);
+        // Not freed (a range may be part of one system allocation, or span several), only
+        // poisoned and counted.
+        // SAFETY: the caller guarantees the range is ours and holds nothing live.
+        unsafe { core::ptr::write_bytes(ptr.as_ptr(), Self::POISON, bytes) };
+        self.unmapped.fetch_add(bytes, Ordering::Relaxed);
+        true
+    }
+
     fn os_page_size(&self) -> usize {
-        4096
+        match self.os_page.load(Ordering::Relaxed) {
+            0 => 4096,
+            n => n,
+        }
     }
 
     #[cfg(feature = "hardened")]

@@ -1,5 +1,6 @@
-//! The real page source: anonymous `mmap`, `madvise(MADV_DONTNEED)`, and `mprotect` for
-//! the hardened build's guard pages. See `lib.rs` for an overview. This file is the only code in the crate that names `libc` memory calls.
+//! The real page source: anonymous `mmap`, `munmap`, `madvise(MADV_DONTNEED)`, and
+//! `mprotect` for the hardened build's guard pages. See `lib.rs` for an overview. This file
+//! is the only code in the crate that names `libc` memory calls.
 
 use super::PageSource;
 use crate::sync::Ordering;
@@ -28,41 +29,85 @@ pub fn os_page_size() -> usize {
     size
 }
 
+/// A fresh private anonymous mapping of `bytes` bytes with protection `prot`, or `None`.
+/// Without `MAP_NORESERVE`: a writable one is charged to the kernel's commit count, and
+/// refused when the overcommit policy says no (`vm.overcommit_memory` 0: more than RAM plus
+/// swap in one request; 2: past the commit limit).
+fn mmap_anonymous(bytes: usize, prot: libc::c_int) -> Option<usize> {
+    // SAFETY: a fresh anonymous mapping; no existing memory is affected.
+    let raw = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            bytes,
+            prot,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    (raw != libc::MAP_FAILED).then_some(raw as usize)
+}
+
+/// Unmaps `[addr, addr + bytes)`; nothing for an empty range.
+///
+/// # Safety
+/// The range is a part of a mapping of ours that nothing uses.
+unsafe fn munmap(addr: usize, bytes: usize) -> bool {
+    // SAFETY: per the caller.
+    bytes == 0 || unsafe { libc::munmap(addr as *mut libc::c_void, bytes) } == 0
+}
+
 // SAFETY: anonymous private mappings are zero-filled and distinct; `map` trims to the asked
-// alignment and never unmaps anything it handed out.
+// alignment and unmaps only the padding it took itself, `unmap` only what the caller gives.
 unsafe impl PageSource for OsPages {
     fn map(&self, bytes: usize, align: usize) -> Option<NonNull<u8>> {
         let os_page = os_page_size();
         let align = align.max(os_page);
-        let padded = bytes.checked_add(align - os_page)?;
-        // SAFETY: a fresh anonymous mapping; no existing memory is affected.
-        let raw = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                padded,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if raw == libc::MAP_FAILED {
-            return None;
+        // First exactly `bytes`, writable: the kernel checks the whole request against its
+        // overcommit policy, and a refusal here is final (a padded mapping would need more).
+        // The kernel places anonymous mappings of whole huge pages on a huge-page boundary,
+        // so for the page heap's 2 MiB alignment this one is usually aligned already.
+        let first = mmap_anonymous(bytes, libc::PROT_READ | libc::PROT_WRITE)?;
+        if first % align == 0 {
+            return NonNull::new(first as *mut u8);
         }
-        let start = raw as usize;
-        let aligned = (start + align - 1) & !(align - 1);
+        // SAFETY: the mapping just made, not handed out.
+        unsafe { munmap(first, bytes) };
+        // Misaligned: reserve room to align in, inaccessible (not charged: the kernel counts
+        // only writable private memory), keep the aligned part and make only that writable,
+        // which is when the kernel charges it. An alignment far beyond the size (a 1 TiB
+        // alignment of one page) costs address space for a moment, never memory.
+        let padded = bytes.checked_add(align - os_page)?;
+        let start = mmap_anonymous(padded, libc::PROT_NONE)?;
+        let aligned = start.next_multiple_of(align);
         let head = aligned - start;
         let tail = padded - head - bytes;
-        // SAFETY: both ranges are parts of the mapping just made that we do not hand out.
+        // SAFETY: both ranges are parts of the reservation just made that we do not hand out.
         unsafe {
-            if head > 0 {
-                libc::munmap(raw, head);
-            }
-            if tail > 0 {
-                libc::munmap((aligned + bytes) as *mut libc::c_void, tail);
-            }
+            munmap(start, head);
+            munmap(aligned + bytes, tail);
+        }
+        // SAFETY: the aligned part of our reservation, not yet handed out.
+        let ok = unsafe {
+            libc::mprotect(
+                aligned as *mut libc::c_void,
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+            )
+        } == 0;
+        if !ok {
+            // Refused by the commit check: give the reservation back.
+            // SAFETY: as above.
+            unsafe { munmap(aligned, bytes) };
+            return None;
         }
         NonNull::new(aligned as *mut u8)
+    }
+
+    unsafe fn unmap(&self, ptr: NonNull<u8>, bytes: usize) -> bool {
+        // SAFETY: the caller guarantees the range is ours, holds nothing live and is never
+        // touched again.
+        unsafe { munmap(ptr.as_ptr() as usize, bytes) }
     }
 
     unsafe fn release(&self, ptr: NonNull<u8>, bytes: usize) {
