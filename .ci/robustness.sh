@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Robustness jobs of issue 6 (docs/robustness.md says what each checks):
+# Robustness jobs (docs/robustness.md says what each checks):
 #   (a) Miri over the pure data structures (size classes, span free lists, page heap, page
 #       map, the heap over FakePages), with nightly's miri component, installed here when
 #       missing; where it cannot be had, the job prints `NOT RUN miri: ...` (reported by

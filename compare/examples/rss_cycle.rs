@@ -1,4 +1,4 @@
-//! Resident memory through an allocate / free / idle cycle (issue #5): spanalloc against the
+//! Resident memory through an allocate / free / idle cycle: spanalloc against the
 //! system allocator (glibc), mimalloc (the line this build links: v3 by default) and jemalloc.
 //!
 //! ```text
