@@ -24,6 +24,19 @@
 //! the same length costs no system call. Callers see object pages: the `pages` that
 //! [`PageHeap::alloc`], [`PageHeap::grow_in_place`] and [`PageHeap::shrink`] take for a
 //! large span leave the guard out, as `Span::object_pages` does.
+//!
+//! Each guard splits a mapping into up to three kernel mappings, and the kernel caps their
+//! number per process (`vm.max_map_count`, 65 530 by default); past the cap `mmap` fails and
+//! the allocator would run out of memory with memory to spare. So a page heap keeps at most
+//! [`GUARD_BUDGET`] guards at once (two kernel mappings each: half the default cap, the
+//! other half left to the program and to the heap's own growth); a large span made while the
+//! budget is spent goes without a guard (`Span::guarded` says which have one), as one does
+//! when the kernel refuses the `mprotect`. Guards live where large objects are few and
+//! large; a program with tens of thousands of live large objects (or the heap profiler
+//! sampling every allocation, each sample being a large object) guards the first
+//! [`GUARD_BUDGET`] of them. GrapheneOS's hardened_malloc, which guards its large
+//! allocations the same way, asks instead for a raised `vm.max_map_count`; a budget keeps
+//! the default working.
 
 use crate::fixed_alloc::FixedAlloc;
 use crate::page_map::PageMap;
@@ -101,7 +114,16 @@ pub struct PageHeap {
     /// The next growth step: at least this much is mapped when the heap grows.
     next_grow: usize,
     stats: PageHeapStats,
+    /// Hardened build: spans with a guard now, and the most there may be.
+    #[cfg(feature = "hardened")]
+    guards: usize,
+    #[cfg(feature = "hardened")]
+    guard_budget: usize,
 }
+
+/// Hardened build: the most guard pages a page heap keeps at once (see the module docs).
+#[cfg(feature = "hardened")]
+pub const GUARD_BUDGET: usize = 16 << 10;
 
 impl PageHeap {
     /// An empty page heap that maps [`MAP_ALIGN`] the first time it grows and twice as much
@@ -136,6 +158,10 @@ impl PageHeap {
                 unmapped_total: 0,
                 metadata: 0,
             },
+            #[cfg(feature = "hardened")]
+            guards: 0,
+            #[cfg(feature = "hardened")]
+            guard_budget: GUARD_BUDGET,
         }
     }
 
@@ -245,7 +271,7 @@ impl PageHeap {
             map.set_ends(s.start(), pages, span.as_ptr());
             self.stats.large_in_use += pages.bytes();
             #[cfg(feature = "hardened")]
-            set_guard(s, false, source);
+            self.set_guard(s, false, source);
         } else {
             // SAFETY: the span is not yet published as a small span.
             unsafe { s.init_small(class) };
@@ -287,7 +313,7 @@ impl PageHeap {
         // Hardened build: a large span's guard becomes an ordinary free page again.
         #[cfg(feature = "hardened")]
         if s.kind() == SpanKind::Large {
-            set_guard(s, true, source);
+            self.set_guard(s, true, source);
         }
         // SAFETY: the lock is held (`&mut self`); the span is ours.
         unsafe {
@@ -358,11 +384,11 @@ impl PageHeap {
         // Hardened build: the old guard page becomes part of the object, the new last page
         // the guard.
         #[cfg(feature = "hardened")]
-        set_guard(s, true, source);
+        self.set_guard(s, true, source);
         s.set_range(s.start(), pages);
         map.set_ends(s.start(), pages, span.as_ptr());
         #[cfg(feature = "hardened")]
-        set_guard(s, false, source);
+        self.set_guard(s, false, source);
         self.stats.large_in_use += extra.bytes();
         true
     }
@@ -404,9 +430,14 @@ impl PageHeap {
         s.set_range(s.start(), pages);
         map.set_ends(s.start(), pages, span.as_ptr());
         // Hardened build: the span's new last page is its guard; the tail's last page is the
-        // old guard, as a large span's must be.
+        // old guard (the tail has the span's guard, if it had one), as a large span's must be.
         #[cfg(feature = "hardened")]
-        set_guard(s, false, source);
+        // SAFETY: the lock is held (`&mut self`); both records are ours.
+        unsafe {
+            (*tail.as_ptr()).guarded.set(s.guarded.get());
+            s.guarded.set(false);
+            self.set_guard(s, false, source);
+        }
         // The tail is a large span of ours that nobody uses; `free` handles the counters as
         // if it had been allocated (it was, as part of `span`).
         #[cfg(not(feature = "hardened"))]
@@ -670,7 +701,7 @@ impl PageHeap {
             // Hardened build: a cached span keeps its guard; free runs have none.
             #[cfg(feature = "hardened")]
             // SAFETY: a live record in the cache.
-            set_guard(unsafe { span.as_ref() }, true, source);
+            self.set_guard(unsafe { span.as_ref() }, true, source);
             // SAFETY: a live record in the cache; the lock is held.
             unsafe {
                 self.unlist(span.as_ptr());
@@ -1137,36 +1168,59 @@ impl PageHeap {
     }
 }
 
-impl Default for PageHeap {
-    fn default() -> Self {
-        Self::new()
+#[cfg(feature = "hardened")]
+impl PageHeap {
+    /// Hardened build: makes the guard page of large (or cached) span `s`, its last page,
+    /// inaccessible (`accessible == false`) or accessible again, and keeps `s.guarded` and
+    /// the count of guards. Only where an OS page fits in a page (with larger OS pages the
+    /// guard page is reserved but stays accessible) and while the budget allows (see the
+    /// module docs). Making it inaccessible may fail (the kernel's mapping cap): the span
+    /// then goes without a guard. Making it accessible again does not fail short of a broken
+    /// kernel; if it does, the process stops, as the page would fault when reused.
+    fn set_guard(&mut self, s: &Span, accessible: bool, source: &impl PageSource) {
+        // SAFETY: the page heap lock is held (`&mut self`); it guards `guarded`.
+        let guarded = unsafe { s.guarded.get() };
+        if accessible != guarded {
+            // Already as asked: a guard to make that is there, or one to open that is not.
+            return;
+        }
+        if !accessible && (source.os_page_size() > PAGE_SIZE || self.guards >= self.guard_budget) {
+            return;
+        }
+        let guard = PageId(s.end().0 - GUARD_PAGES.0);
+        // SAFETY: the guard pages lie in the span, memory of the source's; nothing uses them
+        // while they are inaccessible (the object's pages leave them out).
+        let done = unsafe {
+            source.protect(
+                NonNull::new_unchecked(guard.ptr()),
+                GUARD_PAGES.bytes(),
+                accessible,
+            )
+        };
+        if !done {
+            if accessible {
+                crate::check::fatal("mprotect failed on a guard page");
+            }
+            return;
+        }
+        // SAFETY: as above.
+        unsafe { s.guarded.set(!accessible) };
+        if accessible {
+            self.guards -= 1;
+        } else {
+            self.guards += 1;
+        }
+    }
+
+    /// Spans with a guard page now.
+    pub fn guards(&self) -> usize {
+        self.guards
     }
 }
 
-/// Hardened build: makes the guard page of large (or cached) span `s`, its last page,
-/// inaccessible (`accessible == false`) or accessible again. Only where an OS page fits in
-/// a page: with larger OS pages the guard page is reserved but stays accessible. Making it
-/// inaccessible may fail (the kernel's limit on mappings, `vm.max_map_count`): the span then
-/// goes without a guard, and making an accessible page accessible is harmless. Making it
-/// accessible again does not fail short of a broken kernel; if it does, the process stops,
-/// as the page would fault when reused.
-#[cfg(feature = "hardened")]
-fn set_guard(s: &Span, accessible: bool, source: &impl PageSource) {
-    if source.os_page_size() > PAGE_SIZE {
-        return;
-    }
-    let guard = PageId(s.end().0 - GUARD_PAGES.0);
-    // SAFETY: the guard pages lie in the span, memory of the source's; per the rule above,
-    // nothing uses them while they are inaccessible.
-    let done = unsafe {
-        source.protect(
-            NonNull::new_unchecked(guard.ptr()),
-            GUARD_PAGES.bytes(),
-            accessible,
-        )
-    };
-    if !done && accessible {
-        crate::check::fatal("mprotect failed on a guard page");
+impl Default for PageHeap {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -1283,11 +1337,26 @@ mod tests {
         }
 
         /// Hardened build: the inaccessible OS pages are exactly the last page of every live
-        /// large span and of every span in the large-span cache.
+        /// large span and of every span in the large-span cache (of those the budget allowed
+        /// a guard, when a test lowered it); none where an OS page is larger than a page (no
+        /// guard can be made there). `Span::guarded` and the heap's count agree.
         #[cfg(feature = "hardened")]
         fn check_guards(&self, live: &[(NonNull<Span>, SizeClass)]) {
             let mut want: Vec<usize> = Vec::new();
+            if self.source.os_page_size() > PAGE_SIZE {
+                assert_eq!(self.source.protected_pages(), want, "no guards");
+                assert_eq!(self.heap.guards(), 0);
+                return;
+            }
+            let budget_lowered = self.heap.guard_budget < GUARD_BUDGET;
+            let mut guarded = 0;
             let mut guard_of = |s: &Span| {
+                // SAFETY: the fixture owns the heap; no lock guards it.
+                if !unsafe { s.guarded.get() } {
+                    assert!(budget_lowered, "a large span without a guard");
+                    return;
+                }
+                guarded += 1;
                 let at = s.end().addr() - PAGE_SIZE;
                 want.extend((at..at + PAGE_SIZE).step_by(4096));
             };
@@ -1306,6 +1375,8 @@ mod tests {
             }
             want.sort_unstable();
             assert_eq!(self.source.protected_pages(), want, "guard pages");
+            assert_eq!(self.heap.guards(), guarded, "the count of guards");
+            assert!(guarded <= self.heap.guard_budget);
         }
     }
 
@@ -1626,10 +1697,11 @@ mod tests {
         f.heap = PageHeap::new();
         let mut steps = Vec::new();
         let mut live = Vec::new();
+        // Spans of MAP_ALIGN bytes each, guard page included in the hardened build.
         while steps.len() < 7 {
             let before = f.heap.stats().mapped;
             live.push((
-                alloc_large(&mut f, MAP_ALIGN / PAGE_SIZE).unwrap(),
+                alloc_large(&mut f, MAP_ALIGN / PAGE_SIZE - GUARD_PAGES.0).unwrap(),
                 SizeClass::LARGE,
             ));
             let grown = f.heap.stats().mapped - before;
@@ -1645,10 +1717,48 @@ mod tests {
         f.check(&live);
         // A request larger than the step maps just what it needs (rounded to MAP_ALIGN).
         let before = f.heap.stats().mapped;
-        let big = alloc_large(&mut f, (40 * MIB + 1) / PAGE_SIZE + 1).unwrap();
+        let big = alloc_large(&mut f, (40 * MIB + 1) / PAGE_SIZE + 1 - GUARD_PAGES.0).unwrap();
         assert_eq!(f.heap.stats().mapped - before, 42 * MIB);
         live.push((big, SizeClass::LARGE));
         f.check(&live);
+    }
+
+    /// Hardened build: no more guards than the budget; a span made while it is spent goes
+    /// without one, and a guard given back makes room for the next span's.
+    #[cfg(feature = "hardened")]
+    #[test]
+    fn guards_stay_within_their_budget() {
+        let mut f = Fixture::new();
+        f.heap.guard_budget = 2;
+        let a = alloc_large(&mut f, 3).unwrap();
+        let b = alloc_large(&mut f, 4).unwrap();
+        let c = alloc_large(&mut f, 5).unwrap();
+        assert_eq!(f.heap.guards(), 2);
+        // SAFETY: a live record of the fixture's heap.
+        assert!(!unsafe { c.as_ref().guarded.get() }, "over the budget");
+        let large =
+            |v: &[NonNull<Span>]| v.iter().map(|&s| (s, SizeClass::LARGE)).collect::<Vec<_>>();
+        f.check(&large(&[a, b, c]));
+        // Shrinking the unguarded span: neither it nor its tail has a guard.
+        // SAFETY: a live large span of ours, nothing live past 2 pages.
+        assert!(unsafe { f.heap.shrink(c, Pages(2), 1, &f.map, &f.source) });
+        f.check(&large(&[a, b, c]));
+        // b goes to the large-span cache with its guard; merged back, it opens it.
+        free(&mut f, b);
+        f.check(&large(&[a, c]));
+        f.heap.release(u64::MAX, usize::MAX, &f.map, &f.source);
+        assert_eq!(f.heap.guards(), 1);
+        f.check(&large(&[a, c]));
+        let d = alloc_large(&mut f, 6).unwrap();
+        // SAFETY: as above.
+        assert!(unsafe { d.as_ref().guarded.get() }, "room again");
+        f.check(&large(&[a, c, d]));
+        for s in [a, c, d] {
+            free(&mut f, s);
+        }
+        f.heap.release(u64::MAX, usize::MAX, &f.map, &f.source);
+        assert_eq!(f.heap.guards(), 0);
+        f.check(&[]);
     }
 
     #[test]
@@ -1658,7 +1768,7 @@ mod tests {
         let keep = alloc_large(&mut f, 1).unwrap();
         // SAFETY: a live span of ours, freed once.
         assert!(unsafe { f.free(a) }, "to the cache");
-        assert_eq!(f.heap.cached_bytes(), 10 * PAGE_SIZE);
+        assert_eq!(f.heap.cached_bytes(), (10 + GUARD_PAGES.0) * PAGE_SIZE);
         // Not for a small span of the same length, nor for another length.
         let class = crate::size_class::class_of(1000).unwrap();
         let small_pages = class.pages();
@@ -1669,7 +1779,7 @@ mod tests {
         assert_ne!(small, a);
         let b = alloc_large(&mut f, 9).unwrap();
         assert_ne!(b, a);
-        assert_eq!(f.heap.cached_bytes(), 10 * PAGE_SIZE);
+        assert_eq!(f.heap.cached_bytes(), (10 + GUARD_PAGES.0) * PAGE_SIZE);
         // The same length takes it back, as it was.
         let c = alloc_large(&mut f, 10).unwrap();
         assert_eq!(c, a, "the cached span");
@@ -1687,9 +1797,9 @@ mod tests {
         let mut f = Fixture::new();
         // One mapping, all in use: a (10 pages) and b (the rest).
         let a = alloc_large(&mut f, 10).unwrap();
-        let b = alloc_large(&mut f, MAP_ALIGN / PAGE_SIZE - 10).unwrap();
+        let b = alloc_large(&mut f, MAP_ALIGN / PAGE_SIZE - 10 - 2 * GUARD_PAGES.0).unwrap();
         free(&mut f, a);
-        assert_eq!(f.heap.cached_bytes(), 10 * PAGE_SIZE);
+        assert_eq!(f.heap.cached_bytes(), (10 + GUARD_PAGES.0) * PAGE_SIZE);
         // An aligned request skips the cache's exact-length lookup, finds no free run, and
         // must take the cached span (merged back) rather than map more, which fails here.
         f.source.fail_after(0);

@@ -111,6 +111,10 @@ pub struct Span {
     /// Free runs: when the run was last freed, in the page heap's clock. Small spans: when
     /// the span became wholly free (the central list's spare span).
     pub(crate) freed_at: GuardedCell<u64>,
+    /// Hardened build, large and cached spans: the last page is made inaccessible (the span
+    /// has a guard; see `page_heap`). Guarded by the page heap lock.
+    #[cfg(feature = "hardened")]
+    pub(crate) guarded: GuardedCell<bool>,
 }
 
 impl Span {
@@ -150,6 +154,8 @@ impl Span {
                 s.resident.set(0);
                 s.zeroed.set(false);
                 s.freed_at.set(0);
+                #[cfg(feature = "hardened")]
+                s.guarded.set(false);
             }
         }
         // SAFETY: per the caller, `at` is writable and unused.
@@ -175,6 +181,8 @@ impl Span {
                 resident: GuardedCell::new(0),
                 zeroed: GuardedCell::new(false),
                 freed_at: GuardedCell::new(0),
+                #[cfg(feature = "hardened")]
+                guarded: GuardedCell::new(false),
             })
         }
     }
