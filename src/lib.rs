@@ -150,36 +150,54 @@
 //! and impossible states stop the process with one line from [`check::fatal`].
 #![warn(missing_docs)]
 
-pub mod check;
-pub mod pages;
-pub mod size_class;
-pub mod sync;
-pub mod sys;
-#[cfg(feature = "hardened")]
-pub mod hardening;
-pub mod fixed_alloc;
-pub mod span;
-pub mod page_map;
-pub mod page_heap;
-pub mod central_free_list;
-pub mod heap;
-pub mod sampler;
-pub mod stack;
-pub mod sample_table;
-pub mod thread_cache;
-pub mod stats;
-pub mod config;
-#[cfg(not(loom))]
-mod global;
-#[cfg(not(loom))]
-pub mod profiling;
-#[cfg(not(loom))]
-mod startup;
-#[cfg(all(test, loom))]
-mod loom_tests;
+// One platform is implemented: Linux (x86_64 and aarch64 tested, any Linux target with
+// `std` expected to work). Elsewhere the build stops here, first, with what a port needs.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "spanalloc supports Linux only. A port provides, beside `sys/linux.rs`: pages \
+     (mmap/munmap, madvise(DONTNEED), mprotect), a monotonic clock, a lock's wait and wake \
+     without allocating (Linux: futex), errno, random bytes (getrandom), a thread-exit hook \
+     (pthread keys), pthread_atfork, write(2) and abort, and getenv at start-up."
+);
 
-#[cfg(not(loom))]
-pub use global::{
-    SpanAlloc, flush_thread_cache, heap, raw, release_free_memory, set_decay_ms,
-    start_background_release, stats,
-};
+/// Declares the crate's items where the platform layer is implemented, and none elsewhere,
+/// so that another target's build stops at the `compile_error!` above alone.
+macro_rules! where_supported {
+    ($($item:item)*) => { $( #[cfg(target_os = "linux")] $item )* };
+}
+
+where_supported! {
+    pub mod check;
+    pub mod pages;
+    pub mod size_class;
+    pub mod sync;
+    pub mod sys;
+    #[cfg(feature = "hardened")]
+    pub mod hardening;
+    pub mod fixed_alloc;
+    pub mod span;
+    pub mod page_map;
+    pub mod page_heap;
+    pub mod central_free_list;
+    pub mod heap;
+    pub mod sampler;
+    pub mod stack;
+    pub mod sample_table;
+    pub mod thread_cache;
+    pub mod stats;
+    pub mod config;
+    #[cfg(not(loom))]
+    mod global;
+    #[cfg(not(loom))]
+    pub mod profiling;
+    #[cfg(not(loom))]
+    mod startup;
+    #[cfg(all(test, loom))]
+    mod loom_tests;
+
+    #[cfg(not(loom))]
+    pub use global::{
+        SpanAlloc, flush_thread_cache, heap, raw, release_free_memory, set_decay_ms,
+        start_background_release, stats,
+    };
+}

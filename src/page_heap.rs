@@ -28,13 +28,13 @@
 //! Each guard splits a mapping into up to three kernel mappings, and the kernel caps their
 //! number per process (`vm.max_map_count`, 65 530 by default); past the cap `mmap` fails and
 //! the allocator would run out of memory with memory to spare. So a page heap keeps at most
-//! [`GUARD_BUDGET`] guards at once (two kernel mappings each: half the default cap, the
+//! `GUARD_BUDGET` guards at once (two kernel mappings each: half the default cap, the
 //! other half left to the program and to the heap's own growth); a large span made while the
 //! budget is spent goes without a guard (`Span::guarded` says which have one), as one does
 //! when the kernel refuses the `mprotect`. Guards live where large objects are few and
 //! large; a program with tens of thousands of live large objects (or the heap profiler
 //! sampling every allocation, each sample being a large object) guards the first
-//! [`GUARD_BUDGET`] of them. GrapheneOS's hardened_malloc, which guards its large
+//! `GUARD_BUDGET` of them. GrapheneOS's hardened_malloc, which guards its large
 //! allocations the same way, asks instead for a raised `vm.max_map_count`; a budget keeps
 //! the default working.
 
@@ -1227,6 +1227,7 @@ impl Default for PageHeap {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use crate::span::GUARD_PAGES;
     use crate::sync::Ordering;
     use crate::sys::FakePages;
     use proptest::prelude::*;
