@@ -231,7 +231,7 @@ impl Lists {
             span.free.set(obj);
             let in_use = span.in_use.get();
             if in_use == 0 {
-                crate::check::fatal("double free detected");
+                crate::check::fatal_at("double free detected", obj as usize);
             }
             span.in_use.set(in_use - 1);
             if span.list() == ListId::Full {

@@ -22,6 +22,42 @@ pub fn fatal(msg: &'static str) -> ! {
     unsafe { libc::abort() }
 }
 
+/// Like [`fatal`], for an error about one address: writes `spanalloc: <msg> at 0x<hex>\n`.
+///
+/// The address is formatted into a stack buffer, so this allocates no more than `fatal`.
+/// It is the pointer the program passed (or the object or span it led to), for the reader
+/// to look up in a debugger or a sanitizer's report.
+#[cold]
+#[inline(never)]
+#[cfg_attr(loom, allow(unreachable_code))]
+pub fn fatal_at(msg: &'static str, addr: usize) -> ! {
+    #[cfg(loom)]
+    panic!("spanalloc: {msg} at {addr:#x}");
+    let mut buf = [0u8; 16];
+    write_stderr(b"spanalloc: ");
+    write_stderr(msg.as_bytes());
+    write_stderr(b" at 0x");
+    write_stderr(format_hex(addr as u64, &mut buf));
+    write_stderr(b"\n");
+    // SAFETY: `abort` has no preconditions; it never returns.
+    unsafe { libc::abort() }
+}
+
+/// Formats `value` as lowercase hexadecimal, without leading zeros, into `buf`; returns
+/// the digits written. No allocation.
+pub fn format_hex(mut value: u64, buf: &mut [u8; 16]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b"0123456789abcdef"[(value & 0xf) as usize];
+        value >>= 4;
+        if value == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
 /// Writes all of `bytes` to file descriptor 2, retrying short writes and `EINTR`; gives up
 /// silently on any other error (there is nowhere left to report it).
 pub fn write_stderr(bytes: &[u8]) {
@@ -102,5 +138,13 @@ mod tests {
         assert_eq!(format_decimal(0, &mut buf), b"0");
         assert_eq!(format_decimal(1234567890, &mut buf), b"1234567890");
         assert_eq!(format_decimal(u64::MAX, &mut buf), b"18446744073709551615");
+    }
+
+    #[test]
+    fn hex_formatting() {
+        let mut buf = [0u8; 16];
+        assert_eq!(format_hex(0, &mut buf), b"0");
+        assert_eq!(format_hex(0x7f3a_0000_10c0, &mut buf), b"7f3a000010c0");
+        assert_eq!(format_hex(u64::MAX, &mut buf), b"ffffffffffffffff");
     }
 }

@@ -14,7 +14,7 @@
 //! the page heap. `fork` takes all of them in this order.
 
 use crate::central_free_list::{Backing, CentralFreeList, CentralStats};
-use crate::check::fatal;
+use crate::check::fatal_at;
 use crate::page_heap::{PageHeap, PageHeapStats};
 use crate::page_map::PageMap;
 use crate::pages::{PAGE_SIZE, Pages};
@@ -91,6 +91,42 @@ pub const DEFAULT_BIN_BYTES: usize = 256 << 10;
 pub const DEFAULT_THREAD_CACHE_BYTES: usize = 4 << 20;
 /// The most one decay step gives back, so that no single request stalls for long.
 pub const RELEASE_BYTES_PER_STEP: usize = 64 << 20;
+
+/// What the program was doing with a pointer [`Heap::owner_for`] checks: it picks the
+/// words of the stop message when the pointer is bad.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Access {
+    /// `free`, `dealloc`: "invalid free: ...", "double free detected".
+    Free,
+    /// `realloc`: "invalid realloc: ...".
+    Realloc,
+    /// `malloc_usable_size` and other questions: "invalid pointer: ...".
+    Query,
+}
+
+impl Access {
+    /// The stop messages for a pointer into the middle of an object, one into memory
+    /// already given back, and one spanalloc never handed out.
+    fn messages(self) -> [&'static str; 3] {
+        match self {
+            Access::Free => [
+                "invalid free: pointer into the middle of an object",
+                "double free detected",
+                "invalid free: pointer not allocated by spanalloc",
+            ],
+            Access::Realloc => [
+                "invalid realloc: pointer into the middle of an object",
+                "invalid realloc: pointer already freed",
+                "invalid realloc: pointer not allocated by spanalloc",
+            ],
+            Access::Query => [
+                "invalid pointer: into the middle of an object",
+                "invalid pointer: already freed",
+                "invalid pointer: not allocated by spanalloc",
+            ],
+        }
+    }
+}
 
 /// A pointer `free` was given, classified.
 pub enum Owner {
@@ -351,7 +387,7 @@ impl<S: PageSource> Heap<S> {
     pub unsafe fn free_large(&self, span: NonNull<Span>) {
         // SAFETY: a live span record.
         if unsafe { span.as_ref() }.is_stashed_large() {
-            fatal("double free detected");
+            fatal_at("double free detected", unsafe { span.as_ref() }.start_addr());
         }
         #[cfg(not(feature = "hardened"))]
         // SAFETY: per the caller.
@@ -376,9 +412,17 @@ impl<S: PageSource> Heap<S> {
     }
 
     /// Finds what `ptr` is, stopping the process with a message if it is not the start of
-    /// an object this heap handed out (as far as the page map can tell).
+    /// an object this heap handed out (as far as the page map can tell). The message names
+    /// a free ([`Access::Free`]); [`Heap::owner_for`] names another use.
     #[inline]
     pub fn owner(&self, ptr: *mut u8) -> Owner {
+        self.owner_for(ptr, Access::Free)
+    }
+
+    /// As [`Heap::owner`], with the stop message naming `access`, what the program was
+    /// doing with the pointer.
+    #[inline]
+    pub fn owner_for(&self, ptr: *mut u8, access: Access) -> Owner {
         let addr = ptr as usize;
         let span = self.map.lookup(addr);
         // SAFETY: page-map entries point to span records, which are never unmapped.
@@ -391,7 +435,7 @@ impl<S: PageSource> Heap<S> {
                 _ => {}
             }
         }
-        self.bad_pointer(addr)
+        self.bad_pointer(addr, access)
     }
 
     /// Stops the process with the message that fits a pointer `owner` rejected. Only this
@@ -399,7 +443,8 @@ impl<S: PageSource> Heap<S> {
     /// large or free span maps only its first and last page) to find the span covering it.
     #[cold]
     #[inline(never)]
-    fn bad_pointer(&self, addr: usize) -> ! {
+    fn bad_pointer(&self, addr: usize, access: Access) -> ! {
+        let [interior, freed, foreign] = access.messages();
         let mut page = addr >> crate::pages::PAGE_SHIFT;
         for _ in 0..(1usize << 17) {
             let span = self.map.lookup(page << crate::pages::PAGE_SHIFT);
@@ -408,11 +453,9 @@ impl<S: PageSource> Heap<S> {
             if let Some(s) = unsafe { span.as_ref() } {
                 if s.contains(addr) {
                     match s.kind() {
-                        SpanKind::Small | SpanKind::Large => {
-                            fatal("invalid free: pointer into the middle of an object")
-                        }
+                        SpanKind::Small | SpanKind::Large => fatal_at(interior, addr),
                         // Its pages were given back: freed twice (or never handed out).
-                        _ => fatal("double free detected"),
+                        _ => fatal_at(freed, addr),
                     }
                 }
             }
@@ -421,12 +464,12 @@ impl<S: PageSource> Heap<S> {
             }
             page -= 1;
         }
-        fatal("invalid free: pointer not allocated by spanalloc")
+        fatal_at(foreign, addr)
     }
 
     /// Bytes usable at `ptr`, an object this heap handed out.
     pub fn usable_size(&self, ptr: *mut u8) -> usize {
-        match self.owner(ptr) {
+        match self.owner_for(ptr, Access::Query) {
             // SAFETY: `owner` validated the span.
             Owner::Small(span) => unsafe { span.as_ref() }.class().size(),
             // SAFETY: as above.

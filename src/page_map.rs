@@ -253,7 +253,7 @@ impl PageMap {
         // SAFETY: per the caller.
         let next = unsafe { crate::span::next_free(obj) };
         if !next.is_null() && !self.is_object_of_class(next as usize, class_bytes) {
-            crate::check::fatal("free list corrupted");
+            crate::check::fatal_at("free list corrupted", obj as usize);
         }
         next
     }

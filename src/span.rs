@@ -25,7 +25,7 @@
 //!    span's start and class; the first and last page of every other span map to it, with a
 //!    per-page word of 0.
 
-use crate::check::fatal;
+use crate::check::fatal_at;
 use crate::pages::{PageId, Pages};
 use crate::size_class::SizeClass;
 use crate::sync::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, GuardedCell, Ordering};
@@ -327,7 +327,7 @@ impl Span {
         // SAFETY: per the caller.
         let next = unsafe { next_free(obj) };
         if !next.is_null() && self.object_index(next as usize).is_none() {
-            fatal("free list corrupted");
+            fatal_at("free list corrupted", obj as usize);
         }
         next
     }
@@ -410,7 +410,7 @@ pub unsafe fn mark_freed(obj: *mut u8, key: u64) {
         unsafe {
             let word = obj.cast::<u64>().add(1);
             if word.read() == key {
-                fatal("double free detected");
+                fatal_at("double free detected", obj as usize);
             }
             word.write(key);
         }

@@ -1,10 +1,11 @@
 //! Death tests: a bad pointer given to spanalloc stops the process with one fixed line on
 //! stderr and `SIGABRT`. Each case runs in a child process (this binary re-executed to run
 //! one test), and the parent checks the signal, the exact line and that it did not hang.
+//! The line names the address; where a case knows it beforehand, it must be that one.
 
 mod common;
 
-use common::{child_case, death_test, run_child};
+use common::{child_case, death_test, expect_stop_at, run_child};
 use core::alloc::{GlobalAlloc, Layout};
 use spanalloc::{SpanAlloc, raw};
 
@@ -39,6 +40,7 @@ fn warm_up() {
 fn free_of_a_wild_address() {
     death_test("free_of_a_wild_address", NOT_OURS, || {
         warm_up();
+        expect_stop_at(0x1234_5678_9000);
         // SAFETY: deliberately wrong: the allocator must stop the process.
         unsafe { raw::free(0x1234_5678_9000 as *mut u8) };
     });
@@ -58,6 +60,7 @@ fn free_of_a_stack_address() {
     death_test("free_of_a_stack_address", NOT_OURS, || {
         warm_up();
         let local = [0u64; 8];
+        expect_stop_at(local.as_ptr() as usize);
         // SAFETY: deliberately wrong.
         unsafe { raw::free(std::hint::black_box(local.as_ptr() as *mut u8)) };
     });
@@ -124,6 +127,7 @@ fn free_of_an_interior_pointer_small() {
         // SAFETY: a live object of 64 bytes.
         let p = unsafe { raw::alloc(64, 8) };
         assert!(!p.is_null());
+        expect_stop_at(p as usize + 8);
         // SAFETY: deliberately wrong: 8 bytes into the object.
         unsafe { raw::free(p.add(8)) };
     });
@@ -208,6 +212,7 @@ fn double_free_small_immediate() {
         unsafe {
             let p = raw::alloc(64, 8);
             assert!(!p.is_null());
+            expect_stop_at(p as usize);
             raw::free(p);
             raw::free(p);
         }
@@ -302,6 +307,7 @@ fn double_free_large_immediate() {
         unsafe {
             let p = raw::alloc(LARGE, 8);
             assert!(!p.is_null());
+            expect_stop_at(p as usize);
             raw::free(p);
             raw::free(p);
         }
@@ -457,4 +463,39 @@ fn dealloc_with_a_layout_of_a_smaller_class() {
 fn dealloc_with_a_layout_of_a_neighbouring_class() {
     // 16 and 32 bytes: both on the table-lookup fast path.
     wrong_layout_case("dealloc_with_a_layout_of_a_neighbouring_class", 16, 32);
+}
+
+// ---------------------------------------------------------------------------------------
+// Other uses of a bad pointer: the line names the use.
+
+#[test]
+fn usable_size_of_a_stack_address() {
+    death_test(
+        "usable_size_of_a_stack_address",
+        "spanalloc: invalid pointer: not allocated by spanalloc",
+        || {
+            warm_up();
+            let local = [0u64; 8];
+            expect_stop_at(local.as_ptr() as usize);
+            // SAFETY: deliberately wrong.
+            unsafe { raw::usable_size(std::hint::black_box(local.as_ptr() as *mut u8)) };
+        },
+    );
+}
+
+#[test]
+fn realloc_of_an_interior_pointer() {
+    death_test(
+        "realloc_of_an_interior_pointer",
+        "spanalloc: invalid realloc: pointer into the middle of an object",
+        || {
+            warm_up();
+            // SAFETY: a live object of 64 bytes.
+            let p = unsafe { raw::alloc(64, 8) };
+            assert!(!p.is_null());
+            expect_stop_at(p as usize + 16);
+            // SAFETY: deliberately wrong: 16 bytes into the object.
+            unsafe { raw::realloc(p.add(16), 200, 8) };
+        },
+    );
 }

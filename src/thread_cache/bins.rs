@@ -516,7 +516,7 @@ fn pop_from(bin: &mut Bin, map: *const PageMap, class_bytes: usize) -> *mut u8 {
             bin.head = next_in_bin(map, obj, class_bytes);
             #[cfg(feature = "hardened")]
             if !crate::hardening::poison_intact(obj, class_size(class_bytes)) {
-                crate::check::fatal("write after free detected");
+                crate::check::fatal_at("write after free detected", obj as usize);
             }
             span::mark_allocated(obj);
         }

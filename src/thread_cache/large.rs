@@ -3,7 +3,7 @@
 //! `lib.rs` for an overview.
 
 use super::{STASH_SLOTS, ThreadCache};
-use crate::check::fatal;
+use crate::check::fatal_at;
 use crate::heap::Heap;
 use crate::pages::Pages;
 use crate::span::{Span, SpanKind};
@@ -133,7 +133,7 @@ impl ThreadCache {
             return unsafe { heap.free_large(span) };
         }
         if !s.stash_large() {
-            fatal("double free detected");
+            fatal_at("double free detected", s.start_addr());
         }
         if self.stash_len == STASH_SLOTS {
             let oldest = self.stash[0];

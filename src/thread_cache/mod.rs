@@ -307,7 +307,7 @@ impl ThreadCache {
             // The page's word said otherwise a moment ago: only a racing invalid free (the
             // span given back meanwhile) gets here.
             Owner::Small(_) => {
-                crate::check::fatal("invalid free: pointer not allocated by spanalloc")
+                crate::check::fatal_at("invalid free: pointer not allocated by spanalloc", ptr as usize)
             }
         }
     }
@@ -400,7 +400,10 @@ pub fn check_layout<S: PageSource>(heap: &Heap<S>, ptr: *mut u8, size: usize, al
     if class != 0 {
         if let Some(want) = size_class::class_for(size, align) {
             if want.index() != class {
-                crate::check::fatal("dealloc with a layout of another size class than alloc");
+                crate::check::fatal_at(
+                    "dealloc with a layout of another size class than alloc",
+                    ptr as usize,
+                );
             }
         }
     }

@@ -3,8 +3,8 @@
 //! overview, and `docs/design.md` for the growth policy.
 
 use super::ThreadCache;
-use crate::check::fatal;
-use crate::heap::{GROWTH_MIN, Heap, LEND_MIN, Owner, growth_room};
+use crate::check::fatal_at;
+use crate::heap::{Access, GROWTH_MIN, Heap, LEND_MIN, Owner, growth_room};
 use crate::size_class;
 use crate::span;
 use crate::sys::PageSource;
@@ -47,14 +47,14 @@ impl ThreadCache {
         align: usize,
         new_size: usize,
     ) -> *mut u8 {
-        let owner = heap.owner(ptr);
+        let owner = heap.owner_for(ptr, Access::Realloc);
         let (old_usable, old_span) = match owner {
             Owner::Small(span) => {
                 // A freed small object carries the free key: resizing it would hand it to
                 // two owners (it is on a free list too).
                 // SAFETY: validated by `owner`: the start of an object of at least 16 bytes.
                 if crate::check::FREE_CHECKS && unsafe { span::is_marked_freed(ptr, self.key) } {
-                    fatal("invalid realloc: pointer already freed");
+                    fatal_at("invalid realloc: pointer already freed", ptr as usize);
                 }
                 // SAFETY: validated by `owner`.
                 (unsafe { span.as_ref() }.class().size(), None)
@@ -63,7 +63,7 @@ impl ThreadCache {
                 // SAFETY: validated by `owner`.
                 let s = unsafe { span.as_ref() };
                 if s.is_stashed_large() {
-                    fatal("invalid realloc: pointer already freed");
+                    fatal_at("invalid realloc: pointer already freed", ptr as usize);
                 }
                 (s.object_bytes(), Some(span))
             }

@@ -132,11 +132,21 @@ pub fn run_child(test_name: &str, case: &str, timeout: Duration) -> ChildResult 
 /// Hang timeout of a death-test child.
 pub const DEATH_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Whether `line` is the stop line of message `msg` (`spanalloc: ...`): the message, then
+/// ` at 0x` and the address in hexadecimal.
+pub fn is_stop_line(line: &str, msg: &str) -> bool {
+    line.strip_prefix(msg)
+        .and_then(|rest| rest.strip_prefix(" at 0x"))
+        .is_some_and(|hex| !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// Runs `body` in a child process (this test binary, re-executed to run only `test_name`)
-/// and checks that the child was killed by `SIGABRT` (not hung), and that its stderr
-/// holds exactly `line` as one line. In the child, runs `body`; if `body` returns, the
-/// child exits with code 0 after printing a marker, which the parent reports as a failure.
-pub fn death_test(test_name: &str, line: &str, body: impl FnOnce()) {
+/// and checks that the child was killed by `SIGABRT` (not hung), and that the one line of
+/// spanalloc's on its stderr is `msg` with an address ([`is_stop_line`]). If the child
+/// printed `STOP-AT 0x...` on stdout before the bad call, the address must be that one. In
+/// the child, runs `body`; if `body` returns, the child exits with code 0 after printing a
+/// marker, which the parent reports as a failure.
+pub fn death_test(test_name: &str, msg: &str, body: impl FnOnce()) {
     if child_case().as_deref() == Some(test_name) {
         body();
         println!("CHILD-SURVIVED");
@@ -149,20 +159,23 @@ pub fn death_test(test_name: &str, line: &str, body: impl FnOnce()) {
         Some(libc::SIGABRT),
         "{test_name}: child not killed by SIGABRT\n{r:#?}"
     );
-    assert!(
-        r.stderr.lines().any(|l| l == line),
-        "{test_name}: stderr lacks the line {line:?}\n{r:#?}"
-    );
     let ours: Vec<&str> = r
         .stderr
         .lines()
         .filter(|l| l.starts_with("spanalloc:"))
         .collect();
-    assert_eq!(
-        ours,
-        vec![line],
-        "{test_name}: exactly one spanalloc line\n{r:#?}"
+    assert!(
+        ours.len() == 1 && is_stop_line(ours[0], msg),
+        "{test_name}: wanted exactly one line {msg:?} at an address\n{r:#?}"
     );
+    if let Some(addr) = r.stdout.lines().find_map(|l| l.strip_prefix("STOP-AT ")) {
+        assert_eq!(ours[0], format!("{msg} at {addr}"), "{test_name}\n{r:#?}");
+    }
+}
+
+/// In a death test's child: says on stdout which address the stop line must name.
+pub fn expect_stop_at(addr: usize) {
+    println!("STOP-AT {addr:#x}");
 }
 
 /// Runs `body` in a child process and checks that it exits with code 0 within `timeout`.
