@@ -385,9 +385,10 @@ impl<S: PageSource> Heap<S> {
     /// # Safety
     /// `span` holds a large object the caller owns and gives up.
     pub unsafe fn free_large(&self, span: NonNull<Span>) {
-        // SAFETY: a live span record.
-        if unsafe { span.as_ref() }.is_stashed_large() {
-            fatal_at("double free detected", unsafe { span.as_ref() }.start_addr());
+        // SAFETY: a live span record (per the caller), read before anything frees it.
+        let record = unsafe { span.as_ref() };
+        if record.is_stashed_large() {
+            fatal_at("double free detected", record.start_addr());
         }
         #[cfg(not(feature = "hardened"))]
         // SAFETY: per the caller.
