@@ -299,12 +299,14 @@ class RunResult:
         self.error = error
 
 
-def run_once(shape, preload, timeout, scratch, measure):
+def run_once(shape, preload, timeout, scratch, measure, alloc_env=None):
     """One process of one shape under one allocator, through bench/tools/measure.c, which
-    sets LD_PRELOAD in the child and reports its wall time and ru_maxrss."""
+    sets LD_PRELOAD in the child and reports its wall time and ru_maxrss. alloc_env: the
+    allocator's own variables (--env), set for every shape it runs."""
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)  # the helper sets it in the child only
     env.update(shape.env)
+    env.update(alloc_env or {})
     out_path = os.path.join(scratch, "out")
     err_path = os.path.join(scratch, "err")
     rep_path = os.path.join(scratch, "report")
@@ -558,6 +560,10 @@ def parse_args(argv):
     ap.add_argument("--spanalloc", metavar="PATH", help="use this libspanalloc.so, no build")
     ap.add_argument("--extra", action="append", default=[], metavar="NAME=PATH",
                     help="another preload to compare, e.g. spanalloc-before=/old/libspanalloc.so")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME:VAR=VALUE",
+                    help="a variable set for one allocator's runs, e.g. "
+                         "spanalloc-prof:SPANALLOC_PROFILE=512K with --extra "
+                         "spanalloc-prof=PATH (repeatable)")
     ap.add_argument("--allocators", metavar="LIST",
                     help="comma-separated subset of the allocators to run (glibc always runs)")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds before a run is killed")
@@ -596,6 +602,14 @@ def main(argv):
             log(f"--extra wants NAME=PATH, got {spec!r}")
             return 2
         preloads[name] = path
+    alloc_envs = {}
+    for spec in args.env:
+        name, sep, assignment = spec.partition(":")
+        var, eq, value = assignment.partition("=")
+        if not sep or not eq or not var or name not in preloads:
+            log(f"--env wants NAME:VAR=VALUE with NAME an allocator, got {spec!r}")
+            return 2
+        alloc_envs.setdefault(name, {})[var] = value
     if args.allocators:
         keep = {"glibc"} | set(args.allocators.split(","))
         unknown = keep - set(preloads)
@@ -624,7 +638,8 @@ def main(argv):
             for rep in range(reps):
                 k = rep % len(allocs)
                 for a in allocs[k:] + allocs[:k]:
-                    runs[a].append(run_once(shape, preloads[a], args.timeout, scratch, measure))
+                    runs[a].append(run_once(shape, preloads[a], args.timeout, scratch, measure,
+                                            alloc_envs.get(a)))
             rec = summarize(shape, allocs, runs)
             out_shapes.append(rec)
             elapsed = time.time() - start
@@ -646,6 +661,7 @@ def main(argv):
         "allocators": allocs,
         "references": [a for a in REFERENCE_NAMES if a in allocs],
         "preloads": preloads,
+        "allocator_env": alloc_envs,
         "elapsed_seconds": time.time() - start,
         "shapes": out_shapes,
         "geomean": geomeans(out_shapes, allocs),
