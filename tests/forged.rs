@@ -5,9 +5,10 @@
 
 mod common;
 
-use common::death_test;
+use common::{child_test, death_test};
 use core::alloc::{GlobalAlloc, Layout};
 use spanalloc::{SpanAlloc, raw};
+use std::time::Duration;
 
 #[global_allocator]
 static A: SpanAlloc = SpanAlloc;
@@ -110,4 +111,55 @@ fn realloc_of_a_freed_small_object() {
             raw::realloc(p, 101, 16);
         }
     });
+}
+
+/// Not a bad input: a program that copies bytes it never wrote. Memory that held free
+/// objects keeps their marks until it is written, and a new object may be made over it (a
+/// large object here, as a sampled object of the heap profiler is). Copying its bytes into
+/// another object (a struct copy with padding, a `memcpy` of a partly filled buffer) must
+/// not make that object look freed: a mark is the key mixed with the object's own address,
+/// so it does not hold at another address. With a plain key, the free of the copy stopped
+/// the process with "double free detected".
+#[test]
+fn a_copy_of_bytes_that_held_free_objects_is_not_a_double_free() {
+    child_test(
+        "a_copy_of_bytes_that_held_free_objects_is_not_a_double_free",
+        Duration::from_secs(60),
+        || {
+            let object = spanalloc::size_class::class_of(SIZE).unwrap().size();
+            let count = 4096;
+            // SAFETY: live objects, each freed once; the copies are 16-byte objects of the
+            // program's; reading `big` copies bytes that may be uninitialised, which
+            // `copy_nonoverlapping` may do (they are only compared as a whole word after).
+            unsafe {
+                let objects: Vec<*mut u8> = (0..count).map(|_| raw::alloc(SIZE, 8)).collect();
+                assert!(objects.iter().all(|p| !p.is_null()));
+                for &p in &objects {
+                    raw::free(p);
+                }
+                // The objects go back to their spans; the wholly free spans to the page heap,
+                // whose free runs keep their bytes until the decay time.
+                spanalloc::flush_thread_cache();
+                let len = count * object;
+                let big = raw::alloc(len, 8);
+                assert!(!big.is_null());
+                let key = spanalloc::check::free_key();
+                let mut marks = 0;
+                for off in (0..len - 16).step_by(16) {
+                    let mut bytes = [0u64; 2];
+                    core::ptr::copy_nonoverlapping(big.add(off), bytes.as_mut_ptr().cast(), 16);
+                    let at = big.add(off) as u64;
+                    if bytes[1] == key || bytes[1] == key ^ at {
+                        marks += 1;
+                    }
+                    let copy = raw::alloc(16, 8);
+                    core::ptr::copy_nonoverlapping(big.add(off), copy, 16);
+                    raw::free(copy);
+                }
+                // The case arose: the large object was made over the freed objects' pages.
+                assert!(marks > 0, "no free object's mark in the large object");
+                raw::free(big);
+            }
+        },
+    );
 }
