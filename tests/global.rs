@@ -222,7 +222,10 @@ fn a_buffer_doubled_through_global_alloc_moves_only_while_small() {
     // paths, the move to 4 KiB puts the buffer in a page span with headroom, and from then on
     // every growth inside that room returns the same pointer (answered from one page-map
     // lookup). The page-heap growths past the room may move it if another test's span
-    // follows; only the growths inside the room are certain.
+    // follows; only the growths inside the room are certain. With the heap profiler
+    // sampling (CI runs this suite with `SPANALLOC_PROFILE=1`), a sampled move is served
+    // as a sampled object, without headroom: then only the contents are checked.
+    let placed = spanalloc::profiling::mean() == 0;
     let mut size = 8;
     let mut layout = Layout::from_size_align(size, 8).unwrap();
     // SAFETY: non-zero layout.
@@ -238,7 +241,7 @@ fn a_buffer_doubled_through_global_alloc_moves_only_while_small() {
         assert!(!q.is_null());
         // SAFETY: the first `size` bytes were kept.
         assert_eq!(unsafe { *q.add(size - 1) }, size.trailing_zeros() as u8);
-        if new_size <= room {
+        if placed && new_size <= room {
             assert_eq!(q, p, "{size} -> {new_size} within the room of {room}");
             in_room += 1;
         }
@@ -246,7 +249,7 @@ fn a_buffer_doubled_through_global_alloc_moves_only_while_small() {
             // SAFETY: live, ours.
             room = unsafe { spanalloc::raw::usable_size(q) };
         }
-        if new_size == GROWTH_MIN {
+        if placed && new_size == GROWTH_MIN {
             // Moved by growth again and again (the sub-4 KiB moves on the fast path count):
             // a page span with headroom.
             assert_eq!(room, growth_room(GROWTH_MIN));
@@ -256,7 +259,7 @@ fn a_buffer_doubled_through_global_alloc_moves_only_while_small() {
         layout = Layout::from_size_align(size, 8).unwrap();
     }
     assert!(
-        in_room >= 2,
+        !placed || in_room >= 2,
         "the growths after the page-span move stay in place"
     );
     // SAFETY: live with `layout`.
