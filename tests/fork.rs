@@ -1,6 +1,8 @@
 //! `fork` in a multi-threaded program: 8 threads allocate and free (small, large, across
 //! threads, flushing caches and releasing memory, so every allocator lock is busy) while
 //! the main thread forks 100 times. Every child allocates, frees and exits 0 within 5 s.
+//! CI runs it again with `SPANALLOC_PROFILE=1`: every allocation is sampled, so the forks
+//! also land while threads hold the heap profiler's table lock.
 
 mod common;
 
