@@ -484,6 +484,8 @@ pub mod raw {
             } else if size < LARGE_THRESHOLD {
                 // SAFETY: the size is in the medium range.
                 return unsafe { alloc_medium(size) };
+            } else {
+                return alloc_large(size);
             }
         }
         alloc_slow(size, align)
@@ -577,6 +579,17 @@ pub mod raw {
         // never has room and is only read); the fast path makes no call that could re-enter;
         // per the caller.
         unsafe { ThreadCache::push_small_raw(cache, ptr, word) }
+    }
+
+    /// The rest of [`free`] once [`free_fast`] returned `false`: the large-object, full-bin,
+    /// inactive-cache and bad-pointer cases, without the fast path's tests again.
+    ///
+    /// # Safety
+    /// As [`free`].
+    #[inline]
+    pub unsafe fn free_past_fast(ptr: *mut u8) {
+        // SAFETY: per the caller.
+        unsafe { free_slow(ptr) }
     }
 
     /// Resizes `ptr` (allocated with `align`) to `new_size` bytes. Null on failure, leaving
@@ -699,6 +712,28 @@ unsafe fn alloc_medium(size: usize) -> *mut u8 {
         return unsafe { sample_popped(obj, size) };
     }
     alloc_slow(size, MIN_ALIGN)
+}
+
+/// A large request (at least `LARGE_THRESHOLD` bytes, alignment at most `MIN_ALIGN`) from
+/// a thread with an active cache: charged, then the stash or the page heap, without the
+/// general path's class lookup and dispatch (the stash hit is the common case of programs
+/// that keep replacing large buffers). Anything else takes [`alloc_slow`].
+#[inline(never)]
+fn alloc_large(size: usize) -> *mut u8 {
+    let l = local();
+    // SAFETY: our own slot (or the shared one of exited threads, never ACTIVE).
+    if unsafe { (*l).state } != ACTIVE {
+        return alloc_slow(size, MIN_ALIGN);
+    }
+    // SAFETY: our own slot, ACTIVE: nothing else on this thread uses the cache now (as in
+    // `with_cache`).
+    let cache = unsafe { &mut (*l).cache };
+    if !cache.sampler().charge(size) {
+        if let Some(weight) = cache.sampler().crossed(size, params()) {
+            return sampled_alloc(size, MIN_ALIGN, false, weight);
+        }
+    }
+    cache.alloc_large(&HEAP, size, MIN_ALIGN)
 }
 
 #[cold]

@@ -108,8 +108,8 @@ unsafe fn free_slow_keep_errno(ptr: *mut c_void) {
     let errno = unsafe { libc::__errno_location() };
     // SAFETY: as above.
     let saved = unsafe { *errno };
-    // SAFETY: per the caller.
-    unsafe { raw::free(ptr.cast()) };
+    // SAFETY: per the caller; the fast path has been tried.
+    unsafe { raw::free_past_fast(ptr.cast()) };
     // SAFETY: as above.
     unsafe { *errno = saved };
 }
