@@ -60,6 +60,7 @@ MIRI_FILTERS=(
   thread_cache::tests::the_cache_walker
   thread_cache::tests::freed_large_spans
   thread_cache::tests::a_thread_lends_one
+  thread_cache::tests::a_shared_never_filled_cache
   central_free_list::
 )
 # ...less these: threads (sync), files (the table freshness test), or too slow under

@@ -729,4 +729,64 @@ mod tests {
             assert!(list.first().is_null() && list.last().is_null());
         }
     }
+
+    /// A reader holding a stale pointer to a span record (an invalid `free` or a lent
+    /// span's check found it in the page map) loads its identity fields while the page heap
+    /// gives the record back and makes another span in it, with no ordering between them.
+    /// Every store of that recycle where such a reader loads is atomic (the metadata
+    /// allocator's free link, `Span::init`'s identity fields), so no load races a plain
+    /// store: under Miri (CI's robustness job runs this module) a plain store there is a
+    /// reported data race. The reader sees the old span, the new one, or a record whose
+    /// start is not the old span's (the free link), which the callers' start and range
+    /// checks reject.
+    #[test]
+    fn a_record_recycled_while_a_stale_reader_loads_it() {
+        use crate::fixed_alloc::FixedAlloc;
+        use crate::sys::FakePages;
+        let source = FakePages::new();
+        let mut records = FixedAlloc::<Span>::new();
+        let (old_start, new_start) = (16 * PAGE_SIZE, 64 * PAGE_SIZE);
+        let rec = records.alloc(&source).unwrap();
+        // SAFETY: a record of ours, holding no live span.
+        unsafe {
+            Span::init(
+                rec.as_ptr(),
+                PageId::containing(old_start),
+                Pages(2),
+                SpanKind::Large,
+            )
+        };
+        let at = rec.as_ptr() as usize;
+        std::thread::scope(|s| {
+            let reader = s.spawn(move || {
+                // SAFETY: records are never unmapped; the fields read are atomics.
+                let span = unsafe { &*(at as *const Span) };
+                let mut seen = Vec::new();
+                for _ in 0..4 {
+                    seen.push((span.kind(), span.start_addr(), span.pages()));
+                }
+                seen
+            });
+            // SAFETY: the record is ours and holds no live span from here on (the reader's
+            // pointer is the stale one under test).
+            unsafe { records.free(rec) };
+            let again = records.alloc(&source).unwrap();
+            assert_eq!(again, rec, "the record is recycled");
+            // SAFETY: as above.
+            unsafe {
+                Span::init(
+                    again.as_ptr(),
+                    PageId::containing(new_start),
+                    Pages(1),
+                    SpanKind::Small,
+                )
+            };
+            for (kind, start, pages) in reader.join().unwrap() {
+                let old = (kind, start, pages) == (SpanKind::Large, old_start, Pages(2));
+                // A stale reader accepts a record only by its start: the old span's start
+                // is seen only with the old span's kind.
+                assert!(old || start != old_start || kind != SpanKind::Large);
+            }
+        });
+    }
 }

@@ -752,3 +752,51 @@ fn a_cache_keeps_its_free_objects_within_the_thread_budget() {
     heap.check_invariants();
     assert_eq!(heap.page_heap_stats().small_spans, 0);
 }
+
+/// The cache of exited threads (with `small-tls`: one static that every exited thread's
+/// fast paths use at once) is never filled: its fast paths find no object and no room, and
+/// only read it. Two threads run the raw fast paths on one such cache at once. Under Miri
+/// (CI's robustness job), a `&mut ThreadCache` or `&mut Bin` formed by either thread is
+/// undefined behaviour: two live mutable references from two threads, whose uses Stacked
+/// Borrows rejects. Natively: nothing is found and nothing is written.
+#[test]
+fn a_shared_never_filled_cache_is_only_read_by_the_fast_paths() {
+    let shared = Box::leak(Box::new(ThreadCache::new())) as *mut ThreadCache as usize;
+    let class = size_class::class_of(64).unwrap();
+    // An object's start in a small span of that class, as its page's word says: the pushes
+    // pass the pointer checks and stop at the bin's room (never written to).
+    let start = 1usize << 30;
+    let word = crate::page_map::small_word(start, class.index() as u8);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(move || {
+                let cache = shared as *mut ThreadCache;
+                for _ in 0..3 {
+                    // SAFETY: `cache` is live and never holds an object (the fast paths'
+                    // contract for a shared cache); 64 is a small size; `start` is never
+                    // dereferenced by a push that finds no room.
+                    unsafe {
+                        assert!(ThreadCache::pop_small_raw(cache, 64).is_null());
+                        assert!(ThreadCache::pop_raw(cache, class).is_null());
+                        assert!(!ThreadCache::push_small_raw(cache, start as *mut u8, word));
+                        assert!(!ThreadCache::push_sized_raw(
+                            cache,
+                            start as *mut u8,
+                            word,
+                            64
+                        ));
+                    }
+                }
+            });
+        }
+    });
+    // SAFETY: the threads are done; the cache was only read.
+    let cache = unsafe { &*(shared as *const ThreadCache) };
+    assert!(!cache.active);
+    assert!(
+        cache
+            .bins
+            .iter()
+            .all(|b| b.head.is_null() && b.room == 0 && b.max == 0)
+    );
+}
