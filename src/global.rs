@@ -988,6 +988,19 @@ pub fn set_decay_ms(ms: i64) {
     HEAP.set_decay_ms(ms);
 }
 
+/// Sets the most bytes of free small objects one thread's cache keeps in all (default
+/// 4 MiB, or `SPANALLOC_THREAD_CACHE_BYTES`). Every bin keeps room for one batch whatever
+/// the value; caches over the bound shrink as their threads free into them.
+pub fn set_thread_cache_bytes(bytes: usize) {
+    HEAP.set_thread_cache_bytes(bytes);
+}
+
+/// Sets the most bytes of free objects of one size class a thread's cache keeps (default
+/// 256 KiB, or `SPANALLOC_BIN_BYTES`; at least two batches whatever the value).
+pub fn set_bin_bytes(bytes: usize) {
+    HEAP.set_bin_bytes(bytes);
+}
+
 /// A snapshot of where the allocator's memory is (see [`crate::stats::Stats`]). Exact for
 /// the calling thread's cache; other threads' caches are counted as whole spans unless they
 /// called [`flush_thread_cache`] (or exited).

@@ -1,5 +1,6 @@
 //! spanalloc: a general-purpose, multi-threaded memory allocator in pure Rust, built the
-//! TCMalloc way.
+//! TCMalloc way: per-thread caches of free objects by size class, fed in batches by
+//! lock-protected central lists, fed by a page heap that maps memory with `mmap`.
 //!
 //! ```
 //! #[global_allocator]
@@ -7,11 +8,58 @@
 //! # fn main() { let v = vec![1u8; 100]; assert_eq!(v.len(), 100); }
 //! ```
 //!
-//! The same code, behind the C ABI, is `libspanalloc.so` (the `preload/` crate) for
-//! `LD_PRELOAD`. This comment is the overview of the whole allocator; every other file
-//! opens with one line and points here. `docs/design.md` gives the reasons for the choices.
+//! That is all a Rust program needs: no C compiler, no build script. The same code behind
+//! the C ABI is `libspanalloc.so` (the repository's `preload/` crate) for `LD_PRELOAD`,
+//! replacing `malloc` and C++ `new`/`delete` in any program.
 //!
-//! # Lineage and layers
+//! # Using it
+//!
+//! | call | what it does |
+//! |---|---|
+//! | [`SpanAlloc`] | the global allocator |
+//! | [`stats()`] | where every mapped byte is: [`stats::Stats`], printable as a table (`{}`) or as JSON ([`stats::Stats::to_json`]) |
+//! | [`release_free_memory()`] | gives every free page back to the OS now, the calling thread's cached objects included |
+//! | [`flush_thread_cache()`] | hands the calling thread's cached objects back to the shared lists |
+//! | [`set_decay_ms`] | how long free pages stay resident before they go back on their own (default 500 ms) |
+//! | [`start_background_release()`] | a thread that gives memory back on time even while the program makes no allocator call |
+//! | [`set_thread_cache_bytes`], [`set_bin_bytes`] | the bounds of each thread's cache (default 4 MiB, 256 KiB of one class) |
+//! | [`profiling`] | heap profiling: sampled allocation sites, written as pprof profiles |
+//! | [`raw`] | the allocation functions without `Layout` (what `libspanalloc.so` calls) |
+//!
+//! **Configuration.** The same knobs come from the environment, read once before `main`:
+//! `SPANALLOC_DECAY_MS`, `SPANALLOC_BACKGROUND_RELEASE=1`, `SPANALLOC_THREAD_CACHE_BYTES`,
+//! `SPANALLOC_BIN_BYTES` (with `K`, `M`, `G` suffixes), `SPANALLOC_SHOW_STATS=1` (the
+//! statistics on stderr at exit), `SPANALLOC_PROFILE=bytes` and
+//! `SPANALLOC_PROFILE_DUMP=path`. A value that does not parse keeps the default, with one
+//! line on stderr. A program's own calls come later and win.
+//!
+//! **Errors.** Out of memory is a null pointer (`GlobalAlloc`'s contract; Rust's
+//! `handle_alloc_error` then). A bad pointer given to `dealloc`, `free` or `realloc` (never
+//! allocated, interior, freed twice) stops the process with one line on stderr,
+//! `spanalloc: <what> at 0x<address>`, and `abort`: run the program under valgrind or
+//! AddressSanitizer with the system allocator to see where it came from.
+//!
+//! **Platforms.** Linux (x86_64 and aarch64 tested; any Linux target with `std` expected to
+//! work). Other operating systems stop the build with a message that lists what a port
+//! provides.
+//!
+//! **Cost.** A small allocation and free take a few dozen instructions with no atomic and no
+//! lock, cross-thread frees included; threads meet only in the central lists, once per
+//! batch of objects. The repository's README has the measurements against glibc, mimalloc,
+//! jemalloc and TCMalloc.
+//!
+//! **Cargo features.** `free-checks` (default: double frees caught), `hardened` (link
+//! encoding, guard pages, random order, poisoning), `profiling` (profiles symbolized and
+//! compressed in process), `small-tls` (the C library's thread-local layout), `internals`
+//! (unstable: the tiers below as public modules, for the project's own tests).
+//!
+//! # How it works
+//!
+//! The rest of this page is the overview of the whole allocator; every other file opens with
+//! one line and points here. `docs/design.md` gives the reasons for the choices. The
+//! modules are public only with the `internals` feature.
+//!
+//! ## Lineage and layers
 //!
 //! The design is TCMalloc's and Go's (`runtime/malloc.go`): a small-object front end of
 //! per-thread caches of free objects, a middle of central lists that move them in batches,
@@ -20,29 +68,29 @@
 //!
 //! | module | role | Go name |
 //! |---|---|---|
-//! | [`check`] | `fatal(msg)`: one line with `write(2)`, then abort; the double-free key | `throw` |
-//! | [`pages`] | [`pages::PageId`] / [`pages::Pages`]: 8 KiB pages as types | |
-//! | [`size_class`] | the class table (generated) and size → class lookup | `sizeclasses.go` |
-//! | [`sync`] | atomics, [`sync::GuardedCell`] and the futex [`sync::Lock`]; the loom switch | |
-//! | [`sys`] | [`sys::PageSource`]: `mmap`, `munmap`, `MADV_DONTNEED`; a fake source for tests | `mem_linux.go` |
+//! | `check` | `fatal(msg)`: one line with `write(2)`, then abort; the double-free key | `throw` |
+//! | `pages` | `pages::PageId` / `pages::Pages`: 8 KiB pages as types | |
+//! | `size_class` | the class table (generated) and size → class lookup | `sizeclasses.go` |
+//! | `sync` | atomics, `sync::GuardedCell` and the futex `sync::Lock`; the loom switch | |
+//! | `sys` | `sys::PageSource`: `mmap`, `munmap`, `MADV_DONTNEED`; a fake source for tests | `mem_linux.go` |
 //! | `hardening` | the `hardened` build's link keys, random order and poison (see below) | |
-//! | [`fixed_alloc`] | [`fixed_alloc::FixedAlloc`]: metadata records from their own memory | `mfixalloc.go` |
-//! | [`span`] | [`span::Span`]: a run of pages; its free list; the free-object link and key | `mspan` |
-//! | [`page_map`] | [`page_map::PageMap`]: address → span and small-object word, lock-free reads | `arenas` |
-//! | [`page_heap`] | [`page_heap::PageHeap`]: free runs, split and merged; release to the OS | `mheap` |
-//! | [`central_free_list`] | [`central_free_list::CentralFreeList`]: per class, the spans and whole batches of free objects | `mcentral` |
-//! | [`heap`](mod@heap) | [`heap::Heap`]: the shared tiers as one value; large objects; pointer validation | `mheap_` |
-//! | [`sampler`] | [`sampler::Sampler`]: the heap profiler's per-thread countdown to the next sample | `nextSample` |
-//! | [`stack`] | stack capture for the profiler (`_Unwind_Backtrace`) | `callers` |
-//! | [`sample_table`] | [`sample_table::SampleTable`]: live sampled objects and per-stack totals | `mProf` |
-//! | [`thread_cache`] | [`thread_cache::ThreadCache`]: per thread, free objects by class, moved in batches | `mcache` |
+//! | `fixed_alloc` | `fixed_alloc::FixedAlloc`: metadata records from their own memory | `mfixalloc.go` |
+//! | `span` | `span::Span`: a run of pages; its free list; the free-object link and key | `mspan` |
+//! | `page_map` | `page_map::PageMap`: address → span and small-object word, lock-free reads | `arenas` |
+//! | `page_heap` | `page_heap::PageHeap`: free runs, split and merged; release to the OS | `mheap` |
+//! | `central_free_list` | `central_free_list::CentralFreeList`: per class, the spans and whole batches of free objects | `mcentral` |
+//! | `heap` | `heap::Heap`: the shared tiers as one value; large objects; pointer validation | `mheap_` |
+//! | `sampler` | `sampler::Sampler`: the heap profiler's per-thread countdown to the next sample | `nextSample` |
+//! | `stack` | stack capture for the profiler (`_Unwind_Backtrace`) | `callers` |
+//! | `sample_table` | `sample_table::SampleTable`: live sampled objects and per-stack totals | `mProf` |
+//! | `thread_cache` | `thread_cache::ThreadCache`: per thread, free objects by class, moved in batches | `mcache` |
 //! | [`stats`](mod@stats) | [`stats::Stats`]: where every mapped byte is | `MemStats` |
-//! | [`config`] | [`config::Config`]: the `SPANALLOC_*` variables, parsed without allocating | `parsedebugvars` |
+//! | `config` | `config::Config`: the `SPANALLOC_*` variables, parsed without allocating | `parsedebugvars` |
 //! | `global` | the only statics: the heap, the profiler's table, the thread-local slot, [`SpanAlloc`], [`raw`] | `mallocgc` |
 //! | [`profiling`] | heap profiles: `start`, `stop`, `heap_profile`, pprof output | `runtime/pprof` |
 //! | `startup` | the process's start and end: the configuration applied before `main`, statistics at exit | `schedinit` |
 //!
-//! # Allocating (small: under 32 KiB)
+//! ## Allocating (small: under 32 KiB)
 //!
 //! 1. **Thread cache**, no atomic, no lock: look the size up in a table (one load: below
 //!    1 KiB it gives the bin's offset directly, above the class), pop the head of the
@@ -58,7 +106,7 @@
 //!    step doubling up to 32 MiB. When the OS refuses, unmap the free runs of 1 MiB or more
 //!    and try once more.
 //!
-//! # Freeing (small)
+//! ## Freeing (small)
 //!
 //! 1. Look the pointer's page up in the page map: its small-object word holds the span's
 //!    start and class (three loads, no lock). The pointer must be an object's start (an
@@ -74,7 +122,7 @@
 //!    path, which finds the span record and either frees the large object or stops the
 //!    process with the message that fits.
 //!
-//! # Large objects (32 KiB and up, or alignment above 8 KiB)
+//! ## Large objects (32 KiB and up, or alignment above 8 KiB)
 //!
 //! A span of their own. A thread's freed large spans of up to 1 MiB wait in its cache's
 //! stash (four of them) for its next allocation of the same length: no lock. Otherwise
@@ -86,7 +134,7 @@
 //! in place; `GlobalAlloc::realloc` within the pages a large object already has returns at
 //! once.
 //!
-//! # Buffers that keep growing
+//! ## Buffers that keep growing
 //!
 //! A thread remembers where its last growing `realloc` moved an object. When that buffer
 //! grows again from 4 KiB it moves to a page span with room for four times its size
@@ -97,13 +145,13 @@
 //! fast paths; objects that are not a lent buffer keep exact classes below 4 KiB. See
 //! `docs/design.md`, section 4.
 //!
-//! # Zeroing
+//! ## Zeroing
 //!
 //! Memory from the OS and memory given back with `MADV_DONTNEED` is zero; the page heap
 //! tracks which free runs are wholly zero, and `alloc_zeroed` of a large object skips the
 //! clearing for them. Small objects are always cleared.
 //!
-//! # Giving memory back
+//! ## Giving memory back
 //!
 //! Free runs that have stayed unused for the decay time (default 500 ms) are given back with
 //! `MADV_DONTNEED`, a bounded amount at a time, from the allocator's own slow paths (or,
@@ -111,9 +159,9 @@
 //! transfer slots and spare spans have gone back to the page heap on the same clock;
 //! [`release_free_memory`] gives back everything now (the calling thread's cache
 //! included); [`set_decay_ms`] and `SPANALLOC_DECAY_MS` configure it (every variable:
-//! [`config`]).
+//! `config`).
 //!
-//! # Heap profiling
+//! ## Heap profiling
 //!
 //! Off unless started ([`profiling::start`] or `SPANALLOC_PROFILE`). Every allocation
 //! subtracts its size from its cache's countdown (on the fast path one subtraction and one
@@ -124,7 +172,7 @@
 //! sampled one is found on the large-object free path. [`profiling::heap_profile`] sums the
 //! table per stack; profiles are written as pprof. See `docs/design.md`, section 10.
 //!
-//! # What is lock-free, and the lock order
+//! ## What is lock-free, and the lock order
 //!
 //! The fast paths take no lock and use no atomic, cross-thread frees included (a free goes
 //! to the freeing thread's own cache); page-map lookups are lock-free reads. Threads meet
@@ -132,9 +180,9 @@
 //! they may be nested: the orphan cache (threads without a usable cache), a central list,
 //! the page heap; the profiler's table is a leaf (nothing is taken while it is held).
 //! Central lists never hold their lock while they call the page heap. Every
-//! lock is a [`sync::Lock`], which never allocates.
+//! lock is a `sync::Lock`, which never allocates.
 //!
-//! # The hardened build
+//! ## The hardened build
 //!
 //! The cargo feature `hardened` (off by default) adds, in the shape of snmalloc's checked
 //! build and mimalloc's secure mode: free-list links encoded with a per-process key and
@@ -144,10 +192,10 @@
 //! the process), and the sized free's layout checked against the class. None of it is in
 //! the default build's code. What each catches and costs: `docs/robustness.md`.
 //!
-//! # Errors
+//! ## Errors
 //!
 //! `Option` travels up; only [`SpanAlloc`] and [`raw`] turn `None` into null. Bad pointers
-//! and impossible states stop the process with one line from [`check::fatal`].
+//! and impossible states stop the process with one line from `check::fatal`.
 #![warn(missing_docs)]
 
 // One platform is implemented: Linux (x86_64 and aarch64 tested, any Linux target with
@@ -166,26 +214,39 @@ macro_rules! where_supported {
     ($($item:item)*) => { $( #[cfg(target_os = "linux")] $item )* };
 }
 
+/// Declares the tiers: public modules with the `internals` cargo feature (the project's own
+/// tests, benchmarks and C library), crate-private otherwise, so that a program sees only
+/// the API below (their items are reachable only from inside the crate then, and some are
+/// used only by the tests: hence no dead-code lint for them).
+macro_rules! internal {
+    ($($(#[$m:meta])* mod $name:ident;)*) => { $(
+        $(#[$m])* #[cfg(feature = "internals")] pub mod $name;
+        $(#[$m])* #[cfg(not(feature = "internals"))] #[allow(dead_code)] mod $name;
+    )* };
+}
+
 where_supported! {
-    pub mod check;
-    pub mod pages;
-    pub mod size_class;
-    pub mod sync;
-    pub mod sys;
-    #[cfg(feature = "hardened")]
-    pub mod hardening;
-    pub mod fixed_alloc;
-    pub mod span;
-    pub mod page_map;
-    pub mod page_heap;
-    pub mod central_free_list;
-    pub mod heap;
-    pub mod sampler;
-    pub mod stack;
-    pub mod sample_table;
-    pub mod thread_cache;
+    internal! {
+        mod check;
+        mod pages;
+        mod size_class;
+        mod sync;
+        mod sys;
+        #[cfg(feature = "hardened")]
+        mod hardening;
+        mod fixed_alloc;
+        mod span;
+        mod page_map;
+        mod page_heap;
+        mod central_free_list;
+        mod heap;
+        mod sampler;
+        mod stack;
+        mod sample_table;
+        mod thread_cache;
+        mod config;
+    }
     pub mod stats;
-    pub mod config;
     #[cfg(not(loom))]
     mod global;
     #[cfg(not(loom))]
@@ -197,7 +258,9 @@ where_supported! {
 
     #[cfg(not(loom))]
     pub use global::{
-        SpanAlloc, flush_thread_cache, heap, raw, release_free_memory, set_decay_ms,
-        start_background_release, stats,
+        SpanAlloc, flush_thread_cache, raw, release_free_memory, set_bin_bytes, set_decay_ms,
+        set_thread_cache_bytes, start_background_release, stats,
     };
+    #[cfg(all(not(loom), feature = "internals"))]
+    pub use global::heap;
 }

@@ -29,7 +29,7 @@ extern "C" fn on_load() {
     // SAFETY: the bytes are used only during this call, before `main`: nothing changes the
     // environment meanwhile (a loader thread racing `setenv` would race every `getenv`).
     let config = Config::from_env(|name| unsafe { config::getenv(name) });
-    let heap = crate::heap();
+    let heap = crate::global::heap();
     heap.set_decay_ms(config.decay_ms);
     heap.set_bin_bytes(config.bin_bytes);
     heap.set_thread_cache_bytes(config.thread_cache_bytes);
@@ -70,7 +70,7 @@ static ON_UNLOAD: extern "C" fn() = on_unload;
 /// `write(2)` as it fills: nothing allocates.
 fn print_stats() {
     let st = crate::stats();
-    let ph = crate::heap().page_heap_stats();
+    let ph = crate::global::heap().page_heap_stats();
     let mut out = StackWriter {
         buf: [0; 2048],
         len: 0,

@@ -61,7 +61,7 @@ pub struct Stats {
 
 /// Takes a snapshot of `heap`, looking into the caches in `own` (the calling thread's, and
 /// any other the caller holds exclusively, such as the orphan cache under its lock).
-pub fn snapshot<S: PageSource>(heap: &Heap<S>, own: &[&ThreadCache]) -> Stats {
+pub(crate) fn snapshot<S: PageSource>(heap: &Heap<S>, own: &[&ThreadCache]) -> Stats {
     let mut st = Stats::default();
     let mut cached = [0usize; CLASS_COUNT];
     let mut stashed = 0;

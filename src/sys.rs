@@ -5,9 +5,13 @@
 //! (`sys/linux.rs`, the only code that names `libc` memory calls) and [`FakePages`] is an
 //! in-memory one for tests that can fail on demand.
 
+// The fake source exists for tests (the crate's own, and those built with `internals`): not
+// in a program's build.
+#[cfg(any(test, feature = "internals"))]
 mod fake;
 mod linux;
 
+#[cfg(any(test, feature = "internals"))]
 pub use fake::FakePages;
 pub use linux::{OsPages, os_page_size};
 

@@ -19,7 +19,7 @@
 //! heap profile) and allocated per stack since [`start`] (the allocation profile);
 //! [`HeapProfile::write_pprof`] writes both as one pprof profile.
 //!
-//! From the environment, read before `main` (see [`crate::config`]):
+//! From the environment, read before `main` (the crate overview lists every variable):
 //! `SPANALLOC_PROFILE=mean_bytes` starts profiling; `SPANALLOC_PROFILE_DUMP=path` writes a
 //! profile to `path` when the process exits, and to `path.1`, `path.2`, ... on each
 //! `SIGUSR2` (`%p` in the path is the process id).
