@@ -420,6 +420,7 @@ impl ThreadCache {
         if !obj.is_null() {
             return obj;
         }
+        self.expensive_check(heap, false);
         self.maybe_trim(heap);
         heap.maybe_release();
         self.activate();
@@ -457,6 +458,7 @@ impl ThreadCache {
     /// Hands a batch of the bin of `class` back to the central list: the most recently freed
     /// objects, whose links are in cache.
     fn release_slow<S: PageSource>(&mut self, heap: &Heap<S>, class: SizeClass) {
+        self.expensive_check(heap, false);
         let batch = batch_size(class);
         let bin = self.bin(class);
         let len = bin.len() as usize;

@@ -30,6 +30,10 @@ use core::ptr::null_mut;
 /// Freed large spans a cache keeps for its next large allocations of the same length.
 const STASH_SLOTS: usize = 4;
 
+/// Debug builds walk the whole cache on one slow-path call in this many (and at every flush).
+#[cfg(debug_assertions)]
+const EXPENSIVE_CHECK_EVERY: u32 = 32;
+
 /// [`ThreadCache::maybe_trim`] reads the clock on one call in this many.
 const TRIM_CLOCK_EVERY: u32 = 64;
 
@@ -74,6 +78,9 @@ pub struct ThreadCache {
     /// after one of them ran).
     #[cfg(feature = "hardened")]
     map: *const crate::page_map::PageMap,
+    /// Debug builds: slow-path calls so far, for the expensive checks' period.
+    #[cfg(debug_assertions)]
+    slow_calls: u32,
 }
 
 // SAFETY: the cache only holds pointers to objects and spans it owns; moving it to another
@@ -98,6 +105,8 @@ impl ThreadCache {
             lent_start: 0,
             #[cfg(feature = "hardened")]
             map: core::ptr::null(),
+            #[cfg(debug_assertions)]
+            slow_calls: 0,
         }
     }
 
@@ -152,6 +161,7 @@ impl ThreadCache {
     /// Gives every cached object back to the central lists and the stash to the page heap
     /// (thread exit, or `flush_thread_cache`). The cache stays usable.
     pub fn flush<S: PageSource>(&mut self, heap: &Heap<S>) {
+        self.expensive_check(heap, true);
         for class in SizeClass::all() {
             self.empty_bin(heap, class);
         }
@@ -376,6 +386,25 @@ impl ThreadCache {
             );
         }
         None
+    }
+
+    /// The expensive-checks tier of debug builds (mimalloc's full-debug build is the model):
+    /// the whole walker, [`ThreadCache::invariant_violation`], at every flush (`always`) and
+    /// on one slow-path call in `EXPENSIVE_CHECK_EVERY`, stopping the process on a broken
+    /// invariant (no panic inside the allocator). Release builds: nothing.
+    #[inline]
+    pub(crate) fn expensive_check<S: PageSource>(&mut self, heap: &Heap<S>, always: bool) {
+        #[cfg(debug_assertions)]
+        {
+            self.slow_calls = self.slow_calls.wrapping_add(1);
+            if always || self.slow_calls % EXPENSIVE_CHECK_EVERY == 0 {
+                if let Some(violation) = self.invariant_violation(heap) {
+                    crate::check::fatal(violation);
+                }
+            }
+        }
+        #[cfg(not(debug_assertions))]
+        let _ = (heap, always);
     }
 
     /// Panics on the first broken invariant of [`ThreadCache::invariant_violation`].
