@@ -8,9 +8,11 @@ static A: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
 use std::alloc::{Layout, alloc, dealloc};
 use std::time::{Duration, Instant};
 
-const GIB: usize = 1 << 30;
+/// Each half of the churn: small objects, then large ones (512 MiB in all, so that the whole
+/// test suite stays under 1 GiB resident).
+const PART: usize = 256 << 20;
 /// Fixed allowance on top of 10% of the starting RSS: the thread's cached spans (one per
-/// class), metadata and page-map nodes touched by 2 GiB of traffic, and the pointer array.
+/// class), metadata and page-map nodes touched by 512 MiB of traffic, and the pointer array.
 const SLACK: usize = 24 << 20;
 
 fn rss() -> usize {
@@ -20,13 +22,13 @@ fn rss() -> usize {
     pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
 }
 
-/// Allocates 1 GiB in 256-byte objects and 1 GiB in 4 MiB objects, touching every page,
+/// Allocates 256 MiB in 256-byte objects and 256 MiB in 4 MiB objects, touching every page,
 /// then frees it all.
-fn churn_two_gib() {
+fn churn() {
     let small = Layout::from_size_align(256, 8).unwrap();
     let large = Layout::from_size_align(4 << 20, 8).unwrap();
-    let mut ptrs: Vec<*mut u8> = Vec::with_capacity(GIB / 256);
-    for _ in 0..GIB / 256 {
+    let mut ptrs: Vec<*mut u8> = Vec::with_capacity(PART / 256);
+    for _ in 0..PART / 256 {
         // SAFETY: a non-zero layout.
         let p = unsafe { alloc(small) };
         assert!(!p.is_null());
@@ -34,8 +36,8 @@ fn churn_two_gib() {
         unsafe { p.write_bytes(0xa5, 256) };
         ptrs.push(p);
     }
-    let mut big: Vec<*mut u8> = Vec::with_capacity(GIB / (4 << 20));
-    for _ in 0..GIB / (4 << 20) {
+    let mut big: Vec<*mut u8> = Vec::with_capacity(PART / (4 << 20));
+    for _ in 0..PART / (4 << 20) {
         // SAFETY: a non-zero layout.
         let p = unsafe { alloc(large) };
         assert!(!p.is_null());
@@ -65,10 +67,10 @@ fn resident_memory_falls_after_freeing() {
     let start = rss();
 
     // 1. Explicit release, right after freeing.
-    churn_two_gib();
+    churn();
     let before = rss();
     assert!(
-        before > start + GIB,
+        before > start + PART,
         "the churn made memory resident: {before} vs {start}"
     );
     spanalloc::release_free_memory();
@@ -80,10 +82,10 @@ fn resident_memory_falls_after_freeing() {
     );
 
     // 2. Decay: no call, a short decay time, a few small allocations while waiting.
-    churn_two_gib();
+    churn();
     spanalloc::set_decay_ms(50);
     let freed = rss();
-    assert!(freed > start + GIB);
+    assert!(freed > start + PART);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut keep = Vec::new();
     let mut size = 16;

@@ -8,8 +8,10 @@ use core::ptr::NonNull;
 
 /// A page source for tests, backed by `std::alloc::System`.
 ///
-/// It never frees what it hands out (`unmap` only counts the bytes and poisons them), so it
-/// is meant for short-lived test values.
+/// It frees nothing it handed out while it lives (`unmap` only counts the bytes and poisons
+/// them, so a stale pointer into an unmapped range still reads), and everything when it is
+/// dropped, with the heap that owns it: a test that builds many heaps holds one heap's
+/// memory at a time.
 #[derive(Debug, Default)]
 pub struct FakePages {
     /// Bytes handed out by `map`.
@@ -33,16 +35,28 @@ pub struct FakePages {
     /// twice or made accessible when it was not protected, none released while protected).
     #[cfg(feature = "hardened")]
     protected: std::sync::Mutex<std::collections::BTreeSet<usize>>,
+    /// Every allocation `map` made (address and layout), freed on drop.
+    allocations: std::sync::Mutex<Vec<(usize, std::alloc::Layout)>>,
+}
+
+impl Drop for FakePages {
+    fn drop(&mut self) {
+        let allocations = self.allocations.get_mut().unwrap_or_else(|e| e.into_inner());
+        for &(addr, layout) in allocations.iter() {
+            // SAFETY: allocated by `map` with this layout and not freed before; the source
+            // is being dropped, so the heap that used it is gone.
+            unsafe { std::alloc::GlobalAlloc::dealloc(&std::alloc::System, addr as *mut u8, layout) };
+        }
+    }
 }
 
 impl FakePages {
     /// A source that never fails.
     pub fn new() -> FakePages {
-        FakePages {
-            fail_after: AtomicUsize::new(usize::MAX),
-            fail_at_least: AtomicUsize::new(usize::MAX),
-            ..FakePages::default()
-        }
+        let pages = FakePages::default();
+        pages.fail_after.store(usize::MAX, Ordering::Relaxed);
+        pages.fail_at_least.store(usize::MAX, Ordering::Relaxed);
+        pages
     }
 
     /// After `n` more successful maps, every map fails (until [`FakePages::heal`]).
@@ -104,8 +118,9 @@ impl FakePages {
     }
 }
 
-// SAFETY: every `map` is a fresh zeroed allocation from the system allocator that is never
-// freed, so mappings are distinct and live forever (an unmapped range stays readable).
+// SAFETY: every `map` is a fresh zeroed allocation from the system allocator, freed only when
+// the source is dropped, so mappings are distinct and live as long as the source (an
+// unmapped range stays readable).
 unsafe impl PageSource for FakePages {
     fn map(&self, bytes: usize, align: usize) -> Option<NonNull<u8>> {
         if bytes >= self.fail_at_least.load(Ordering::Relaxed) {
@@ -130,6 +145,10 @@ unsafe impl PageSource for FakePages {
         })?;
         self.mapped.fetch_add(bytes, Ordering::Relaxed);
         self.maps.fetch_add(1, Ordering::Relaxed);
+        self.allocations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((ptr.as_ptr() as usize, layout));
         Some(ptr)
     }
 
