@@ -30,7 +30,7 @@ fn main() {
     std::thread::spawn(|| ()).join().unwrap();
     spanalloc::flush_thread_cache();
     spanalloc::release_free_memory();
-    let before = spanalloc::heap().page_heap_stats();
+    let before = spanalloc::internals::heap().page_heap_stats();
     let start = std::time::Instant::now();
     let threads = stress_impl::run(params);
     let elapsed = start.elapsed();
@@ -38,7 +38,7 @@ fn main() {
     // What the central lists keep for reuse (whole batches of free objects, a spare span per
     // class) is free memory too: it goes back before the count.
     spanalloc::release_free_memory();
-    let heap = spanalloc::heap();
+    let heap = spanalloc::internals::heap();
     heap.check_invariants();
     let st = heap.page_heap_stats();
     // Printed with eprintln: stderr has no buffer to allocate.

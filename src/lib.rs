@@ -51,13 +51,14 @@
 //! **Cargo features.** `free-checks` (default: double frees caught), `hardened` (link
 //! encoding, guard pages, random order, poisoning), `profiling` (profiles symbolized and
 //! compressed in process), `small-tls` (the C library's thread-local layout), `internals`
-//! (unstable: the tiers below as public modules, for the project's own tests).
+//! (unstable: the tiers below as `spanalloc::internals`, for the project's own tests).
 //!
 //! # How it works
 //!
 //! The rest of this page is the overview of the whole allocator; every other file opens with
 //! one line and points here. `docs/design.md` gives the reasons for the choices. The
-//! modules are public only with the `internals` feature.
+//! modules are crate-private; the `internals` feature re-exports them under
+//! `spanalloc::internals`.
 //!
 //! ## Lineage and layers
 //!
@@ -208,59 +209,154 @@ compile_error!(
      (pthread keys), pthread_atfork, write(2) and abort, and getenv at start-up."
 );
 
-/// Declares the crate's items where the platform layer is implemented, and none elsewhere,
-/// so that another target's build stops at the `compile_error!` above alone.
-macro_rules! where_supported {
-    ($($item:item)*) => { $( #[cfg(target_os = "linux")] $item )* };
-}
+// The modules, lowest layer first (each uses only the ones above it), declared only where the
+// platform layer is implemented, so that another target's build stops at the
+// `compile_error!` above alone. The tiers are crate-private; [`internals`] re-exports them
+// for the project's own tests, benchmarks and C library. Some of their items are used only
+// by those: hence no dead-code lint for them when `internals` is off.
+#[cfg(target_os = "linux")]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
+mod check;
+#[cfg(target_os = "linux")]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
+mod pages;
+#[cfg(target_os = "linux")]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
+mod size_class;
+#[cfg(target_os = "linux")]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
+mod sync;
+#[cfg(target_os = "linux")]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
+mod sys;
+#[cfg(all(target_os = "linux", feature = "hardened"))]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
+mod hardening;
+#[cfg(target_os = "linux")]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
+mod fixed_alloc;
+#[cfg(target_os = "linux")]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
+mod span;
+#[cfg(target_os = "linux")]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
+mod page_map;
+#[cfg(target_os = "linux")]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
+mod page_heap;
+#[cfg(target_os = "linux")]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
+mod central_free_list;
+#[cfg(target_os = "linux")]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
+mod heap;
+#[cfg(target_os = "linux")]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
+mod sampler;
+#[cfg(target_os = "linux")]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
+mod stack;
+#[cfg(target_os = "linux")]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
+mod sample_table;
+#[cfg(target_os = "linux")]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
+mod thread_cache;
+#[cfg(target_os = "linux")]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
+mod config;
+#[cfg(target_os = "linux")]
+pub mod stats;
+#[cfg(all(target_os = "linux", not(loom)))]
+mod global;
+#[cfg(all(target_os = "linux", not(loom)))]
+pub mod profiling;
+#[cfg(all(target_os = "linux", not(loom)))]
+mod startup;
+#[cfg(all(target_os = "linux", test, loom))]
+mod loom_tests;
 
-/// Declares the tiers: public modules with the `internals` cargo feature (the project's own
-/// tests, benchmarks and C library), crate-private otherwise, so that a program sees only
-/// the API below (their items are reachable only from inside the crate then, and some are
-/// used only by the tests: hence no dead-code lint for them).
-macro_rules! internal {
-    ($($(#[$m:meta])* mod $name:ident;)*) => { $(
-        $(#[$m])* #[cfg(feature = "internals")] pub mod $name;
-        $(#[$m])* #[cfg(not(feature = "internals"))] #[allow(dead_code)] mod $name;
-    )* };
-}
+#[cfg(all(target_os = "linux", not(loom)))]
+pub use global::{
+    SpanAlloc, flush_thread_cache, raw, release_free_memory, set_bin_bytes, set_decay_ms,
+    set_thread_cache_bytes, start_background_release, stats,
+};
 
-where_supported! {
-    internal! {
-        mod check;
-        mod pages;
-        mod size_class;
-        mod sync;
-        mod sys;
-        #[cfg(feature = "hardened")]
-        mod hardening;
-        mod fixed_alloc;
-        mod span;
-        mod page_map;
-        mod page_heap;
-        mod central_free_list;
-        mod heap;
-        mod sampler;
-        mod stack;
-        mod sample_table;
-        mod thread_cache;
-        mod config;
+/// The tiers, for this repository's tests, benchmarks and C library (cargo feature
+/// `internals`). Unstable: not part of the API, changed in any release, and some of its safe
+/// functions can break the process (take every lock, rewrite the page map). A program wants
+/// none of it; see the crate overview for what each module is.
+#[cfg(all(target_os = "linux", feature = "internals"))]
+pub mod internals {
+    /// See the crate overview.
+    pub mod check {
+        pub use crate::check::*;
     }
-    pub mod stats;
+    /// See the crate overview.
+    pub mod pages {
+        pub use crate::pages::*;
+    }
+    /// See the crate overview.
+    pub mod size_class {
+        pub use crate::size_class::*;
+    }
+    /// See the crate overview.
+    pub mod sync {
+        pub use crate::sync::*;
+    }
+    /// See the crate overview.
+    pub mod sys {
+        pub use crate::sys::*;
+    }
+    #[cfg(feature = "hardened")]
+    /// See the crate overview.
+    pub mod hardening {
+        pub use crate::hardening::*;
+    }
+    /// See the crate overview.
+    pub mod fixed_alloc {
+        pub use crate::fixed_alloc::*;
+    }
+    /// See the crate overview.
+    pub mod span {
+        pub use crate::span::*;
+    }
+    /// See the crate overview.
+    pub mod page_map {
+        pub use crate::page_map::*;
+    }
+    /// See the crate overview.
+    pub mod page_heap {
+        pub use crate::page_heap::*;
+    }
+    /// See the crate overview.
+    pub mod central_free_list {
+        pub use crate::central_free_list::*;
+    }
+    /// See the crate overview.
+    pub mod heap {
+        pub use crate::heap::*;
+    }
+    /// See the crate overview.
+    pub mod sampler {
+        pub use crate::sampler::*;
+    }
+    /// See the crate overview.
+    pub mod stack {
+        pub use crate::stack::*;
+    }
+    /// See the crate overview.
+    pub mod sample_table {
+        pub use crate::sample_table::*;
+    }
+    /// See the crate overview.
+    pub mod thread_cache {
+        pub use crate::thread_cache::*;
+    }
+    /// See the crate overview.
+    pub mod config {
+        pub use crate::config::*;
+    }
     #[cfg(not(loom))]
-    mod global;
-    #[cfg(not(loom))]
-    pub mod profiling;
-    #[cfg(not(loom))]
-    mod startup;
-    #[cfg(all(test, loom))]
-    mod loom_tests;
-
-    #[cfg(not(loom))]
-    pub use global::{
-        SpanAlloc, flush_thread_cache, raw, release_free_memory, set_bin_bytes, set_decay_ms,
-        set_thread_cache_bytes, start_background_release, stats,
-    };
-    #[cfg(all(not(loom), feature = "internals"))]
-    pub use global::heap;
+    pub use crate::global::heap;
 }

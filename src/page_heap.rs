@@ -308,7 +308,10 @@ impl PageHeap {
         match s.kind() {
             SpanKind::Large => self.stats.large_in_use -= s.bytes(),
             SpanKind::Small => self.stats.small_spans -= s.bytes(),
-            _ => crate::check::fatal_at("page heap: free of a span that is not in use", s.start_addr()),
+            _ => crate::check::fatal_at(
+                "page heap: free of a span that is not in use",
+                s.start_addr(),
+            ),
         }
         // Hardened build: a large span's guard becomes an ordinary free page again.
         #[cfg(feature = "hardened")]

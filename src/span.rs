@@ -67,10 +67,10 @@ pub enum ListId {
     Full,
 }
 
-/// A span record. Lives in metadata memory ([`crate::fixed_alloc`]), never in the heap.
+/// A span record. Lives in metadata memory (`fixed_alloc`), never in the heap.
 /// The identity fields are atomics, so that a reader that found the record through the
 /// page map may read them whatever else happens to the record (see
-/// [`crate::fixed_alloc`]: a recycled record's first word is written atomically too).
+/// `fixed_alloc`: a recycled record's first word is written atomically too).
 #[repr(C, align(64))]
 pub struct Span {
     // Identity: written under the page heap lock while the span is made or reshaped; read

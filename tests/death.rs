@@ -420,14 +420,14 @@ fn wrong_layout_case(test_name: &str, alloc_size: usize, dealloc_size: usize) {
             A.dealloc(p, bad);
         }
     };
-    if cfg!(debug_assertions) || spanalloc::check::HARDENED {
+    if cfg!(debug_assertions) || spanalloc::internals::check::HARDENED {
         death_test(test_name, WRONG_LAYOUT, body);
         return;
     }
     if child_case().as_deref() == Some(test_name) {
         body();
         spanalloc::flush_thread_cache();
-        spanalloc::heap().check_invariants();
+        spanalloc::internals::heap().check_invariants();
         // The object went back to its own class: allocating that class again works and
         // the memory is intact for its whole size.
         let good = Layout::from_size_align(alloc_size, 8).unwrap();
@@ -442,7 +442,7 @@ fn wrong_layout_case(test_name: &str, alloc_size: usize, dealloc_size: usize) {
                 A.dealloc(p, good);
             }
         }
-        spanalloc::heap().check_invariants();
+        spanalloc::internals::heap().check_invariants();
         std::process::exit(0);
     }
     let r = run_child(test_name, test_name, common::DEATH_TIMEOUT);

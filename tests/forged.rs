@@ -28,7 +28,9 @@ fn forged_free_of_a_never_handed_out_object(k: usize) {
     // SAFETY: a live object.
     let p = unsafe { raw::alloc(SIZE, 8) };
     assert!(!p.is_null());
-    let object = spanalloc::size_class::class_of(SIZE).unwrap().size();
+    let object = spanalloc::internals::size_class::class_of(SIZE)
+        .unwrap()
+        .size();
     // SAFETY: deliberately wrong: an object boundary of the same span, never handed out.
     unsafe { raw::free(p.add(object * k)) };
 }
@@ -47,7 +49,9 @@ fn forged_free_of_an_object_in_the_threads_cache() {
 fn forged_free_of_an_object_never_carved() {
     // The span's last object (a span of this class holds 18): never taken out of it.
     death_test("forged_free_of_an_object_never_carved", DOUBLE, || {
-        let objects = spanalloc::size_class::class_of(SIZE).unwrap().objects();
+        let objects = spanalloc::internals::size_class::class_of(SIZE)
+            .unwrap()
+            .objects();
         forged_free_of_a_never_handed_out_object(objects - 1)
     });
 }
@@ -126,7 +130,9 @@ fn a_copy_of_bytes_that_held_free_objects_is_not_a_double_free() {
         "a_copy_of_bytes_that_held_free_objects_is_not_a_double_free",
         Duration::from_secs(60),
         || {
-            let object = spanalloc::size_class::class_of(SIZE).unwrap().size();
+            let object = spanalloc::internals::size_class::class_of(SIZE)
+                .unwrap()
+                .size();
             let count = 4096;
             // SAFETY: live objects, each freed once; the copies are 16-byte objects of the
             // program's; reading `big` copies bytes that may be uninitialised, which
@@ -143,7 +149,7 @@ fn a_copy_of_bytes_that_held_free_objects_is_not_a_double_free() {
                 let len = count * object;
                 let big = raw::alloc(len, 8);
                 assert!(!big.is_null());
-                let key = spanalloc::check::free_key();
+                let key = spanalloc::internals::check::free_key();
                 let mut marks = 0;
                 for off in (0..len - 16).step_by(16) {
                     let mut bytes = [0u64; 2];

@@ -187,5 +187,5 @@ fn forking_while_eight_threads_allocate() {
         "{} of {FORKS} children failed: {failures:#?}",
         failures.len()
     );
-    spanalloc::heap().check_invariants();
+    spanalloc::internals::heap().check_invariants();
 }

@@ -55,7 +55,7 @@ fn every_span_returns_after_interleaved_frees() {
         "every span made for the objects went back"
     );
     assert_eq!(end.in_use, base.in_use);
-    spanalloc::heap().check_invariants();
+    spanalloc::internals::heap().check_invariants();
     let end_rss = rss();
     eprintln!("rss start {start_rss} peak {peak_rss} end {end_rss}");
     assert!(

@@ -5,8 +5,8 @@
 #[global_allocator]
 static A: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
 
-use spanalloc::heap::{GROWTH_MIN, growth_room};
-use spanalloc::size_class::{self, SizeClass};
+use spanalloc::internals::heap::{GROWTH_MIN, growth_room};
+use spanalloc::internals::size_class::{self, SizeClass};
 use std::alloc::{GlobalAlloc, Layout, alloc, alloc_zeroed, dealloc, realloc};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::mpsc;
@@ -290,7 +290,7 @@ fn large_buffer_grown_by_small_steps_keeps_every_byte() {
         size = new_size;
         layout = Layout::from_size_align(size, 8).unwrap();
         assert!(
-            spanalloc::heap().usable_size(p) >= size,
+            spanalloc::internals::heap().usable_size(p) >= size,
             "the span holds the object at {size}"
         );
     }

@@ -47,7 +47,7 @@ fn heap_still_works() {
             raw::free(p);
         }
     }
-    spanalloc::heap().check_invariants();
+    spanalloc::internals::heap().check_invariants();
 }
 
 #[test]
@@ -260,7 +260,7 @@ fn more_than_memory_and_swap_is_null_as_in_glibc() {
         eprintln!("skipped: vm.overcommit_memory = 1 grants any size");
         return;
     };
-    let mapped = spanalloc::heap().page_heap_stats().mapped;
+    let mapped = spanalloc::internals::heap().page_heap_stats().mapped;
     // SAFETY: 8 and 4096 are powers of two.
     unsafe {
         assert!(raw::alloc(size, 8).is_null(), "raw::alloc({size:#x})");
@@ -285,7 +285,7 @@ fn more_than_memory_and_swap_is_null_as_in_glibc() {
     assert!(allocator_refused(w.try_reserve_exact(size / 8)));
     assert_eq!(w, [7, 7, 7]);
     // Nothing of it was kept mapped (other tests may map a little meanwhile).
-    let grown = spanalloc::heap()
+    let grown = spanalloc::internals::heap()
         .page_heap_stats()
         .mapped
         .saturating_sub(mapped);
@@ -299,7 +299,7 @@ fn small_sizes_with_huge_alignments_cost_a_mapping_not_the_alignment() {
     // moment while the kernel places the mapping, never memory the heap maps and keeps.
     for shift in 36u32..=45 {
         let align = 1usize << shift;
-        let mapped = spanalloc::heap().page_heap_stats().mapped;
+        let mapped = spanalloc::internals::heap().page_heap_stats().mapped;
         // SAFETY: `align` is a power of two.
         let p = unsafe { raw::alloc(1, align) };
         if p.is_null() && std::env::var_os("SPANALLOC_UNDER_ASAN").is_some() {
@@ -308,7 +308,7 @@ fn small_sizes_with_huge_alignments_cost_a_mapping_not_the_alignment() {
         }
         assert!(!p.is_null(), "raw::alloc(1, 2^{shift})");
         assert_eq!(p as usize % align, 0, "raw::alloc(1, 2^{shift}) misaligned");
-        let grown = spanalloc::heap()
+        let grown = spanalloc::internals::heap()
             .page_heap_stats()
             .mapped
             .saturating_sub(mapped);

@@ -39,7 +39,7 @@ fn ten_gib_of_large_objects_keeps_the_footprint_bounded() {
             // SAFETY: allocated with `l`, freed once.
             unsafe { dealloc(q, l) };
         }
-        peak_mapped = peak_mapped.max(spanalloc::heap().page_heap_stats().mapped);
+        peak_mapped = peak_mapped.max(spanalloc::internals::heap().page_heap_stats().mapped);
     }
     for (q, l) in live {
         // SAFETY: allocated with `l`, freed once.
@@ -47,5 +47,5 @@ fn ten_gib_of_large_objects_keeps_the_footprint_bounded() {
     }
     // At most 4 live objects of at most 64 MiB: a bound of a few times that.
     assert!(peak_mapped <= 1 << 30, "mapped peaked at {peak_mapped}");
-    spanalloc::heap().check_invariants();
+    spanalloc::internals::heap().check_invariants();
 }

@@ -8,10 +8,10 @@
 mod common;
 
 use common::{run_child_with, under_asan};
-use spanalloc::heap::Heap;
-use spanalloc::page_heap::PageHeap;
-use spanalloc::sys::FakePages;
-use spanalloc::thread_cache::ThreadCache;
+use spanalloc::internals::heap::Heap;
+use spanalloc::internals::page_heap::PageHeap;
+use spanalloc::internals::sys::FakePages;
+use spanalloc::internals::thread_cache::ThreadCache;
 use spanalloc::{SpanAlloc, raw};
 use std::time::Duration;
 
@@ -110,7 +110,7 @@ fn exhaust_and_free() -> usize {
         unsafe { free_list(lists[i], size) };
     }
     spanalloc::flush_thread_cache();
-    spanalloc::heap().check_invariants();
+    spanalloc::internals::heap().check_invariants();
     total
 }
 
@@ -124,13 +124,13 @@ fn exhausting_the_address_space_gives_null_then_recovers() {
     if common::child_case().as_deref() == Some(NAME) {
         // Page spans the program holds already (a growing buffer of the test harness may
         // live in one).
-        let before = spanalloc::heap().page_heap_stats().large_in_use;
+        let before = spanalloc::internals::heap().page_heap_stats().large_in_use;
         let first = exhaust_and_free();
         assert!(
             first > 256 * MIB,
             "got only {first} bytes under a 1 GiB limit"
         );
-        let st = spanalloc::heap().page_heap_stats();
+        let st = spanalloc::internals::heap().page_heap_stats();
         assert_eq!(
             st.large_in_use, before,
             "every large block was freed: {st:?}"
@@ -200,7 +200,7 @@ fn starts_and_works_under_a_256_mib_limit() {
         for h in handles {
             assert!(h.join().unwrap() > 0);
         }
-        spanalloc::heap().check_invariants();
+        spanalloc::internals::heap().check_invariants();
         std::process::exit(0);
     }
     let r = run_child_with(NAME, NAME, Duration::from_secs(120), Some(limit_256m));
@@ -286,7 +286,7 @@ fn a_freed_block_gives_its_address_space_to_a_larger_one() {
             );
             // SAFETY: as above.
             unsafe { raw::free(b) };
-            spanalloc::heap().check_invariants();
+            spanalloc::internals::heap().check_invariants();
             // And back: the 200 MiB went back too, the heap serves everything else.
             let c = alloc_touched(150 * MIB);
             assert!(!c.is_null(), "150 MiB again");
@@ -294,7 +294,7 @@ fn a_freed_block_gives_its_address_space_to_a_larger_one() {
             unsafe { raw::free(c) };
             let v: Vec<u64> = (0..1_000_000).collect();
             assert_eq!(v.iter().sum::<u64>(), 499_999_500_000);
-            spanalloc::heap().check_invariants();
+            spanalloc::internals::heap().check_invariants();
         },
     );
 }
@@ -341,7 +341,7 @@ fn realloc_doubling_uses_the_address_space_of_the_smaller_copies() {
                 "realloc doubling stopped at {} MiB",
                 size / MIB
             );
-            spanalloc::heap().check_invariants();
+            spanalloc::internals::heap().check_invariants();
         },
     );
 }

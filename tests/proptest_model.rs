@@ -289,7 +289,7 @@ fn heap_invariants_hold_after_the_model_runs() {
     for _ in 0..20 {
         let ops = strategy.new_tree(&mut runner).unwrap().current();
         run_ops(&ops).unwrap();
-        spanalloc::heap().check_invariants();
+        spanalloc::internals::heap().check_invariants();
     }
 }
 
@@ -326,7 +326,7 @@ fn freed_blocks_are_counted_and_reused() {
                 run_ops(ops).unwrap();
                 let after = held();
                 assert_eq!(after, before, "sequence {i}: bytes held before and after");
-                spanalloc::heap().check_invariants();
+                spanalloc::internals::heap().check_invariants();
                 let mapped = spanalloc::stats().mapped;
                 if i == 9 {
                     mapped_after_ten = mapped;

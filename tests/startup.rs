@@ -28,8 +28,8 @@ fn in_child() -> bool {
 fn variables_are_applied_before_main() {
     if in_child() {
         // What the child prints on stdout is read by nobody; the checks are its exit status.
-        assert_eq!(spanalloc::heap().decay_ms(), 1234);
-        assert_eq!(spanalloc::heap().bin_bytes(), 64 << 10);
+        assert_eq!(spanalloc::internals::heap().decay_ms(), 1234);
+        assert_eq!(spanalloc::internals::heap().bin_bytes(), 64 << 10);
         return;
     }
     let err = child(
@@ -46,8 +46,8 @@ fn variables_are_applied_before_main() {
 fn a_bad_value_warns_once_and_keeps_the_default() {
     if in_child() {
         assert_eq!(
-            spanalloc::heap().decay_ms(),
-            spanalloc::heap::DEFAULT_DECAY_MS
+            spanalloc::internals::heap().decay_ms(),
+            spanalloc::internals::heap::DEFAULT_DECAY_MS
         );
         return;
     }

@@ -5,8 +5,8 @@
 #[global_allocator]
 static A: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
 
-use spanalloc::size_class::class_for;
-use spanalloc::span::GUARD_PAGES;
+use spanalloc::internals::size_class::class_for;
+use spanalloc::internals::span::GUARD_PAGES;
 use std::alloc::{Layout, alloc, dealloc};
 use std::sync::{Mutex, MutexGuard};
 

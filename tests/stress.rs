@@ -43,7 +43,7 @@ extern "C" fn run_child_before_main() {
     spanalloc::flush_thread_cache();
     // What the central lists keep for reuse (whole batches, a spare span) goes back too.
     spanalloc::release_free_memory();
-    let heap = spanalloc::heap();
+    let heap = spanalloc::internals::heap();
     heap.check_invariants();
     let st = heap.page_heap_stats();
     // stderr is unbuffered: printing allocates nothing, so it cannot disturb the counts
@@ -140,7 +140,7 @@ fn stress_in_process_with_invariants() {
             iter: 2,
         };
         assert_eq!(stress_impl::run(p), 8, "round {round}");
-        spanalloc::heap().check_invariants();
+        spanalloc::internals::heap().check_invariants();
         assert_eq!(
             live_bytes(),
             before,

@@ -104,7 +104,7 @@ fn thread_local_destructors_allocate_and_free() {
     assert!(blocks.len() >= threads * SIZES.len());
     drop(blocks); // checks every block's pattern, then frees it on this thread
     spanalloc::flush_thread_cache();
-    spanalloc::heap().check_invariants();
+    spanalloc::internals::heap().check_invariants();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -188,7 +188,7 @@ fn pthread_key_destructor_after_the_cache_was_flushed() {
     drop(here);
     std::thread::spawn(move || drop(there)).join().unwrap();
     spanalloc::flush_thread_cache();
-    spanalloc::heap().check_invariants();
+    spanalloc::internals::heap().check_invariants();
     // SAFETY: a key we created; no thread uses it any more.
     unsafe { libc::pthread_key_delete(key) };
 }
@@ -215,7 +215,7 @@ fn objects_of_an_exited_thread_are_freed_by_others() {
             drop(b);
         }
         t.join().unwrap();
-        spanalloc::heap().check_invariants();
+        spanalloc::internals::heap().check_invariants();
     }
 }
 
@@ -246,5 +246,5 @@ fn a_thread_that_only_frees_then_exits() {
     .join()
     .unwrap();
     spanalloc::flush_thread_cache();
-    spanalloc::heap().check_invariants();
+    spanalloc::internals::heap().check_invariants();
 }

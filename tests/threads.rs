@@ -4,7 +4,7 @@
 #[global_allocator]
 static A: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
 
-use spanalloc::size_class::class_of;
+use spanalloc::internals::size_class::class_of;
 
 /// A size whose class nothing but these threads uses.
 const MARKER_SIZE: usize = 10_000;
@@ -28,7 +28,7 @@ fn memory_of_exited_threads_is_reused() {
     for _ in 0..4 {
         survivors.push(std::thread::spawn(work).join().unwrap().1);
     }
-    let base = spanalloc::heap().page_heap_stats().mapped;
+    let base = spanalloc::internals::heap().page_heap_stats().mapped;
     for _ in 0..200 {
         survivors.push(std::thread::spawn(work).join().unwrap().1);
         let stats = spanalloc::stats();
@@ -41,7 +41,7 @@ fn memory_of_exited_threads_is_reused() {
         );
     }
     assert!(survivors.iter().all(|s| s.iter().all(|&b| b == 7)));
-    let after = spanalloc::heap().page_heap_stats();
+    let after = spanalloc::internals::heap().page_heap_stats();
     assert!(
         after.mapped <= base + (64 << 20),
         "mapped grew from {base} to {} over 200 threads",

@@ -26,7 +26,7 @@
 //! never go through it. The table of live objects (16 bytes an object, about 16 MiB) is an
 //! `mmap` of its own, unmapped right after the free phase, so it shows in every allocator's
 //! peak alike and in none of the figures after the free, and it does not disturb glibc's
-//! heap. spanalloc runs with its default decay (`spanalloc::heap::DEFAULT_DECAY_MS`, or
+//! heap. spanalloc runs with its default decay (`spanalloc::internals::heap::DEFAULT_DECAY_MS`, or
 //! `SPANALLOC_DECAY_MS`).
 //!
 //! The parent prints a Markdown table (RSS at the end of the baseline, the peak, right after
@@ -515,7 +515,7 @@ fn parent(json_file: Option<&str>) {
     let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu = cpu_model();
     let decay = std::env::var("SPANALLOC_DECAY_MS")
-        .unwrap_or_else(|_| spanalloc::heap::DEFAULT_DECAY_MS.to_string());
+        .unwrap_or_else(|_| spanalloc::internals::heap::DEFAULT_DECAY_MS.to_string());
 
     let mib = |b: Option<u64>| b.map_or("failed".into(), |b| format!("{:.1}", b as f64 / MIB));
     let mut s = String::new();

@@ -19,8 +19,8 @@
 //! on the thread cache's fast path, which only takes the default alignment.
 
 use core::ffi::{c_int, c_void};
+use spanalloc::internals::size_class::MIN_ALIGN;
 use spanalloc::raw;
-use spanalloc::size_class::MIN_ALIGN;
 
 /// The alignment of every block C `malloc` hands out (glibc's `MALLOC_ALIGNMENT`).
 pub const C_ALIGN: usize = 16;
@@ -43,7 +43,7 @@ pub fn c_size(size: usize) -> Option<usize> {
 /// The OS page size, for `valloc` and `pvalloc`.
 #[inline]
 fn page_size() -> usize {
-    spanalloc::sys::os_page_size()
+    spanalloc::internals::sys::os_page_size()
 }
 
 /// `malloc` without the `errno`: `size` bytes aligned to [`C_ALIGN`], or null.
@@ -345,8 +345,13 @@ pub(crate) unsafe fn free_sized_impl(ptr: *mut c_void, size: usize) {
         return;
     }
     if let Some(n) = c_size(size) {
-        if cfg!(debug_assertions) || spanalloc::check::HARDENED {
-            spanalloc::thread_cache::check_layout(spanalloc::heap(), ptr.cast(), n, MIN_ALIGN);
+        if cfg!(debug_assertions) || spanalloc::internals::check::HARDENED {
+            spanalloc::internals::thread_cache::check_layout(
+                spanalloc::internals::heap(),
+                ptr.cast(),
+                n,
+                MIN_ALIGN,
+            );
         }
         // The sized fast path: the bin from the size, checked against the page map.
         // SAFETY: non-null, and per the caller.

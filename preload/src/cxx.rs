@@ -92,7 +92,7 @@ mod imp {
         if !throw.is_null() {
             return throw;
         }
-        spanalloc::check::fatal(
+        spanalloc::internals::check::fatal(
             "operator new: out of memory and no C++ runtime found to throw std::bad_alloc",
         )
     }

@@ -30,7 +30,7 @@
 //! `mallinfo` (the `int` version) saturates each field at `INT_MAX` (glibc wraps).
 
 use core::ffi::{c_int, c_void};
-use spanalloc::check::format_decimal;
+use spanalloc::internals::check::format_decimal;
 use spanalloc::stats::Stats;
 
 /// glibc's `struct mallinfo` (`<malloc.h>`), every field an `int`.

@@ -15,7 +15,7 @@
 //!   `malloc_info` and `mallopt`, filled from spanalloc's statistics.
 //!
 //! `SPANALLOC_SHOW_STATS=1` and the other `SPANALLOC_*` variables are the core's
-//! (`spanalloc::config`), read by its constructor when the library is loaded.
+//! (`spanalloc::internals::config`), read by its constructor when the library is loaded.
 //!
 //! The thread-local slot this library relies on is spanalloc's `small-tls` feature (one
 //! pointer in initial-exec TLS); `docs/preload.md` explains why.

@@ -121,7 +121,7 @@ fn malloc_is_16_aligned_and_usable() {
 
 #[test]
 fn rounding_to_16_picks_the_class_align_16_would() {
-    use spanalloc::size_class::{MAX_SMALL_SIZE, class_for, class_of};
+    use spanalloc::internals::size_class::{MAX_SMALL_SIZE, class_for, class_of};
     for n in 0..=MAX_SMALL_SIZE {
         let rounded = c_size(n).unwrap();
         let by_rounding = class_of(rounded);

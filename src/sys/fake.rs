@@ -41,11 +41,16 @@ pub struct FakePages {
 
 impl Drop for FakePages {
     fn drop(&mut self) {
-        let allocations = self.allocations.get_mut().unwrap_or_else(|e| e.into_inner());
+        let allocations = self
+            .allocations
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
         for &(addr, layout) in allocations.iter() {
             // SAFETY: allocated by `map` with this layout and not freed before; the source
             // is being dropped, so the heap that used it is gone.
-            unsafe { std::alloc::GlobalAlloc::dealloc(&std::alloc::System, addr as *mut u8, layout) };
+            unsafe {
+                std::alloc::GlobalAlloc::dealloc(&std::alloc::System, addr as *mut u8, layout)
+            };
         }
     }
 }

@@ -316,9 +316,10 @@ impl ThreadCache {
             Owner::Large(span) => unsafe { self.free_large(heap, span) },
             // The page's word said otherwise a moment ago: only a racing invalid free (the
             // span given back meanwhile) gets here.
-            Owner::Small(_) => {
-                crate::check::fatal_at("invalid free: pointer not allocated by spanalloc", ptr as usize)
-            }
+            Owner::Small(_) => crate::check::fatal_at(
+                "invalid free: pointer not allocated by spanalloc",
+                ptr as usize,
+            ),
         }
     }
 }

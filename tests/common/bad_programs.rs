@@ -4,9 +4,9 @@
 //! away with). Each runs in a child process.
 #![allow(dead_code)]
 
-use spanalloc::page_map::word_start;
+use spanalloc::internals::page_map::word_start;
+use spanalloc::internals::size_class::class_of;
 use spanalloc::raw;
-use spanalloc::size_class::class_of;
 use std::collections::HashSet;
 
 /// Where a forged link points: memory the allocator never owned, zero (so that following
@@ -21,7 +21,11 @@ pub fn target() -> usize {
 
 /// The start of the span holding small object `p`, from the page map.
 pub fn span_start(p: *mut u8) -> usize {
-    word_start(spanalloc::heap().page_map().small_word_of(p as usize))
+    word_start(
+        spanalloc::internals::heap()
+            .page_map()
+            .small_word_of(p as usize),
+    )
 }
 
 /// An overflow over a free object's link. Of 64 objects of 48 bytes, takes `x` whose
