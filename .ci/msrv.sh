@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The `rust-version` of every crate of the workspace, checked with that very toolchain:
 # `cargo +<rust-version> check` of the crate's library (spanalloc: with its default
-# features, with none, with `small-tls`; preload: as is). Clippy's `incompatible_msrv`
+# features, with none, with `small-tls`, and with `override`, `internals`, `hardened` and
+# `profiling` together; preload: as is). Clippy's `incompatible_msrv`
 # lint (on by default once rust-version is set; `.ci/run` denies warnings) catches library
 # APIs that are too new; only a build with the old compiler catches language features
 # (preload's naked functions) and edition requirements. The dev-dependencies (criterion)
@@ -38,7 +39,7 @@ while read -r name version; do
     continue
   fi
   case $name in
-    spanalloc) feature_sets=("" "--no-default-features" "--features small-tls") ;;
+    spanalloc) feature_sets=("" "--no-default-features" "--features small-tls" "--features override,internals,hardened,profiling") ;;
     *) feature_sets=("") ;;
   esac
   for features in "${feature_sets[@]}"; do

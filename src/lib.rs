@@ -50,7 +50,9 @@
 //!
 //! **Cargo features.** `free-checks` (default: double frees caught), `hardened` (link
 //! encoding, guard pages, random order, poisoning), `profiling` (profiles symbolized and
-//! compressed in process), `small-tls` (the C library's thread-local layout), `internals`
+//! compressed in process), `override` (the C `malloc` family exported from the program, so
+//! that C and C++ code linked into it allocates from spanalloc too), `small-tls` (the C
+//! library's thread-local layout), `internals`
 //! (unstable: the tiers below as `spanalloc::internals`, for the project's own tests).
 //!
 //! # How it works
@@ -90,6 +92,7 @@
 //! | `global` | the only statics: the heap, the profiler's table, the thread-local slot, [`SpanAlloc`], [`raw`] | `mallocgc` |
 //! | [`profiling`] | heap profiles: `start`, `stop`, `heap_profile`, pprof output | `runtime/pprof` |
 //! | `startup` | the process's start and end: the configuration applied before `main`, statistics at exit | `schedinit` |
+//! | `c_abi` | the C `malloc` family with glibc's semantics, exported with `override` (or by `libspanalloc.so`) | |
 //!
 //! ## Allocating (small: under 32 KiB)
 //!
@@ -273,6 +276,13 @@ mod global;
 pub mod profiling;
 #[cfg(all(target_os = "linux", not(loom)))]
 mod startup;
+#[cfg(all(
+    target_os = "linux",
+    not(loom),
+    any(feature = "override", feature = "internals")
+))]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
+mod c_abi;
 #[cfg(all(target_os = "linux", test, loom))]
 mod loom_tests;
 
@@ -359,4 +369,9 @@ pub mod internals {
     }
     #[cfg(not(loom))]
     pub use crate::global::heap;
+    /// See the crate overview.
+    #[cfg(not(loom))]
+    pub mod c_abi {
+        pub use crate::c_abi::*;
+    }
 }

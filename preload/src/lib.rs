@@ -5,7 +5,8 @@
 //! LD_PRELOAD=$PWD/target/release/libspanalloc.so program args...
 //! ```
 //!
-//! - [`c_api`]: `malloc`, `free`, `calloc`, `realloc`, `reallocarray`, `posix_memalign`,
+//! - [`c_api`] (the library's `spanalloc::internals::c_abi`, exported here by its
+//!   `export_c_abi!`): `malloc`, `free`, `calloc`, `realloc`, `reallocarray`, `posix_memalign`,
 //!   `aligned_alloc`, `memalign`, `valloc`, `pvalloc`, `malloc_usable_size`, `free_sized`,
 //!   `free_aligned_sized` and glibc's `__libc_*` aliases, with glibc's semantics.
 //! - [`cxx`]: the C++ `operator new` / `new[]` / `delete` / `delete[]` in every form
@@ -20,8 +21,12 @@
 //! The thread-local slot this library relies on is spanalloc's `small-tls` feature (one
 //! pointer in initial-exec TLS); `docs/preload.md` explains why.
 
-pub mod c_api;
+pub use spanalloc::internals::c_abi as c_api;
 pub mod cxx;
+/// The C functions of [`c_api`], exported under their C names.
+pub mod exports {
+    spanalloc::export_c_abi!();
+}
 pub mod glibc_ext;
 
-pub use c_api::*;
+pub use exports::*;

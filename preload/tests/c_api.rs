@@ -1,21 +1,25 @@
 //! The exported C functions, called directly: every function, every edge case of glibc's
-//! contract. `src/c_api.rs` is compiled into this test binary as a module, so its
-//! `#[no_mangle]` symbols interpose glibc's for the whole test process (the harness, std
-//! and libc all allocate through spanalloc here, as under `LD_PRELOAD`).
+//! contract. The library's C functions (`spanalloc::internals::c_abi`) are exported from
+//! this test binary (`spanalloc::export_c_abi!`), so they replace glibc's for the whole
+//! test process (the harness, std and libc all allocate through spanalloc here, as under
+//! `LD_PRELOAD`).
 //!
 //! Cases that stop the process run in a child: the test binary re-runs itself with
 //! `SPANALLOC_CHILD=<case>` and the parent checks the exit signal and the stderr line.
 
-#[path = "../src/c_api.rs"]
-#[allow(dead_code)]
-mod c_api;
+use spanalloc::internals::c_abi as c_api;
+
+/// The C functions under their C names, for the whole process.
+mod exports {
+    spanalloc::export_c_abi!();
+}
 
 /// The C functions behind `black_box`: LLVM knows `malloc`, `free` and friends by name, and
 /// in an optimised build would otherwise elide an allocation whose result is only compared
 /// with null, or a `free` of a pointer it can see is not from the heap.
 mod c {
-    use super::c_api;
     use core::ffi::{c_int, c_void};
+    use spanalloc::internals::c_abi as c_api;
     use std::hint::black_box as bb;
 
     macro_rules! wrap {

@@ -1,9 +1,14 @@
-//! The C allocation functions, with glibc's semantics, over [`spanalloc::raw`]. See the
-//! crate documentation (`lib.rs`) and `docs/preload.md`.
+//! The C allocation functions (cargo feature `override`), with glibc's semantics, over
+//! [`crate::raw`]: `malloc`, `free`, `calloc`, `realloc`, `reallocarray`, `posix_memalign`,
+//! `aligned_alloc`, `memalign`, `valloc`, `pvalloc`, `malloc_usable_size`, `free_sized`,
+//! `free_aligned_sized` and glibc's `__libc_*` aliases. See `lib.rs` for an overview.
 //!
-//! Every function here is `#[unsafe(no_mangle)] extern "C"`: linked into `libspanalloc.so`
-//! they interpose glibc's; linked into a test binary (`tests/c_api.rs` includes this file
-//! as a module) they interpose glibc's for that whole process.
+//! With the `override` feature every function here is `#[unsafe(no_mangle)] extern "C"`:
+//! linked into a program (a Rust binary) they replace the C library's for the whole
+//! process, C and C++ code linked into it included (mimalloc's `override`). Without it they
+//! are plain `extern "C"` functions, and [`export_c_abi!`](crate::export_c_abi) exports
+//! them from the crate that invokes it: `libspanalloc.so` (`preload/`), which interposes
+//! glibc's under `LD_PRELOAD`, and its tests.
 //!
 //! Nothing here allocates, formats, panics or unwinds. Errors are `NULL` plus `errno`
 //! (`ENOMEM`, `EINVAL`), or an error code for `posix_memalign`.
@@ -18,9 +23,9 @@
 //! `raw::alloc(n, 16)` would choose (a test checks it for every small size), but it stays
 //! on the thread cache's fast path, which only takes the default alignment.
 
+use crate::raw;
+use crate::size_class::MIN_ALIGN;
 use core::ffi::{c_int, c_void};
-use spanalloc::internals::size_class::MIN_ALIGN;
-use spanalloc::raw;
 
 /// The alignment of every block C `malloc` hands out (glibc's `MALLOC_ALIGNMENT`).
 pub const C_ALIGN: usize = 16;
@@ -43,12 +48,12 @@ pub fn c_size(size: usize) -> Option<usize> {
 /// The OS page size, for `valloc` and `pvalloc`.
 #[inline]
 fn page_size() -> usize {
-    spanalloc::internals::sys::os_page_size()
+    crate::sys::os_page_size()
 }
 
 /// `malloc` without the `errno`: `size` bytes aligned to [`C_ALIGN`], or null.
 #[inline(always)]
-pub(crate) fn alloc_c(size: usize) -> *mut c_void {
+pub fn alloc_c(size: usize) -> *mut c_void {
     match c_size(size) {
         // SAFETY: MIN_ALIGN is a power of two.
         Some(n) => unsafe { raw::alloc(n, MIN_ALIGN) }.cast(),
@@ -58,7 +63,7 @@ pub(crate) fn alloc_c(size: usize) -> *mut c_void {
 
 /// `size` bytes aligned to `align` (a power of two), or null.
 #[inline]
-pub(crate) fn alloc_aligned(align: usize, size: usize) -> *mut c_void {
+pub fn alloc_aligned(align: usize, size: usize) -> *mut c_void {
     if align <= C_ALIGN {
         return alloc_c(size);
     }
@@ -119,7 +124,8 @@ unsafe fn free_slow_keep_errno(ptr: *mut c_void) {
 ///
 /// # Safety
 /// Always safe to call; the result is raw memory for the caller to manage.
-#[unsafe(no_mangle)]
+#[cfg_attr(feature = "override", unsafe(no_mangle))]
+#[cfg_attr(not(feature = "override"), inline)]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
     let p = alloc_c(size);
     if p.is_null() {
@@ -134,7 +140,8 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
 ///
 /// # Safety
 /// `ptr` is null or was returned by one of these functions and is not used afterwards.
-#[unsafe(no_mangle)]
+#[cfg_attr(feature = "override", unsafe(no_mangle))]
+#[cfg_attr(not(feature = "override"), inline)]
 pub unsafe extern "C" fn free(ptr: *mut c_void) {
     if !ptr.is_null() {
         // SAFETY: non-null, and per the caller.
@@ -147,7 +154,8 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
 ///
 /// # Safety
 /// Always safe to call.
-#[unsafe(no_mangle)]
+#[cfg_attr(feature = "override", unsafe(no_mangle))]
+#[cfg_attr(not(feature = "override"), inline)]
 pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
     let p: *mut c_void = match n.checked_mul(size).and_then(c_size) {
         // SAFETY: MIN_ALIGN is a power of two.
@@ -167,7 +175,8 @@ pub unsafe extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
 /// # Safety
 /// `ptr` is null or a live block from these functions; unless null is returned it is not
 /// used afterwards.
-#[unsafe(no_mangle)]
+#[cfg_attr(feature = "override", unsafe(no_mangle))]
+#[cfg_attr(not(feature = "override"), inline)]
 pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
     if ptr.is_null() {
         // SAFETY: always safe.
@@ -194,7 +203,8 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
 ///
 /// # Safety
 /// As [`realloc`].
-#[unsafe(no_mangle)]
+#[cfg_attr(feature = "override", unsafe(no_mangle))]
+#[cfg_attr(not(feature = "override"), inline)]
 pub unsafe extern "C" fn reallocarray(ptr: *mut c_void, n: usize, size: usize) -> *mut c_void {
     match n.checked_mul(size) {
         // SAFETY: per the caller.
@@ -212,13 +222,14 @@ pub unsafe extern "C" fn reallocarray(ptr: *mut c_void, n: usize, size: usize) -
 ///
 /// # Safety
 /// `memptr` is valid for a pointer-sized write.
-#[unsafe(no_mangle)]
+#[cfg_attr(feature = "override", unsafe(no_mangle))]
+#[cfg_attr(not(feature = "override"), inline)]
 pub unsafe extern "C" fn posix_memalign(
     memptr: *mut *mut c_void,
     align: usize,
     size: usize,
 ) -> c_int {
-    if !align.is_power_of_two() || !align.is_multiple_of(core::mem::size_of::<*mut c_void>()) {
+    if !align.is_power_of_two() || align % core::mem::size_of::<*mut c_void>() != 0 {
         return libc::EINVAL;
     }
     let p = alloc_aligned(align, size);
@@ -235,7 +246,8 @@ pub unsafe extern "C" fn posix_memalign(
 ///
 /// # Safety
 /// Always safe to call.
-#[unsafe(no_mangle)]
+#[cfg_attr(feature = "override", unsafe(no_mangle))]
+#[cfg_attr(not(feature = "override"), inline)]
 pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
     if !align.is_power_of_two() {
         set_errno(libc::EINVAL);
@@ -253,7 +265,8 @@ pub unsafe extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void
 ///
 /// # Safety
 /// Always safe to call.
-#[unsafe(no_mangle)]
+#[cfg_attr(feature = "override", unsafe(no_mangle))]
+#[cfg_attr(not(feature = "override"), inline)]
 pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
     memalign_impl(align, size)
 }
@@ -262,7 +275,8 @@ pub unsafe extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
 ///
 /// # Safety
 /// Always safe to call.
-#[unsafe(no_mangle)]
+#[cfg_attr(feature = "override", unsafe(no_mangle))]
+#[cfg_attr(not(feature = "override"), inline)]
 pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
     memalign_impl(page_size(), size)
 }
@@ -272,7 +286,8 @@ pub unsafe extern "C" fn valloc(size: usize) -> *mut c_void {
 ///
 /// # Safety
 /// Always safe to call.
-#[unsafe(no_mangle)]
+#[cfg_attr(feature = "override", unsafe(no_mangle))]
+#[cfg_attr(not(feature = "override"), inline)]
 pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
     let page = page_size();
     match size.max(1).checked_add(page - 1) {
@@ -289,7 +304,8 @@ pub unsafe extern "C" fn pvalloc(size: usize) -> *mut c_void {
 ///
 /// # Safety
 /// `ptr` is null or a live block from these functions.
-#[unsafe(no_mangle)]
+#[cfg_attr(feature = "override", unsafe(no_mangle))]
+#[cfg_attr(not(feature = "override"), inline)]
 pub unsafe extern "C" fn malloc_usable_size(ptr: *mut c_void) -> usize {
     if ptr.is_null() {
         return 0;
@@ -305,7 +321,8 @@ pub unsafe extern "C" fn malloc_usable_size(ptr: *mut c_void) -> usize {
 /// # Safety
 /// As [`free`], and `size` is the size that was asked for (C23 leaves a wrong size
 /// undefined; here a release build ignores it, a debug build stops).
-#[unsafe(no_mangle)]
+#[cfg_attr(feature = "override", unsafe(no_mangle))]
+#[cfg_attr(not(feature = "override"), inline)]
 pub unsafe extern "C" fn free_sized(ptr: *mut c_void, size: usize) {
     // SAFETY: per the caller.
     unsafe { free_sized_impl(ptr, size) }
@@ -315,7 +332,8 @@ pub unsafe extern "C" fn free_sized(ptr: *mut c_void, size: usize) {
 ///
 /// # Safety
 /// As [`free_sized`], and `align` is the alignment that was asked for.
-#[unsafe(no_mangle)]
+#[cfg_attr(feature = "override", unsafe(no_mangle))]
+#[cfg_attr(not(feature = "override"), inline)]
 pub unsafe extern "C" fn free_aligned_sized(ptr: *mut c_void, align: usize, size: usize) {
     // SAFETY: per the caller.
     unsafe { free_aligned_sized_impl(ptr, align, size) }
@@ -328,7 +346,7 @@ pub unsafe extern "C" fn free_aligned_sized(ptr: *mut c_void, align: usize, size
 /// # Safety
 /// As [`free`].
 #[inline(always)]
-pub(crate) unsafe fn free_impl(ptr: *mut c_void) {
+pub unsafe fn free_impl(ptr: *mut c_void) {
     if !ptr.is_null() {
         // SAFETY: non-null, and per the caller.
         unsafe { free_keep_errno(ptr) };
@@ -340,18 +358,13 @@ pub(crate) unsafe fn free_impl(ptr: *mut c_void) {
 /// # Safety
 /// As [`free_sized`].
 #[inline(always)]
-pub(crate) unsafe fn free_sized_impl(ptr: *mut c_void, size: usize) {
+pub unsafe fn free_sized_impl(ptr: *mut c_void, size: usize) {
     if ptr.is_null() {
         return;
     }
     if let Some(n) = c_size(size) {
-        if cfg!(debug_assertions) || spanalloc::internals::check::HARDENED {
-            spanalloc::internals::thread_cache::check_layout(
-                spanalloc::internals::heap(),
-                ptr.cast(),
-                n,
-                MIN_ALIGN,
-            );
+        if cfg!(debug_assertions) || crate::check::HARDENED {
+            crate::thread_cache::check_layout(crate::global::heap(), ptr.cast(), n, MIN_ALIGN);
         }
         // The sized fast path: the bin from the size, checked against the page map.
         // SAFETY: non-null, and per the caller.
@@ -368,7 +381,7 @@ pub(crate) unsafe fn free_sized_impl(ptr: *mut c_void, size: usize) {
 /// # Safety
 /// As [`free_aligned_sized`].
 #[inline(always)]
-pub(crate) unsafe fn free_aligned_sized_impl(ptr: *mut c_void, align: usize, size: usize) {
+pub unsafe fn free_aligned_sized_impl(ptr: *mut c_void, align: usize, size: usize) {
     if ptr.is_null() {
         return;
     }
@@ -399,7 +412,8 @@ pub(crate) unsafe fn free_aligned_sized_impl(ptr: *mut c_void, align: usize, siz
 ///
 /// # Safety
 /// As [`malloc`].
-#[unsafe(no_mangle)]
+#[cfg_attr(feature = "override", unsafe(no_mangle))]
+#[cfg_attr(not(feature = "override"), inline)]
 pub unsafe extern "C" fn __libc_malloc(size: usize) -> *mut c_void {
     // SAFETY: per the caller.
     unsafe { malloc(size) }
@@ -409,7 +423,8 @@ pub unsafe extern "C" fn __libc_malloc(size: usize) -> *mut c_void {
 ///
 /// # Safety
 /// As [`free`].
-#[unsafe(no_mangle)]
+#[cfg_attr(feature = "override", unsafe(no_mangle))]
+#[cfg_attr(not(feature = "override"), inline)]
 pub unsafe extern "C" fn __libc_free(ptr: *mut c_void) {
     // SAFETY: per the caller.
     unsafe { free(ptr) }
@@ -419,7 +434,8 @@ pub unsafe extern "C" fn __libc_free(ptr: *mut c_void) {
 ///
 /// # Safety
 /// As [`calloc`].
-#[unsafe(no_mangle)]
+#[cfg_attr(feature = "override", unsafe(no_mangle))]
+#[cfg_attr(not(feature = "override"), inline)]
 pub unsafe extern "C" fn __libc_calloc(n: usize, size: usize) -> *mut c_void {
     // SAFETY: per the caller.
     unsafe { calloc(n, size) }
@@ -429,7 +445,8 @@ pub unsafe extern "C" fn __libc_calloc(n: usize, size: usize) -> *mut c_void {
 ///
 /// # Safety
 /// As [`realloc`].
-#[unsafe(no_mangle)]
+#[cfg_attr(feature = "override", unsafe(no_mangle))]
+#[cfg_attr(not(feature = "override"), inline)]
 pub unsafe extern "C" fn __libc_realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
     // SAFETY: per the caller.
     unsafe { realloc(ptr, size) }
@@ -439,7 +456,51 @@ pub unsafe extern "C" fn __libc_realloc(ptr: *mut c_void, size: usize) -> *mut c
 ///
 /// # Safety
 /// As [`memalign`].
-#[unsafe(no_mangle)]
+#[cfg_attr(feature = "override", unsafe(no_mangle))]
+#[cfg_attr(not(feature = "override"), inline)]
 pub unsafe extern "C" fn __libc_memalign(align: usize, size: usize) -> *mut c_void {
     memalign_impl(align, size)
+}
+
+/// Exports the C allocation functions of this module from the invoking crate, each an
+/// `#[unsafe(no_mangle)] extern "C"` function that calls the one here: what
+/// `libspanalloc.so` does (invoked once, in a module of its own), without turning the
+/// `override` feature on for every crate built with it. Never together with `override`
+/// (the symbols would be defined twice).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! export_c_abi {
+    () => {
+        $crate::export_c_abi!(@fns
+            malloc(size: usize) -> *mut ::core::ffi::c_void;
+            free(ptr: *mut ::core::ffi::c_void);
+            calloc(n: usize, size: usize) -> *mut ::core::ffi::c_void;
+            realloc(ptr: *mut ::core::ffi::c_void, size: usize) -> *mut ::core::ffi::c_void;
+            reallocarray(ptr: *mut ::core::ffi::c_void, n: usize, size: usize) -> *mut ::core::ffi::c_void;
+            posix_memalign(memptr: *mut *mut ::core::ffi::c_void, align: usize, size: usize) -> ::core::ffi::c_int;
+            aligned_alloc(align: usize, size: usize) -> *mut ::core::ffi::c_void;
+            memalign(align: usize, size: usize) -> *mut ::core::ffi::c_void;
+            valloc(size: usize) -> *mut ::core::ffi::c_void;
+            pvalloc(size: usize) -> *mut ::core::ffi::c_void;
+            malloc_usable_size(ptr: *mut ::core::ffi::c_void) -> usize;
+            free_sized(ptr: *mut ::core::ffi::c_void, size: usize);
+            free_aligned_sized(ptr: *mut ::core::ffi::c_void, align: usize, size: usize);
+            __libc_malloc(size: usize) -> *mut ::core::ffi::c_void;
+            __libc_free(ptr: *mut ::core::ffi::c_void);
+            __libc_calloc(n: usize, size: usize) -> *mut ::core::ffi::c_void;
+            __libc_realloc(ptr: *mut ::core::ffi::c_void, size: usize) -> *mut ::core::ffi::c_void;
+            __libc_memalign(align: usize, size: usize) -> *mut ::core::ffi::c_void;
+        );
+    };
+    (@fns $($name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?;)*) => {$(
+        #[doc = concat!("C `", stringify!($name), "`: spanalloc's.")]
+        ///
+        /// # Safety
+        /// As the C function.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) $(-> $ret)? {
+            // SAFETY: per the caller.
+            unsafe { $crate::internals::c_abi::$name($($arg),*) }
+        }
+    )*};
 }
