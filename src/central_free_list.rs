@@ -625,3 +625,86 @@ unsafe fn link_shuffled(
     }
     list
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::heap::tests::heap;
+    use crate::thread_cache::ThreadCache;
+
+    /// Three spans' worth of a class held by the program but one object, the cache flushed:
+    /// the list's
+    /// figures add up (every span listed once, partial or full; every object either out of
+    /// its span or free in it), and the objects out are the program's plus the transfer
+    /// slots'.
+    #[test]
+    fn stats_count_the_spans_and_objects() {
+        let heap = heap();
+        let mut cache = ThreadCache::new();
+        let class = crate::size_class::class_of(1000).unwrap();
+        let n = 3 * class.objects();
+        let mut held: Vec<*mut u8> = (0..n).map(|_| cache.alloc(&heap, 1000, 8)).collect();
+        assert!(held.iter().all(|p| !p.is_null()));
+        // One object back to its span: that span is partial.
+        // SAFETY: our object, freed once.
+        unsafe { cache.free(&heap, held.pop().unwrap()) };
+        cache.flush(&heap);
+        let st = heap.central(class).stats(class);
+        assert!(st.spans >= 3, "{st:?}");
+        assert!(st.partial_spans >= 1 && st.in_spans_free >= 1, "{st:?}");
+        assert_eq!(st.partial_spans + st.full_spans, st.spans, "{st:?}");
+        assert_eq!(st.out_of_spans, n - 1 + st.transfer, "{st:?}");
+        assert_eq!(
+            st.out_of_spans + st.in_spans_free,
+            st.spans * class.objects(),
+            "{st:?}"
+        );
+        for p in held {
+            // SAFETY: our objects, freed once.
+            unsafe { cache.free(&heap, p) };
+        }
+        cache.flush(&heap);
+        heap.check_invariants();
+    }
+
+    /// The walker has teeth: a span whose object count no longer adds up is reported, by
+    /// `invariant_violation` and by `check_invariants` (a panic, outside the lock).
+    #[test]
+    fn the_walker_reports_a_span_whose_objects_do_not_add_up() {
+        let heap = heap();
+        let mut cache = ThreadCache::new();
+        let class = crate::size_class::class_of(1000).unwrap();
+        let p = cache.alloc(&heap, 1000, 8);
+        assert!(!p.is_null());
+        let list = heap.central(class);
+        assert_eq!(list.invariant_violation(class, heap.page_map()), None);
+        let span = {
+            let lists = list.lists.lock();
+            // SAFETY: we hold the lock for the walk.
+            unsafe { lists.partial.iter().chain(lists.full.iter()) }
+                .next()
+                .unwrap()
+        };
+        // SAFETY: the test's own span; its count is changed and put back under the lock.
+        let bump = |by: isize| unsafe {
+            let _lists = list.lists.lock();
+            let in_use = (*span).in_use.get();
+            (*span).in_use.set((in_use as isize + by) as u32);
+        };
+        bump(1);
+        assert_eq!(
+            list.invariant_violation(class, heap.page_map()),
+            Some("objects are conserved")
+        );
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            heap.check_invariants();
+        }));
+        assert!(caught.is_err(), "check_invariants panics on a broken list");
+        bump(-1);
+        assert_eq!(list.invariant_violation(class, heap.page_map()), None);
+        // SAFETY: our object, freed once.
+        unsafe { cache.free(&heap, p) };
+        cache.flush(&heap);
+        heap.check_invariants();
+    }
+}
