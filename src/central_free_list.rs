@@ -628,7 +628,6 @@ unsafe fn link_shuffled(
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use super::*;
     use crate::heap::tests::heap;
     use crate::thread_cache::ThreadCache;
 
