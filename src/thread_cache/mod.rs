@@ -78,6 +78,9 @@ pub struct ThreadCache {
     /// after one of them ran).
     #[cfg(feature = "hardened")]
     map: *const crate::page_map::PageMap,
+    /// Bin growths refused for the budget (`grow_bound`: one in `STEAL_EVERY` takes room
+    /// from the largest bin).
+    over_budget: u32,
     /// Debug builds: slow-path calls so far, for the expensive checks' period.
     #[cfg(debug_assertions)]
     slow_calls: u32,
@@ -105,6 +108,7 @@ impl ThreadCache {
             lent_start: 0,
             #[cfg(feature = "hardened")]
             map: core::ptr::null(),
+            over_budget: 0,
             #[cfg(debug_assertions)]
             slow_calls: 0,
         }

@@ -800,3 +800,54 @@ fn a_shared_never_filled_cache_is_only_read_by_the_fast_paths() {
             .all(|b| b.head.is_null() && b.room == 0 && b.max == 0)
     );
 }
+
+/// Past its budget, a cache that keeps running dry in one class takes room from its largest
+/// bin on one growth in `STEAL_EVERY`, not on every one (which traded objects back and forth
+/// through the central lists): the largest bin keeps its bound through 15 refused growths
+/// and is halved at the 16th.
+#[test]
+fn past_its_budget_a_cache_takes_room_from_its_largest_bin_once_in_sixteen_growths() {
+    let heap = heap();
+    let mut cache = ThreadCache::new();
+    let big = size_class::class_of(1000).unwrap();
+    let hot = size_class::class_of(48).unwrap();
+    // The 1000-byte bin's bound grows with every refill to its class bound.
+    let mut held: Vec<(*mut u8, usize)> = (0..2000)
+        .map(|_| (cache.alloc(&heap, 1000, 8), 1000))
+        .collect();
+    let big_max = cache.bins[big.index()].max;
+    assert!(big_max > 2 * crate::central_free_list::batch_size(big) as u32);
+    // From now on every growth is past the budget.
+    heap.set_thread_cache_bytes(cache.bound_bytes);
+    let mut growths = 0;
+    while growths < bins::STEAL_EVERY {
+        let runs_dry = cache.bins[hot.index()].head.is_null();
+        let p = cache.alloc(&heap, 48, 8);
+        assert!(!p.is_null());
+        held.push((p, 48));
+        if runs_dry {
+            // A refill: it asks for one batch more than the bound (from none at first).
+            growths += 1;
+            let now = cache.bins[big.index()].max;
+            if growths < bins::STEAL_EVERY {
+                assert_eq!(
+                    now, big_max,
+                    "growth {growths}: the largest bin keeps its bound"
+                );
+            } else {
+                assert_eq!(
+                    now,
+                    big_max / 2,
+                    "growth {growths}: the largest bin is halved"
+                );
+            }
+        }
+    }
+    cache.check_invariants(&heap);
+    for (p, size) in held {
+        // SAFETY: live objects, freed once.
+        unsafe { cache.dealloc(&heap, p, size, 8) };
+    }
+    cache.flush(&heap);
+    heap.check_invariants();
+}
