@@ -345,7 +345,13 @@ impl ThreadCache {
         let bound = class_bound(class, heap.bin_bytes());
         debug_assert_eq!(self.bin(class).room, 0);
         let max = self.bin(class).max;
-        if max < batch && self.grow_bound(heap, class, max + batch) {
+        if max < batch {
+            // Less than a batch of bound: a bin always has room for one batch, budget or
+            // not (past the budget, `grow_bound` may refuse; a full bin of fewer objects
+            // than a batch has nothing to hand back to make room).
+            if !self.grow_bound(heap, class, max + batch) {
+                self.raise_bound(class, max + batch);
+            }
             return;
         }
         self.release_slow(heap, class);
@@ -387,11 +393,18 @@ impl ThreadCache {
                 return false;
             }
         }
+        self.raise_bound(class, want);
+        true
+    }
+
+    /// Raises the bound of `class`'s bin to `want` (more than it has), whatever the budget.
+    fn raise_bound(&mut self, class: SizeClass, want: u32) {
         let bin = self.bin(class);
+        let max = bin.max;
+        debug_assert!(want > max);
         bin.max = want;
         bin.room += want - max;
-        self.bound_bytes += extra;
-        true
+        self.bound_bytes += (want - max) as usize * class.size();
     }
 
     /// Lowers the bound of `class`'s bin to `want`, handing back to the central list the

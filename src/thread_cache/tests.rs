@@ -851,3 +851,31 @@ fn past_its_budget_a_cache_takes_room_from_its_largest_bin_once_in_sixteen_growt
     cache.flush(&heap);
     heap.check_invariants();
 }
+
+/// A cache with no budget at all still takes frees: a bin always has room for one batch.
+/// Objects made by one cache and freed into another whose bins have never held anything
+/// (their bound is 0, and past the budget no bin may grow): before, the full, empty bin
+/// had nothing to hand back and the free followed a null link.
+#[test]
+fn a_cache_with_no_budget_takes_frees_into_empty_bins() {
+    let heap = heap();
+    heap.set_thread_cache_bytes(0);
+    let mut maker = ThreadCache::new();
+    let mut freer = ThreadCache::new();
+    let sizes = [16, 48, 200, 1000, 5000, 20000];
+    let objects: Vec<(*mut u8, usize)> = (0..600)
+        .map(|i| {
+            let size = sizes[i % sizes.len()];
+            (maker.alloc(&heap, size, 8), size)
+        })
+        .collect();
+    for (p, size) in objects {
+        assert!(!p.is_null());
+        // SAFETY: live objects, freed once (into another cache).
+        unsafe { freer.dealloc(&heap, p, size, 8) };
+    }
+    freer.check_invariants(&heap);
+    maker.flush(&heap);
+    freer.flush(&heap);
+    heap.check_invariants();
+}
