@@ -201,6 +201,9 @@
 //! `Option` travels up; only [`SpanAlloc`] and [`raw`] turn `None` into null. Bad pointers
 //! and impossible states stop the process with one line from `check::fatal`.
 #![warn(missing_docs)]
+// Without `internals`, the items of the tiers that only the tests, benchmarks and C library
+// use (walkers, test hooks, statistics accessors) are unreachable: not dead code.
+#![cfg_attr(not(feature = "internals"), allow(dead_code))]
 
 // One platform is implemented: Linux (x86_64 and aarch64 tested, any Linux target with
 // `std` expected to work). Elsewhere the build stops here, first, with what a port needs.
@@ -216,57 +219,40 @@ compile_error!(
 // platform layer is implemented, so that another target's build stops at the
 // `compile_error!` above alone. The tiers are crate-private; [`internals`] re-exports them
 // for the project's own tests, benchmarks and C library. Some of their items are used only
-// by those: hence no dead-code lint for them when `internals` is off.
+// by those: hence no dead-code lint when `internals` is off (the crate attribute above).
 #[cfg(target_os = "linux")]
-#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod check;
 #[cfg(target_os = "linux")]
-#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod pages;
 #[cfg(target_os = "linux")]
-#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod size_class;
 #[cfg(target_os = "linux")]
-#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod sync;
 #[cfg(target_os = "linux")]
-#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod sys;
 #[cfg(all(target_os = "linux", feature = "hardened"))]
-#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod hardening;
 #[cfg(target_os = "linux")]
-#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod fixed_alloc;
 #[cfg(target_os = "linux")]
-#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod span;
 #[cfg(target_os = "linux")]
-#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod page_map;
 #[cfg(target_os = "linux")]
-#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod page_heap;
 #[cfg(target_os = "linux")]
-#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod central_free_list;
 #[cfg(target_os = "linux")]
-#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod heap;
 #[cfg(target_os = "linux")]
-#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod sampler;
 #[cfg(target_os = "linux")]
-#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod stack;
 #[cfg(target_os = "linux")]
-#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod sample_table;
 #[cfg(target_os = "linux")]
-#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod thread_cache;
 #[cfg(target_os = "linux")]
-#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod config;
 #[cfg(target_os = "linux")]
 pub mod stats;
@@ -281,7 +267,6 @@ mod startup;
     not(loom),
     any(feature = "override", feature = "internals")
 ))]
-#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod c_abi;
 #[cfg(all(target_os = "linux", test, loom))]
 mod loom_tests;
@@ -298,80 +283,38 @@ pub use global::{
 /// none of it; see the crate overview for what each module is.
 #[cfg(all(target_os = "linux", feature = "internals"))]
 pub mod internals {
-    /// See the crate overview.
-    pub mod check {
-        pub use crate::check::*;
+    /// One re-exporting module per tier, named as the tier (see the crate overview).
+    macro_rules! reexport {
+        ($($(#[$m:meta])* $name:ident),* $(,)?) => {$(
+            $(#[$m])*
+            #[doc = concat!("The `", stringify!($name), "` tier (see the crate overview).")]
+            pub mod $name {
+                pub use crate::$name::*;
+            }
+        )*};
     }
-    /// See the crate overview.
-    pub mod pages {
-        pub use crate::pages::*;
-    }
-    /// See the crate overview.
-    pub mod size_class {
-        pub use crate::size_class::*;
-    }
-    /// See the crate overview.
-    pub mod sync {
-        pub use crate::sync::*;
-    }
-    /// See the crate overview.
-    pub mod sys {
-        pub use crate::sys::*;
-    }
-    #[cfg(feature = "hardened")]
-    /// See the crate overview.
-    pub mod hardening {
-        pub use crate::hardening::*;
-    }
-    /// See the crate overview.
-    pub mod fixed_alloc {
-        pub use crate::fixed_alloc::*;
-    }
-    /// See the crate overview.
-    pub mod span {
-        pub use crate::span::*;
-    }
-    /// See the crate overview.
-    pub mod page_map {
-        pub use crate::page_map::*;
-    }
-    /// See the crate overview.
-    pub mod page_heap {
-        pub use crate::page_heap::*;
-    }
-    /// See the crate overview.
-    pub mod central_free_list {
-        pub use crate::central_free_list::*;
-    }
-    /// See the crate overview.
-    pub mod heap {
-        pub use crate::heap::*;
-    }
-    /// See the crate overview.
-    pub mod sampler {
-        pub use crate::sampler::*;
-    }
-    /// See the crate overview.
-    pub mod stack {
-        pub use crate::stack::*;
-    }
-    /// See the crate overview.
-    pub mod sample_table {
-        pub use crate::sample_table::*;
-    }
-    /// See the crate overview.
-    pub mod thread_cache {
-        pub use crate::thread_cache::*;
-    }
-    /// See the crate overview.
-    pub mod config {
-        pub use crate::config::*;
-    }
+    reexport!(
+        check,
+        pages,
+        size_class,
+        sync,
+        sys,
+        #[cfg(feature = "hardened")]
+        hardening,
+        fixed_alloc,
+        span,
+        page_map,
+        page_heap,
+        central_free_list,
+        heap,
+        sampler,
+        stack,
+        sample_table,
+        thread_cache,
+        config,
+        #[cfg(not(loom))]
+        c_abi,
+    );
     #[cfg(not(loom))]
     pub use crate::global::heap;
-    /// See the crate overview.
-    #[cfg(not(loom))]
-    pub mod c_abi {
-        pub use crate::c_abi::*;
-    }
 }
