@@ -691,6 +691,46 @@ mod tests {
     }
 
     #[test]
+    fn contains_and_object_index_know_the_span_and_its_object_starts() {
+        let t = TestSpan::new();
+        let s = t.get();
+        let start = s.start_addr();
+        assert!(s.contains(start) && s.contains(start + PAGE_SIZE - 1));
+        assert!(!s.contains(start + PAGE_SIZE) && !s.contains(start.wrapping_sub(1)));
+        for k in [0, 1, 2, 77, s.capacity() - 1] {
+            assert_eq!(s.object_index(start + k * 64), Some(k));
+            assert_eq!(
+                s.object_index(start + k * 64 + 16),
+                None,
+                "inside object {k}"
+            );
+        }
+        assert_eq!(s.object_index(start + s.capacity() * 64), None);
+        assert_eq!(s.object_index(start.wrapping_sub(64)), None);
+    }
+
+    /// A free object's mark copied into another object's second word is not that object's
+    /// mark (a program copying bytes it never wrote must not make a live object look freed).
+    #[test]
+    fn a_free_mark_copied_to_another_object_is_not_its_mark() {
+        let t = TestSpan::new();
+        let key = crate::check::free_key();
+        // SAFETY: objects of the test's span, over its own memory.
+        unsafe {
+            mark_freed(t.obj(0), key);
+            assert_eq!(is_marked_freed(t.obj(0), key), crate::check::FREE_CHECKS);
+            let mark = t.obj(0).cast::<u64>().add(1).read();
+            for k in 1..t.get().capacity() {
+                t.obj(k).cast::<u64>().add(1).write(mark);
+                assert!(
+                    !is_marked_freed(t.obj(k), key),
+                    "object {k} took object 0's mark"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn freed_objects_carry_the_key_and_allocation_clears_it() {
         let t = TestSpan::new();
         // SAFETY: an object of the span, freed once, then handed out again.

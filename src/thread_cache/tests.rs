@@ -879,3 +879,39 @@ fn a_cache_with_no_budget_takes_frees_into_empty_bins() {
     freer.flush(&heap);
     heap.check_invariants();
 }
+
+/// Lending the best-fitting stashed span out of the middle of the stash keeps the others,
+/// each once and in order: they serve the next allocations of their lengths.
+#[test]
+fn lending_a_span_from_the_middle_of_the_stash_keeps_the_others_once_each() {
+    let heap = heap();
+    let mut cache = ThreadCache::new();
+    // A small allocation activates the cache (an inactive one stashes nothing).
+    let small = cache.alloc(&heap, 64, 8);
+    let sizes = [40_000, 200_000, 600_000];
+    let large: Vec<*mut u8> = sizes.iter().map(|&s| cache.alloc(&heap, s, 8)).collect();
+    for &p in &large {
+        // SAFETY: live, freed once (into the stash).
+        unsafe { cache.free(&heap, p) };
+    }
+    assert_eq!(cache.stash_len, 3);
+    // The shortest stashed span with 150 000 bytes of room: the middle one.
+    let lent = cache.lend_stashed(&heap, 150_000, 8);
+    assert_eq!(lent, Some(large[1]));
+    assert_eq!(cache.stash_len, 2);
+    // SAFETY: stashed spans are live records.
+    let starts: Vec<usize> = cache.stash[..2]
+        .iter()
+        .map(|&s| unsafe { &*s }.start_addr())
+        .collect();
+    assert_eq!(starts, [large[0] as usize, large[2] as usize]);
+    assert_eq!(cache.alloc(&heap, sizes[0], 8), large[0]);
+    assert_eq!(cache.alloc(&heap, sizes[2], 8), large[2]);
+    assert_eq!(cache.stash_len, 0);
+    for p in [large[0], large[1], large[2], small] {
+        // SAFETY: live, freed once.
+        unsafe { cache.free(&heap, p) };
+    }
+    cache.flush(&heap);
+    heap.check_invariants();
+}
