@@ -825,7 +825,10 @@ mod tests {
             // memory model does mix them); the callers' checks of a stale record's start
             // and range are what reject such a mix.
             for (kind, start, pages) in reader.join().unwrap() {
-                assert!(matches!(kind, SpanKind::Large | SpanKind::Small), "{kind:?}");
+                assert!(
+                    matches!(kind, SpanKind::Large | SpanKind::Small),
+                    "{kind:?}"
+                );
                 assert!([old_start, new_start, 0].contains(&start), "{start:#x}");
                 assert!(pages == Pages(2) || pages == Pages(1), "{pages:?}");
             }
