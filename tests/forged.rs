@@ -31,8 +31,18 @@ fn forged_free_of_a_never_handed_out_object(k: usize) {
     let object = spanalloc::internals::size_class::class_of(SIZE)
         .unwrap()
         .size();
+    // Object `k` of the span, counted from the span's start (the hardened build hands
+    // never-used objects out in random order, so `p` need not be object 0); if that is `p`
+    // itself, the one before it.
+    let heap = spanalloc::internals::heap();
+    let start =
+        spanalloc::internals::page_map::word_start(heap.page_map().small_word_of(p as usize));
+    let mut target = start + object * k;
+    if target == p as usize {
+        target -= object;
+    }
     // SAFETY: deliberately wrong: an object boundary of the same span, never handed out.
-    unsafe { raw::free(p.add(object * k)) };
+    unsafe { raw::free(target as *mut u8) };
 }
 
 #[test]
