@@ -143,10 +143,8 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
 #[cfg_attr(feature = "override", unsafe(no_mangle))]
 #[cfg_attr(not(feature = "override"), inline)]
 pub unsafe extern "C" fn free(ptr: *mut c_void) {
-    if !ptr.is_null() {
-        // SAFETY: non-null, and per the caller.
-        unsafe { free_keep_errno(ptr) };
-    }
+    // SAFETY: per the caller.
+    unsafe { free_impl(ptr) }
 }
 
 /// C `calloc`: `n * size` zero bytes, or null with `ENOMEM` (also when `n * size`

@@ -728,10 +728,8 @@ fn alloc_large(size: usize) -> *mut u8 {
     // SAFETY: our own slot, ACTIVE: nothing else on this thread uses the cache now (as in
     // `with_cache`).
     let cache = unsafe { &mut (*l).cache };
-    if !cache.sampler().charge(size) {
-        if let Some(weight) = cache.sampler().crossed(size, params()) {
-            return sampled_alloc(size, MIN_ALIGN, false, weight);
-        }
+    if let Some(weight) = cache.sampler().sample(size, params) {
+        return sampled_alloc(size, MIN_ALIGN, false, weight);
     }
     cache.alloc_large(&HEAP, size, MIN_ALIGN)
 }

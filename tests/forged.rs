@@ -34,10 +34,7 @@ fn forged_free_of_a_never_handed_out_object(k: usize) {
     // Object `k` of the span, counted from the span's start (the hardened build hands
     // never-used objects out in random order, so `p` need not be object 0); if that is `p`
     // itself, the one before it.
-    let heap = spanalloc::internals::heap();
-    let start =
-        spanalloc::internals::page_map::word_start(heap.page_map().small_word_of(p as usize));
-    let mut target = start + object * k;
+    let mut target = common::span_start(p) + object * k;
     if target == p as usize {
         target -= object;
     }

@@ -4,7 +4,7 @@
 //! away with). Each runs in a child process.
 #![allow(dead_code)]
 
-use spanalloc::internals::page_map::word_start;
+use crate::common::span_start;
 use spanalloc::internals::size_class::class_of;
 use spanalloc::raw;
 use std::collections::HashSet;
@@ -17,15 +17,6 @@ static mut TARGET: [u64; 64] = [0; 64];
 /// The address of [`TARGET`].
 pub fn target() -> usize {
     (&raw mut TARGET) as usize
-}
-
-/// The start of the span holding small object `p`, from the page map.
-pub fn span_start(p: *mut u8) -> usize {
-    word_start(
-        spanalloc::internals::heap()
-            .page_map()
-            .small_word_of(p as usize),
-    )
 }
 
 /// An overflow over a free object's link. Of 64 objects of 48 bytes, takes `x` whose

@@ -212,3 +212,13 @@ impl Rng {
         self.below(100) < percent
     }
 }
+
+/// The start of the span holding small object `p`, from the page map.
+#[allow(dead_code)]
+pub fn span_start(p: *mut u8) -> usize {
+    spanalloc::internals::page_map::word_start(
+        spanalloc::internals::heap()
+            .page_map()
+            .small_word_of(p as usize),
+    )
+}
