@@ -63,6 +63,9 @@ struct Lists {
     spare: *mut Span,
     /// Small spans of this class that exist: listed, or in transit to the page heap.
     spans: usize,
+    /// Objects out of the listed spans (the sum of their `in_use`), kept as they move so
+    /// that statistics read it in one step under the lock rather than walk the spans.
+    out_of_spans: usize,
     /// Whole batches (null-terminated lists of `batch_size` objects) kept as they came.
     slots: [*mut u8; TRANSFER_SLOTS],
     slots_len: usize,
@@ -142,6 +145,7 @@ impl Lists {
             full: SpanList::new(ListId::Full),
             spare: null_mut(),
             spans: 0,
+            out_of_spans: 0,
             slots: [null_mut(); TRANSFER_SLOTS],
             slots_len: 0,
         }
@@ -208,6 +212,7 @@ impl Lists {
                 s.free.set(free);
                 s.bump.set(bump as u32);
                 s.in_use.set(s.in_use.get() + taken as u32);
+                self.out_of_spans += taken;
                 if free.is_null() && bump == cap {
                     self.partial.remove(at);
                     self.full.push(at);
@@ -234,6 +239,7 @@ impl Lists {
                 crate::check::fatal_at("double free detected", obj as usize);
             }
             span.in_use.set(in_use - 1);
+            self.out_of_spans -= 1;
             if span.list() == ListId::Full {
                 self.full.remove(s);
                 self.partial.push(s);
@@ -435,23 +441,17 @@ impl CentralFreeList {
 
     /// A snapshot of what the list holds.
     pub fn stats(&self, class: SizeClass) -> CentralStats {
+        // A few counters read under the lock: no walk, whatever the list holds.
         let lists = self.lists.lock();
-        let mut st = CentralStats {
+        let listed = lists.partial.len() + lists.full.len();
+        CentralStats {
             spans: lists.spans,
             partial_spans: lists.partial.len(),
             full_spans: lists.full.len(),
             transfer: lists.slots_len * batch_size(class),
-            ..CentralStats::default()
-        };
-        // SAFETY: we hold the lock for the whole walk.
-        for s in unsafe { lists.partial.iter().chain(lists.full.iter()) } {
-            // SAFETY: live spans on our lists; the lock guards their object fields.
-            let in_use = unsafe { (*s).in_use.get() } as usize;
-            st.out_of_spans += in_use;
-            // SAFETY: as above.
-            st.in_spans_free += unsafe { &*s }.capacity() - in_use;
+            out_of_spans: lists.out_of_spans,
+            in_spans_free: listed * class.objects() - lists.out_of_spans,
         }
-        st
     }
 
     /// Checks every invariant of the listed spans; panics on a violation (after dropping
@@ -486,6 +486,7 @@ impl CentralFreeList {
             );
         }
         let mut listed = 0;
+        let mut out = 0;
         for (list, want) in [
             (&lists.partial, ListId::Partial),
             (&lists.full, ListId::Full),
@@ -530,6 +531,11 @@ impl CentralFreeList {
                     "objects are conserved"
                 );
                 ensure!(
+                    span.capacity() == class.objects(),
+                    "a span holds its class's objects"
+                );
+                out += in_use;
+                ensure!(
                     (free == 0 && bump == span.capacity()) == (want == ListId::Full),
                     "a span is on the full list exactly when it has no free object"
                 );
@@ -540,6 +546,10 @@ impl CentralFreeList {
             }
         }
         ensure!(listed == lists.spans, "every span of the class is listed");
+        ensure!(
+            out == lists.out_of_spans,
+            "the count of objects out of the spans is their sum"
+        );
         None
     }
 

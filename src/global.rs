@@ -776,8 +776,12 @@ unsafe fn sample_popped(obj: *mut u8, size: usize) -> *mut u8 {
     match weight {
         None => obj,
         Some(weight) => {
-            // SAFETY: ours, unused: back to its bin.
-            unsafe { raw::free(obj) };
+            // SAFETY: ours, unused: back to its bin (not a free of the program's: uncounted;
+            // the cache is ACTIVE, so the free went to it).
+            unsafe {
+                raw::free(obj);
+                (*l).cache.uncount_free();
+            }
             sampled_alloc(size, MIN_ALIGN, false, weight)
         }
     }
@@ -795,10 +799,13 @@ unsafe fn resample(new: *mut u8, size: usize, align: usize, weight: usize) -> *m
     if sampled.is_null() {
         return new;
     }
-    // SAFETY: both are live and distinct, of at least `size` bytes; `new` is ours to free.
+    // SAFETY: both are live and distinct, of at least `size` bytes; `new` is ours to free
+    // (not a free of the program's: uncounted, in the cache the free went to, as `with_cache`
+    // picks it for both).
     unsafe {
         core::ptr::copy_nonoverlapping(new, sampled, size);
         raw::free(new);
+        with_cache(|cache| cache.uncount_free());
     }
     sampled
 }
@@ -1003,14 +1010,15 @@ pub fn set_bin_bytes(bytes: usize) {
 /// the calling thread's cache; other threads' caches are counted as whole spans unless they
 /// called [`flush_thread_cache`] (or exited).
 pub fn stats() -> crate::stats::Stats {
+    use crate::stats::CacheView;
     let l = local();
-    // The orphan lock comes first in the lock order; the snapshot takes the central and page
-    // heap locks after it.
-    let orphan = ORPHAN.lock();
+    // The orphan cache is read in one bounded step under its lock, which is dropped before
+    // the snapshot takes the central and page heap locks one at a time.
+    let orphan = CacheView::of(&ORPHAN.lock());
     // SAFETY: our own slot; the snapshot only reads the cache, and makes no allocation.
-    match unsafe { ((*l).state == ACTIVE).then(|| &(*l).cache) } {
-        Some(own) => crate::stats::snapshot(&HEAP, &[own, &orphan]),
-        None => crate::stats::snapshot(&HEAP, &[&orphan]),
+    match unsafe { ((*l).state == ACTIVE).then(|| CacheView::of(&(*l).cache)) } {
+        Some(own) => crate::stats::snapshot(&HEAP, &[own, orphan]),
+        None => crate::stats::snapshot(&HEAP, &[orphan]),
     }
 }
 

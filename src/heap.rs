@@ -76,6 +76,36 @@ pub struct Heap<S: PageSource> {
     /// The clock time at or after which the decay step next empties the central lists'
     /// transfer slots and spare spans into the page heap.
     next_drain_at: AtomicU64,
+    /// Allocations and frees the thread caches have folded in ([`Heap::fold_counts`]).
+    allocations: AtomicU64,
+    frees: AtomicU64,
+}
+
+/// Allocations and frees served: a thread cache's own, or the heap's folded totals.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Allocations (a `realloc` that moves the object counts as one, and as a free).
+    pub allocations: u64,
+    /// Frees.
+    pub frees: u64,
+}
+
+impl Counts {
+    /// What was counted since `earlier` (a reading of the same counters).
+    pub fn since(self, earlier: Counts) -> Counts {
+        Counts {
+            allocations: self.allocations.wrapping_sub(earlier.allocations),
+            frees: self.frees.wrapping_sub(earlier.frees),
+        }
+    }
+
+    /// Both added up.
+    pub fn plus(self, other: Counts) -> Counts {
+        Counts {
+            allocations: self.allocations.wrapping_add(other.allocations),
+            frees: self.frees.wrapping_add(other.frees),
+        }
+    }
 }
 
 /// How long free pages stay resident by default before they go back to the OS.
@@ -158,6 +188,8 @@ impl<S: PageSource> Heap<S> {
             thread_cache_bytes: AtomicUsize::new(DEFAULT_THREAD_CACHE_BYTES),
             next_release_at: AtomicU64::new(0),
             next_drain_at: AtomicU64::new(0),
+            allocations: AtomicU64::new(0),
+            frees: AtomicU64::new(0),
         }
     }
 
@@ -176,6 +208,8 @@ impl<S: PageSource> Heap<S> {
             thread_cache_bytes: AtomicUsize::new(DEFAULT_THREAD_CACHE_BYTES),
             next_release_at: AtomicU64::new(0),
             next_drain_at: AtomicU64::new(0),
+            allocations: AtomicU64::new(0),
+            frees: AtomicU64::new(0),
         }
     }
 
@@ -559,6 +593,22 @@ impl<S: PageSource> Heap<S> {
     /// Page heap counters.
     pub fn page_heap_stats(&self) -> PageHeapStats {
         self.page_heap.lock().stats()
+    }
+
+    /// Adds a thread cache's counts since its last fold to the heap's totals (on its slow
+    /// paths and at its flush: the fast paths count in the cache alone).
+    pub fn fold_counts(&self, counts: Counts) {
+        self.allocations
+            .fetch_add(counts.allocations, Ordering::Relaxed);
+        self.frees.fetch_add(counts.frees, Ordering::Relaxed);
+    }
+
+    /// The counts folded in so far.
+    pub fn folded_counts(&self) -> Counts {
+        Counts {
+            allocations: self.allocations.load(Ordering::Relaxed),
+            frees: self.frees.load(Ordering::Relaxed),
+        }
     }
 
     /// What the central list of `class` holds.

@@ -17,7 +17,7 @@
 //! | call | what it does |
 //! |---|---|
 //! | [`SpanAlloc`] | the global allocator |
-//! | [`stats()`] | where every mapped byte is: [`stats::Stats`], printable as a table (`{}`) or as JSON ([`stats::Stats::to_json`]) |
+//! | [`stats()`] | where every mapped byte is, the heap's peak, allocation and free counts: [`stats::Stats`], printable as a table (`{}`) or as JSON ([`stats::Stats::to_json`]) |
 //! | [`release_free_memory()`] | gives every free page back to the OS now, the calling thread's cached objects included |
 //! | [`flush_thread_cache()`] | hands the calling thread's cached objects back to the shared lists |
 //! | [`set_decay_ms`] | how long free pages stay resident before they go back on their own (default 500 ms) |

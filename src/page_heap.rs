@@ -84,6 +84,9 @@ pub struct PageHeapStats {
     pub large_in_use: usize,
     /// Bytes in small-object spans handed to central lists.
     pub small_spans: usize,
+    /// The most bytes `large_in_use + small_spans` has been: the heap's high-water mark, at
+    /// the grain of spans (kept where spans are handed out, under the lock already held).
+    pub peak_in_use: usize,
     /// Bytes given back to the OS over the heap's life.
     pub released_total: usize,
     /// Bytes unmapped (address space given back, see [`PageHeap::unmap_free_runs`]) over
@@ -154,6 +157,7 @@ impl PageHeap {
                 free_resident: 0,
                 large_in_use: 0,
                 small_spans: 0,
+                peak_in_use: 0,
                 released_total: 0,
                 unmapped_total: 0,
                 metadata: 0,
@@ -171,6 +175,13 @@ impl PageHeap {
             metadata: self.records.mapped_bytes(),
             ..self.stats
         }
+    }
+
+    /// Raises the high-water mark to the bytes in spans in use now (after they grew).
+    #[inline]
+    fn note_peak(&mut self) {
+        let now = self.stats.large_in_use + self.stats.small_spans;
+        self.stats.peak_in_use = self.stats.peak_in_use.max(now);
     }
 
     /// Span records in use.
@@ -278,6 +289,7 @@ impl PageHeap {
             map.set_range(s.start(), pages, span.as_ptr());
             self.stats.small_spans += pages.bytes();
         }
+        self.note_peak();
         Some((span, zeroed))
     }
 
@@ -393,6 +405,7 @@ impl PageHeap {
         #[cfg(feature = "hardened")]
         self.set_guard(s, false, source);
         self.stats.large_in_use += extra.bytes();
+        self.note_peak();
         true
     }
 
@@ -687,6 +700,7 @@ impl PageHeap {
         self.stats.free -= s.bytes();
         self.stats.free_resident -= resident * PAGE_SIZE;
         self.stats.large_in_use += s.bytes();
+        self.note_peak();
         NonNull::new(span)
     }
 
@@ -1336,6 +1350,10 @@ mod tests {
                 .sum();
             assert_eq!(st.large_in_use, live_large, "large bytes in use");
             assert_eq!(st.small_spans, live_bytes - live_large, "small span bytes");
+            assert!(
+                st.peak_in_use >= live_bytes,
+                "the peak holds what is in use now"
+            );
             #[cfg(feature = "hardened")]
             self.check_guards(live);
         }
@@ -1597,6 +1615,44 @@ mod tests {
     fn free(f: &mut Fixture, span: NonNull<Span>) {
         // SAFETY: a live span of the fixture's heap, freed once by the callers.
         unsafe { f.free(span) };
+    }
+
+    #[test]
+    fn the_peak_is_the_most_span_bytes_in_use_at_once() {
+        let mut f = Fixture::new();
+        // The bytes in spans in use now, and the most seen so far (the hardened build's
+        // large spans carry a guard page: measured, not assumed).
+        let mut most = 0;
+        let mut step = |f: &Fixture, what: &str| {
+            let st = f.heap.stats();
+            most = most.max(st.large_in_use + st.small_spans);
+            assert_eq!(st.peak_in_use, most, "{what}");
+            most
+        };
+        // Out of a free run: 4 pages, then, that one freed, 8.
+        let a = alloc_large(&mut f, 4).unwrap();
+        let four = step(&f, "4 pages");
+        free(&mut f, a);
+        let b = alloc_large(&mut f, 8).unwrap();
+        assert!(step(&f, "a free lowers no peak") > four);
+        // Out of the large-span cache (the 4 pages freed above): both in use.
+        let c = alloc_large(&mut f, 4).unwrap();
+        let both = step(&f, "8 and 4 pages");
+        assert!(both > 12 * PAGE_SIZE - 1);
+        // Grown in place (into the free run after it): 8 pages more.
+        // SAFETY: a live span of the fixture's heap.
+        assert!(unsafe { f.grow_in_place(b, Pages(16)) });
+        assert_eq!(step(&f, "grown in place"), both + 8 * PAGE_SIZE);
+        free(&mut f, b);
+        free(&mut f, c);
+        let small = f
+            .heap
+            .alloc(Pages(2), Pages(1), SizeClass(1), &f.map, &f.source)
+            .unwrap()
+            .0;
+        assert_eq!(step(&f, "a small span"), both + 8 * PAGE_SIZE);
+        assert_eq!(f.heap.stats().small_spans, 2 * PAGE_SIZE);
+        f.check(&[(small, SizeClass(1))]);
     }
 
     #[test]

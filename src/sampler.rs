@@ -46,6 +46,9 @@ pub struct Sampler {
     /// Bytes before the next sample point; every allocation subtracts its size. Read and
     /// written by the fast path, so first.
     countdown: isize,
+    /// Allocations charged so far: the thread's allocation count for statistics (every
+    /// allocation is charged exactly once, so this is the one place that sees them all).
+    charges: u64,
     /// The mean the current interval was drawn with; 0 while it is a recheck interval.
     mean: usize,
     /// The epoch of [`Params`] the current interval belongs to.
@@ -59,6 +62,7 @@ impl Sampler {
     pub const fn new() -> Sampler {
         Sampler {
             countdown: 0,
+            charges: 0,
             mean: 0,
             epoch: 0,
             rng: 0,
@@ -66,11 +70,18 @@ impl Sampler {
     }
 
     /// Counts an allocation of `size` bytes; `false` when its bytes hold the next sample
-    /// point (then call [`Sampler::crossed`]). One subtraction and one sign test.
+    /// point (then call [`Sampler::crossed`]). One subtraction, one sign test, and one
+    /// increment of the allocation count.
     #[inline(always)]
     pub fn charge(&mut self, size: usize) -> bool {
+        self.charges = self.charges.wrapping_add(1);
         self.countdown = self.countdown.wrapping_sub(size as isize);
         self.countdown >= 0
+    }
+
+    /// Allocations charged to this countdown since it was made.
+    pub fn charges(&self) -> u64 {
+        self.charges
     }
 
     /// As [`Sampler::charge`], through a raw pointer.
@@ -81,6 +92,7 @@ impl Sampler {
     pub unsafe fn charge_raw(sampler: *mut Sampler, size: usize) -> bool {
         // SAFETY: per the caller.
         unsafe {
+            (*sampler).charges = (*sampler).charges.wrapping_add(1);
             let c = &raw mut (*sampler).countdown;
             *c = (*c).wrapping_sub(size as isize);
             *c >= 0

@@ -77,8 +77,10 @@ fn print_stats() {
     };
     let _ = writeln!(
         out,
-        "spanalloc: peak {} bytes (process peak RSS), current {} bytes in spans (small {}, \
-         large {}), mapped {} bytes (free {}, given back to the OS {} over the run, metadata {})",
+        "spanalloc: peak {} bytes in spans (process peak RSS {}), current {} bytes in spans \
+         (small {}, large {}), mapped {} bytes (free {}, given back to the OS {} over the run, \
+         metadata {}), {} allocations, {} frees",
+        st.peak,
         peak_rss_bytes(),
         ph.small_spans + ph.large_in_use,
         ph.small_spans,
@@ -86,7 +88,9 @@ fn print_stats() {
         ph.mapped,
         ph.free,
         ph.released_total,
-        ph.metadata
+        ph.metadata,
+        st.allocations,
+        st.frees
     );
     let _ = write!(out, "{st}");
     out.flush();

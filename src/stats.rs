@@ -1,14 +1,20 @@
 //! Statistics: where every mapped byte is. See `lib.rs` for an overview.
 //!
-//! A snapshot is computed by walking the tiers under their locks (each central list, then
-//! the page heap), so the fast paths keep no shared counter. The caches the caller passes
-//! (its own, the orphan cache) are looked into exactly; free objects in other live threads'
-//! caches cannot be seen and are counted in [`Stats::in_use`] until those threads call
-//! [`crate::flush_thread_cache`] or exit (exited threads are flushed already).
+//! A snapshot reads each tier's counters under its lock, one lock at a time and a few words
+//! under each (each central list, then the page heap): no lock an allocation needs is held
+//! for more than a bounded step, whatever the heap holds. The fast paths keep no shared
+//! counter. The caches the caller passes (its own, the orphan cache) are looked into
+//! exactly; free objects in other live threads' caches cannot be seen and are counted in
+//! [`Stats::in_use`] until those threads call [`crate::flush_thread_cache`] or exit (exited
+//! threads are flushed already).
+//!
+//! Allocation and free counts are kept per thread cache, by the fast paths (one increment
+//! each, no atomic), and added to the heap's totals on the cache's slow paths once a few
+//! thousand wait, and at its flush; a snapshot adds the caches it looks into.
 
 use core::fmt::{self, Write as _};
 
-use crate::heap::Heap;
+use crate::heap::{Counts, Heap};
 use crate::size_class::{CLASS_COUNT, SizeClass};
 use crate::sys::PageSource;
 use crate::thread_cache::ThreadCache;
@@ -55,22 +61,56 @@ pub struct Stats {
     pub metadata: usize,
     /// Bytes given back to the OS over the process's life.
     pub released_total: usize,
+    /// The most bytes the heap has had in spans in use at once: small-object spans (with
+    /// the free objects in them) and large objects, stashed ones included. The high-water
+    /// mark of `in_use + thread_cache + central + span_overhead`, at the grain of spans.
+    pub peak: usize,
+    /// Allocations served (a `realloc` that moves its object counts as an allocation and a
+    /// free; one in place as neither). See the module overview for which threads' counts
+    /// a snapshot sees.
+    pub allocations: u64,
+    /// Frees served.
+    pub frees: u64,
     /// By size class (index 0, the large marker, is unused).
     pub classes: [ClassStats; CLASS_COUNT],
 }
 
-/// Takes a snapshot of `heap`, looking into the caches in `own` (the calling thread's, and
-/// any other the caller holds exclusively, such as the orphan cache under its lock).
-pub(crate) fn snapshot<S: PageSource>(heap: &Heap<S>, own: &[&ThreadCache]) -> Stats {
+/// What a snapshot needs of one thread cache, read from it in one bounded step (so that a
+/// cache behind a lock, the orphan cache, is held only that long).
+#[derive(Copy, Clone)]
+pub(crate) struct CacheView {
+    cached: [usize; CLASS_COUNT],
+    stashed: usize,
+    unfolded: Counts,
+}
+
+impl CacheView {
+    /// Reads `cache`.
+    pub(crate) fn of(cache: &ThreadCache) -> CacheView {
+        CacheView {
+            cached: cache.cached_objects(),
+            stashed: cache.stashed_bytes(),
+            unfolded: cache.unfolded_counts(),
+        }
+    }
+}
+
+/// Takes a snapshot of `heap`, adding the caches seen in `own` (the calling thread's, and
+/// any other the caller could read exclusively, such as the orphan cache under its lock).
+pub(crate) fn snapshot<S: PageSource>(heap: &Heap<S>, own: &[CacheView]) -> Stats {
     let mut st = Stats::default();
     let mut cached = [0usize; CLASS_COUNT];
     let mut stashed = 0;
-    for cache in own {
-        stashed += cache.stashed_bytes();
-        for (c, n) in cache.cached_objects().into_iter().enumerate() {
+    let mut counts = heap.folded_counts();
+    for view in own {
+        stashed += view.stashed;
+        counts = counts.plus(view.unfolded);
+        for (c, n) in view.cached.into_iter().enumerate() {
             cached[c] += n;
         }
     }
+    st.allocations = counts.allocations;
+    st.frees = counts.frees;
     for class in SizeClass::all() {
         let c = heap.central_stats(class);
         let size = class.size();
@@ -101,6 +141,7 @@ pub(crate) fn snapshot<S: PageSource>(heap: &Heap<S>, own: &[&ThreadCache]) -> S
     st.mapped = ph.mapped;
     st.metadata = ph.metadata + heap.page_map().node_bytes();
     st.released_total = ph.released_total;
+    st.peak = ph.peak_in_use;
     st
 }
 
@@ -130,6 +171,9 @@ impl Default for Stats {
             mapped: 0,
             metadata: 0,
             released_total: 0,
+            peak: 0,
+            allocations: 0,
+            frees: 0,
             classes: [ClassStats::default(); CLASS_COUNT],
         }
     }
@@ -148,6 +192,8 @@ impl Default for Stats {
 ///   released                31.5 MiB   free pages not resident (given back over the run: 0 B)
 ///   mapped                  32.0 MiB   for spans: the sum of the above
 ///   metadata                 3.1 MiB   span records and page-map nodes
+///   peak                    32.0 MiB   most in spans in use at once
+///   allocations                 1045   frees 1004
 ///   class      size    spans   in use     free
 ///       3        32        2        1      255
 ///      43      3200        8       40        0
@@ -159,7 +205,7 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Name, bytes, meaning, and a note in brackets.
         type Row<'a> = (&'a str, usize, &'a str, Option<(&'a str, usize)>);
-        let rows: [Row<'_>; 8] = [
+        let rows: [Row<'_>; 9] = [
             (
                 "in use",
                 self.in_use,
@@ -203,6 +249,7 @@ impl fmt::Display for Stats {
                 "span records and page-map nodes",
                 None,
             ),
+            ("peak", self.peak, "most in spans in use at once", None),
         ];
         writeln!(f, "spanalloc statistics")?;
         for (name, bytes, meaning, note) in rows {
@@ -212,6 +259,11 @@ impl fmt::Display for Stats {
                 None => writeln!(f)?,
             }
         }
+        writeln!(
+            f,
+            "  {:<20}{:>12}   frees {}",
+            "allocations", self.allocations, self.frees
+        )?;
         writeln!(
             f,
             "  {:>5} {:>9} {:>8} {:>8} {:>8}",
@@ -245,7 +297,7 @@ impl Stats {
     }
 
     fn write_json(&self, out: &mut String) -> fmt::Result {
-        let fields: [(&str, u64); 10] = [
+        let fields: [(&str, u64); 13] = [
             ("in_use", self.in_use as u64),
             ("large_in_use", self.large_in_use as u64),
             ("thread_cache", self.thread_cache as u64),
@@ -256,6 +308,9 @@ impl Stats {
             ("mapped", self.mapped as u64),
             ("metadata", self.metadata as u64),
             ("released_total", self.released_total as u64),
+            ("peak", self.peak as u64),
+            ("allocations", self.allocations),
+            ("frees", self.frees),
         ];
         out.push('{');
         for (name, value) in fields {
@@ -398,7 +453,10 @@ mod tests {
             "{json}"
         );
         assert!(
-            json.contains(",\"released_total\":0,\"classes\":[{\"class\":1,"),
+            json.contains(
+                ",\"released_total\":0,\"peak\":0,\"allocations\":0,\"frees\":0,\
+                 \"classes\":[{\"class\":1,"
+            ),
             "{json}"
         );
         assert_eq!(json.matches("\"class\":").count(), CLASS_COUNT - 1);

@@ -68,6 +68,19 @@ fn stats_identities_hold() {
         expected,
         "bytes in use follow what the test holds, at class size"
     );
+    let n = (sizes.len() + large.len()) as u64;
+    assert_eq!(
+        (
+            during.allocations - before.allocations,
+            during.frees - before.frees
+        ),
+        (n, 0),
+        "each allocation counted once (this thread's, folded in at its flush)"
+    );
+    // The peak is a high-water mark of the bytes in spans in use.
+    let in_spans =
+        |st: &spanalloc::stats::Stats| st.in_use + st.thread_cache + st.central + st.span_overhead;
+    assert!(during.peak >= in_spans(&during), "{during:#?}");
     let per_class: usize = during
         .classes
         .iter()
@@ -90,9 +103,32 @@ fn stats_identities_hold() {
     let unflushed = spanalloc::stats();
     assert_eq!(unflushed.parts(), unflushed.mapped, "{unflushed:#?}");
     assert_eq!(
+        (
+            unflushed.allocations - during.allocations,
+            unflushed.frees - during.frees
+        ),
+        (1, 1),
+        "the calling thread's own counts, not yet folded in, are in its snapshot"
+    );
+    assert_eq!(
         unflushed.in_use - before.in_use,
         expected - (3 << 20) - 8192 - GUARD_PAGES.bytes() + class_for(100, 8).unwrap().size()
     );
+
+    // A `realloc` that moves counts as an allocation and a free; one in place as neither.
+    let counts = |st: &spanalloc::stats::Stats| (st.allocations, st.frees);
+    let c0 = counts(&spanalloc::stats());
+    // SAFETY: `q` is live with `small`; 100 000 bytes is a large object: it moves.
+    let q = unsafe { std::alloc::realloc(q, small, 100_000) };
+    assert!(!q.is_null());
+    let c1 = counts(&spanalloc::stats());
+    assert_eq!((c1.0 - c0.0, c1.1 - c0.1), (1, 1), "moved");
+    let big = Layout::from_size_align(100_000, 8).unwrap();
+    // SAFETY: `q` is live with `big`; shrinking a large object by a few bytes stays.
+    let q = unsafe { std::alloc::realloc(q, big, 99_990) };
+    let c2 = counts(&spanalloc::stats());
+    assert_eq!(c2, c1, "in place");
+    let small = Layout::from_size_align(99_990, 8).unwrap();
 
     // SAFETY: allocated above, freed once.
     unsafe { dealloc(q, small) };
@@ -107,6 +143,15 @@ fn stats_identities_hold() {
         after.in_use, before.in_use,
         "everything freed is no longer in use"
     );
+    assert_eq!(
+        (
+            after.allocations - before.allocations,
+            after.frees - before.frees
+        ),
+        (n + 2, n + 2),
+        "every allocation and free counted once"
+    );
+    assert!(after.peak >= during.peak, "a peak never comes down");
 }
 
 /// Holds `n` objects of `size` bytes until dropped.
@@ -199,7 +244,7 @@ fn json_parses_and_matches() {
     drop(held);
     let value = json::parse(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
     let top = value.object();
-    let expect: [(&str, u64); 10] = [
+    let expect: [(&str, u64); 13] = [
         ("in_use", st.in_use as u64),
         ("large_in_use", st.large_in_use as u64),
         ("thread_cache", st.thread_cache as u64),
@@ -210,6 +255,9 @@ fn json_parses_and_matches() {
         ("mapped", st.mapped as u64),
         ("metadata", st.metadata as u64),
         ("released_total", st.released_total as u64),
+        ("peak", st.peak as u64),
+        ("allocations", st.allocations),
+        ("frees", st.frees),
     ];
     let names: Vec<&str> = top.iter().map(|(k, _)| k.as_str()).collect();
     let mut wanted: Vec<&str> = expect.iter().map(|(k, _)| *k).collect();
@@ -430,4 +478,67 @@ mod json {
                 .map_err(|e| format!("{e} at {start}"))
         }
     }
+}
+
+/// Set in the child process that runs [`counts_hold_when_every_allocation_is_sampled`].
+const SAMPLED_CHILD: &str = "SPANALLOC_STATS_SAMPLED_CHILD";
+
+/// With every allocation sampled (`SPANALLOC_PROFILE=1`), the objects the allocator pops for
+/// a request and then serves as sampled ones instead (the fast path's, a moved `realloc`'s)
+/// are not counted as frees: the counts stay the program's own. In a child process, alone.
+#[test]
+fn counts_hold_when_every_allocation_is_sampled() {
+    if std::env::var_os(SAMPLED_CHILD).is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "counts_hold_when_every_allocation_is_sampled",
+                "--exact",
+                "--test-threads=1",
+            ])
+            .env(SAMPLED_CHILD, "1")
+            .env("SPANALLOC_PROFILE", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let _serial = serial();
+    let counts = || {
+        let st = spanalloc::stats();
+        (st.allocations, st.frees)
+    };
+    let small = Layout::from_size_align(48, 8).unwrap();
+    let grown = Layout::from_size_align(900, 8).unwrap();
+    let mut held = [std::ptr::null_mut::<u8>(); 32];
+    let before = counts();
+    for slot in held.iter_mut() {
+        // SAFETY: non-zero layout.
+        *slot = unsafe { alloc(small) };
+        assert!(!slot.is_null());
+    }
+    // Moved by `realloc` into another class: each move takes an object from the cache (its
+    // bin filled with a batch on the first), then serves a sampled one instead.
+    for slot in held.iter_mut() {
+        // SAFETY: live with `small`.
+        *slot = unsafe { std::alloc::realloc(*slot, small, 900) };
+        assert!(!slot.is_null());
+    }
+    // The bin of 900 bytes holds objects now: the fast path pops one, then samples.
+    // SAFETY: non-zero layout.
+    let popped: [*mut u8; 16] = core::array::from_fn(|_| unsafe { alloc(grown) });
+    for &p in held.iter().chain(&popped) {
+        // SAFETY: live with `grown`, freed once.
+        unsafe { dealloc(p, grown) };
+    }
+    let after = counts();
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (80, 80),
+        "48 allocations, 32 moves (an allocation and a free each), 48 frees"
+    );
 }

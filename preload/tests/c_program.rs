@@ -129,9 +129,30 @@ fn show_stats_prints_one_line_at_exit() {
         .unwrap_or_else(|| {
             panic!("no stats line in {stderr:?}");
         });
-    for word in ["current ", "mapped "] {
+    for word in ["current ", "mapped ", "process peak RSS "] {
         assert!(line.contains(word), "{line}");
     }
+    // The heap's own figures: its peak in spans, at least what is in spans at exit; the
+    // program's 4 000 mallocs and frees (2 pairs of 2 000) counted, its threads' included.
+    let number_after = |word: &str| -> u64 {
+        let rest =
+            &line[line.find(word).unwrap_or_else(|| panic!("{word}: {line}")) + word.len()..];
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let number_before = |word: &str| -> u64 {
+        let head = &line[..line.find(word).unwrap_or_else(|| panic!("{word}: {line}"))];
+        head.trim_end().rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(
+        number_after("spanalloc: peak ") >= number_after("current "),
+        "{line}"
+    );
+    assert!(number_before(" allocations") >= 4000, "{line}");
+    assert!(number_before(" frees") >= 4000, "{line}");
     let quiet = run(&exe, &["2", "2000"], true);
     assert!(!String::from_utf8_lossy(&quiet.stderr).contains("spanalloc:"));
     let _ = std::fs::remove_file(exe);

@@ -299,6 +299,7 @@ impl ThreadCache {
             span::set_next_free(ptr, bin.head);
             bin.head = ptr;
             bin.room -= 1;
+            (*cache).frees = (*cache).frees.wrapping_add(1);
         }
         true
     }
@@ -337,6 +338,7 @@ impl ThreadCache {
     #[cold]
     #[inline(never)]
     pub fn push_small_slow<S: PageSource>(&mut self, heap: &Heap<S>, class: SizeClass) {
+        self.maybe_fold_counts(heap);
         #[cfg(feature = "hardened")]
         {
             self.map = heap.page_map();
@@ -449,6 +451,7 @@ impl ThreadCache {
         }
         self.expensive_check(heap, false);
         self.maybe_trim(heap);
+        self.maybe_fold_counts(heap);
         heap.maybe_release();
         self.activate();
         #[cfg(feature = "hardened")]

@@ -119,6 +119,8 @@ impl ThreadCache {
         // SAFETY: a live span record.
         let s = unsafe { span.as_ref() };
         crate::sample_table::release_sample(s);
+        self.frees = self.frees.wrapping_add(1);
+        self.maybe_fold_counts(heap);
         self.forget_lent(span);
         // The growing buffer's span (room included) is kept up to a longer bound: the next
         // buffer is lent it (`lend_stashed`). A cache that is not active may be one with no

@@ -19,7 +19,7 @@ mod realloc;
 #[cfg(all(test, not(loom)))]
 mod tests;
 
-use crate::heap::{Heap, Owner};
+use crate::heap::{Counts, Heap, Owner};
 use crate::sampler::Sampler;
 use crate::size_class::{self, CLASS_COUNT, SizeClass};
 use crate::span::Span;
@@ -34,6 +34,10 @@ const STASH_SLOTS: usize = 4;
 #[cfg(debug_assertions)]
 const EXPENSIVE_CHECK_EVERY: u32 = 32;
 
+/// A cache adds its counts to the heap's totals on a slow path once it has this many
+/// allocations and frees not yet added (and at every flush).
+const FOLD_EVERY: u64 = 4096;
+
 /// [`ThreadCache::maybe_trim`] reads the clock on one call in this many.
 const TRIM_CLOCK_EVERY: u32 = 64;
 
@@ -43,6 +47,11 @@ pub struct ThreadCache {
     /// A copy of the double-free key (`check::free_key`), taken when the cache is first
     /// activated, so the free fast path reads it from the cache rather than a global.
     key: u64,
+    /// Frees through this cache (the allocations are its sampler's charges); the free fast
+    /// path adds one, next to the key it reads.
+    frees: u64,
+    /// The counts already added to the heap's totals ([`ThreadCache::fold_counts`]).
+    folded: Counts,
     /// Whether the cache may hold anything: only a cache that will be flushed (a thread's
     /// registered cache, the orphan cache, a test's) is activated. The free fast path reads
     /// it (through a raw pointer) before it forms a reference to the cache.
@@ -95,6 +104,11 @@ impl ThreadCache {
     pub const fn new() -> ThreadCache {
         ThreadCache {
             key: 0,
+            frees: 0,
+            folded: Counts {
+                allocations: 0,
+                frees: 0,
+            },
             active: false,
             sampler: Sampler::new(),
             bins: [const { Bin::empty() }; CLASS_COUNT],
@@ -145,6 +159,40 @@ impl ThreadCache {
         unsafe { Sampler::charge_raw(&raw mut (*cache).sampler, size) }
     }
 
+    /// Allocations and frees served through this cache since it was made.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            allocations: self.sampler.charges(),
+            frees: self.frees,
+        }
+    }
+
+    /// The counts not yet added to the heap's totals.
+    pub fn unfolded_counts(&self) -> Counts {
+        self.counts().since(self.folded)
+    }
+
+    /// Adds the counts since the last fold to the heap's totals.
+    pub fn fold_counts<S: PageSource>(&mut self, heap: &Heap<S>) {
+        heap.fold_counts(self.unfolded_counts());
+        self.folded = self.counts();
+    }
+
+    /// [`ThreadCache::fold_counts`] once [`FOLD_EVERY`] operations wait (slow paths).
+    #[inline]
+    pub(crate) fn maybe_fold_counts<S: PageSource>(&mut self, heap: &Heap<S>) {
+        let c = self.unfolded_counts();
+        if c.allocations + c.frees >= FOLD_EVERY {
+            self.fold_counts(heap);
+        }
+    }
+
+    /// Takes back the count of a free the allocator made itself (an object it popped for a
+    /// request and then served otherwise, such as a sampled one).
+    pub fn uncount_free(&mut self) {
+        self.frees = self.frees.wrapping_sub(1);
+    }
+
     /// Gives the cache the double-free key, before it holds anything: from then on it may
     /// keep objects and stash large spans. Only for a cache that will be flushed.
     #[inline]
@@ -170,6 +218,7 @@ impl ThreadCache {
             self.empty_bin(heap, class);
         }
         self.free_stash(heap);
+        self.fold_counts(heap);
         heap.maybe_release();
     }
 

@@ -138,6 +138,7 @@ impl ThreadCache {
                 Some(span) => {
                     crate::sample_table::release_sample(span.as_ref());
                     self.forget_lent(span);
+                    self.frees = self.frees.wrapping_add(1);
                     heap.free_large(span)
                 }
                 None => self.free(heap, ptr),

@@ -915,3 +915,58 @@ fn lending_a_span_from_the_middle_of_the_stash_keeps_the_others_once_each() {
     cache.flush(&heap);
     heap.check_invariants();
 }
+
+/// A cache counts its frees (small ones on the fast path, large ones, a moved large
+/// `realloc`'s), adds its counts to the heap's totals on a slow path once
+/// `FOLD_EVERY` wait, and all of them at its flush. (Allocations are the sampler's
+/// charges, which the global allocator makes: none here.)
+#[test]
+fn a_cache_counts_its_frees_and_folds_them_into_the_heap() {
+    let heap = heap();
+    let mut cache = ThreadCache::new();
+    let small: Vec<*mut u8> = (0..100).map(|_| cache.alloc(&heap, 64, 8)).collect();
+    let large = cache.alloc(&heap, 100_000, 8);
+    let grown = cache.alloc(&heap, 50_000, 8);
+    for &p in &small {
+        // SAFETY: live, freed once.
+        unsafe { cache.free(&heap, p) };
+    }
+    // SAFETY: live, freed once (into the stash).
+    unsafe { cache.free(&heap, large) };
+    // SAFETY: live; moved into a page span with room, the old one freed.
+    let moved = unsafe { cache.realloc(&heap, grown, 8, 4 << 20) };
+    assert_ne!(moved, grown);
+    assert_eq!(cache.counts().frees, 102);
+    assert_eq!(
+        heap.folded_counts(),
+        Counts::default(),
+        "nothing folded yet"
+    );
+    // Past `FOLD_EVERY`, the next slow path folds.
+    for _ in 0..FOLD_EVERY {
+        let p = cache.alloc(&heap, 64, 8);
+        // SAFETY: live, freed once.
+        unsafe { cache.free(&heap, p) };
+    }
+    assert_eq!(heap.folded_counts(), Counts::default(), "fast paths only");
+    let held: Vec<*mut u8> = (0..5000).map(|_| cache.alloc(&heap, 200, 8)).collect();
+    let folded = heap.folded_counts().frees;
+    assert_eq!(folded, 102 + FOLD_EVERY, "the allocation slow path folded");
+    // A cache that only frees (objects another made) folds on its free slow path.
+    let mut freer = ThreadCache::new();
+    for &p in &held {
+        // SAFETY: live, freed once.
+        unsafe { freer.free(&heap, p) };
+    }
+    assert!(
+        heap.folded_counts().frees >= folded + FOLD_EVERY,
+        "the free slow path folded"
+    );
+    // SAFETY: live, freed once.
+    unsafe { cache.free(&heap, moved) };
+    cache.flush(&heap);
+    freer.flush(&heap);
+    assert_eq!(heap.folded_counts().frees, 102 + FOLD_EVERY + 5000 + 1);
+    assert_eq!(cache.unfolded_counts(), Counts::default());
+    heap.check_invariants();
+}
