@@ -71,11 +71,11 @@
 //!
 //! | module | role | Go name |
 //! |---|---|---|
+//! | `sys` | `sys::PageSource`: `mmap`, `munmap`, `MADV_DONTNEED`; a fake source for tests | `mem_linux.go` |
 //! | `check` | `fatal(msg)`: one line with `write(2)`, then abort; the double-free key | `throw` |
 //! | `pages` | `pages::PageId` / `pages::Pages`: 8 KiB pages as types | |
 //! | `size_class` | the class table (generated) and size → class lookup | `sizeclasses.go` |
 //! | `sync` | atomics, `sync::GuardedCell` and the futex `sync::Lock`; the loom switch | |
-//! | `sys` | `sys::PageSource`: `mmap`, `munmap`, `MADV_DONTNEED`; a fake source for tests | `mem_linux.go` |
 //! | `hardening` | the `hardened` build's link keys, random order and poison (see below) | |
 //! | `fixed_alloc` | `fixed_alloc::FixedAlloc`: metadata records from their own memory | `mfixalloc.go` |
 //! | `span` | `span::Span`: a run of pages; its free list; the free-object link and key | `mspan` |
@@ -221,6 +221,8 @@ compile_error!(
 // for the project's own tests, benchmarks and C library. Some of their items are used only
 // by those: hence no dead-code lint when `internals` is off (the crate attribute above).
 #[cfg(target_os = "linux")]
+mod sys;
+#[cfg(target_os = "linux")]
 mod check;
 #[cfg(target_os = "linux")]
 mod pages;
@@ -228,8 +230,6 @@ mod pages;
 mod size_class;
 #[cfg(target_os = "linux")]
 mod sync;
-#[cfg(target_os = "linux")]
-mod sys;
 #[cfg(all(target_os = "linux", feature = "hardened"))]
 mod hardening;
 #[cfg(target_os = "linux")]
@@ -294,11 +294,11 @@ pub mod internals {
         )*};
     }
     reexport!(
+        sys,
         check,
         pages,
         size_class,
         sync,
-        sys,
         #[cfg(feature = "hardened")]
         hardening,
         fixed_alloc,

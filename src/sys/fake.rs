@@ -3,8 +3,10 @@
 //! `RLIMIT_AS` does). See `lib.rs` for an overview.
 
 use super::PageSource;
-use crate::sync::{AtomicUsize, Ordering};
 use core::ptr::NonNull;
+// Counters and switches of a test fixture, not a protocol: core's atomics even under loom
+// (whose models use a page source of their own), and `sys` sits below `sync`.
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// A page source for tests, backed by `std::alloc::System`.
 ///

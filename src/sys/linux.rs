@@ -3,11 +3,10 @@
 //! is the only code in the crate that names `libc` memory calls.
 
 use super::PageSource;
-use crate::sync::Ordering;
+use core::ptr::NonNull;
 // A cached constant, not part of any protocol: core's atomic even under loom, whose atomics
 // cannot live in a static.
-use core::ptr::NonNull;
-use core::sync::atomic::AtomicUsize;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Pages straight from the kernel.
 #[derive(Debug, Default, Clone, Copy)]
