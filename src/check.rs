@@ -67,17 +67,12 @@ pub fn write_stderr(bytes: &[u8]) {
         let n = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
         if n > 0 {
             rest = &rest[n as usize..];
-        } else if n < 0 && errno() == libc::EINTR {
+        } else if n < 0 && crate::sys::errno() == libc::EINTR {
             continue;
         } else {
             return;
         }
     }
-}
-
-fn errno() -> i32 {
-    // SAFETY: `__errno_location` returns this thread's errno slot, always valid.
-    unsafe { *libc::__errno_location() }
 }
 
 /// Formats `value` as decimal into `buf` without allocating; returns the digits written.
@@ -118,12 +113,14 @@ pub fn free_key() -> u64 {
     FREE_KEY.load(core::sync::atomic::Ordering::Relaxed)
 }
 
-/// Replaces the double-free key with a random one from `getrandom(2)` (no allocation).
+/// Replaces the double-free key with a random one from the kernel (no allocation).
 pub fn seed_free_key() {
-    let mut key: u64 = 0;
-    // SAFETY: `key` is a valid 8-byte buffer; GRND_NONBLOCK never blocks.
-    let n = unsafe { libc::getrandom((&mut key as *mut u64).cast(), 8, libc::GRND_NONBLOCK) };
-    if n == 8 && key != 0 {
+    let mut bytes = [0u8; 8];
+    if !crate::sys::random_bytes(&mut bytes) {
+        return;
+    }
+    let key = u64::from_ne_bytes(bytes);
+    if key != 0 {
         FREE_KEY.store(key | 1, core::sync::atomic::Ordering::Relaxed);
     }
 }

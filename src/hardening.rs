@@ -28,7 +28,7 @@ static SEEDED: AtomicBool = AtomicBool::new(false);
 
 const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// Sets the keys and the random source from `getrandom(2)`, once per process; a few
+/// Sets the keys and the random source from the kernel's random bytes, once per process; a few
 /// instructions after the first call. Called before the first span is made.
 #[inline]
 pub fn seed() {
@@ -42,9 +42,14 @@ pub fn seed() {
 #[inline(never)]
 fn seed_slow() {
     let mut r = [0u64; 3];
-    // SAFETY: `r` is a valid 24-byte buffer; GRND_NONBLOCK never blocks.
-    let n = unsafe { libc::getrandom(r.as_mut_ptr().cast(), 24, libc::GRND_NONBLOCK) };
-    if n != 24 {
+    let mut bytes = [0u8; 24];
+    if crate::sys::random_bytes(&mut bytes) {
+        for (word, chunk) in r.iter_mut().zip(bytes.chunks_exact(8)) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            *word = u64::from_ne_bytes(b);
+        }
+    } else {
         // No entropy yet (early boot): the address-space layout and the clock, mixed.
         let here = &r as *const _ as u64;
         let t = crate::sys::monotonic_ms();

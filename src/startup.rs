@@ -81,7 +81,7 @@ fn print_stats() {
          (small {}, large {}), mapped {} bytes (free {}, given back to the OS {} over the run, \
          metadata {}), {} allocations, {} frees",
         st.peak,
-        peak_rss_bytes(),
+        crate::sys::peak_rss_bytes(),
         ph.small_spans + ph.large_in_use,
         ph.small_spans,
         ph.large_in_use,
@@ -94,17 +94,6 @@ fn print_stats() {
     );
     let _ = write!(out, "{st}");
     out.flush();
-}
-
-/// The process's peak resident set in bytes (`getrusage`), 0 if unknown.
-fn peak_rss_bytes() -> usize {
-    // SAFETY: an all-zero `rusage` is a valid value to overwrite.
-    let mut ru: libc::rusage = unsafe { core::mem::zeroed() };
-    // SAFETY: `ru` is a valid out-pointer.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
-        return 0;
-    }
-    (ru.ru_maxrss as usize).saturating_mul(1024)
 }
 
 /// A `fmt::Write` into a fixed buffer on the stack, written to the stderr copy when full.

@@ -254,33 +254,9 @@ impl<T> Drop for LockGuard<'_, T> {
     }
 }
 
+// The kernel's wait and wake (Linux: the futex), from the platform layer.
 #[cfg(not(loom))]
-fn futex_wait(state: &AtomicU32, expected: u32) {
-    // SAFETY: `state` is a valid, aligned u32 for the duration of the call; FUTEX_WAIT only
-    // reads it. A spurious or interrupted wake is handled by the caller's loop.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            state.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            core::ptr::null::<libc::timespec>(),
-        );
-    }
-}
-
-#[cfg(not(loom))]
-fn futex_wake(state: &AtomicU32) {
-    // SAFETY: `state` is a valid, aligned u32; FUTEX_WAKE does not access memory.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            state.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            1,
-        );
-    }
-}
+use crate::sys::{futex_wait, futex_wake};
 
 /// Under loom, a model of the futex that keeps its contract, so that a lost wakeup shows as
 /// a deadlock: `futex_wait` checks the value and goes to sleep atomically with respect to

@@ -1,21 +1,38 @@
-//! The operating-system contract: where pages come from and where they go back. See `lib.rs`
-//! for an overview.
+//! The operating-system contract: where pages come from and where they go back, and the
+//! few other kernel services the allocator needs. The lowest layer: it names nothing of the
+//! crate. See `lib.rs` for an overview.
 //!
-//! [`PageSource`] is the narrow interface every tier above uses; [`OsPages`] is the real one
-//! (`sys/linux.rs`, the only code that names `libc` memory calls) and [`FakePages`] is an
-//! in-memory one for tests that can fail on demand.
+//! [`PageSource`] is the narrow interface every tier above uses for memory; [`OsPages`] is
+//! the real one (`sys/mmap.rs`, anonymous `mmap`, alike on both unixes) and [`FakePages`] is
+//! an in-memory one for tests that can fail on demand. Beside memory: a lock's wait and wake
+//! ([`futex_wait`], [`futex_wake`]), a clock ([`monotonic_ms`]), [`errno`], random bytes
+//! ([`random_bytes`]), a close-on-exec pipe ([`pipe_cloexec`]) and the peak resident set
+//! ([`peak_rss_bytes`]). Each OS implements them in a file of its own, `sys/linux.rs` and
+//! `sys/macos.rs`: this layer is the only code that names a call that differs between
+//! them. The POSIX calls both give alike (`write`, `abort`, `getenv`, pthread keys,
+//! `pthread_atfork`, `sigaction`, `fcntl`) are made where they are used.
+//!
+//! A port to another OS is one more file with the functions of `sys/linux.rs`, and the
+//! target added to the `cfg` of the modules in `lib.rs`.
 
 // The fake source exists for tests (the crate's own, and those built with `internals`): not
 // in a program's build.
 #[cfg(any(test, feature = "internals"))]
 mod fake;
+#[cfg(target_os = "linux")]
 mod linux;
+mod mmap;
+
+// The OS file, under one name.
+#[cfg(target_os = "linux")]
+use linux as os;
 
 #[cfg(any(test, feature = "internals"))]
 pub use fake::FakePages;
-pub use linux::{OsPages, os_page_size};
+pub use mmap::{OsPages, os_page_size};
 
 use core::ptr::NonNull;
+use core::sync::atomic::AtomicU32;
 
 /// Where the page heap and the metadata allocator get memory.
 ///
@@ -29,8 +46,8 @@ pub unsafe trait PageSource: Sync {
     /// is a power of two. The memory reads as zero. `None` when the system is out of memory
     /// (or the fake source was told to fail).
     ///
-    /// The memory is committed the way the system counts it: the real source asks the
-    /// kernel for it under its overcommit policy (no `MAP_NORESERVE`), so a request the
+    /// The memory is committed the way the system counts it: on Linux the real source asks
+    /// the kernel for it under its overcommit policy (no `MAP_NORESERVE`), so a request the
     /// kernel would refuse to `malloc` in glibc is refused here too, at once, rather than
     /// granted and later paid for by the OOM killer. Padding taken only to align the
     /// mapping is not committed and is given back before `map` returns.
@@ -72,14 +89,57 @@ pub unsafe trait PageSource: Sync {
     unsafe fn protect(&self, ptr: NonNull<u8>, bytes: usize, accessible: bool) -> bool;
 }
 
-/// Milliseconds since an arbitrary fixed point, never 0. `CLOCK_MONOTONIC_COARSE` through
-/// the vDSO: a few nanoseconds, a few milliseconds of resolution, ample for decay.
+/// Milliseconds since an arbitrary fixed point, never 0. A few nanoseconds a call (no system
+/// call); a resolution of a few milliseconds is ample for decay.
+#[inline]
 pub fn monotonic_ms() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000 + 1
+    os::monotonic_ms()
+}
+
+/// Sleeps while `state` holds `expected`, until a [`futex_wake`] on it. Returns at once if
+/// `state` holds another value, and may return spuriously (a signal): the caller checks again
+/// in a loop. Never allocates. The lock's slow path (`sync.rs`); under loom `sync.rs` has a
+/// model of its own.
+#[inline]
+pub fn futex_wait(state: &AtomicU32, expected: u32) {
+    os::futex_wait(state, expected);
+}
+
+/// Wakes one thread asleep in [`futex_wait`] on `state`, if there is one.
+#[inline]
+pub fn futex_wake(state: &AtomicU32) {
+    os::futex_wake(state);
+}
+
+/// This thread's `errno`.
+#[inline]
+pub fn errno() -> i32 {
+    os::errno()
+}
+
+/// Sets this thread's `errno` (a signal handler puts back what it found).
+#[inline]
+pub fn set_errno(value: i32) {
+    os::set_errno(value);
+}
+
+/// Fills `buf` (at most 256 bytes) with random bytes from the kernel, without blocking and
+/// without allocating; `false` when the kernel has none to give yet (early boot).
+#[inline]
+pub fn random_bytes(buf: &mut [u8]) -> bool {
+    debug_assert!(buf.len() <= 256);
+    os::random_bytes(buf)
+}
+
+/// A new pipe, `[read end, write end]`, both closed on `exec`; `None` when the system
+/// refuses.
+#[inline]
+pub fn pipe_cloexec() -> Option<[libc::c_int; 2]> {
+    os::pipe_cloexec()
+}
+
+/// The process's peak resident set in bytes (`getrusage`), 0 if unknown.
+#[inline]
+pub fn peak_rss_bytes() -> usize {
+    os::peak_rss_bytes()
 }

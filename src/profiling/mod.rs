@@ -248,17 +248,15 @@ pub(crate) fn dump_at_exit() {
 
 extern "C" fn on_dump_signal(_signal: libc::c_int) {
     // Only a write to the pipe: the thread below does the work, outside the handler.
-    // SAFETY: `__errno_location` is this thread's errno slot; `write` is
-    // async-signal-safe and the byte is on this stack.
-    unsafe {
-        let errno = *libc::__errno_location();
-        let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
-        if fd >= 0 {
-            let byte = 1u8;
-            libc::write(fd, (&raw const byte).cast(), 1);
-        }
-        *libc::__errno_location() = errno;
+    // Reading and writing errno is async-signal-safe (this thread's own slot).
+    let errno = crate::sys::errno();
+    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let byte = 1u8;
+        // SAFETY: `write` is async-signal-safe and the byte is on this stack.
+        unsafe { libc::write(fd, (&raw const byte).cast(), 1) };
     }
+    crate::sys::set_errno(errno);
 }
 
 /// Starts the thread that writes a profile on each `SIGUSR2`, and installs the handler that
@@ -272,12 +270,9 @@ fn dump_on_signal() {
     {
         return;
     }
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: `fds` has room for the two descriptors.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+    let Some([read_end, write_end]) = crate::sys::pipe_cloexec() else {
         return;
-    }
-    let (read_end, write_end) = (fds[0], fds[1]);
+    };
     // The handler must never block: a full pipe drops the extra wake-up.
     // SAFETY: `fcntl` on our own descriptor.
     unsafe { libc::fcntl(write_end, libc::F_SETFL, libc::O_NONBLOCK) };
@@ -325,12 +320,12 @@ fn unix_ms() -> u64 {
 }
 
 fn random_seed() -> u64 {
-    let mut seed = 0u64;
-    // SAFETY: `getrandom` writes at most 8 bytes into `seed`.
-    let n = unsafe { libc::getrandom((&raw mut seed).cast(), 8, libc::GRND_NONBLOCK) };
-    if n != 8 {
-        seed = unix_ms() ^ (std::process::id() as u64) << 32;
-    }
+    let mut bytes = [0u8; 8];
+    let seed = if crate::sys::random_bytes(&mut bytes) {
+        u64::from_ne_bytes(bytes)
+    } else {
+        unix_ms() ^ (std::process::id() as u64) << 32
+    };
     seed | 1
 }
 

@@ -1,136 +1,93 @@
-//! The real page source: anonymous `mmap`, `munmap`, `madvise(MADV_DONTNEED)`, and
-//! `mprotect` for the hardened build's guard pages. See `lib.rs` for an overview. This file
-//! is the only code in the crate that names `libc` memory calls.
+//! The Linux side of the platform layer: what differs from macOS. `madvise(MADV_DONTNEED)`
+//! to give pages back, the futex, `CLOCK_MONOTONIC_COARSE`, `getrandom`, `pipe2`, errno,
+//! and `getrusage`'s unit. See `sys.rs` for the contract and `lib.rs` for an overview.
 
-use super::PageSource;
 use core::ptr::NonNull;
-// A cached constant, not part of any protocol: core's atomic even under loom, whose atomics
-// cannot live in a static.
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::AtomicU32;
 
-/// Pages straight from the kernel.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct OsPages;
-
-static OS_PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
-
-/// The kernel's page size (4, 16 or 64 KiB), read once with `sysconf` and remembered.
-#[inline]
-pub fn os_page_size() -> usize {
-    let cached = OS_PAGE_SIZE.load(Ordering::Relaxed);
-    if cached != 0 {
-        return cached;
-    }
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    let size = if size > 0 { size as usize } else { 4096 };
-    OS_PAGE_SIZE.store(size, Ordering::Relaxed);
-    size
-}
-
-/// A fresh private anonymous mapping of `bytes` bytes with protection `prot`, or `None`.
-/// Without `MAP_NORESERVE`: a writable one is charged to the kernel's commit count, and
-/// refused when the overcommit policy says no (`vm.overcommit_memory` 0: more than RAM plus
-/// swap in one request; 2: past the commit limit).
-fn mmap_anonymous(bytes: usize, prot: libc::c_int) -> Option<usize> {
-    // SAFETY: a fresh anonymous mapping; no existing memory is affected.
-    let raw = unsafe {
-        libc::mmap(
-            core::ptr::null_mut(),
-            bytes,
-            prot,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    (raw != libc::MAP_FAILED).then_some(raw as usize)
-}
-
-/// Unmaps `[addr, addr + bytes)`; nothing for an empty range.
+/// Gives the physical memory behind the range back; it reads as zero afterwards.
 ///
 /// # Safety
-/// The range is a part of a mapping of ours that nothing uses.
-unsafe fn munmap(addr: usize, bytes: usize) -> bool {
-    // SAFETY: per the caller.
-    bytes == 0 || unsafe { libc::munmap(addr as *mut libc::c_void, bytes) } == 0
+/// The range is part of our private anonymous mappings, page aligned, and holds nothing
+/// live.
+pub(super) unsafe fn release(ptr: NonNull<u8>, bytes: usize) {
+    // SAFETY: per the caller; MADV_DONTNEED on a private anonymous mapping drops the pages,
+    // which then read as zero. MADV_FREE would leave them counted in RSS until memory
+    // pressure.
+    unsafe {
+        libc::madvise(ptr.as_ptr().cast(), bytes, libc::MADV_DONTNEED);
+    }
 }
 
-// SAFETY: anonymous private mappings are zero-filled and distinct; `map` trims to the asked
-// alignment and unmaps only the padding it took itself, `unmap` only what the caller gives.
-unsafe impl PageSource for OsPages {
-    fn map(&self, bytes: usize, align: usize) -> Option<NonNull<u8>> {
-        let os_page = os_page_size();
-        let align = align.max(os_page);
-        // First exactly `bytes`, writable: the kernel checks the whole request against its
-        // overcommit policy, and a refusal here is final (a padded mapping would need more).
-        // The kernel places anonymous mappings of whole huge pages on a huge-page boundary,
-        // so for the page heap's 2 MiB alignment this one is usually aligned already.
-        let first = mmap_anonymous(bytes, libc::PROT_READ | libc::PROT_WRITE)?;
-        if first % align == 0 {
-            return NonNull::new(first as *mut u8);
-        }
-        // SAFETY: the mapping just made, not handed out.
-        unsafe { munmap(first, bytes) };
-        // Misaligned: reserve room to align in, inaccessible (not charged: the kernel counts
-        // only writable private memory), keep the aligned part and make only that writable,
-        // which is when the kernel charges it. An alignment far beyond the size (a 1 TiB
-        // alignment of one page) costs address space for a moment, never memory.
-        let padded = bytes.checked_add(align - os_page)?;
-        let start = mmap_anonymous(padded, libc::PROT_NONE)?;
-        let aligned = start.next_multiple_of(align);
-        let head = aligned - start;
-        let tail = padded - head - bytes;
-        // SAFETY: both ranges are parts of the reservation just made that we do not hand out.
-        unsafe {
-            munmap(start, head);
-            munmap(aligned + bytes, tail);
-        }
-        // SAFETY: the aligned part of our reservation, not yet handed out.
-        let ok = unsafe {
-            libc::mprotect(
-                aligned as *mut libc::c_void,
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-            )
-        } == 0;
-        if !ok {
-            // Refused by the commit check: give the reservation back.
-            // SAFETY: as above.
-            unsafe { munmap(aligned, bytes) };
-            return None;
-        }
-        NonNull::new(aligned as *mut u8)
-    }
+/// `CLOCK_MONOTONIC_COARSE` through the vDSO: a few nanoseconds, a few milliseconds of
+/// resolution, ample for decay.
+pub(super) fn monotonic_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000 + 1
+}
 
-    unsafe fn unmap(&self, ptr: NonNull<u8>, bytes: usize) -> bool {
-        // SAFETY: the caller guarantees the range is ours, holds nothing live and is never
-        // touched again.
-        unsafe { munmap(ptr.as_ptr() as usize, bytes) }
+pub(super) fn futex_wait(state: &AtomicU32, expected: u32) {
+    // SAFETY: `state` is a valid, aligned u32 for the duration of the call; FUTEX_WAIT only
+    // reads it. A spurious or interrupted wake is handled by the caller's loop.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            state.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            core::ptr::null::<libc::timespec>(),
+        );
     }
+}
 
-    unsafe fn release(&self, ptr: NonNull<u8>, bytes: usize) {
-        // SAFETY: the caller guarantees the range is ours and holds nothing live;
-        // MADV_DONTNEED on a private anonymous mapping drops the pages, which then read as
-        // zero. MADV_FREE would leave them counted in RSS until memory pressure.
-        unsafe {
-            libc::madvise(ptr.as_ptr().cast(), bytes, libc::MADV_DONTNEED);
-        }
+pub(super) fn futex_wake(state: &AtomicU32) {
+    // SAFETY: `state` is a valid, aligned u32; FUTEX_WAKE does not access memory.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            state.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            1,
+        );
     }
+}
 
-    fn os_page_size(&self) -> usize {
-        os_page_size()
-    }
+pub(super) fn errno() -> i32 {
+    // SAFETY: `__errno_location` returns this thread's errno slot, always valid.
+    unsafe { *libc::__errno_location() }
+}
 
-    #[cfg(feature = "hardened")]
-    unsafe fn protect(&self, ptr: NonNull<u8>, bytes: usize, accessible: bool) -> bool {
-        let prot = if accessible {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_NONE
-        };
-        // SAFETY: the caller guarantees the range is ours and that nothing uses it while it
-        // is inaccessible; `mprotect` changes no contents.
-        unsafe { libc::mprotect(ptr.as_ptr().cast(), bytes, prot) == 0 }
+pub(super) fn set_errno(value: i32) {
+    // SAFETY: as in `errno`.
+    unsafe { *libc::__errno_location() = value };
+}
+
+/// `getrandom(2)` with `GRND_NONBLOCK`: fails rather than waits before the kernel's pool is
+/// ready (early boot).
+pub(super) fn random_bytes(buf: &mut [u8]) -> bool {
+    // SAFETY: `buf` is valid for writes of its length; GRND_NONBLOCK never blocks.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), libc::GRND_NONBLOCK) };
+    n == buf.len() as isize
+}
+
+pub(super) fn pipe_cloexec() -> Option<[libc::c_int; 2]> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` has room for the two descriptors.
+    (unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == 0).then_some(fds)
+}
+
+pub(super) fn peak_rss_bytes() -> usize {
+    // SAFETY: an all-zero `rusage` is a valid value to overwrite.
+    let mut ru: libc::rusage = unsafe { core::mem::zeroed() };
+    // SAFETY: `ru` is a valid out-pointer.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0;
     }
+    // Linux counts it in KiB.
+    (ru.ru_maxrss as usize).saturating_mul(1024)
 }
