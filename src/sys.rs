@@ -21,15 +21,19 @@
 mod fake;
 #[cfg(target_os = "linux")]
 mod linux;
+#[cfg(target_os = "macos")]
+mod macos;
 mod mmap;
 
 // The OS file, under one name.
 #[cfg(target_os = "linux")]
 use linux as os;
+#[cfg(target_os = "macos")]
+use macos as os;
 
 #[cfg(any(test, feature = "internals"))]
 pub use fake::FakePages;
-pub use mmap::{OsPages, os_page_size};
+pub use mmap::OsPages;
 
 use core::ptr::NonNull;
 use core::sync::atomic::AtomicU32;
@@ -87,6 +91,13 @@ pub unsafe trait PageSource: Sync {
     /// writes it until it is made accessible again.
     #[cfg(feature = "hardened")]
     unsafe fn protect(&self, ptr: NonNull<u8>, bytes: usize, accessible: bool) -> bool;
+}
+
+/// The kernel's page size (4, 16 or 64 KiB; 16 KiB on Apple silicon), read once and
+/// remembered.
+#[inline]
+pub fn os_page_size() -> usize {
+    mmap::os_page_size()
 }
 
 /// Milliseconds since an arbitrary fixed point, never 0. A few nanoseconds a call (no system

@@ -15,10 +15,9 @@ pub struct OsPages;
 
 static OS_PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
 
-/// The kernel's page size (4, 16 or 64 KiB; 16 KiB on Apple silicon), read once with
-/// `sysconf` and remembered.
+/// `sysconf(_SC_PAGESIZE)`, read once and remembered.
 #[inline]
-pub fn os_page_size() -> usize {
+pub(super) fn os_page_size() -> usize {
     let cached = OS_PAGE_SIZE.load(Ordering::Relaxed);
     if cached != 0 {
         return cached;
