@@ -33,7 +33,7 @@ use crate::heap::{Heap, LEND_MIN};
 use crate::pages::PAGE_SHIFT;
 use crate::sample_table::SampleTable;
 use crate::size_class::{self, LARGE_THRESHOLD, MAX_SMALL_SIZE, MIN_ALIGN, SMALL_STEP_LIMIT};
-use crate::sync::{AtomicU8, AtomicU32, Lock, Ordering};
+use crate::sync::{AtomicU8, AtomicUsize, Lock, Ordering};
 use crate::sys::OsPages;
 use crate::thread_cache::ThreadCache;
 use core::alloc::{GlobalAlloc, Layout};
@@ -246,7 +246,7 @@ fn local_slow(current: *mut Local) -> *mut Local {
     // thread registered, if any.
     if INIT.load(Ordering::Acquire) == INIT_DONE {
         // SAFETY: a valid key; only `register` stores values, this thread's own `Local`.
-        let old = unsafe { libc::pthread_getspecific(EXIT_KEY.load(Ordering::Relaxed)) };
+        let old = unsafe { libc::pthread_getspecific(exit_key()) };
         if !old.is_null() {
             slot::set(old.cast());
             return old.cast();
@@ -340,7 +340,14 @@ const INIT_NONE: u8 = 0;
 const INIT_RUNNING: u8 = 1;
 const INIT_DONE: u8 = 2;
 static INIT: AtomicU8 = AtomicU8::new(INIT_NONE);
-static EXIT_KEY: AtomicU32 = AtomicU32::new(0);
+/// The thread-exit key, a `pthread_key_t` (`u32` on Linux, `unsigned long` on macOS).
+static EXIT_KEY: AtomicUsize = AtomicUsize::new(0);
+
+/// The thread-exit key, once `ensure_process_init` has made it.
+#[inline]
+fn exit_key() -> libc::pthread_key_t {
+    EXIT_KEY.load(Ordering::Relaxed) as libc::pthread_key_t
+}
 
 fn ensure_process_init() {
     // Acquire pairs with the Release store below: the key is visible.
@@ -361,7 +368,7 @@ fn ensure_process_init() {
         if unsafe { libc::pthread_key_create(&mut key, Some(thread_exit)) } != 0 {
             fatal("pthread_key_create failed");
         }
-        EXIT_KEY.store(key, Ordering::Relaxed);
+        EXIT_KEY.store(key as usize, Ordering::Relaxed);
         crate::check::seed_free_key();
         // SAFETY: the handlers are `extern "C" fn`s that only take and release our locks.
         unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
@@ -385,7 +392,7 @@ unsafe fn register(l: *mut Local) {
     unsafe { (*l).state = BUSY };
     ensure_process_init();
     // SAFETY: a valid key; any non-null value makes the destructor run at thread exit.
-    if unsafe { libc::pthread_setspecific(EXIT_KEY.load(Ordering::Relaxed), l.cast()) } != 0 {
+    if unsafe { libc::pthread_setspecific(exit_key(), l.cast()) } != 0 {
         // Could not register: keep to the orphan cache rather than leak spans at exit.
         // SAFETY: our own slot.
         unsafe { (*l).state = DEAD };

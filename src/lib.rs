@@ -39,9 +39,12 @@
 //! `spanalloc: <what> at 0x<address>`, and `abort`: run the program under valgrind or
 //! AddressSanitizer with the system allocator to see where it came from.
 //!
-//! **Platforms.** Linux (x86_64 and aarch64 tested; any Linux target with `std` expected to
-//! work). Other operating systems stop the build with a message that lists what a port
-//! provides.
+//! **Platforms.** Linux: x86_64 and aarch64 tested (any Linux target with `std` expected to
+//! work). macOS (aarch64 and x86_64): builds, and is checked in CI (`cargo check`,
+//! `clippy`), but is untested at run time; without the `override` feature (macOS replaces
+//! `malloc` through malloc zones) and with heap profiles that carry no mappings. Other
+//! operating systems stop the build with a `compile_error!` naming what a port provides
+//! (the functions of `sys/linux.rs`).
 //!
 //! **Cost.** A small allocation and free take a few dozen instructions with no atomic and no
 //! lock, cross-thread frees included; threads meet only in the central lists, once per
@@ -71,7 +74,7 @@
 //!
 //! | module | role | Go name |
 //! |---|---|---|
-//! | `sys` | `sys::PageSource`: `mmap`, `munmap`, `MADV_DONTNEED`; a fake source for tests | `mem_linux.go` |
+//! | `sys` | `sys::PageSource`: `mmap`, `munmap`, release; the kernel calls that differ by OS (lock wait and wake, clock, errno, random bytes); a fake source for tests | `mem_linux.go` |
 //! | `check` | `fatal(msg)`: one line with `write(2)`, then abort; the double-free key | `throw` |
 //! | `pages` | `pages::PageId` / `pages::Pages`: 8 KiB pages as types | |
 //! | `size_class` | the class table (generated) and size → class lookup | `sizeclasses.go` |
@@ -151,19 +154,20 @@
 //!
 //! ## Zeroing
 //!
-//! Memory from the OS and memory given back with `MADV_DONTNEED` is zero; the page heap
-//! tracks which free runs are wholly zero, and `alloc_zeroed` of a large object skips the
-//! clearing for them. Small objects are always cleared.
+//! Memory from the OS and memory given back (Linux: `MADV_DONTNEED`; macOS: a new mapping
+//! over the range) is zero; the page heap tracks which free runs are wholly zero, and
+//! `alloc_zeroed` of a large object skips the clearing for them. Small objects are always
+//! cleared.
 //!
 //! ## Giving memory back
 //!
-//! Free runs that have stayed unused for the decay time (default 500 ms) are given back with
-//! `MADV_DONTNEED`, a bounded amount at a time, from the allocator's own slow paths (or,
-//! after [`start_background_release`], from a thread of its own), after the central lists'
-//! transfer slots and spare spans have gone back to the page heap on the same clock;
-//! [`release_free_memory`] gives back everything now (the calling thread's cache
-//! included); [`set_decay_ms`] and `SPANALLOC_DECAY_MS` configure it (every variable:
-//! `config`).
+//! Free runs that have stayed unused for the decay time (default 500 ms) are given back
+//! (Linux: `MADV_DONTNEED`), a bounded amount at a time, from the allocator's own slow
+//! paths (or, after [`start_background_release`], from a thread of its own), after the
+//! central lists' transfer slots and spare spans have gone back to the page heap on the
+//! same clock; [`release_free_memory`] gives back everything now (the calling thread's
+//! cache included); [`set_decay_ms`] and `SPANALLOC_DECAY_MS` configure it (every
+//! variable: `config`).
 //!
 //! ## Heap profiling
 //!
@@ -205,14 +209,25 @@
 // use (walkers, test hooks, statistics accessors) are unreachable: not dead code.
 #![cfg_attr(not(feature = "internals"), allow(dead_code))]
 
-// One platform is implemented: Linux (x86_64 and aarch64 tested, any Linux target with
-// `std` expected to work). Elsewhere the build stops here, first, with what a port needs.
-#[cfg(not(target_os = "linux"))]
+// Two platforms are implemented: Linux (x86_64 and aarch64 tested, any Linux target with
+// `std` expected to work) and macOS (builds, checked in CI; untested at run time).
+// Elsewhere the build stops here, first, with what a port needs.
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
 compile_error!(
-    "spanalloc supports Linux only. A port provides, beside `sys/linux.rs`: pages \
-     (mmap/munmap, madvise(DONTNEED), mprotect), a monotonic clock, a lock's wait and wake \
-     without allocating (Linux: futex), errno, random bytes (getrandom), a thread-exit hook \
-     (pthread keys), pthread_atfork, write(2) and abort, and getenv at start-up."
+    "spanalloc supports Linux and macOS only. A port provides a file beside `sys/linux.rs` \
+     and `sys/macos.rs` with: pages (mmap/munmap, a release after which they read as zero, \
+     mprotect), a monotonic clock, a lock's wait and wake without allocating (Linux: futex; \
+     macOS: __ulock_wait), errno, random bytes, a close-on-exec pipe and the peak RSS; and \
+     needs from the system a thread-exit hook (pthread keys), pthread_atfork, write(2), \
+     abort, getenv and a load-time constructor (startup.rs)."
+);
+
+// The C allocation functions exported from the program replace the C library's only where
+// symbols interpose (ELF). On macOS the two-level namespace binds every library to
+// libSystem's `malloc`, which is replaced through malloc zones instead: not done here.
+#[cfg(all(target_os = "macos", feature = "override"))]
+compile_error!(
+    "spanalloc's `override` feature is Linux-only: macOS replaces malloc through malloc zones"
 );
 
 // The modules, lowest layer first (each uses only the ones above it), declared only where the
@@ -220,47 +235,47 @@ compile_error!(
 // `compile_error!` above alone. The tiers are crate-private; [`internals`] re-exports them
 // for the project's own tests, benchmarks and C library. Some of their items are used only
 // by those: hence no dead-code lint when `internals` is off (the crate attribute above).
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 mod sys;
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 mod check;
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 mod pages;
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 mod size_class;
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 mod sync;
-#[cfg(all(target_os = "linux", feature = "hardened"))]
+#[cfg(all(any(target_os = "linux", target_os = "macos"), feature = "hardened"))]
 mod hardening;
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 mod fixed_alloc;
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 mod span;
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 mod page_map;
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 mod page_heap;
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 mod central_free_list;
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 mod heap;
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 mod sampler;
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 mod stack;
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 mod sample_table;
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 mod thread_cache;
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 mod config;
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 pub mod stats;
-#[cfg(all(target_os = "linux", not(loom)))]
+#[cfg(all(any(target_os = "linux", target_os = "macos"), not(loom)))]
 mod global;
-#[cfg(all(target_os = "linux", not(loom)))]
+#[cfg(all(any(target_os = "linux", target_os = "macos"), not(loom)))]
 pub mod profiling;
-#[cfg(all(target_os = "linux", not(loom)))]
+#[cfg(all(any(target_os = "linux", target_os = "macos"), not(loom)))]
 mod startup;
 #[cfg(all(
     target_os = "linux",
@@ -268,10 +283,10 @@ mod startup;
     any(feature = "override", feature = "internals")
 ))]
 mod c_abi;
-#[cfg(all(target_os = "linux", test, loom))]
+#[cfg(all(any(target_os = "linux", target_os = "macos"), test, loom))]
 mod loom_tests;
 
-#[cfg(all(target_os = "linux", not(loom)))]
+#[cfg(all(any(target_os = "linux", target_os = "macos"), not(loom)))]
 pub use global::{
     SpanAlloc, flush_thread_cache, raw, release_free_memory, set_bin_bytes, set_decay_ms,
     set_thread_cache_bytes, start_background_release, stats,
@@ -281,7 +296,7 @@ pub use global::{
 /// `internals`). Unstable: not part of the API, changed in any release, and some of its safe
 /// functions can break the process (take every lock, rewrite the page map). A program wants
 /// none of it; see the crate overview for what each module is.
-#[cfg(all(target_os = "linux", feature = "internals"))]
+#[cfg(all(any(target_os = "linux", target_os = "macos"), feature = "internals"))]
 pub mod internals {
     /// One re-exporting module per tier, named as the tier (see the crate overview).
     macro_rules! reexport {
@@ -312,7 +327,7 @@ pub mod internals {
         sample_table,
         thread_cache,
         config,
-        #[cfg(not(loom))]
+        #[cfg(all(target_os = "linux", not(loom)))]
         c_abi,
     );
     #[cfg(not(loom))]

@@ -8,7 +8,9 @@
 //! no `dlopen` of libgcc_s as glibc's `backtrace()` makes on its first call), and the only
 //! lock it may take is the dynamic loader's recursive lock around `dl_iterate_phdr`, on
 //! glibc versions without `_dl_find_object`: no allocation path of ours takes it. The
-//! caller holds no allocator lock while it captures.
+//! caller holds no allocator lock while it captures. On macOS the unwinder is the system's
+//! libunwind (reading `__unwind_info`); that it allocates nothing there is expected, not
+//! checked (macOS is untested at run time).
 //!
 //! What the program needs for good stacks: unwind tables for its code, which Rust emits on
 //! Linux by default (even with `panic = "abort"`) and GCC and Clang emit on x86-64 by
@@ -32,7 +34,8 @@ const URC_NO_REASON: c_int = 0;
 /// `_URC_NORMAL_STOP`: stop here.
 const URC_NORMAL_STOP: c_int = 4;
 
-// libgcc_s, linked by the standard library on every Linux target (its unwinding uses it).
+// libgcc_s, linked by the standard library on every Linux target (its unwinding uses it);
+// on macOS the system's libunwind, part of libSystem.
 unsafe extern "C" {
     fn _Unwind_Backtrace(trace: TraceFn, arg: *mut c_void) -> c_int;
     fn _Unwind_GetIP(ctx: *mut UnwindContext) -> usize;

@@ -4,7 +4,9 @@
 //! for the variables.
 //!
 //! Both are ELF constructor and destructor entries (`.init_array`, `.fini_array`), so they
-//! work the same in a Rust program and in `libspanalloc.so` under `LD_PRELOAD` or `dlopen`:
+//! work the same in a Rust program and in `libspanalloc.so` under `LD_PRELOAD` or `dlopen`
+//! (on macOS the constructor is a Mach-O initializer, `__mod_init_func`, and registers the
+//! exit work with `atexit`, Mach-O's `__mod_term_func` being deprecated):
 //! the constructor runs when the binary or library is loaded, after the C library is set
 //! up and outside any allocation (so it may start the background release thread);
 //! allocations made before it (the dynamic loader's, other libraries' constructors) see the
@@ -48,6 +50,11 @@ extern "C" fn on_load() {
         let dump = config.profile_dump.as_ref().map(|p| p.as_bytes());
         crate::profiling::configure(config.profile_mean, dump);
     }
+    #[cfg(target_os = "macos")]
+    // SAFETY: `on_unload` is an `extern "C" fn()` that may run at any point of `exit`.
+    unsafe {
+        libc::atexit(on_unload);
+    }
 }
 
 extern "C" fn on_unload() {
@@ -58,9 +65,14 @@ extern "C" fn on_unload() {
 }
 
 #[used]
-#[unsafe(link_section = ".init_array")]
+#[cfg_attr(target_os = "linux", unsafe(link_section = ".init_array"))]
+#[cfg_attr(
+    target_os = "macos",
+    unsafe(link_section = "__DATA,__mod_init_func,mod_init_funcs")
+)]
 static ON_LOAD: extern "C" fn() = on_load;
 
+#[cfg(target_os = "linux")]
 #[used]
 #[unsafe(link_section = ".fini_array")]
 static ON_UNLOAD: extern "C" fn() = on_unload;

@@ -6,7 +6,8 @@
 //!
 //! [`Lock`] is the allocator's own lock. It never allocates (unlike `parking_lot`, whose
 //! contended path allocates, or `std::sync::Mutex` on some platforms): it spins with
-//! `crossbeam_utils::Backoff`, then sleeps on a Linux futex.
+//! `crossbeam_utils::Backoff`, then sleeps in the kernel (`sys::futex_wait`: the futex on
+//! Linux, `__ulock_wait` on macOS).
 
 pub use core::sync::atomic::Ordering;
 #[cfg(not(loom))]
@@ -254,7 +255,8 @@ impl<T> Drop for LockGuard<'_, T> {
     }
 }
 
-// The kernel's wait and wake (Linux: the futex), from the platform layer.
+// The kernel's wait and wake (Linux: the futex; macOS: `__ulock_wait`), from the platform
+// layer.
 #[cfg(not(loom))]
 use crate::sys::{futex_wait, futex_wake};
 

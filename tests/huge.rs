@@ -239,6 +239,8 @@ fn allocator_refused(r: Result<(), std::collections::TryReserveError>) -> bool {
 /// A size larger than this machine's memory and swap together, and at least 64 GiB, when
 /// the kernel checks such requests (`vm.overcommit_memory` 0, the heuristic, or 2, strict);
 /// `None` under 1 (always overcommit), where the kernel grants any size and so does glibc.
+/// Linux only: the commit check is Linux's.
+#[cfg(target_os = "linux")]
 fn beyond_memory_and_swap() -> Option<usize> {
     let mode = std::fs::read_to_string("/proc/sys/vm/overcommit_memory").ok()?;
     if mode.trim() == "1" {
@@ -252,6 +254,7 @@ fn beyond_memory_and_swap() -> Option<usize> {
     Some((2 * total).next_power_of_two().max(64 << 30))
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn more_than_memory_and_swap_is_null_as_in_glibc() {
     // Mapped with MAP_NORESERVE, such a block would be granted and the process killed by

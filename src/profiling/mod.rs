@@ -23,6 +23,10 @@
 //! `SPANALLOC_PROFILE=mean_bytes` starts profiling; `SPANALLOC_PROFILE_DUMP=path` writes a
 //! profile to `path` when the process exits, and to `path.1`, `path.2`, ... on each
 //! `SIGUSR2` (`%p` in the path is the process id).
+//!
+//! On macOS (untested at run time) the profiles carry no mappings (the loaded objects'
+//! address ranges and build ids come from `/proc/self/maps` and the ELF notes, on Linux):
+//! their locations are bare addresses, symbolized in process with the `profiling` feature.
 
 mod pprof;
 mod symbolize;

@@ -1,7 +1,7 @@
 //! The pprof format: `profile.proto` encoded by hand (a few varints and length-delimited
 //! fields: simpler than a code generator and its build step), the mappings from
-//! `/proc/self/maps` with the build ids from the loaded objects' notes, and the gzip
-//! container. See `lib.rs` for an overview.
+//! `/proc/self/maps` with the build ids from the loaded objects' notes (Linux; a macOS
+//! profile has no mappings), and the gzip container. See `lib.rs` for an overview.
 
 use super::HeapProfile;
 use super::symbolize;
@@ -162,6 +162,8 @@ impl Strings {
 
 /// An executable mapping of the process.
 #[derive(Clone, Debug)]
+// Made on Linux only (`mappings`).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 struct Mapping {
     start: u64,
     limit: u64,
@@ -176,6 +178,7 @@ struct Mapping {
 /// segment does (with its file offset moved to match): the maps give the segment's first
 /// OS page, and Go's `pprof` finds a position-independent binary's load address as the
 /// mapping's start minus the segment's address.
+#[cfg(target_os = "linux")]
 fn mappings() -> Vec<Mapping> {
     let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
     let ids = build_ids();
@@ -226,6 +229,7 @@ fn mappings() -> Vec<Mapping> {
 
 /// For every loaded object: its executable segments' address ranges and its GNU build id
 /// (hex), read from its notes in memory.
+#[cfg(target_os = "linux")]
 fn build_ids() -> Vec<(u64, u64, String)> {
     unsafe extern "C" fn each(
         info: *mut libc::dl_phdr_info,
@@ -267,6 +271,7 @@ fn build_ids() -> Vec<(u64, u64, String)> {
 }
 
 /// The `NT_GNU_BUILD_ID` note among `notes` (a note segment), as hex.
+#[cfg(target_os = "linux")]
 fn gnu_build_id(mut notes: &[u8]) -> Option<String> {
     let word = |b: &[u8]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
     while notes.len() >= 12 {
@@ -283,6 +288,15 @@ fn gnu_build_id(mut notes: &[u8]) -> Option<String> {
         notes = &notes[desc_end..];
     }
     None
+}
+
+/// Elsewhere (macOS) no mappings: there is no `/proc/self/maps`, and a Mach-O image's
+/// segments and UUID would be read through dyld (`_dyld_get_image_header`), not done yet.
+/// The locations keep their addresses, symbolized in process with the `profiling`
+/// feature; without it `pprof` has no binary to symbolize them from.
+#[cfg(not(target_os = "linux"))]
+fn mappings() -> Vec<Mapping> {
+    Vec::new()
 }
 
 /// `profile` as a `profile.proto` message.
@@ -526,6 +540,7 @@ mod tests {
         assert_eq!(m.0, [0x10, 0x96, 1, 0x32, 2, b'a', b'b']);
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn the_build_id_note() {
         let mut notes = Vec::new();
@@ -547,6 +562,7 @@ mod tests {
         assert_eq!(gnu_build_id(&notes[..20]), None);
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn this_process_has_executable_mappings() {
         let maps = mappings();
