@@ -6,15 +6,20 @@
 #       as a child process (death, forged, oom, huge, stats, stress, startup, profiling's
 #       file check, the hardened and unhardened demonstrations) cannot: without the
 #       kernel's binfmt_misc the child is an aarch64 file the host cannot execute;
-#   (b) any other OS stops at the one `compile_error!` that names what a port needs:
-#       `cargo check` for aarch64-apple-darwin prints that error and no other.
+#   (b) macOS, built and linted, not run (no macOS host): for aarch64-apple-darwin and
+#       x86_64-apple-darwin, `cargo check` and `cargo clippy -- -D warnings` of the library
+#       with and without the features internals and hardened, and clippy of every target
+#       (tests, benchmarks, examples);
+#   (c) any other OS stops at the one `compile_error!` that names what a port needs:
+#       `cargo check` for x86_64-unknown-freebsd prints that error and no other.
 # A job that cannot run here (no package, no rustup target) prints one line starting
 # `NOT RUN ` and counts neither as passed nor as failed. The last line is exactly
-# "N passed, M failed" (tests counted from the harness's result lines; the macOS check
-# counts as one test); the exit status is non-zero when anything failed.
+# "N passed, M failed" (tests counted from the harness's result lines; each macOS build
+# and the other OS's check count as one test); the exit status is non-zero when anything
+# failed.
 #
-#   bash .ci/platforms.sh            # both
-#   bash .ci/platforms.sh aarch64    # one of: aarch64, other-os
+#   bash .ci/platforms.sh            # all three
+#   bash .ci/platforms.sh aarch64    # one of: aarch64, macos, other-os
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -69,8 +74,41 @@ aarch64() {
   # (That one test of proptest_model runs itself again as a child process.)
 }
 
+# One counted test: the command's output is shown only when it fails.
+counted() { # description command...
+  local what=$1 out
+  shift
+  if out=$("$@" 2>&1); then
+    echo "test result: ok. 1 passed; 0 failed; ($what)"
+  else
+    echo "$out" | grep -E '^(error|warning)' -A8 | head -60
+    echo "test result: FAILED. 0 passed; 1 failed; ($what)"
+    return 1
+  fi
+}
+
+macos() {
+  local t status=0
+  for t in aarch64-apple-darwin x86_64-apple-darwin; do
+    if ! have_target $t; then
+      echo "NOT RUN macos: the rustup target $t cannot be installed here"
+      continue
+    fi
+    counted "$t: check" cargo check -p spanalloc --target $t || status=1
+    counted "$t: check, internals and hardened" \
+      cargo check -p spanalloc --target $t --features internals,hardened || status=1
+    counted "$t: clippy" cargo clippy -p spanalloc --target $t --lib -- -D warnings || status=1
+    counted "$t: clippy, internals and hardened" cargo clippy -p spanalloc --target $t --lib \
+      --features internals,hardened -- -D warnings || status=1
+    # The tests, benchmarks and examples build too (internals through the dev-dependency).
+    counted "$t: clippy of every target, hardened" cargo clippy -p spanalloc --target $t \
+      --all-targets --features hardened -- -D warnings || status=1
+  done
+  return $status
+}
+
 other_os() {
-  local t=aarch64-apple-darwin out
+  local t=x86_64-unknown-freebsd out
   if ! have_target $t; then
     echo "NOT RUN other-os: the rustup target $t cannot be installed here"
     return 0
@@ -78,7 +116,7 @@ other_os() {
   out=$(cargo check -p spanalloc --target $t 2>&1)
   echo "$out" | grep -E '^error'
   # Exactly one error, ours (cargo's closing "could not compile" line aside).
-  if echo "$out" | grep -q '^error: spanalloc supports Linux only' &&
+  if echo "$out" | grep -q '^error: spanalloc supports Linux and macOS only' &&
     [ "$(echo "$out" | grep -E '^error' | grep -vc '^error: could not compile')" -eq 1 ]; then
     echo "test result: ok. 1 passed; 0 failed; ($t stops at the port message alone)"
   else
@@ -89,6 +127,7 @@ other_os() {
 
 start=$(date +%s)
 want aarch64 && job "aarch64 Linux under qemu (unit and in-process tests)" aarch64
+want macos && job "macOS builds and passes clippy (aarch64 and x86_64, not run)" macos
 want other-os && job "another OS stops at one compile_error!" other_os
 
 read -r tp tf <<<"$(grep -E '^test result: ' "$log" |
