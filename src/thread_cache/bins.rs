@@ -356,11 +356,15 @@ impl ThreadCache {
             }
             return;
         }
-        self.release_slow(heap, class);
-        // A bound lowered since the bin grew (`Heap::set_bin_bytes`): shrink towards it.
-        let max = self.bin(class).max;
+        // A bound lowered since the bin grew (`Heap::set_bin_bytes`): shrink towards it
+        // first, handing back what the bin then holds too many of. The batch handed back
+        // after it is what makes room: shrunk to exactly what it holds, the bin would have
+        // none, and the free that called this would find it full again.
         if max > bound {
             self.shrink_bound(heap, class, bound.max(batch));
+        }
+        if self.bin(class).room == 0 {
+            self.release_slow(heap, class);
         }
     }
 
@@ -599,4 +603,57 @@ unsafe fn link_map(cache: *const ThreadCache) -> *const PageMap {
 #[inline(always)]
 fn class_size(class_bytes: usize) -> usize {
     SizeClass((class_bytes >> 4) as u8).size()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The free paths' boundary test: every object's start in a span of the class, and
+    /// nothing else (not an interior byte, not the end of the objects, not a wrapped
+    /// offset), for every class.
+    #[test]
+    fn only_object_starts_are_object_offsets() {
+        for class in SizeClass::all() {
+            let class_bytes = class.index() * core::mem::size_of::<Bin>();
+            let (size, n) = (class.size(), class.objects());
+            for k in 0..n {
+                assert!(is_object_offset(class_bytes, k * size), "{size} object {k}");
+                for off in [1, 8, size / 2, size - 1] {
+                    assert!(
+                        !is_object_offset(class_bytes, k * size + off),
+                        "{size}: object {k} + {off}"
+                    );
+                }
+            }
+            for off in [n * size, n * size + size, usize::MAX - size + 1, usize::MAX] {
+                assert!(!is_object_offset(class_bytes, off), "{size}: offset {off}");
+            }
+        }
+        // Class 0 (no small span) has no object at all.
+        assert!(!is_object_offset(0, 0));
+    }
+
+    /// A bin's bound: `bin_bytes` worth of objects, but never less than two batches.
+    #[test]
+    fn a_bin_keeps_bin_bytes_worth_and_at_least_two_batches() {
+        for class in SizeClass::all() {
+            let two_batches = 2 * batch_size(class) as u32;
+            assert_eq!(class_bound(class, 0), two_batches, "class {}", class.0);
+            let wide = 1 << 30;
+            assert_eq!(
+                class_bound(class, wide),
+                (wide / class.size()) as u32,
+                "class {}",
+                class.0
+            );
+            let bytes = 256 << 10;
+            assert_eq!(
+                class_bound(class, bytes),
+                ((bytes / class.size()) as u32).max(two_batches),
+                "class {}",
+                class.0
+            );
+        }
+    }
 }

@@ -970,3 +970,159 @@ fn a_cache_counts_its_frees_and_folds_them_into_the_heap() {
     assert_eq!(cache.unfolded_counts(), Counts::default());
     heap.check_invariants();
 }
+
+/// A bin that grew to its bound shrinks to a lowered one (`Heap::set_bin_bytes`) the next
+/// time a free finds it full, handing back what it then holds too many of.
+#[test]
+fn a_full_bin_shrinks_to_a_lowered_bound_at_its_next_spill() {
+    let heap = heap();
+    let mut cache = ThreadCache::new();
+    let class = crate::size_class::class_of(64).unwrap();
+    let bound = bins::class_bound(class, heap.bin_bytes());
+    // Twice the bound allocated and freed: the bin grows to its bound on the way.
+    let held: Vec<*mut u8> = (0..2 * bound).map(|_| cache.alloc(&heap, 64, 8)).collect();
+    for &p in &held {
+        // SAFETY: live, freed once.
+        unsafe { cache.free(&heap, p) };
+    }
+    assert_eq!(cache.bin(class).max, bound);
+    heap.set_bin_bytes(16 << 10);
+    let lowered = bins::class_bound(class, heap.bin_bytes());
+    assert!(lowered < bound);
+    // More objects freed than the bin holds: once it is full, the next free spills a
+    // batch, then shrinks the bin to the new bound.
+    let more: Vec<*mut u8> = (0..2 * bound).map(|_| cache.alloc(&heap, 64, 8)).collect();
+    for &p in &more {
+        // SAFETY: live, freed once.
+        unsafe { cache.free(&heap, p) };
+    }
+    assert_eq!(cache.bin(class).max, lowered);
+    assert!(cache.bin(class).len() <= lowered);
+    cache.check_invariants(&heap);
+    cache.flush(&heap);
+    heap.check_invariants();
+}
+
+/// The budget test of a bin's growth, at its edges: a growth that fits the budget exactly
+/// is taken, one a byte past it is not; past the budget, the growth that takes room from
+/// the largest other bin is taken when that room makes it fit exactly, and refused when it
+/// does not make it fit.
+#[test]
+fn a_growth_is_taken_exactly_when_it_fits_the_budget() {
+    let heap = heap();
+    let mut cache = ThreadCache::new();
+    let hot = size_class::class_of(48).unwrap();
+    let batch = crate::central_free_list::batch_size(hot) as u32;
+    let batch_bytes = batch as usize * hot.size();
+    let mut held = Vec::new();
+    // Allocates from the hot bin until it refills once; the bin's bound after it.
+    let refill = |cache: &mut ThreadCache, held: &mut Vec<*mut u8>| {
+        while !cache.bins[hot.index()].head.is_null() {
+            held.push(cache.alloc(&heap, 48, 8));
+        }
+        held.push(cache.alloc(&heap, 48, 8));
+        cache.bins[hot.index()].max
+    };
+    assert_eq!(refill(&mut cache, &mut held), batch, "the first refill");
+    heap.set_thread_cache_bytes(cache.bound_bytes + batch_bytes);
+    assert_eq!(refill(&mut cache, &mut held), 2 * batch, "fits exactly");
+    heap.set_thread_cache_bytes(cache.bound_bytes + batch_bytes - 1);
+    assert_eq!(
+        refill(&mut cache, &mut held),
+        2 * batch,
+        "a byte past the budget"
+    );
+
+    // A victim: the 1000-byte bin, grown to four batches (under a wide budget), halved by
+    // the steal.
+    heap.set_thread_cache_bytes(4 << 20);
+    let big = size_class::class_of(1000).unwrap();
+    let big_held: Vec<*mut u8> = (0..600).map(|_| cache.alloc(&heap, 1000, 8)).collect();
+    for &p in &big_held {
+        // SAFETY: live, freed once.
+        unsafe { cache.free(&heap, p) };
+    }
+    let vmax = cache.bins[big.index()].max;
+    assert!(vmax >= 4, "{vmax}");
+    let freed_by_steal = (vmax - vmax / 2) as usize * big.size();
+    // Past the budget by exactly what halving the victim frees: the sixteenth refused
+    // growth steals, and then fits exactly.
+    heap.set_thread_cache_bytes(cache.bound_bytes + batch_bytes - freed_by_steal);
+    cache.over_budget = 0;
+    for growth in 1..=bins::STEAL_EVERY {
+        let max = refill(&mut cache, &mut held);
+        if growth < bins::STEAL_EVERY {
+            assert_eq!(max, 2 * batch, "growth {growth}: refused");
+        } else {
+            assert_eq!(max, 3 * batch, "growth {growth}: the steal made room");
+            assert_eq!(cache.bins[big.index()].max, vmax / 2);
+        }
+    }
+    // Past it by more than the victim can give: the steal halves it, and the growth is
+    // still refused.
+    let vmax = cache.bins[big.index()].max;
+    heap.set_thread_cache_bytes(cache.bound_bytes + batch_bytes - (vmax as usize * big.size()) - 1);
+    cache.over_budget = 0;
+    for growth in 1..=bins::STEAL_EVERY {
+        assert_eq!(
+            refill(&mut cache, &mut held),
+            3 * batch,
+            "growth {growth}: refused"
+        );
+    }
+    for p in held {
+        // SAFETY: live objects, freed once.
+        unsafe { cache.free(&heap, p) };
+    }
+    cache.check_invariants(&heap);
+    cache.flush(&heap);
+    heap.check_invariants();
+}
+
+/// `realloc`'s move without a lock: an object of the new size's class from its bin (null
+/// when the bin is empty), remembered as the growing buffer only when it grows.
+#[test]
+fn pop_for_move_takes_the_new_class_and_remembers_only_growth() {
+    let heap = heap();
+    let mut cache = ThreadCache::new();
+    for (new_size, medium) in [(100usize, false), (1500, true)] {
+        let class = size_class::class_of(new_size).unwrap();
+        assert!(cache.pop_for_move(16, new_size).is_null(), "an empty bin");
+        assert_eq!(cache.cached_objects()[class.index()], 0);
+        // Fill the bin: an object allocated (the bin refilled with a batch) and freed.
+        let p = cache.alloc(&heap, new_size, 8);
+        // SAFETY: live, freed once.
+        unsafe { cache.free(&heap, p) };
+        let n = cache.cached_objects()[class.index()];
+        assert!(n >= 1);
+        cache.grown = 0;
+        let q = cache.pop_for_move(16, new_size);
+        assert_eq!(q, p, "{new_size}: the bin's last freed object");
+        assert_eq!(cache.cached_objects()[class.index()], n - 1);
+        assert_eq!(
+            cache.grown, q as usize,
+            "{new_size}: a growth is remembered"
+        );
+        match heap.owner(q) {
+            // SAFETY: a live span record the page map named.
+            Owner::Small(span) => assert_eq!(unsafe { span.as_ref() }.class(), class),
+            Owner::Large(_) => panic!("{new_size}: a large object"),
+        }
+        // Shrinking, or the same size: not a growth.
+        for old_size in [new_size, 20_000] {
+            // SAFETY: live, freed once.
+            unsafe { cache.free(&heap, q) };
+            cache.grown = 0;
+            let r = cache.pop_for_move(old_size, new_size);
+            assert_eq!(r, q);
+            assert_eq!(
+                cache.grown, 0,
+                "{old_size} -> {new_size} (medium: {medium})"
+            );
+        }
+        // SAFETY: live, freed once.
+        unsafe { cache.free(&heap, q) };
+    }
+    cache.flush(&heap);
+    heap.check_invariants();
+}
