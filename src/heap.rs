@@ -223,11 +223,6 @@ impl<S: PageSource> Heap<S> {
         &self.map
     }
 
-    /// The page heap and its lock.
-    pub fn page_heap(&self) -> &Lock<PageHeap> {
-        &self.page_heap
-    }
-
     /// The central list of `class`.
     #[inline]
     pub fn central(&self, class: SizeClass) -> &CentralFreeList {
@@ -720,6 +715,146 @@ pub(crate) mod tests {
             (1 << 20) + GUARD_PAGES.bytes(),
             "explicit release still works"
         );
+    }
+
+    /// `large_room`: the bytes of a large object's span at its start; 0 anywhere else (its
+    /// interior, a small object, memory the heap does not hold).
+    #[test]
+    fn large_room_is_the_span_of_a_large_objects_start_and_nothing_else() {
+        let heap = heap();
+        let (p, _) = heap.alloc_large(100_000, 8).unwrap();
+        let p = p.as_ptr();
+        let Owner::Large(span) = heap.owner(p) else {
+            unreachable!()
+        };
+        // SAFETY: a live span record.
+        let bytes = unsafe { span.as_ref() }.object_bytes();
+        assert!(bytes >= 100_000);
+        assert_eq!(heap.large_room(p), bytes);
+        assert_eq!(heap.large_room(p.wrapping_add(8)), 0, "interior");
+        assert_eq!(heap.large_room(p.wrapping_add(16384)), 0, "a later page");
+        let mut cache = ThreadCache::new();
+        let small = cache.alloc(&heap, 64, 8);
+        assert_eq!(heap.large_room(small), 0, "a small object");
+        let mut outside = 0u64;
+        assert_eq!(
+            heap.large_room((&raw mut outside).cast()),
+            0,
+            "not the heap's"
+        );
+        // SAFETY: live, freed once.
+        unsafe {
+            cache.free(&heap, small);
+            heap.free_large(span);
+        }
+        cache.flush(&heap);
+    }
+
+    /// A heap made over a page heap uses that one: its growth step is the first mapping.
+    #[test]
+    fn a_heap_grows_by_the_step_of_the_page_heap_it_was_given() {
+        let heap = Heap::with_page_heap(FakePages::new(), PageHeap::with_grow_bytes(64 << 20));
+        heap.alloc_large(1 << 20, 8).unwrap();
+        assert_eq!(heap.page_heap_stats().mapped, 64 << 20);
+    }
+
+    /// The decay step's schedule: one step, then the next a quarter of the decay time
+    /// later and not before, even when something is due meanwhile; with a decay of 0,
+    /// every free is given back at once, two in the same millisecond included.
+    #[test]
+    fn the_decay_step_comes_a_quarter_decay_after_the_last_one() {
+        let heap = heap();
+        heap.set_decay_ms(100);
+        assert_eq!(heap.decay_ms(), 100);
+        heap.set_fake_now(1000);
+        heap.maybe_release();
+        let bytes = free_large_at(&heap, 1000);
+        heap.set_fake_now(1099);
+        heap.maybe_release();
+        assert_eq!(released(&heap), 0, "not due at 1099");
+        heap.set_fake_now(1100);
+        heap.maybe_release();
+        assert_eq!(released(&heap), 0, "due, but the last step was at 1099");
+        heap.set_fake_now(1124);
+        heap.maybe_release();
+        assert_eq!(released(&heap), bytes, "the next step, at 1099 + 25");
+
+        let heap = self::heap();
+        heap.set_decay_ms(0);
+        let a = free_large_at(&heap, 5);
+        assert_eq!(released(&heap), a);
+        let b = free_large_at(&heap, 5);
+        assert_eq!(released(&heap), a + b, "in the same millisecond");
+    }
+
+    /// The central lists' transfer slots go back to the page heap with the first decay
+    /// step, and then with the step a quarter of the decay time later.
+    #[test]
+    fn the_decay_step_drains_the_central_lists_on_its_own_clock() {
+        let heap = heap();
+        heap.set_decay_ms(100);
+        heap.set_fake_now(1000);
+        let class = crate::size_class::class_of(48).unwrap();
+        let batch = crate::central_free_list::batch_size(class);
+        // Whole batches a cache hands back when its bin fills wait in the transfer slots
+        // (objects another cache made and flushed: the flush runs a step of its own).
+        let mut consumer = ThreadCache::new();
+        let mut fill = |heap: &Heap<FakePages>| {
+            let mut producer = ThreadCache::new();
+            let held: Vec<*mut u8> = (0..4 * batch)
+                .map(|_| producer.alloc(heap, 48, 8))
+                .collect();
+            producer.flush(heap);
+            for p in held {
+                // SAFETY: live objects, freed once.
+                unsafe { consumer.free(heap, p) };
+            }
+            heap.central_stats(class).transfer
+        };
+        heap.set_decay_ms(-1);
+        assert!(fill(&heap) > 0);
+        heap.set_decay_ms(100);
+        heap.maybe_release();
+        assert_eq!(
+            heap.central_stats(class).transfer,
+            0,
+            "the first step drains"
+        );
+        heap.set_decay_ms(-1);
+        assert!(fill(&heap) > 0);
+        heap.set_decay_ms(100);
+        heap.set_fake_now(1025);
+        heap.maybe_release();
+        assert_eq!(
+            heap.central_stats(class).transfer,
+            0,
+            "and the step at 1025"
+        );
+        consumer.flush(&heap);
+        heap.check_invariants();
+    }
+
+    /// `release_due` (the background thread's): what has been unused for the decay time,
+    /// at once, without the steps' schedule; nothing when decay is off.
+    #[test]
+    fn release_due_gives_back_what_is_due_and_nothing_when_decay_is_off() {
+        let heap = heap();
+        heap.set_decay_ms(100);
+        let bytes = free_large_at(&heap, 1000);
+        heap.set_fake_now(1050);
+        assert_eq!(heap.release_due(), 0);
+        heap.set_fake_now(1100);
+        assert_eq!(heap.release_due(), bytes);
+        // Freed while decay was off (no step ran), then a decay of 0: all of it, at once.
+        heap.set_decay_ms(-1);
+        let bytes = free_large_at(&heap, 2000);
+        heap.set_decay_ms(0);
+        assert_eq!(heap.release_due(), bytes);
+        heap.set_decay_ms(-1);
+        free_large_at(&heap, 3000);
+        heap.set_fake_now(1 << 40);
+        assert_eq!(heap.release_due(), 0, "decay off");
+        heap.check_invariants();
     }
 
     #[test]

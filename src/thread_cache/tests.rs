@@ -1126,3 +1126,34 @@ fn pop_for_move_takes_the_new_class_and_remembers_only_growth() {
     cache.flush(&heap);
     heap.check_invariants();
 }
+
+/// The stash goes back when it served nothing for a quarter of the decay time: a trim
+/// that finds it used keeps it and looks again a quarter decay later, not before.
+#[test]
+fn an_unused_stash_goes_back_a_quarter_decay_after_the_last_look() {
+    let heap = heap();
+    heap.set_decay_ms(100);
+    heap.set_fake_now(1000);
+    let mut cache = ThreadCache::new();
+    let small = cache.alloc(&heap, 64, 8);
+    // Stashed, taken again (the stash served), stashed again.
+    let p = cache.alloc(&heap, 100_000, 8);
+    // SAFETY: live, freed once (into the stash).
+    unsafe { cache.free(&heap, p) };
+    let q = cache.alloc(&heap, 100_000, 8);
+    assert_eq!(q, p, "from the stash");
+    // SAFETY: live, freed once (into the stash).
+    unsafe { cache.free(&heap, q) };
+    cache.maybe_trim(&heap);
+    assert_eq!(cache.stash_len, 1, "used since the last look: kept");
+    heap.set_fake_now(1024);
+    cache.maybe_trim(&heap);
+    assert_eq!(cache.stash_len, 1, "the next look is at 1025");
+    heap.set_fake_now(1025);
+    cache.maybe_trim(&heap);
+    assert_eq!(cache.stash_len, 0, "unused for a quarter decay: given back");
+    // SAFETY: live, freed once.
+    unsafe { cache.free(&heap, small) };
+    cache.flush(&heap);
+    heap.check_invariants();
+}
