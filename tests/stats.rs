@@ -9,6 +9,12 @@ use spanalloc::internals::size_class::class_for;
 use spanalloc::internals::span::GUARD_PAGES;
 use std::alloc::{Layout, alloc, dealloc};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+mod common;
+
+/// How long a child process running one test alone may take.
+const CHILD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The tests compare snapshots of the one global heap: one at a time.
 fn serial() -> MutexGuard<'static, ()> {
@@ -16,28 +22,15 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Set in the child process that runs [`stats_identities_hold`]'s body alone.
-const CHILD: &str = "SPANALLOC_STATS_CHILD";
-
 /// A snapshot cannot look into other live threads' caches: their free objects count as in
 /// use. The test harness's own threads allocate and free while other tests finish, so the
 /// exact identities are checked in a child process that runs this test alone.
 #[test]
 fn stats_identities_hold() {
-    if std::env::var_os(CHILD).is_none() {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["stats_identities_hold", "--exact", "--test-threads=1"])
-            .env(CHILD, "1")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        return;
-    }
+    common::child_test("stats_identities_hold", CHILD_TIMEOUT, identities);
+}
+
+fn identities() {
     let _serial = serial();
     let sizes: Vec<usize> = (0..3000).map(|i| 1 + (i * 97) % 20_000).collect();
     let large = [40_000usize, 100_000, 1 << 20, (3 << 20) + 5];
@@ -480,33 +473,20 @@ mod json {
     }
 }
 
-/// Set in the child process that runs [`counts_hold_when_every_allocation_is_sampled`].
-const SAMPLED_CHILD: &str = "SPANALLOC_STATS_SAMPLED_CHILD";
-
 /// With every allocation sampled (`SPANALLOC_PROFILE=1`), the objects the allocator pops for
 /// a request and then serves as sampled ones instead (the fast path's, a moved `realloc`'s)
 /// are not counted as frees: the counts stay the program's own. In a child process, alone.
 #[test]
 fn counts_hold_when_every_allocation_is_sampled() {
-    if std::env::var_os(SAMPLED_CHILD).is_none() {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "counts_hold_when_every_allocation_is_sampled",
-                "--exact",
-                "--test-threads=1",
-            ])
-            .env(SAMPLED_CHILD, "1")
-            .env("SPANALLOC_PROFILE", "1")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        return;
-    }
+    common::child_test_in(
+        "counts_hold_when_every_allocation_is_sampled",
+        CHILD_TIMEOUT,
+        &[("SPANALLOC_PROFILE", "1")],
+        sampled_counts,
+    );
+}
+
+fn sampled_counts() {
     let _serial = serial();
     let counts = || {
         let st = spanalloc::stats();

@@ -66,6 +66,17 @@ pub fn run_child_with(
     timeout: Duration,
     pre_exec: Option<fn() -> std::io::Result<()>>,
 ) -> ChildResult {
+    run_child_in(test_name, case, timeout, pre_exec, &[])
+}
+
+/// [`run_child_with`], with the variables of `env` set in the child's environment too.
+pub fn run_child_in(
+    test_name: &str,
+    case: &str,
+    timeout: Duration,
+    pre_exec: Option<fn() -> std::io::Result<()>>,
+    env: &[(&str, &str)],
+) -> ChildResult {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().expect("current_exe");
     let mut cmd = Command::new(exe);
@@ -82,6 +93,7 @@ pub fn run_child_with(
     // otherwise reserve 64 MiB of address space per thread arena, which alone can exhaust
     // the `RLIMIT_AS` of the out-of-memory tests.
     .env("MALLOC_ARENA_MAX", "1")
+    .envs(env.iter().copied())
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
@@ -180,11 +192,21 @@ pub fn expect_stop_at(addr: usize) {
 
 /// Runs `body` in a child process and checks that it exits with code 0 within `timeout`.
 pub fn child_test(test_name: &str, timeout: Duration, body: impl FnOnce()) {
+    child_test_in(test_name, timeout, &[], body);
+}
+
+/// [`child_test`], with the variables of `env` set in the child's environment.
+pub fn child_test_in(
+    test_name: &str,
+    timeout: Duration,
+    env: &[(&str, &str)],
+    body: impl FnOnce(),
+) {
     if child_case().as_deref() == Some(test_name) {
         body();
         std::process::exit(0);
     }
-    run_child(test_name, test_name, timeout).assert_success(test_name);
+    run_child_in(test_name, test_name, timeout, None, env).assert_success(test_name);
 }
 
 /// A tiny deterministic generator (xorshift64*), so failures replay.
