@@ -95,6 +95,15 @@ fn background_release_starts_its_thread_when_asked() {
     };
     if in_child() {
         let asked = std::env::var_os("SPANALLOC_BACKGROUND_RELEASE").is_some();
+        if asked {
+            // The thread names itself once it runs, which may be a moment after the
+            // constructor started it (a debug build under load took longer than this
+            // test's first look): wait for it, up to 10 s.
+            let start = std::time::Instant::now();
+            while !running() && start.elapsed() < std::time::Duration::from_secs(10) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
         assert_eq!(running(), asked);
         return;
     }
