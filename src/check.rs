@@ -115,11 +115,11 @@ pub fn free_key() -> u64 {
 
 /// Replaces the double-free key with a random one from the kernel (no allocation).
 pub fn seed_free_key() {
-    let mut bytes = [0u8; 8];
-    if !crate::sys::random_bytes(&mut bytes) {
+    let mut key = [0u64];
+    if !crate::sys::random_words(&mut key) {
         return;
     }
-    let key = u64::from_ne_bytes(bytes);
+    let [key] = key;
     if key != 0 {
         FREE_KEY.store(key | 1, core::sync::atomic::Ordering::Relaxed);
     }

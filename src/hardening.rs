@@ -42,14 +42,7 @@ pub fn seed() {
 #[inline(never)]
 fn seed_slow() {
     let mut r = [0u64; 3];
-    let mut bytes = [0u8; 24];
-    if crate::sys::random_bytes(&mut bytes) {
-        for (word, chunk) in r.iter_mut().zip(bytes.chunks_exact(8)) {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(chunk);
-            *word = u64::from_ne_bytes(b);
-        }
-    } else {
+    if !crate::sys::random_words(&mut r) {
         // No entropy yet (early boot): the address-space layout and the clock, mixed.
         let here = &r as *const _ as u64;
         let t = crate::sys::monotonic_ms();

@@ -6,7 +6,7 @@
 //! the real one (`sys/mmap.rs`, anonymous `mmap`, alike on both unixes) and [`FakePages`] is
 //! an in-memory one for tests that can fail on demand. Beside memory: a lock's wait and wake
 //! ([`futex_wait`], [`futex_wake`]), a clock ([`monotonic_ms`]), [`errno`], random bytes
-//! ([`random_bytes`]), a close-on-exec pipe ([`pipe_cloexec`]) and the peak resident set
+//! ([`random_words`]), a close-on-exec pipe ([`pipe_cloexec`]) and the peak resident set
 //! ([`peak_rss_bytes`]). Each OS implements them in a file of its own, `sys/linux.rs` and
 //! `sys/macos.rs`: this layer is the only code that names a call that differs between
 //! them. The POSIX calls both give alike (`write`, `abort`, `getenv`, pthread keys,
@@ -134,12 +134,18 @@ pub fn set_errno(value: i32) {
     os::set_errno(value);
 }
 
-/// Fills `buf` (at most 256 bytes) with random bytes from the kernel, without blocking and
-/// without allocating; `false` when the kernel has none to give yet (early boot).
+/// Fills `words` (at most 32) with random bits from the kernel, without blocking and
+/// without allocating; `false` when the kernel has none to give yet (early boot). Every
+/// caller wants whole words (keys, seeds): the OS files fill their bytes.
 #[inline]
-pub fn random_bytes(buf: &mut [u8]) -> bool {
-    debug_assert!(buf.len() <= 256);
-    os::random_bytes(buf)
+pub fn random_words(words: &mut [u64]) -> bool {
+    debug_assert!(words.len() <= 32);
+    // SAFETY: the words' memory, viewed as bytes: `u8` has no alignment, and every byte
+    // pattern is a valid `u64`; the borrow of `words` covers the view's whole life.
+    let bytes = unsafe {
+        core::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), size_of_val(words))
+    };
+    os::random_bytes(bytes)
 }
 
 /// A new pipe, `[read end, write end]`, both closed on `exec`; `None` when the system

@@ -324,9 +324,9 @@ fn unix_ms() -> u64 {
 }
 
 fn random_seed() -> u64 {
-    let mut bytes = [0u8; 8];
-    let seed = if crate::sys::random_bytes(&mut bytes) {
-        u64::from_ne_bytes(bytes)
+    let mut seed = [0u64];
+    let seed = if crate::sys::random_words(&mut seed) {
+        seed[0]
     } else {
         unix_ms() ^ (std::process::id() as u64) << 32
     };
