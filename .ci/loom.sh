@@ -24,6 +24,8 @@ MODELS=(
   "thread_exit_flush_races_another_threads_free 4"
   "thread_exit_flush_races_two_frees_from_other_threads 3"
   "frees_from_another_thread_race_refills 3"
+  "reserve_reclaim_races_the_owner 4"
+  "stash_reclaim_races_the_owner 4"
 )
 filter="${1:-}"
 

@@ -6,7 +6,7 @@
 //! | `SPANALLOC_DECAY_MS` | integer milliseconds | 500 | how long free pages stay resident before they are given back to the OS; 0 at once, negative never |
 //! | `SPANALLOC_SHOW_STATS` | `0` or `1` | 0 | print statistics to stderr at exit |
 //! | `SPANALLOC_BACKGROUND_RELEASE` | `0` or `1` | 0 | start the thread that gives memory back on time |
-//! | `SPANALLOC_THREAD_CACHE_BYTES` | bytes, optional `K`, `M` or `G` suffix | 4M | the most bytes of free small objects a thread cache keeps in all |
+//! | `SPANALLOC_THREAD_CACHE_BYTES` | bytes, optional `K`, `M` or `G` suffix | 4M | the most bytes of free small objects a thread cache keeps in all (up to 1 MiB in its bins, the rest in its reserve) |
 //! | `SPANALLOC_BIN_BYTES` | bytes, optional `K`, `M` or `G` suffix (powers of 1024) | 256K | the most bytes of free objects of one size class a thread cache keeps (at least two batches) |
 //! | `SPANALLOC_PROFILE` | bytes, as `SPANALLOC_BIN_BYTES` | 0 (off) | start heap profiling before `main`, with this mean distance between samples ([`crate::profiling`]) |
 //! | `SPANALLOC_PROFILE_DUMP` | a path, at most 511 bytes; `%p` is the process id | none | write a heap profile there at exit, and to `path.N` on the N-th `SIGUSR2`; profiles at 512K unless `SPANALLOC_PROFILE` says otherwise |

@@ -21,6 +21,11 @@
 //! The orphan cache is one [`ThreadCache`] behind a lock, shared by every thread that cannot
 //! use its own.
 //!
+//! Beside each cache sits its [`Reserve`] (what the cache keeps past its bins' reachable
+//! bound), in [`RESERVES`] from registration to the exit flush, so that
+//! [`release_free_memory`] and the background release reach the memory of threads that
+//! stopped making requests.
+//!
 //! # Heap profiling
 //!
 //! Every allocation is charged to its cache's sampling countdown (`sampler.rs`): on the
@@ -36,6 +41,7 @@ use crate::size_class::{self, LARGE_THRESHOLD, MAX_SMALL_SIZE, MIN_ALIGN, SMALL_
 use crate::sync::{AtomicU8, AtomicUsize, Lock, Ordering};
 use crate::sys::OsPages;
 use crate::thread_cache::ThreadCache;
+use crate::thread_cache::reserve::{Reclaim, Reserve, Reserves};
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 
@@ -45,6 +51,9 @@ static HEAP: Heap<OsPages> = Heap::new(OsPages);
 /// The cache of threads that cannot use their own (BUSY or DEAD).
 static ORPHAN: Lock<ThreadCache> = Lock::new(ThreadCache::new());
 
+/// Every ACTIVE thread's reserve.
+static RESERVES: Reserves = Reserves::new();
+
 /// The heap profiler's setting and its table of sampled objects.
 static PROFILE: SampleTable = SampleTable::new();
 
@@ -53,14 +62,17 @@ const BUSY: u8 = 1;
 const ACTIVE: u8 = 2;
 const DEAD: u8 = 3;
 
-/// A thread's slot: its cache (hot, first), its state, and where it is with the heap
-/// profiler (`SAMPLE_IDLE`, `SAMPLE_BUSY` inside [`sampled_alloc`], `SAMPLE_PAUSED` while
-/// it writes a profile).
+/// A thread's slot: its cache (hot, first), its state, where it is with the heap profiler
+/// (`SAMPLE_IDLE`, `SAMPLE_BUSY` inside [`sampled_alloc`], `SAMPLE_PAUSED` while it writes a
+/// profile), and the cache's reserve. Only the thread itself touches the other fields, and
+/// it forms `&mut` to the cache alone, never to the whole slot: other threads reach the
+/// reserve (through [`RESERVES`]) while it works.
 #[repr(C)]
 struct Local {
     cache: ThreadCache,
     state: u8,
     sampling: u8,
+    reserve: Reserve,
 }
 
 const SAMPLE_IDLE: u8 = 0;
@@ -72,7 +84,12 @@ const SAMPLE_PAUSED: u8 = 2;
 #[cfg(not(feature = "small-tls"))]
 thread_local! {
     static LOCAL: UnsafeCell<Local> = const {
-        UnsafeCell::new(Local { cache: ThreadCache::new(), state: FRESH, sampling: SAMPLE_IDLE })
+        UnsafeCell::new(Local {
+            cache: ThreadCache::new(),
+            state: FRESH,
+            sampling: SAMPLE_IDLE,
+            reserve: Reserve::new(),
+        })
     };
 }
 
@@ -119,6 +136,7 @@ static DEAD_LOCAL: DeadLocal = DeadLocal(UnsafeCell::new(Local {
     cache: ThreadCache::new(),
     state: DEAD,
     sampling: SAMPLE_IDLE,
+    reserve: Reserve::new(),
 }));
 
 /// Where `Local`s come from and go back to at thread exit. A leaf lock: nothing else is
@@ -262,6 +280,7 @@ fn local_slow(current: *mut Local) -> *mut Local {
             cache: ThreadCache::new(),
             state: FRESH,
             sampling: SAMPLE_IDLE,
+            reserve: Reserve::new(),
         });
         slot::set(l);
         register(l);
@@ -398,9 +417,13 @@ unsafe fn register(l: *mut Local) {
         unsafe { (*l).state = DEAD };
         return;
     }
-    // SAFETY: our own slot.
+    // SAFETY: our own slot. The reserve is the slot's, which stays in place for the
+    // thread's life; it leaves the list and the cache at the exit flush (`thread_exit`),
+    // before the slot is given back.
     unsafe {
         (*l).cache.activate();
+        (*l).cache.attach_reserve(&(*l).reserve);
+        RESERVES.insert(&(*l).reserve);
         (*l).state = ACTIVE;
     }
 }
@@ -416,7 +439,9 @@ extern "C" fn thread_exit(_value: *mut libc::c_void) {
     unsafe {
         if (*l).state == ACTIVE {
             (*l).state = BUSY;
+            RESERVES.remove(&(*l).reserve);
             (*l).cache.flush(&HEAP);
+            (*l).cache.detach_reserve();
             (*l).cache.deactivate();
         }
         (*l).state = DEAD;
@@ -433,6 +458,9 @@ extern "C" fn fork_prepare() {
     #[cfg(feature = "small-tls")]
     LOCALS.raw_lock();
     ORPHAN.raw_lock();
+    // Taken before the heap's locks, as the reclaimer takes them; once it is held no
+    // reclaimer is inside any reserve.
+    RESERVES.lock_for_fork();
     HEAP.lock_all();
     PROFILE.lock_for_fork();
 }
@@ -442,6 +470,7 @@ extern "C" fn fork_parent() {
     unsafe {
         PROFILE.unlock_after_fork();
         HEAP.unlock_all();
+        RESERVES.unlock_after_fork();
         ORPHAN.raw_unlock();
         #[cfg(feature = "small-tls")]
         LOCALS.raw_unlock();
@@ -454,6 +483,7 @@ extern "C" fn fork_child() {
     unsafe {
         PROFILE.unlock_after_fork();
         HEAP.unlock_all();
+        RESERVES.unlock_after_fork();
         ORPHAN.raw_unlock();
         #[cfg(feature = "small-tls")]
         LOCALS.raw_unlock();
@@ -951,9 +981,11 @@ pub fn flush_thread_cache() {
 }
 
 /// Gives every free page back to the OS now (with `MADV_DONTNEED`), after handing the
-/// calling thread's cached objects and the central lists' kept batches and spare spans
-/// back to their spans. Returns the bytes given back. (Other threads' caches keep their
-/// free objects until they exit or call [`flush_thread_cache`].)
+/// calling thread's cached objects, every thread's reserve (what a cache keeps past its
+/// bins' 1 MiB) and the central lists' kept batches and spare spans back to their spans.
+/// Returns the bytes given back. (Other threads' bins keep their free objects, at most
+/// 1 MiB a thread, until those threads exit, call [`flush_thread_cache`] or make requests
+/// again.)
 pub fn release_free_memory() -> usize {
     let l = local();
     // SAFETY: our own slot; ACTIVE: nothing else on this thread uses the cache now.
@@ -962,15 +994,28 @@ pub fn release_free_memory() -> usize {
             (*l).cache.trim_now(&HEAP);
         }
     }
+    // SAFETY: every reserve in the list is a cache's over HEAP.
+    unsafe { RESERVES.reclaim(&HEAP, Reclaim::All) };
     HEAP.release_free_memory()
+}
+
+/// One round of the background release: the reserves of threads idle for the decay time,
+/// then the free pages due. Returns the bytes of pages given back.
+fn release_due() -> usize {
+    if let Ok(decay) = u64::try_from(HEAP.decay_ms()) {
+        // SAFETY: every reserve in the list is a cache's over HEAP.
+        unsafe { RESERVES.reclaim(&HEAP, Reclaim::IdleFor(decay)) };
+    }
+    HEAP.release_due()
 }
 
 static BACKGROUND_RELEASE: AtomicU8 = AtomicU8::new(0);
 
 /// Starts a thread that gives free memory back to the OS on time even while the program makes
-/// no allocator call at all (a program that frees and then sleeps). Without it, the decay
-/// release runs from the allocator's own slow paths. The thread wakes every quarter of the
-/// decay time. Returns `false` if it was already started (or could not be). Call it from
+/// no allocator call at all (a program that frees and then sleeps), and takes back what the
+/// caches of threads idle for the decay time keep past their bins' 1 MiB. Without it, the
+/// decay release runs from the allocator's own slow paths and idle threads keep their
+/// caches. The thread wakes every quarter of the decay time. Returns `false` if it was already started (or could not be). Call it from
 /// ordinary code, not from inside an allocation (it spawns a thread).
 pub fn start_background_release() -> bool {
     if BACKGROUND_RELEASE.swap(1, Ordering::Relaxed) != 0 {
@@ -987,7 +1032,7 @@ pub fn start_background_release() -> bool {
                     (decay / 4).clamp(1, 1000)
                 };
                 std::thread::sleep(std::time::Duration::from_millis(nap as u64));
-                HEAP.release_due();
+                release_due();
             }
         });
     spawned.is_ok()
@@ -1014,18 +1059,20 @@ pub fn set_bin_bytes(bytes: usize) {
 }
 
 /// A snapshot of where the allocator's memory is (see [`crate::stats::Stats`]). Exact for
-/// the calling thread's cache; other threads' caches are counted as whole spans unless they
-/// called [`flush_thread_cache`] (or exited).
+/// the calling thread's cache and every thread's reserve; objects in other threads' bins
+/// (at most 1 MiB a thread) are counted as in use unless those threads called
+/// [`flush_thread_cache`] (or exited).
 pub fn stats() -> crate::stats::Stats {
     use crate::stats::CacheView;
     let l = local();
     // The orphan cache is read in one bounded step under its lock, which is dropped before
     // the snapshot takes the central and page heap locks one at a time.
     let orphan = CacheView::of(&ORPHAN.lock());
+    let reserves = CacheView::of_reserves(&RESERVES);
     // SAFETY: our own slot; the snapshot only reads the cache, and makes no allocation.
     match unsafe { ((*l).state == ACTIVE).then(|| CacheView::of(&(*l).cache)) } {
-        Some(own) => crate::stats::snapshot(&HEAP, &[own, orphan]),
-        None => crate::stats::snapshot(&HEAP, &[orphan]),
+        Some(own) => crate::stats::snapshot(&HEAP, &[own, orphan, reserves]),
+        None => crate::stats::snapshot(&HEAP, &[orphan, reserves]),
     }
 }
 

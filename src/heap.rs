@@ -115,9 +115,9 @@ pub const DEFAULT_DECAY_MS: i64 = 500;
 /// thread uses; a program touches a handful of classes hard, so this is per class).
 pub const DEFAULT_BIN_BYTES: usize = 256 << 10;
 /// The most bytes of free small objects a thread cache keeps in all by default (TCMalloc's
-/// per-thread bound): what an idle thread can hold back from the others and from the OS,
-/// besides its stash of large spans. A bin that would grow past it takes the room from the
-/// bin with the most.
+/// per-thread bound): at most 1 MiB in its bins, the rest in its reserve, which other
+/// threads can give back when the thread is idle (`thread_cache/reserve.rs`). A bin that
+/// would grow past the bins' part takes the room from the bin with the most.
 pub const DEFAULT_THREAD_CACHE_BYTES: usize = 4 << 20;
 /// The most one decay step gives back, so that no single request stalls for long.
 pub const RELEASE_BYTES_PER_STEP: usize = 64 << 20;

@@ -18,10 +18,10 @@
 //! |---|---|
 //! | [`SpanAlloc`] | the global allocator |
 //! | [`stats()`] | where every mapped byte is, the heap's peak, allocation and free counts: [`stats::Stats`], printable as a table (`{}`) or as JSON ([`stats::Stats::to_json`]) |
-//! | [`release_free_memory()`] | gives every free page back to the OS now, the calling thread's cached objects included |
+//! | [`release_free_memory()`] | gives every free page back to the OS now, the calling thread's cached objects and every thread's reserve included |
 //! | [`flush_thread_cache()`] | hands the calling thread's cached objects back to the shared lists |
 //! | [`set_decay_ms`] | how long free pages stay resident before they go back on their own (default 500 ms) |
-//! | [`start_background_release()`] | a thread that gives memory back on time even while the program makes no allocator call |
+//! | [`start_background_release()`] | a thread that gives memory back on time even while the program makes no allocator call, idle threads' reserves included |
 //! | [`set_thread_cache_bytes`], [`set_bin_bytes`] | the bounds of each thread's cache (default 4 MiB, 256 KiB of one class) |
 //! | [`profiling`] | heap profiling: sampled allocation sites, written as pprof profiles |
 //! | [`raw`] | the allocation functions without `Layout` (what `libspanalloc.so` calls) |
@@ -89,7 +89,7 @@
 //! | `sampler` | `sampler::Sampler`: the heap profiler's per-thread countdown to the next sample | `nextSample` |
 //! | `stack` | stack capture for the profiler (`_Unwind_Backtrace`) | `callers` |
 //! | `sample_table` | `sample_table::SampleTable`: live sampled objects and per-stack totals | `mProf` |
-//! | `thread_cache` | `thread_cache::ThreadCache`: per thread, free objects by class, moved in batches | `mcache` |
+//! | `thread_cache` | `thread_cache::ThreadCache`: per thread, free objects by class, moved in batches; beside it, its `Reserve`, which other threads can give back | `mcache` |
 //! | [`stats`](mod@stats) | [`stats::Stats`]: where every mapped byte is | `MemStats` |
 //! | `config` | `config::Config`: the `SPANALLOC_*` variables, parsed without allocating | `parsedebugvars` |
 //! | `global` | the only statics: the heap, the profiler's table, the thread-local slot, [`SpanAlloc`], [`raw`] | `mallocgc` |
@@ -102,14 +102,16 @@
 //! 1. **Thread cache**, no atomic, no lock: look the size up in a table (one load: below
 //!    1 KiB it gives the bin's offset directly, above the class), pop the head of the
 //!    thread's bin for that class. An empty bin has a null head, so this is the only test.
-//! 2. **Central list**, one lock per class: the bin was empty, so fetch a batch (up to 32
+//! 2. **Reserve**, the thread's own lock (uncontended but for a reclaimer): a batch the
+//!    bins kept past their 1 MiB, if the reserve holds one of the class.
+//! 3. **Central list**, one lock per class: the bin was empty, so fetch a batch (up to 32
 //!    objects, 64 KiB worth): a whole batch from a transfer slot in one step, else objects
 //!    from the class's spans (their free lists, then never-used objects). Amortizes the
 //!    lock over a batch; the bin's bound grows by a batch.
-//! 3. **Page heap**, one lock: when no span of the class has a free object (and there is no
+//! 4. **Page heap**, one lock: when no span of the class has a free object (and there is no
 //!    spare span), carve a new span from a free run (best fit). Amortizes the lock over a
 //!    span's objects.
-//! 4. **OS**: when no run fits, map with `mmap` (2 MiB aligned): 2 MiB the first time, the
+//! 5. **OS**: when no run fits, map with `mmap` (2 MiB aligned): 2 MiB the first time, the
 //!    step doubling up to 32 MiB. When the OS refuses, unmap the free runs of 1 MiB or more
 //!    and try once more.
 //!
@@ -121,7 +123,8 @@
 //!    and must not carry the free key already (a double free); then push it on this
 //!    thread's bin of that class: no atomic, no lock, whichever thread allocated it and
 //!    whether or not the size is known.
-//! 2. A bin at its bound hands its most recently freed batch back to the central list:
+//! 2. A bin at its bound hands its most recently freed batch to the thread's reserve while
+//!    the cache has budget left past the bins' 1 MiB, else back to the central list:
 //!    into a transfer slot in one step when one is empty, else each object back to its span
 //!    (found in the page map) under the lock. A span whose objects have all come back goes
 //!    to the page heap (one per class stays as the spare).
@@ -132,8 +135,8 @@
 //! ## Large objects (32 KiB and up, or alignment above 8 KiB)
 //!
 //! A span of their own. A thread's freed large spans of up to 1 MiB wait in its cache's
-//! stash (four of them) for its next allocation of the same length: no lock. Otherwise
-//! from the page heap, under its lock.
+//! stash (four of them) for its next allocation of the same length: one compare-and-swap,
+//! no lock. Otherwise from the page heap, under its lock.
 //! Freed spans of up to 1 MiB wait, unmerged, in the page heap's large-span cache for the
 //! next allocation of the same length (no search, split or merge); others go straight back
 //! to the free runs and merge with free neighbours. `realloc` grows in place into a

@@ -425,3 +425,125 @@ fn frees_from_another_thread_race_refills() {
         w.assert_all_back_in_page_heap();
     });
 }
+
+// -------------------------------------------------------------------------------------
+// 7. A thread's reserve reclaimed by another thread.
+
+/// A thread keeps two free objects in its reserve, takes one back and hands it out, frees
+/// it, then leaves as at thread exit (out of the list, then its flush), while another thread
+/// reclaims every reserve in the list. Whatever the interleaving, each object is in one
+/// place at every step (the reclaimer takes only what the reserve holds under its lock, and
+/// never a reserve out of the list), so the census finds every span back in the page heap.
+#[test]
+fn reserve_reclaim_races_the_owner() {
+    use crate::thread_cache::reserve::{Reclaim, Reserve, Reserves};
+    model(3, || {
+        let w = World::new();
+        let c = class(2560, 3, 1);
+        let reserves = Arc::new(Reserves::new());
+        // Leaked: it must stay in place while a reclaimer may reach it (one small record per
+        // execution).
+        let reserve: &'static Reserve = Box::leak(Box::new(Reserve::new()));
+        let mut cache = ThreadCache::new();
+        // SAFETY: leaked, so in place for good; this cache's alone; in this list once.
+        unsafe {
+            cache.attach_reserve(reserve);
+            reserves.insert(reserve);
+        }
+        let a = w.alloc(&mut cache, c);
+        let b = w.alloc(&mut cache, c);
+        for o in [a, b] {
+            assert!(w.live.lock().unwrap().remove(&o));
+        }
+        let key = crate::check::free_key();
+        // SAFETY: both handed out to us and given up: marked free, linked a -> b.
+        unsafe {
+            crate::span::mark_freed(a.0, key);
+            crate::span::mark_freed(b.0, key);
+            crate::span::set_next_free(a.0, b.0);
+            crate::span::set_next_free(b.0, null_mut());
+        }
+        let (w1, r1) = (w.clone(), reserves.clone());
+        let owner = spawn(move || {
+            let (a, b) = (a, b); // the objects, not their pointer fields (which are not Send)
+            // SAFETY: a chain of two free objects of `c`, ours, given up.
+            assert!(unsafe { reserve.put(c, a.0, b.0, 2, usize::MAX, usize::MAX) });
+            let map = w1.heap.page_map();
+            let (obj, n) = reserve.take(c, 1, map, c.index() * 16);
+            if n == 1 {
+                // SAFETY: taken from the reserve: ours, handed out again.
+                unsafe { crate::span::mark_allocated(obj) };
+                let o = Obj(obj);
+                assert!(w1.live.lock().unwrap().insert(o), "an object out twice");
+                w1.free(&mut cache, o);
+            }
+            // SAFETY: in this list once.
+            unsafe { r1.remove(reserve) };
+            cache.flush(&w1.heap);
+        });
+        let (w2, r2) = (w.clone(), reserves.clone());
+        let reclaimer = spawn(move || {
+            // SAFETY: every reserve in the list is a cache's over this heap.
+            unsafe { r2.reclaim(&w2.heap, Reclaim::All) };
+        });
+        owner.join().unwrap();
+        reclaimer.join().unwrap();
+        w.assert_all_back_in_page_heap();
+    });
+}
+
+/// The stash's slots are outside the reserve's lock: the owner frees a large object into
+/// its stash (a store into an empty slot), allocates the same length again (a
+/// compare-and-swap from the span it chose) and frees it again, then leaves as at thread
+/// exit, while another thread reclaims every reserve (a swap of each slot). Whoever takes a
+/// span out owns it: the owner never hands out a span the reclaimer gave back, and every
+/// span goes back to the page heap exactly once.
+#[test]
+fn stash_reclaim_races_the_owner() {
+    use crate::thread_cache::reserve::{Reclaim, Reserve, Reserves};
+    model(3, || {
+        let w = World::new();
+        let reserves = Arc::new(Reserves::new());
+        let reserve: &'static Reserve = Box::leak(Box::new(Reserve::new()));
+        let mut cache = ThreadCache::new();
+        // SAFETY: leaked, so in place for good; this cache's alone; in this list once.
+        unsafe {
+            cache.attach_reserve(reserve);
+            reserves.insert(reserve);
+        }
+        // A small allocation activates the cache (an inactive one stashes nothing).
+        let small = w.alloc(&mut cache, class(2560, 3, 1));
+        let big = Obj(cache.alloc(&w.heap, 5 * PAGE_SIZE, 8));
+        assert!(!big.0.is_null());
+        let (w1, r1) = (w.clone(), reserves.clone());
+        let owner = spawn(move || {
+            let (big, small) = (big, small); // the objects, not their (non-Send) fields
+            // SAFETY: a live large object, freed once (into the stash).
+            unsafe { cache.free(&w1.heap, big.0) };
+            let again = cache.alloc(&w1.heap, 5 * PAGE_SIZE, 8);
+            assert!(!again.is_null());
+            // SAFETY: the object just allocated, written as its owner would, then freed once.
+            unsafe {
+                again.write_bytes(7, 5 * PAGE_SIZE);
+                cache.free(&w1.heap, again);
+            }
+            w1.free(&mut cache, small);
+            // SAFETY: in this list once.
+            unsafe { r1.remove(reserve) };
+            cache.flush(&w1.heap);
+        });
+        let (w2, r2) = (w.clone(), reserves.clone());
+        let reclaimer = spawn(move || {
+            // SAFETY: every reserve in the list is a cache's over this heap.
+            unsafe { r2.reclaim(&w2.heap, Reclaim::All) };
+        });
+        owner.join().unwrap();
+        reclaimer.join().unwrap();
+        assert_eq!(
+            w.heap.page_heap_stats().large_in_use,
+            0,
+            "no span out twice"
+        );
+        w.assert_all_back_in_page_heap();
+    });
+}

@@ -4,9 +4,11 @@
 //! under each (each central list, then the page heap): no lock an allocation needs is held
 //! for more than a bounded step, whatever the heap holds. The fast paths keep no shared
 //! counter. The caches the caller passes (its own, the orphan cache) are looked into
-//! exactly; free objects in other live threads' caches cannot be seen and are counted in
-//! [`Stats::in_use`] until those threads call [`crate::flush_thread_cache`] or exit (exited
-//! threads are flushed already).
+//! exactly, and so is every thread's reserve (what a cache keeps past its bins, up to all
+//! but 1 MiB of it; each read under the reserve's own lock, skipped if that is busy at the
+//! instant); free objects in the bins of other live threads' caches cannot be seen and are
+//! counted in [`Stats::in_use`] until those threads call [`crate::flush_thread_cache`] or
+//! exit (exited threads are flushed already).
 //!
 //! Allocation and free counts are kept per thread cache, by the fast paths (one increment
 //! each, no atomic), and added to the heap's totals on the cache's slow paths once a few
@@ -18,6 +20,7 @@ use crate::heap::{Counts, Heap};
 use crate::size_class::{CLASS_COUNT, SizeClass};
 use crate::sys::PageSource;
 use crate::thread_cache::ThreadCache;
+use crate::thread_cache::reserve::Reserves;
 
 /// One size class.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -43,8 +46,8 @@ pub struct Stats {
     pub in_use: usize,
     /// Of which in large objects.
     pub large_in_use: usize,
-    /// Free object bytes in the calling thread's cache and the orphan cache, and their
-    /// stashed large spans.
+    /// Free object bytes in the calling thread's cache, the orphan cache and every thread's
+    /// reserve (what a cache keeps past its bins), and the reserves' stashed large spans.
     pub thread_cache: usize,
     /// Free object bytes in the central lists: in spans, and in the transfer slots.
     pub central: usize,
@@ -85,12 +88,26 @@ pub(crate) struct CacheView {
 }
 
 impl CacheView {
-    /// Reads `cache`.
+    /// Reads `cache`'s bins and counts (its reserve is read with every other thread's, by
+    /// [`CacheView::of_reserves`]).
     pub(crate) fn of(cache: &ThreadCache) -> CacheView {
         CacheView {
             cached: cache.cached_objects(),
-            stashed: cache.stashed_bytes(),
+            stashed: 0,
             unfolded: cache.unfolded_counts(),
+        }
+    }
+
+    /// Reads every thread's reserve in `reserves`, one at a time.
+    pub(crate) fn of_reserves(reserves: &Reserves) -> CacheView {
+        let (cached, stashed) = reserves.held_counts();
+        CacheView {
+            cached,
+            stashed,
+            unfolded: Counts {
+                allocations: 0,
+                frees: 0,
+            },
         }
     }
 }

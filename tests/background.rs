@@ -8,26 +8,8 @@ static A: spanalloc::SpanAlloc = spanalloc::SpanAlloc;
 use std::alloc::{Layout, alloc, dealloc};
 use std::time::{Duration, Instant};
 
-/// Resident bytes, read from /proc/self/statm without allocating.
-fn rss() -> usize {
-    let mut buf = [0u8; 128];
-    // SAFETY: a NUL-terminated path; `buf` is a valid buffer of its length.
-    let n = unsafe {
-        let fd = libc::open(c"/proc/self/statm".as_ptr(), libc::O_RDONLY);
-        assert!(fd >= 0);
-        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
-        libc::close(fd);
-        n
-    };
-    assert!(n > 0);
-    let text = &buf[..n as usize];
-    let field = text.split(|&b| b == b' ').nth(1).unwrap();
-    let pages = field
-        .iter()
-        .fold(0usize, |v, &d| v * 10 + (d - b'0') as usize);
-    // SAFETY: sysconf has no preconditions.
-    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
-}
+mod common;
+use common::rss;
 
 #[test]
 fn a_sleeping_program_gets_its_memory_back() {

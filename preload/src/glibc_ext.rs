@@ -143,8 +143,8 @@ pub unsafe extern "C" fn mallinfo() -> Mallinfo {
     }
 }
 
-/// glibc `malloc_trim`: gives the calling thread's cached spans back to the central lists
-/// and every free page back to the OS (`MADV_DONTNEED`). Returns 1 if memory was given
+/// glibc `malloc_trim`: gives the calling thread's cached spans and every thread's reserve
+/// back to the central lists and every free page back to the OS (`MADV_DONTNEED`). Returns 1 if memory was given
 /// back, 0 if there was none to give. `pad` is ignored (glibc keeps that much at the top
 /// of its heap; spanalloc has no top).
 ///

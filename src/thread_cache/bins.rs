@@ -369,14 +369,15 @@ impl ThreadCache {
     }
 
     /// Raises the bound of `class`'s bin to `want` if the cache's bounds stay within the
-    /// heap's `thread_cache_bytes` (halving the bin that holds the most bytes, another class's,
+    /// bins' budget (`ThreadCache::bins_budget`; halving the bin that holds the most bytes, another class's,
     /// to make room if need be). Returns whether it did.
     fn grow_bound<S: PageSource>(&mut self, heap: &Heap<S>, class: SizeClass, want: u32) -> bool {
         let max = self.bin(class).max;
         debug_assert!(want > max);
         let extra = (want - max) as usize * class.size();
-        let budget = heap.thread_cache_bytes();
+        let budget = self.bins_budget(heap);
         if self.bound_bytes + extra > budget {
+            self.allow_in_reserve(heap, class, want - max);
             // Past the budget, one growth in `STEAL_EVERY` takes room from the largest bin;
             // the others keep the bounds as they are. Halving another bin on every refill
             // made the caches trade objects back and forth through the central lists: a
@@ -401,6 +402,25 @@ impl ThreadCache {
         }
         self.raise_bound(class, want);
         true
+    }
+
+    /// The bins' budget refused to raise the bound of `class`'s bin by `extra`: lets the
+    /// reserve keep that many more objects of the class instead, up to the class's bound
+    /// (`class_bound`, bin and reserve together) and as far as the reserve's budget goes.
+    /// (A bin that never runs dry, a consumer thread's, never asks, and its spills go on to
+    /// the central list, where the threads that allocate find them.)
+    fn allow_in_reserve<S: PageSource>(&mut self, heap: &Heap<S>, class: SizeClass, extra: u32) {
+        if self.reserve.is_null() {
+            return;
+        }
+        let c = class.index();
+        let have = self.bins[c].max + self.reserve_allowed[c];
+        let add = extra.min(class_bound(class, heap.bin_bytes()).saturating_sub(have));
+        let bytes = add as usize * class.size();
+        if self.reserve_allowed_bytes + bytes <= self.reserve_budget(heap) {
+            self.reserve_allowed[c] += add;
+            self.reserve_allowed_bytes += bytes;
+        }
     }
 
     /// Raises the bound of `class`'s bin to `want` (more than it has), whatever the budget.
@@ -444,8 +464,8 @@ impl ThreadCache {
         bin.room = want - len;
     }
 
-    /// Fills the empty bin of `class` with a batch from its central list and pops one object.
-    /// Null when out of memory.
+    /// Fills the empty bin of `class` with a batch from the reserve, else from its central
+    /// list, and pops one object. Null when out of memory.
     #[cold]
     #[inline(never)]
     pub fn alloc_slow<S: PageSource>(&mut self, heap: &Heap<S>, class: SizeClass) -> *mut u8 {
@@ -464,9 +484,17 @@ impl ThreadCache {
         }
         let batch = batch_size(class);
         let key = self.key;
-        let (list, n) = heap
-            .central(class)
-            .remove_range(class, batch, key, &heap.backing());
+        let class_bytes = class.index() * core::mem::size_of::<Bin>();
+        let (list, n) = match self.reserve() {
+            Some(r) => r.take(class, batch, heap.page_map(), class_bytes),
+            None => (null_mut(), 0),
+        };
+        let (list, n) = if n != 0 {
+            (list, n)
+        } else {
+            heap.central(class)
+                .remove_range(class, batch, key, &heap.backing())
+        };
         if n == 0 {
             return null_mut();
         }
@@ -489,8 +517,8 @@ impl ThreadCache {
         self.pop(class)
     }
 
-    /// Hands a batch of the bin of `class` back to the central list: the most recently freed
-    /// objects, whose links are in cache.
+    /// Hands a batch of the bin of `class` to the reserve while it has budget left, else back
+    /// to the central list: the most recently freed objects, whose links are in cache.
     fn release_slow<S: PageSource>(&mut self, heap: &Heap<S>, class: SizeClass) {
         self.expensive_check(heap, false);
         let batch = batch_size(class);
@@ -510,6 +538,15 @@ impl ThreadCache {
             span::set_next_free(tail, null_mut());
         }
         bin.room += n as u32;
+        if let Some(r) = self.reserve() {
+            // Up to what the bins' budget kept the bin from growing to (`allow_in_reserve`).
+            let class_max = self.reserve_allowed[class.index()] as usize;
+            let budget = self.reserve_budget(heap);
+            // SAFETY: `n` free objects of `class` from `head` to `tail`, ours, given up.
+            if class_max >= n && unsafe { r.put(class, head, tail, n, budget, class_max) } {
+                return;
+            }
+        }
         // SAFETY: `n` free objects of `class`, ours, given up.
         unsafe {
             heap.central(class)
@@ -569,7 +606,7 @@ fn pop_from(bin: &mut Bin, map: *const PageMap, class_bytes: usize) -> *mut u8 {
 /// `obj` is a free object whose first word is a link; hardened: `map` is the map of the
 /// heap the object belongs to.
 #[inline(always)]
-unsafe fn next_in_bin(map: *const PageMap, obj: *mut u8, class_bytes: usize) -> *mut u8 {
+pub(super) unsafe fn next_in_bin(map: *const PageMap, obj: *mut u8, class_bytes: usize) -> *mut u8 {
     #[cfg(not(feature = "hardened"))]
     let _ = (map, class_bytes);
     #[cfg(not(feature = "hardened"))]

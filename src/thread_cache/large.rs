@@ -1,8 +1,11 @@
 //! The thread cache's stash: freed large spans kept for the thread's next large allocation
-//! of the same length (no lock), and lent to a buffer that keeps growing as its room. See
-//! `lib.rs` for an overview.
+//! of the same length (one compare-and-swap, no lock), and lent to a buffer that keeps
+//! growing as its room. The stash's slots live in the cache's reserve (`reserve.rs`), so
+//! another thread can give an idle thread's stash back; a cache without a reserve stashes
+//! nothing. See `lib.rs` for an overview.
 
-use super::{STASH_SLOTS, ThreadCache};
+use super::ThreadCache;
+use super::reserve::STASH_SLOTS;
 use crate::check::fatal_at;
 use crate::heap::Heap;
 use crate::pages::Pages;
@@ -18,34 +21,68 @@ pub(super) const STASH_MAX_GROWN_PAGES: Pages = Pages(1024);
 
 impl ThreadCache {
     /// A large object of `size` bytes aligned to `align` from a stashed span of exactly the
-    /// pages it needs (no lock), or `None`.
+    /// pages it needs (the newest such), or `None`. One compare-and-swap on a hit.
     #[inline]
     pub fn alloc_large_stashed(&mut self, size: usize, align: usize) -> Option<*mut u8> {
+        if !self.stash_seen {
+            return None;
+        }
         let pages = Pages::for_bytes(size)?;
-        let i = self.stash[..self.stash_len].iter().rposition(|&s| {
-            // SAFETY: stashed spans are live large spans this cache holds.
-            let s = unsafe { &*s };
-            s.object_pages() == pages && s.start_addr() % align == 0
+        let (_, span) = self.pick_stashed(|s| {
+            (s.object_pages() == pages && s.start_addr() % align == 0).then_some(0)
         })?;
-        let span = self.stash[i];
-        // Keep the rest oldest first (at most three moves; a loop, not a `memmove` call).
-        for j in i + 1..self.stash_len {
-            self.stash[j - 1] = self.stash[j];
-        }
-        self.stash_len -= 1;
         self.stash_used = true;
-        // SAFETY: we stashed it; its object is ours to hand out again.
-        unsafe {
-            (*span).unstash_large();
-            Some((*span).start_addr() as *mut u8)
+        // SAFETY: a live large span (it was stashed until now).
+        Some(unsafe { (*span).start_addr() } as *mut u8)
+    }
+
+    /// Takes out of the stash the span `rank` ranks best (the lowest rank, the newest among
+    /// equals; `None`: not a candidate), and clears its stashed mark: its slot and the span,
+    /// or `None` when no span is a candidate or a reclaimer took the chosen one meanwhile.
+    fn pick_stashed(
+        &mut self,
+        rank: impl Fn(&Span) -> Option<usize>,
+    ) -> Option<(usize, *mut Span)> {
+        let r = self.reserve()?;
+        let mut best: Option<(usize, *mut Span, usize)> = None;
+        let mut any = false;
+        for i in 0..STASH_SLOTS {
+            let s = r.stashed(i);
+            if s.is_null() {
+                continue;
+            }
+            any = true;
+            // SAFETY: span records are never unmapped, and the fields `rank` reads are
+            // atomics. A span a reclaimer took meanwhile (its record perhaps recycled) is
+            // no longer in the slot, so taking it below fails.
+            let Some(k) = rank(unsafe { &*s }) else {
+                continue;
+            };
+            let better = match best {
+                None => true,
+                Some((b, _, bk)) => {
+                    k < bk || (k == bk && self.stash_stamps[i] > self.stash_stamps[b])
+                }
+            };
+            if better {
+                best = Some((i, s, k));
+            }
         }
+        self.stash_seen = any;
+        let (i, span, _) = best?;
+        if !r.unstash(i, span) {
+            return None;
+        }
+        // SAFETY: taken out of the stash by us: the span and its free object are ours.
+        unsafe { (*span).unstash_large() };
+        Some((i, span))
     }
 
     /// The start of a stashed span with at least `room` bytes aligned to `align` (the
     /// shortest such), handed out as a growing buffer's room: its next growths then need no
-    /// lock, as a buffer freed and built again each round finds its last round's span. Only
-    /// while no earlier lent span is still out: a buffer that keeps a lent span for good
-    /// (one that stops growing and lives on) pins at most that one span, up to
+    /// page heap lock, as a buffer freed and built again each round finds its last round's
+    /// span. Only while no earlier lent span is still out: a buffer that keeps a lent span
+    /// for good (one that stops growing and lives on) pins at most that one span, up to
     /// `STASH_MAX_GROWN_PAGES`, until it is freed.
     pub(super) fn lend_stashed<S: PageSource>(
         &mut self,
@@ -70,30 +107,16 @@ impl ThreadCache {
             }
             self.lent_start = 0;
         }
-        let mut best = None;
-        let mut best_bytes = usize::MAX;
-        for (i, &s) in self.stash[..self.stash_len].iter().enumerate() {
-            // SAFETY: stashed spans are live large spans this cache holds.
-            let s = unsafe { &*s };
+        if !self.stash_seen {
+            return None;
+        }
+        let (_, span) = self.pick_stashed(|s| {
             let bytes = s.object_bytes();
-            if bytes >= room && bytes < best_bytes && s.start_addr() % align == 0 {
-                best = Some(i);
-                best_bytes = bytes;
-            }
-        }
-        let i = best?;
-        let span = self.stash[i];
-        // Keep the rest oldest first (at most three moves).
-        for j in i + 1..self.stash_len {
-            self.stash[j - 1] = self.stash[j];
-        }
-        self.stash_len -= 1;
+            (bytes >= room && s.start_addr() % align == 0).then_some(bytes)
+        })?;
         self.stash_used = true;
-        // SAFETY: we stashed it; its object is ours to hand out again.
-        let start = unsafe {
-            (*span).unstash_large();
-            (*span).start_addr()
-        };
+        // SAFETY: a live large span (it was stashed until now).
+        let start = unsafe { (*span).start_addr() };
         self.lent_start = start;
         Some(start as *mut u8)
     }
@@ -130,45 +153,58 @@ impl ThreadCache {
         } else {
             STASH_MAX_PAGES
         };
-        if s.object_pages() > max || !self.active {
+        let reserve = match self.reserve() {
+            Some(r) if self.active && s.object_pages() <= max => r,
             // SAFETY: per the caller.
-            return unsafe { heap.free_large(span) };
-        }
+            _ => return unsafe { heap.free_large(span) },
+        };
         if !s.stash_large() {
             fatal_at("double free detected", s.start_addr());
         }
-        if self.stash_len == STASH_SLOTS {
-            let oldest = self.stash[0];
-            self.stash.copy_within(1.., 0);
-            self.stash_len -= 1;
-            // SAFETY: we stashed it; its object is free.
-            unsafe {
-                (*oldest).unstash_large();
-                heap.free_large(NonNull::new_unchecked(oldest));
+        // An empty slot, else the oldest span's (going back to the page heap).
+        let mut slot = None;
+        let mut oldest = 0;
+        for i in 0..STASH_SLOTS {
+            if reserve.stashed(i).is_null() {
+                slot = Some(i);
+                break;
+            }
+            if self.stash_stamps[i] < self.stash_stamps[oldest] {
+                oldest = i;
             }
         }
-        self.stash[self.stash_len] = span.as_ptr();
-        self.stash_len += 1;
+        let (i, evicted) = match slot {
+            Some(i) => (i, core::ptr::null_mut()),
+            None => (oldest, reserve.unstash_any(oldest)),
+        };
+        self.stash_clock = self.stash_clock.wrapping_add(1);
+        self.stash_stamps[i] = self.stash_clock;
+        // SAFETY: we are the owner and slot `i` is empty now; the span is marked stashed.
+        unsafe { reserve.stash(i, span.as_ptr()) };
+        self.stash_seen = true;
+        if !evicted.is_null() {
+            // SAFETY: taken out of the stash by us (null if a reclaimer took it first): its
+            // object is free.
+            unsafe {
+                (*evicted).unstash_large();
+                heap.free_large(NonNull::new_unchecked(evicted));
+            }
+        }
     }
 
     /// Gives every stashed large span back to the page heap.
     pub(super) fn free_stash<S: PageSource>(&mut self, heap: &Heap<S>) {
-        for &span in &self.stash[..self.stash_len] {
-            // SAFETY: we stashed it; its object is free.
-            unsafe {
-                (*span).unstash_large();
-                heap.free_large(NonNull::new_unchecked(span));
-            }
+        self.stash_seen = false;
+        if let Some(r) = self.reserve() {
+            // SAFETY: taken from this cache's reserve, over `heap`.
+            unsafe { r.take_stash().give_back(heap) };
         }
-        self.stash_len = 0;
     }
+}
 
-    /// Bytes of the stashed large spans (for statistics).
+impl ThreadCache {
+    /// Bytes of the stashed large spans.
     pub fn stashed_bytes(&self) -> usize {
-        self.stash[..self.stash_len]
-            .iter()
-            // SAFETY: stashed spans are live large spans this cache holds.
-            .map(|&s| unsafe { &*s }.bytes())
-            .sum()
+        self.reserve().map_or(0, |r| r.stashed_bytes())
     }
 }

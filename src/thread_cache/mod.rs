@@ -8,27 +8,26 @@
 //! | [`bins`] | the per-class lists: fast paths, batches to and from the central lists |
 //! | `large.rs` | freed large spans kept for reuse (the stash), and lending them to growing buffers |
 //! | `realloc.rs` | `realloc`: in place where it can, buffers that keep growing |
+//! | [`reserve`] | what the cache keeps past its bins' reachable bound, where another thread can give it back |
 //!
 //! The value is plain data without `Drop`; `global.rs` keeps one per thread in a
-//! `const`-initialised thread local and flushes it at thread exit. Tests build them freely
-//! over a heap of fake pages.
+//! `const`-initialised thread local, with its [`Reserve`] beside it, and flushes both at
+//! thread exit. Tests build them freely over a heap of fake pages.
 
 pub mod bins;
 mod large;
 mod realloc;
+pub mod reserve;
 #[cfg(all(test, not(loom)))]
 mod tests;
 
 use crate::heap::{Counts, Heap, Owner};
 use crate::sampler::Sampler;
 use crate::size_class::{self, CLASS_COUNT, SizeClass};
-use crate::span::Span;
 use crate::sys::PageSource;
 use bins::Bin;
 use core::ptr::null_mut;
-
-/// Freed large spans a cache keeps for its next large allocations of the same length.
-const STASH_SLOTS: usize = 4;
+pub use reserve::Reserve;
 
 /// Debug builds walk the whole cache on one slow-path call in this many (and at every flush).
 #[cfg(debug_assertions)]
@@ -70,10 +69,23 @@ pub struct ThreadCache {
     trim_ticks: u32,
     /// Whether the stash served an allocation since the last trim.
     stash_used: bool,
-    /// Large spans this thread freed (each marked stashed), oldest first, `stash_len` of
-    /// them: the next large allocation of the same length takes one with no lock.
-    stash: [*mut Span; STASH_SLOTS],
-    stash_len: usize,
+    /// Whether the stash held a span when this thread last looked (a reclaimer may have
+    /// emptied it since): the stash is not looked at while it is `false`.
+    stash_seen: bool,
+    /// When each stash slot was filled, by `stash_clock`: the order of the reserve's stash
+    /// slots (oldest out first when all are full, newest first to reuse).
+    stash_stamps: [u64; reserve::STASH_SLOTS],
+    stash_clock: u64,
+    /// By class, how many objects the reserve may keep: growths of the bin's bound that the
+    /// bins' budget refused and the cache's whole budget had room for (the bins keep at
+    /// most `REACHABLE_BYTES`; the reserve holds what the bins would have held beyond it).
+    /// Back to 0 at a flush, with the bounds.
+    reserve_allowed: [u32; CLASS_COUNT],
+    /// The bytes `reserve_allowed` adds up to, within the reserve's budget.
+    reserve_allowed_bytes: usize,
+    /// The reserve beside the cache (null: none; the cache then keeps no more than its bins
+    /// and stashes nothing). See [`ThreadCache::attach_reserve`].
+    reserve: *const Reserve,
     /// Where this thread's last `realloc` that grew an object moved it: a hint (the object
     /// may be gone) that a `realloc` of this address is a buffer growing again.
     grown: usize,
@@ -116,8 +128,12 @@ impl ThreadCache {
             trim_at: 0,
             trim_ticks: 0,
             stash_used: false,
-            stash: [null_mut(); STASH_SLOTS],
-            stash_len: 0,
+            stash_seen: false,
+            stash_stamps: [0; reserve::STASH_SLOTS],
+            stash_clock: 0,
+            reserve_allowed: [0; CLASS_COUNT],
+            reserve_allowed_bytes: 0,
+            reserve: core::ptr::null(),
             grown: 0,
             lent_start: 0,
             #[cfg(feature = "hardened")]
@@ -206,18 +222,70 @@ impl ThreadCache {
     /// Makes a flushed cache inactive again (thread exit): the fast paths then leave it alone
     /// and requests go to the slow paths.
     pub fn deactivate(&mut self) {
-        debug_assert!(self.bins.iter().all(|b| b.head.is_null()) && self.stash_len == 0);
+        debug_assert!(self.bins.iter().all(|b| b.head.is_null()));
         self.active = false;
     }
 
+    /// Gives the cache a reserve: from then on its bins keep at most [`REACHABLE_BYTES`] in
+    /// all (within `thread_cache_bytes`), the rest of the budget goes to the reserve, and
+    /// freed large spans are stashed there.
+    ///
+    /// # Safety
+    /// `reserve` stays alive, at its address, and is used by no other cache, until
+    /// [`ThreadCache::detach_reserve`].
+    ///
+    /// [`REACHABLE_BYTES`]: reserve::REACHABLE_BYTES
+    pub unsafe fn attach_reserve(&mut self, reserve: &Reserve) {
+        self.reserve = reserve;
+    }
+
+    /// Forgets the reserve (after a flush, which emptied it).
+    pub fn detach_reserve(&mut self) {
+        self.reserve = core::ptr::null();
+    }
+
+    /// The cache's reserve, if it has one. The lifetime is not tied to the cache: the
+    /// reserve is a value beside it (see [`ThreadCache::attach_reserve`]).
+    #[inline]
+    fn reserve<'r>(&self) -> Option<&'r Reserve> {
+        // SAFETY: an attached reserve stays alive until detached (`attach_reserve`), and
+        // callers use the reference within one operation on the cache.
+        unsafe { self.reserve.as_ref() }
+    }
+
+    /// The most bytes of bound the bins may take in all: the heap's `thread_cache_bytes`,
+    /// and no more than [`reserve::REACHABLE_BYTES`] when the cache has a reserve.
+    #[inline]
+    fn bins_budget<S: PageSource>(&self, heap: &Heap<S>) -> usize {
+        let budget = heap.thread_cache_bytes();
+        if self.reserve.is_null() {
+            budget
+        } else {
+            budget.min(reserve::REACHABLE_BYTES)
+        }
+    }
+
+    /// The most bytes of free objects the reserve may keep: the rest of the budget.
+    #[inline]
+    fn reserve_budget<S: PageSource>(&self, heap: &Heap<S>) -> usize {
+        heap.thread_cache_bytes() - self.bins_budget(heap)
+    }
+
     /// Gives every cached object back to the central lists and the stash to the page heap
-    /// (thread exit, or `flush_thread_cache`). The cache stays usable.
+    /// (thread exit, or `flush_thread_cache`), the reserve's included. The cache stays usable.
     pub fn flush<S: PageSource>(&mut self, heap: &Heap<S>) {
         self.expensive_check(heap, true);
         for class in SizeClass::all() {
             self.empty_bin(heap, class);
         }
-        self.free_stash(heap);
+        self.stash_seen = false;
+        self.reserve_allowed = [0; CLASS_COUNT];
+        self.reserve_allowed_bytes = 0;
+        if let Some(r) = self.reserve() {
+            let taken = r.take_all();
+            // SAFETY: taken from this cache's reserve, over `heap`.
+            unsafe { taken.give_back(heap) };
+        }
         self.fold_counts(heap);
         heap.maybe_release();
     }
@@ -226,7 +294,7 @@ impl ThreadCache {
     /// from the cache's slow paths and large allocations; a few instructions when not due.
     #[inline]
     pub fn maybe_trim<S: PageSource>(&mut self, heap: &Heap<S>) {
-        if self.stash_len == 0 {
+        if !self.stash_seen {
             return;
         }
         self.trim_ticks = self.trim_ticks.wrapping_add(1);
@@ -431,13 +499,48 @@ impl ThreadCache {
             }
             ensure!(n == bin.len(), "a bin holds as many objects as its count");
         }
-        for &s in &self.stash[..self.stash_len] {
-            // SAFETY: stashed spans are live large spans this cache holds.
-            let s = unsafe { &*s };
-            ensure!(
-                s.kind() == crate::span::SpanKind::Large && s.is_stashed_large(),
-                "stashed spans are large spans marked stashed"
-            );
+        if let Some(r) = self.reserve() {
+            let held = r.inspect();
+            let mut bytes = 0;
+            for class in SizeClass::all() {
+                let list = held.lists[class.index()];
+                let mut at = list.head;
+                let mut n = 0;
+                while !at.is_null() {
+                    ensure!(n < list.len, "a reserve list holds no more than its count");
+                    let word = heap.page_map().small_word_of(at as usize);
+                    ensure!(
+                        crate::page_map::word_class(word) == class.index(),
+                        "a reserve list's objects are of its class"
+                    );
+                    // SAFETY: a free object of our reserve: its first two words are ours.
+                    unsafe {
+                        ensure!(
+                            !crate::check::FREE_CHECKS
+                                || crate::span::is_marked_freed(at, self.key),
+                            "a reserve list's objects carry the free key"
+                        );
+                        at = crate::span::next_free(at);
+                    }
+                    n += 1;
+                }
+                ensure!(n == list.len, "a reserve list holds as many as its count");
+                bytes += n * class.size();
+            }
+            ensure!(bytes == held.bytes, "a reserve's bytes are its objects'");
+            drop(held);
+            for s in (0..reserve::STASH_SLOTS).map(|i| r.stashed(i)) {
+                if s.is_null() {
+                    continue;
+                }
+                // SAFETY: stashed spans are live large spans the reserve holds (the owner
+                // runs this; a reclaimer only ever empties a slot).
+                let s = unsafe { &*s };
+                ensure!(
+                    s.kind() == crate::span::SpanKind::Large && s.is_stashed_large(),
+                    "stashed spans are large spans marked stashed"
+                );
+            }
         }
         None
     }

@@ -11,6 +11,29 @@ use crate::sys::FakePages;
 use large::STASH_MAX_PAGES;
 use std::collections::BTreeMap;
 
+/// A cache with a reserve attached, as every thread's is. The reserve is leaked: it must
+/// outlive the cache, and a test's few are nothing.
+fn cache_with_reserve() -> ThreadCache {
+    let mut cache = ThreadCache::new();
+    let reserve: &'static Reserve = Box::leak(Box::new(Reserve::new()));
+    // SAFETY: leaked, so alive and in place for good; this cache's alone.
+    unsafe { cache.attach_reserve(reserve) };
+    cache
+}
+
+/// The starts of the spans in the stash of `cache`'s reserve, oldest first.
+fn stash_starts(cache: &ThreadCache) -> Vec<usize> {
+    let r = cache.reserve().unwrap();
+    let mut slots: Vec<(u64, usize)> = (0..reserve::STASH_SLOTS)
+        .map(|i| (cache.stash_stamps[i], r.stashed(i)))
+        .filter(|(_, s)| !s.is_null())
+        // SAFETY: stashed spans are live records.
+        .map(|(t, s)| (t, unsafe { &*s }.start_addr()))
+        .collect();
+    slots.sort();
+    slots.into_iter().map(|(_, start)| start).collect()
+}
+
 /// A tiny deterministic generator (xorshift), so failures replay.
 struct Rng(u64);
 impl Rng {
@@ -92,7 +115,7 @@ fn the_direct_bin_table_agrees_with_the_class_table() {
 #[test]
 fn one_cache_against_a_shadow_model() {
     let heap = heap();
-    let mut cache = ThreadCache::new();
+    let mut cache = cache_with_reserve();
     let mut rng = Rng(0x9e3779b97f4a7c15);
     let mut shadow = Shadow::default();
     let mut live: Vec<(usize, usize, usize)> = Vec::new(); // (addr, size, align)
@@ -237,7 +260,7 @@ fn caches_on_threads_passing_objects_keep_every_count_exact() {
     let heap: &'static Heap<FakePages> = Box::leak(heap());
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(usize, usize)>>(4);
     let producer = std::thread::spawn(move || {
-        let mut cache = ThreadCache::new();
+        let mut cache = cache_with_reserve();
         let mut rng = Rng(99);
         for _ in 0..200 {
             let batch: Vec<_> = (0..500)
@@ -254,7 +277,7 @@ fn caches_on_threads_passing_objects_keep_every_count_exact() {
         cache.flush(heap);
     });
     let consumer = std::thread::spawn(move || {
-        let mut cache = ThreadCache::new();
+        let mut cache = cache_with_reserve();
         for batch in rx {
             for (a, size) in batch {
                 // SAFETY: the producer's object, now ours.
@@ -277,7 +300,7 @@ fn caches_on_threads_passing_objects_keep_every_count_exact() {
 #[test]
 fn failing_source_gives_null_and_the_heap_stays_sound() {
     let heap = heap();
-    let mut cache = ThreadCache::new();
+    let mut cache = cache_with_reserve();
     let keep: Vec<_> = (0..100).map(|_| cache.alloc(&heap, 200, 8)).collect();
     heap.source().fail_after(0);
     let mut got = Vec::new();
@@ -308,7 +331,7 @@ fn freed_large_spans_are_stashed_reused_and_given_back() {
     let heap = heap();
     heap.set_fake_now(1000);
     heap.set_decay_ms(100);
-    let mut cache = ThreadCache::new();
+    let mut cache = cache_with_reserve();
     let small = cache.alloc(&heap, 64, 8); // the cache takes a span: it may stash now
     let sizes = [40 << 10, 100 << 10, 1 << 20, 300 << 10, 64 << 10, 2 << 20];
     let ptrs: Vec<*mut u8> = sizes.iter().map(|&s| cache.alloc(&heap, s, 8)).collect();
@@ -348,7 +371,7 @@ fn freed_large_spans_are_stashed_reused_and_given_back() {
 #[test]
 fn a_buffer_grown_into_the_large_tier_again_and_again_reuses_its_room() {
     let heap = heap();
-    let mut cache = ThreadCache::new();
+    let mut cache = cache_with_reserve();
     let top = size_class::class_of(size_class::MAX_SMALL_SIZE)
         .unwrap()
         .size();
@@ -405,7 +428,7 @@ fn filled(p: *mut u8, len: usize, seed: u8) -> bool {
 #[test]
 fn a_buffer_that_keeps_growing_moves_once_into_a_page_span_with_headroom() {
     let heap = heap();
-    let mut cache = ThreadCache::new();
+    let mut cache = cache_with_reserve();
     let mut p = cache.alloc(&heap, 1000, 8);
     fill(p, 1000, 7);
     // SAFETY: live; each result replaces the buffer.
@@ -457,7 +480,7 @@ fn build_buffer(heap: &Heap<FakePages>, cache: &mut ThreadCache, to: usize) -> (
 #[test]
 fn a_buffer_built_again_each_round_takes_its_last_span_from_the_stash() {
     let heap = heap();
-    let mut cache = ThreadCache::new();
+    let mut cache = cache_with_reserve();
     let mut starts = Vec::new();
     for round in 0..4 {
         let (mut p, start) = build_buffer(&heap, &mut cache, GROWTH_MIN);
@@ -495,7 +518,7 @@ fn a_buffer_built_again_each_round_takes_its_last_span_from_the_stash() {
 #[test]
 fn the_growing_buffers_span_is_stashed_up_to_a_longer_bound() {
     let heap = roomy_heap();
-    let mut cache = ThreadCache::new();
+    let mut cache = cache_with_reserve();
     // A 4 MiB buffer (with its room, a longer span than STASH_MAX_PAGES) is stashed...
     let (p, start) = build_buffer(&heap, &mut cache, 4 << 20);
     let span_bytes = heap.usable_size(p);
@@ -522,7 +545,7 @@ fn the_growing_buffers_span_is_stashed_up_to_a_longer_bound() {
 #[test]
 fn below_growth_min_the_buffer_keeps_its_class_unless_a_span_is_lent() {
     let heap = heap();
-    let mut cache = ThreadCache::new();
+    let mut cache = cache_with_reserve();
     let grow = |cache: &mut ThreadCache| {
         let mut p = cache.alloc(&heap, 700, 8);
         // SAFETY: live; each result replaces the buffer.
@@ -554,7 +577,7 @@ fn below_growth_min_the_buffer_keeps_its_class_unless_a_span_is_lent() {
 #[test]
 fn a_thread_lends_one_stashed_span_at_a_time() {
     let heap = heap();
-    let mut cache = ThreadCache::new();
+    let mut cache = cache_with_reserve();
     let (p, stashed) = build_buffer(&heap, &mut cache, 1 << 20);
     // SAFETY: live, freed once (into the stash).
     unsafe { cache.free(&heap, p) };
@@ -587,7 +610,7 @@ fn a_thread_lends_one_stashed_span_at_a_time() {
 #[test]
 fn an_object_resized_once_keeps_an_exact_class() {
     let heap = heap();
-    let mut cache = ThreadCache::new();
+    let mut cache = cache_with_reserve();
     // A growth that is not the thread's growing buffer moves to the exact class (no
     // headroom, no page span), however large the medium size.
     let p = cache.alloc(&heap, 5000, 8);
@@ -617,7 +640,7 @@ fn an_object_resized_once_keeps_an_exact_class() {
 fn a_growing_large_object_takes_headroom_in_place_up_to_a_bound() {
     // A free run follows the span for all the growths below.
     let heap = roomy_heap();
-    let mut cache = ThreadCache::new();
+    let mut cache = cache_with_reserve();
     let mut p = cache.alloc(&heap, 64 << 10, 8);
     fill(p, 64 << 10, 3);
     // SAFETY: live; each result replaces the buffer.
@@ -644,7 +667,7 @@ fn a_growing_large_object_takes_headroom_in_place_up_to_a_bound() {
 #[test]
 fn a_page_span_object_stays_when_it_shrinks_by_at_most_half() {
     let heap = heap();
-    let mut cache = ThreadCache::new();
+    let mut cache = cache_with_reserve();
     let p = cache.alloc(&heap, 40 << 10, 8);
     let room = heap.usable_size(p);
     // SAFETY: live; each result replaces it.
@@ -667,7 +690,7 @@ fn a_page_span_object_stays_when_it_shrinks_by_at_most_half() {
 #[test]
 fn the_cache_walker_catches_a_broken_bin() {
     let heap = heap();
-    let mut cache = ThreadCache::new();
+    let mut cache = cache_with_reserve();
     let objs: Vec<*mut u8> = (0..100).map(|_| cache.alloc(&heap, 48, 8)).collect();
     for &p in &objs[..50] {
         // SAFETY: live objects, freed once.
@@ -713,7 +736,7 @@ fn the_cache_walker_catches_a_broken_bin() {
 fn a_cache_keeps_its_free_objects_within_the_thread_budget() {
     let heap = heap();
     heap.set_thread_cache_bytes(512 << 10);
-    let mut cache = ThreadCache::new();
+    let mut cache = cache_with_reserve();
     let mut rng = Rng(777);
     // Rounds of many objects of a few sizes, allocated and then all freed: each round's
     // frees would fill several bins to their own bounds (256 KiB each).
@@ -808,7 +831,7 @@ fn a_shared_never_filled_cache_is_only_read_by_the_fast_paths() {
 #[test]
 fn past_its_budget_a_cache_takes_room_from_its_largest_bin_once_in_sixteen_growths() {
     let heap = heap();
-    let mut cache = ThreadCache::new();
+    let mut cache = cache_with_reserve();
     let big = size_class::class_of(1000).unwrap();
     let hot = size_class::class_of(48).unwrap();
     // The 1000-byte bin's bound grows with every refill to its class bound.
@@ -885,7 +908,7 @@ fn a_cache_with_no_budget_takes_frees_into_empty_bins() {
 #[test]
 fn lending_a_span_from_the_middle_of_the_stash_keeps_the_others_once_each() {
     let heap = heap();
-    let mut cache = ThreadCache::new();
+    let mut cache = cache_with_reserve();
     // A small allocation activates the cache (an inactive one stashes nothing).
     let small = cache.alloc(&heap, 64, 8);
     let sizes = [40_000, 200_000, 600_000];
@@ -894,20 +917,16 @@ fn lending_a_span_from_the_middle_of_the_stash_keeps_the_others_once_each() {
         // SAFETY: live, freed once (into the stash).
         unsafe { cache.free(&heap, p) };
     }
-    assert_eq!(cache.stash_len, 3);
+    assert_eq!(stash_starts(&cache).len(), 3);
     // The shortest stashed span with 150 000 bytes of room: the middle one.
     let lent = cache.lend_stashed(&heap, 150_000, 8);
     assert_eq!(lent, Some(large[1]));
-    assert_eq!(cache.stash_len, 2);
-    // SAFETY: stashed spans are live records.
-    let starts: Vec<usize> = cache.stash[..2]
-        .iter()
-        .map(|&s| unsafe { &*s }.start_addr())
-        .collect();
+    assert_eq!(stash_starts(&cache).len(), 2);
+    let starts = stash_starts(&cache);
     assert_eq!(starts, [large[0] as usize, large[2] as usize]);
     assert_eq!(cache.alloc(&heap, sizes[0], 8), large[0]);
     assert_eq!(cache.alloc(&heap, sizes[2], 8), large[2]);
-    assert_eq!(cache.stash_len, 0);
+    assert_eq!(stash_starts(&cache).len(), 0);
     for p in [large[0], large[1], large[2], small] {
         // SAFETY: live, freed once.
         unsafe { cache.free(&heap, p) };
@@ -923,7 +942,7 @@ fn lending_a_span_from_the_middle_of_the_stash_keeps_the_others_once_each() {
 #[test]
 fn a_cache_counts_its_frees_and_folds_them_into_the_heap() {
     let heap = heap();
-    let mut cache = ThreadCache::new();
+    let mut cache = cache_with_reserve();
     let small: Vec<*mut u8> = (0..100).map(|_| cache.alloc(&heap, 64, 8)).collect();
     let large = cache.alloc(&heap, 100_000, 8);
     let grown = cache.alloc(&heap, 50_000, 8);
@@ -976,7 +995,7 @@ fn a_cache_counts_its_frees_and_folds_them_into_the_heap() {
 #[test]
 fn a_full_bin_shrinks_to_a_lowered_bound_at_its_next_spill() {
     let heap = heap();
-    let mut cache = ThreadCache::new();
+    let mut cache = cache_with_reserve();
     let class = crate::size_class::class_of(64).unwrap();
     let bound = bins::class_bound(class, heap.bin_bytes());
     // Twice the bound allocated and freed: the bin grows to its bound on the way.
@@ -1010,7 +1029,7 @@ fn a_full_bin_shrinks_to_a_lowered_bound_at_its_next_spill() {
 #[test]
 fn a_growth_is_taken_exactly_when_it_fits_the_budget() {
     let heap = heap();
-    let mut cache = ThreadCache::new();
+    let mut cache = cache_with_reserve();
     let hot = size_class::class_of(48).unwrap();
     let batch = crate::central_free_list::batch_size(hot) as u32;
     let batch_bytes = batch as usize * hot.size();
@@ -1084,7 +1103,7 @@ fn a_growth_is_taken_exactly_when_it_fits_the_budget() {
 #[test]
 fn pop_for_move_takes_the_new_class_and_remembers_only_growth() {
     let heap = heap();
-    let mut cache = ThreadCache::new();
+    let mut cache = cache_with_reserve();
     for (new_size, medium) in [(100usize, false), (1500, true)] {
         let class = size_class::class_of(new_size).unwrap();
         assert!(cache.pop_for_move(16, new_size).is_null(), "an empty bin");
@@ -1134,7 +1153,7 @@ fn an_unused_stash_goes_back_a_quarter_decay_after_the_last_look() {
     let heap = heap();
     heap.set_decay_ms(100);
     heap.set_fake_now(1000);
-    let mut cache = ThreadCache::new();
+    let mut cache = cache_with_reserve();
     let small = cache.alloc(&heap, 64, 8);
     // Stashed, taken again (the stash served), stashed again.
     let p = cache.alloc(&heap, 100_000, 8);
@@ -1145,15 +1164,370 @@ fn an_unused_stash_goes_back_a_quarter_decay_after_the_last_look() {
     // SAFETY: live, freed once (into the stash).
     unsafe { cache.free(&heap, q) };
     cache.maybe_trim(&heap);
-    assert_eq!(cache.stash_len, 1, "used since the last look: kept");
+    assert_eq!(
+        stash_starts(&cache).len(),
+        1,
+        "used since the last look: kept"
+    );
     heap.set_fake_now(1024);
     cache.maybe_trim(&heap);
-    assert_eq!(cache.stash_len, 1, "the next look is at 1025");
+    assert_eq!(stash_starts(&cache).len(), 1, "the next look is at 1025");
     heap.set_fake_now(1025);
     cache.maybe_trim(&heap);
-    assert_eq!(cache.stash_len, 0, "unused for a quarter decay: given back");
+    assert_eq!(
+        stash_starts(&cache).len(),
+        0,
+        "unused for a quarter decay: given back"
+    );
     // SAFETY: live, freed once.
     unsafe { cache.free(&heap, small) };
     cache.flush(&heap);
     heap.check_invariants();
+}
+
+/// Bytes of free objects in the reserve of `cache`.
+fn reserve_bytes(cache: &ThreadCache) -> usize {
+    cache.reserve().unwrap().inspect().bytes
+}
+
+/// Allocates `n` objects of `size` bytes through `cache`.
+fn alloc_n(heap: &Heap<FakePages>, cache: &mut ThreadCache, size: usize, n: usize) -> Vec<*mut u8> {
+    (0..n)
+        .map(|_| {
+            let p = cache.alloc(heap, size, 8);
+            assert!(!p.is_null());
+            p
+        })
+        .collect()
+}
+
+/// Frees every object of `ptrs` through `cache`.
+fn free_all(heap: &Heap<FakePages>, cache: &mut ThreadCache, ptrs: &[*mut u8]) {
+    for &p in ptrs {
+        // SAFETY: live objects of this heap, freed once.
+        unsafe { cache.free(heap, p) };
+    }
+}
+
+/// With a reserve, the bins keep at most `REACHABLE_BYTES` of bound and what a bin spills
+/// past that stays with the cache, in its reserve, up to the rest of the budget: no object
+/// goes back to its central list, and the cache's next allocations take them from the
+/// reserve again.
+#[test]
+fn past_its_bins_a_cache_keeps_its_frees_in_its_reserve() {
+    let heap = heap();
+    heap.set_bin_bytes(4 << 20); // one class may take the whole budget
+    let mut cache = cache_with_reserve();
+    let class = size_class::class_for(1024, 8).unwrap();
+    let n = (3 << 20) / 1024;
+    let ptrs = alloc_n(&heap, &mut cache, 1024, n);
+    let out = heap.central_stats(class).out_of_spans;
+    assert!(out >= n);
+    free_all(&heap, &mut cache, &ptrs);
+    cache.check_invariants(&heap);
+    assert!(cache.bound_bytes <= reserve::REACHABLE_BYTES);
+    let kept = reserve_bytes(&cache);
+    assert!(
+        kept >= (2 << 20),
+        "the bins' overflow is in the reserve: {kept}"
+    );
+    assert_eq!(
+        heap.central_stats(class).out_of_spans,
+        out,
+        "nothing went back to the central list"
+    );
+    let again = alloc_n(&heap, &mut cache, 1024, n);
+    assert_eq!(reserve_bytes(&cache), 0, "taken from the reserve again");
+    assert_eq!(
+        heap.central_stats(class).out_of_spans,
+        out,
+        "and not the central list"
+    );
+    cache.check_invariants(&heap);
+    free_all(&heap, &mut cache, &again);
+    cache.flush(&heap);
+    assert_eq!(reserve_bytes(&cache), 0, "a flush empties the reserve");
+    assert_eq!(heap.central_stats(class).out_of_spans, 0);
+    heap.check_invariants();
+}
+
+/// A class keeps no more objects in the bin and the reserve together than a bin of it may
+/// hold (`class_bound`): a bin at that bound spills to the central list, where other
+/// threads find the objects (a consumer thread freeing what producers allocate).
+#[test]
+fn a_class_keeps_no_more_in_the_reserve_than_its_bin_could_hold() {
+    let heap = heap();
+    let mut cache = cache_with_reserve();
+    let class = size_class::class_for(1024, 8).unwrap();
+    let bound = bins::class_bound(class, heap.bin_bytes()) as usize;
+    let ptrs = alloc_n(&heap, &mut cache, 1024, 4 * bound);
+    free_all(&heap, &mut cache, &ptrs);
+    cache.check_invariants(&heap);
+    assert_eq!(
+        cache.cached_objects()[class.index()],
+        bound,
+        "the bin at its bound"
+    );
+    assert_eq!(reserve_bytes(&cache), 0, "and nothing of it in the reserve");
+    cache.flush(&heap);
+    // With a bound past the bins' budget (2 MiB of the class), the bin stops at the budget
+    // (1 MiB) and the reserve holds the difference to the bound, no more, though its own
+    // budget (3 MiB) has room.
+    heap.set_bin_bytes(2 << 20);
+    let bound = bins::class_bound(class, heap.bin_bytes()) as usize;
+    let mut cache = cache_with_reserve();
+    let ptrs = alloc_n(&heap, &mut cache, 1024, 2 * bound);
+    free_all(&heap, &mut cache, &ptrs);
+    cache.check_invariants(&heap);
+    let in_bin = cache.cached_objects()[class.index()];
+    let in_reserve = cache.reserve().unwrap().inspect().lists[class.index()].len;
+    assert!(in_bin < bound, "the bin is short of its bound: {in_bin}");
+    assert!(in_reserve > 0, "the reserve holds some");
+    assert!(
+        in_bin + in_reserve <= bound,
+        "{in_bin} + {in_reserve} > {bound}"
+    );
+    assert!(
+        in_bin + in_reserve + crate::central_free_list::batch_size(class) > bound,
+        "up to the bound: {in_bin} + {in_reserve}"
+    );
+    cache.flush(&heap);
+    heap.check_invariants();
+}
+
+/// The reserve keeps what the bins' budget kept a bin from growing to when it ran dry: a
+/// cache that only frees what another allocated (a consumer thread) never runs dry, keeps
+/// nothing in its reserve, and sends its spills on to the central lists, where the
+/// allocating thread finds them.
+#[test]
+fn a_cache_that_only_frees_keeps_nothing_in_its_reserve() {
+    let heap = heap();
+    heap.set_bin_bytes(4 << 20);
+    let mut producer = cache_with_reserve();
+    let mut consumer = cache_with_reserve();
+    let ptrs = alloc_n(&heap, &mut producer, 1024, (3 << 20) / 1024);
+    free_all(&heap, &mut consumer, &ptrs);
+    consumer.check_invariants(&heap);
+    assert_eq!(reserve_bytes(&consumer), 0);
+    assert!(
+        consumer.cached_objects().iter().sum::<usize>() <= 64,
+        "a batch or two"
+    );
+    producer.flush(&heap);
+    consumer.flush(&heap);
+    heap.check_invariants();
+}
+
+/// The reserve keeps no more than the budget the bins leave it; the rest of a spill goes
+/// back to the central list.
+#[test]
+fn a_reserve_keeps_only_what_the_bins_leave_of_the_budget() {
+    let heap = heap();
+    heap.set_thread_cache_bytes(reserve::REACHABLE_BYTES + (512 << 10));
+    heap.set_bin_bytes(4 << 20);
+    let mut cache = cache_with_reserve();
+    let class = size_class::class_for(1024, 8).unwrap();
+    let n = (3 << 20) / 1024;
+    let ptrs = alloc_n(&heap, &mut cache, 1024, n);
+    free_all(&heap, &mut cache, &ptrs);
+    cache.check_invariants(&heap);
+    let kept = reserve_bytes(&cache);
+    assert!(kept <= 512 << 10, "within its budget: {kept}");
+    assert!(kept > (512 << 10) - 64 * 1024, "and filled to it: {kept}");
+    let in_cache: usize = cache.cached_objects()[class.index()] + kept / 1024;
+    let c = heap.central_stats(class);
+    assert_eq!(c.out_of_spans - c.transfer, in_cache, "the rest went back");
+    cache.flush(&heap);
+    heap.check_invariants();
+}
+
+/// A cache with no reserve (the orphan cache, a bare test cache) keeps its whole budget in
+/// its bins, as before reserves.
+#[test]
+fn without_a_reserve_the_bins_take_the_whole_budget() {
+    let heap = heap();
+    let mut cache = ThreadCache::new();
+    assert_eq!(
+        cache.bins_budget(&heap),
+        crate::heap::DEFAULT_THREAD_CACHE_BYTES
+    );
+    assert_eq!(cache.reserve_budget(&heap), 0);
+    let with = cache_with_reserve();
+    assert_eq!(with.bins_budget(&heap), reserve::REACHABLE_BYTES);
+    assert_eq!(
+        with.reserve_budget(&heap),
+        crate::heap::DEFAULT_THREAD_CACHE_BYTES - reserve::REACHABLE_BYTES
+    );
+    heap.set_thread_cache_bytes(100 << 10);
+    assert_eq!(with.bins_budget(&heap), 100 << 10);
+    assert_eq!(with.reserve_budget(&heap), 0);
+    // A freed large object goes straight back: no stash without a reserve.
+    let small = cache.alloc(&heap, 64, 8);
+    let p = cache.alloc(&heap, 100_000, 8);
+    // SAFETY: live, freed once.
+    unsafe { cache.free(&heap, p) };
+    assert_eq!(cache.stashed_bytes(), 0);
+    assert_eq!(heap.page_heap_stats().large_in_use, 0);
+    // SAFETY: live, freed once.
+    unsafe { cache.free(&heap, small) };
+    cache.flush(&heap);
+    heap.check_invariants();
+}
+
+/// Another thread's reclaim takes a reserve the owner has not used for the idle time, and
+/// not one it used since: the reclaimer stamps a reserve when it finds it used, and takes
+/// it once the idle time has passed since that stamp. `Reclaim::All` takes every reserve;
+/// one taken out of the list, or whose lock is busy, is left alone.
+#[test]
+fn a_reclaim_takes_the_reserves_idle_for_the_time_and_no_others() {
+    use reserve::{Reclaim, Reserves};
+    let heap = heap();
+    heap.set_fake_now(1000);
+    heap.set_bin_bytes(4 << 20);
+    let reserves = Reserves::new();
+    let mut a = cache_with_reserve();
+    let mut b = cache_with_reserve();
+    // SAFETY: leaked reserves, in place for good; each in this list once.
+    unsafe {
+        reserves.insert(a.reserve().unwrap());
+        reserves.insert(b.reserve().unwrap());
+    }
+    let n = (3 << 20) / 256;
+    let pa = alloc_n(&heap, &mut a, 256, n);
+    let pb = alloc_n(&heap, &mut b, 256, n);
+    free_all(&heap, &mut a, &pa);
+    free_all(&heap, &mut b, &pb);
+    let (ka, kb) = (reserve_bytes(&a), reserve_bytes(&b));
+    assert!(ka > 0 && kb > 0);
+    let (objects, stashed) = reserves.held_counts();
+    assert_eq!(objects.iter().sum::<usize>() * 256, ka + kb);
+    assert_eq!(stashed, 0);
+    // SAFETY: both caches are over `heap`.
+    let reclaim = |what| unsafe { reserves.reclaim(&heap, what) };
+    assert_eq!(reclaim(Reclaim::IdleFor(100)), 0, "both just used");
+    heap.set_fake_now(1050);
+    // `b` uses its reserve: a batch out.
+    let in_bin = cache_bins_len(&b, 256);
+    let more = alloc_n(&heap, &mut b, 256, in_bin + 1);
+    let kb = reserve_bytes(&b);
+    heap.set_fake_now(1099);
+    assert_eq!(reclaim(Reclaim::IdleFor(100)), 0, "a: 99 ms idle");
+    heap.set_fake_now(1100);
+    assert_eq!(reclaim(Reclaim::IdleFor(100)), ka, "a: 100 ms idle");
+    assert_eq!(reserve_bytes(&a), 0);
+    assert_eq!(reserve_bytes(&b), kb, "b was used at 1050");
+    a.check_invariants(&heap);
+    // The reclaimed objects are back in their spans: `a` still works.
+    let again = alloc_n(&heap, &mut a, 256, n);
+    free_all(&heap, &mut a, &again);
+    // A busy reserve is skipped, and one out of the list is never looked at.
+    {
+        let _busy = b.reserve().unwrap().inspect();
+        // SAFETY: as above.
+        unsafe { reserves.remove(a.reserve().unwrap()) };
+        assert_eq!(reclaim(Reclaim::All), 0);
+    }
+    assert!(reserve_bytes(&a) > 0);
+    assert_eq!(reclaim(Reclaim::All), kb);
+    assert_eq!(reserve_bytes(&b), 0);
+    free_all(&heap, &mut b, &more);
+    b.check_invariants(&heap);
+    a.flush(&heap);
+    b.flush(&heap);
+    heap.release_free_memory();
+    heap.check_invariants();
+    assert_eq!(
+        heap.page_heap_stats().small_spans,
+        0,
+        "every object came home"
+    );
+}
+
+/// Objects of the class of `size` in the bins of `cache`.
+fn cache_bins_len(cache: &ThreadCache, size: usize) -> usize {
+    cache.cached_objects()[size_class::class_for(size, 8).unwrap().index()]
+}
+
+/// The stash is in the reserve: a reclaim gives stashed spans back to the page heap, and
+/// the owner, finding its stash emptied, takes a new span from the page heap.
+#[test]
+fn a_reclaim_gives_an_idle_threads_stash_back() {
+    use reserve::{Reclaim, Reserves};
+    let heap = heap();
+    let reserves = Reserves::new();
+    let mut cache = cache_with_reserve();
+    // SAFETY: a leaked reserve, in this list once.
+    unsafe { reserves.insert(cache.reserve().unwrap()) };
+    let small = cache.alloc(&heap, 64, 8);
+    let p = cache.alloc(&heap, 200_000, 8);
+    // SAFETY: live, freed once (into the stash).
+    unsafe { cache.free(&heap, p) };
+    let stashed = cache.stashed_bytes();
+    assert!(stashed >= 200_000);
+    assert_eq!(reserves.held_counts().1, stashed);
+    assert_eq!(heap.page_heap_stats().large_in_use, stashed);
+    // SAFETY: the cache is over `heap`.
+    let taken = unsafe { reserves.reclaim(&heap, Reclaim::All) };
+    assert_eq!(taken, stashed);
+    assert_eq!(cache.stashed_bytes(), 0);
+    assert_eq!(heap.page_heap_stats().large_in_use, 0);
+    cache.maybe_trim(&heap);
+    let q = cache.alloc(&heap, 200_000, 8);
+    assert!(!q.is_null());
+    assert_eq!(heap.page_heap_stats().large_in_use, stashed);
+    // SAFETY: live, freed once.
+    unsafe {
+        cache.free(&heap, q);
+        cache.free(&heap, small);
+    }
+    cache.check_invariants(&heap);
+    cache.flush(&heap);
+    heap.check_invariants();
+}
+
+/// An owner that fills and drains its reserve while another thread reclaims it again and
+/// again loses no object and hands none out twice.
+#[test]
+fn an_owner_and_a_reclaimer_racing_keep_every_object_once() {
+    use reserve::{Reclaim, Reserves};
+    let heap = heap();
+    let reserves = Reserves::new();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let (heap, reserves, stop) = (&*heap, &reserves, &stop);
+        let owner = s.spawn(move || {
+            let mut cache = cache_with_reserve();
+            // SAFETY: a leaked reserve, in this list once.
+            unsafe { reserves.insert(cache.reserve().unwrap()) };
+            let mut rng = Rng(99);
+            for _ in 0..40 {
+                let size = [32, 128, 512, 2048][rng.below(4) as usize];
+                let ptrs = alloc_n(heap, &mut cache, size, (1 << 21) / size);
+                let mut seen = std::collections::HashSet::new();
+                assert!(
+                    ptrs.iter().all(|&p| seen.insert(p)),
+                    "an object handed out twice"
+                );
+                free_all(heap, &mut cache, &ptrs);
+            }
+            cache.check_invariants(heap);
+            // SAFETY: in this list.
+            unsafe { reserves.remove(cache.reserve().unwrap()) };
+            cache.flush(heap);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            // SAFETY: every cache in the list is over `heap`.
+            unsafe { reserves.reclaim(heap, Reclaim::All) };
+            std::thread::yield_now();
+        }
+        owner.join().unwrap();
+    });
+    heap.release_free_memory();
+    heap.check_invariants();
+    assert_eq!(
+        heap.page_heap_stats().small_spans,
+        0,
+        "every object came home"
+    );
 }
