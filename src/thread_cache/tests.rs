@@ -831,7 +831,9 @@ fn a_shared_never_filled_cache_is_only_read_by_the_fast_paths() {
 #[test]
 fn past_its_budget_a_cache_takes_room_from_its_largest_bin_once_in_sixteen_growths() {
     let heap = heap();
-    let mut cache = cache_with_reserve();
+    // A cache with no reserve (the orphan cache's kind): one with a reserve halves no bin,
+    // its overflow waits in the reserve instead (`with_a_reserve_no_bin_is_halved`).
+    let mut cache = ThreadCache::new();
     let big = size_class::class_of(1000).unwrap();
     let hot = size_class::class_of(48).unwrap();
     // The 1000-byte bin's bound grows with every refill to its class bound.
@@ -871,6 +873,43 @@ fn past_its_budget_a_cache_takes_room_from_its_largest_bin_once_in_sixteen_growt
         // SAFETY: live objects, freed once.
         unsafe { cache.dealloc(&heap, p, size, 8) };
     }
+    cache.flush(&heap);
+    heap.check_invariants();
+}
+
+/// With a reserve, a growth past the bins' budget halves no bin: the class is allowed that
+/// much more in the reserve instead, a batch per refused growth.
+#[test]
+fn with_a_reserve_no_bin_is_halved() {
+    let heap = heap();
+    heap.set_bin_bytes(reserve::REACHABLE_BYTES);
+    let mut cache = cache_with_reserve();
+    let hot = size_class::class_of(48).unwrap();
+    let batch = crate::central_free_list::batch_size(hot) as u32;
+    // One class takes the bins' whole budget.
+    let mut held = alloc_n(&heap, &mut cache, 1000, 1100);
+    let big = size_class::class_of(1000).unwrap();
+    let big_max = cache.bins[big.index()].max;
+    let mut refused = 0;
+    while refused < 2 * bins::STEAL_EVERY {
+        let runs_dry = cache.bins[hot.index()].head.is_null();
+        let before = (
+            cache.bins[hot.index()].max,
+            cache.reserve_allowed[hot.index()],
+        );
+        held.push(cache.alloc(&heap, 48, 8));
+        if runs_dry && before.0 >= batch && cache.bins[hot.index()].max == before.0 {
+            refused += 1;
+            assert_eq!(
+                cache.reserve_allowed[hot.index()],
+                before.1 + batch,
+                "a refused growth is allowed in the reserve"
+            );
+        }
+        assert_eq!(cache.bins[big.index()].max, big_max, "no bin is halved");
+    }
+    cache.check_invariants(&heap);
+    free_all(&heap, &mut cache, &held);
     cache.flush(&heap);
     heap.check_invariants();
 }
@@ -1029,7 +1068,8 @@ fn a_full_bin_shrinks_to_a_lowered_bound_at_its_next_spill() {
 #[test]
 fn a_growth_is_taken_exactly_when_it_fits_the_budget() {
     let heap = heap();
-    let mut cache = cache_with_reserve();
+    // The halving path: a cache with no reserve.
+    let mut cache = ThreadCache::new();
     let hot = size_class::class_of(48).unwrap();
     let batch = crate::central_free_list::batch_size(hot) as u32;
     let batch_bytes = batch as usize * hot.size();
