@@ -338,4 +338,305 @@ mod tests {
         };
         assert_eq!(run(), run());
     }
+
+    /// A mean so long that a fresh interval all but never ends within a small allocation
+    /// (the chance is about `size / 2^40`).
+    const HUGE: Params = Params {
+        mean: 1 << 40,
+        epoch: 1,
+        seed: 7,
+    };
+
+    #[test]
+    fn next_u64_is_splitmix64() {
+        // The reference outputs of Vigna's splitmix64.c for two states (1234567: the
+        // Rosetta Code task's; 1477776061723855037: rand_xoshiro's test), checked with an
+        // independent implementation of the published definition.
+        let cases: [(u64, [u64; 5]); 2] = [
+            (
+                1234567,
+                [
+                    6457827717110365317,
+                    3203168211198807973,
+                    9817491932198370423,
+                    4593380528125082431,
+                    16408922859458223821,
+                ],
+            ),
+            (
+                1477776061723855037,
+                [
+                    1985237415132408290,
+                    2979275885539914483,
+                    13511426838097143398,
+                    8488337342461049707,
+                    15141737807933549159,
+                ],
+            ),
+        ];
+        for (state, want) in cases {
+            let mut s = Sampler::new();
+            s.rng = state;
+            let got: Vec<u64> = (0..5).map(|_| s.next_u64()).collect();
+            assert_eq!(got, want, "state {state}");
+        }
+    }
+
+    /// The first numbers a fresh sampler draws after `reseed(seed)`.
+    fn numbers_after_reseed(seed: u64) -> [u64; 4] {
+        let mut s = Sampler::new();
+        s.reseed(seed);
+        [s.next_u64(), s.next_u64(), s.next_u64(), s.next_u64()]
+    }
+
+    #[test]
+    fn nearby_seeds_give_different_numbers() {
+        // Seeds next to each other, every single bit, and the seed that the mixing takes
+        // to a zero state.
+        let mut seeds: Vec<u64> = (0..=64).collect();
+        seeds.extend((0..64).map(|i| 1u64 << i));
+        seeds.push(0x6a09_e667_f3bc_c909);
+        seeds.push(u64::MAX);
+        seeds.sort_unstable();
+        seeds.dedup();
+        let mut streams: Vec<[u64; 4]> = seeds.iter().map(|&s| numbers_after_reseed(s)).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        assert_eq!(
+            streams.len(),
+            seeds.len(),
+            "two seeds gave the same numbers"
+        );
+    }
+
+    #[test]
+    fn reseeding_with_a_seed_restarts_its_numbers() {
+        let mut s = Sampler::new();
+        s.reseed(5);
+        let first = [s.next_u64(), s.next_u64()];
+        for _ in 0..100 {
+            s.next_u64();
+        }
+        s.reseed(5);
+        assert_eq!([s.next_u64(), s.next_u64()], first);
+        assert_eq!(numbers_after_reseed(5)[..2], first);
+    }
+
+    #[test]
+    fn draws_are_exponential_with_the_mean() {
+        let mut s = Sampler::new();
+        s.restart(ON, 1);
+        let n = 1_000_000;
+        let mean = ON.mean as f64;
+        let (mut sum, mut below) = (0.0, 0usize);
+        for _ in 0..n {
+            let x = s.draw();
+            assert!(x >= 0);
+            sum += x as f64;
+            below += usize::from((x as f64) < mean);
+        }
+        // Rounded down to whole bytes: the mean of the draws is 1 / (e^(1/T) - 1), about
+        // T - 1/2; the standard error over a million draws is T / 1000.
+        let want = 1.0 / ((1.0 / mean).exp() - 1.0);
+        let avg = sum / n as f64;
+        assert!((avg - want).abs() < 0.01 * mean, "{avg} vs {want}");
+        // P(X < T) = 1 - 1/e; the standard error is under 0.0005.
+        let p = below as f64 / n as f64;
+        let want = 1.0 - (-1.0f64).exp();
+        assert!((p - want).abs() < 0.005, "{p} vs {want}");
+    }
+
+    #[test]
+    fn the_longest_draw_is_finite_and_capped() {
+        // The state before a SplitMix64 output of 0 (the mixer takes 0 to 0): the smallest
+        // uniform value, 2^-53, and so the longest draw, 53 ln 2 means.
+        let zero_next = 0u64.wrapping_sub(0x9e37_79b9_7f4a_7c15);
+        let mut s = Sampler::new();
+        s.mean = 4096;
+        s.rng = zero_next;
+        assert_eq!(s.draw(), 150_473, "53 ln 2 * 4096 = 150473.93...");
+        // With a mean that long the draw would pass isize::MAX / 2: it stops there, so that
+        // charging any allocation after it cannot wrap the countdown.
+        s.mean = 1 << 58;
+        s.rng = zero_next;
+        assert_eq!(s.draw(), isize::MAX / 2);
+    }
+
+    #[test]
+    fn the_charge_that_takes_the_countdown_below_zero_crosses() {
+        let mut s = Sampler::new();
+        s.restart(ON, 11);
+        let f = s.countdown;
+        assert!(f > 0);
+        // The last byte of the interval does not cross, nor does an empty allocation.
+        assert!(s.charge(f as usize - 1));
+        assert!(s.charge(1));
+        assert!(s.charge(0));
+        assert_eq!(s.countdown, 0);
+        // The next byte holds the sample point: weight T + k - f with nothing left.
+        assert!(!s.charge(1));
+        assert_eq!(s.crossed(1, ON), Some(ON.mean + 1));
+        // The same through the raw pointer.
+        let f = s.countdown;
+        let p = &raw mut s;
+        // SAFETY: `s` is live and only this thread uses it.
+        unsafe {
+            assert!(Sampler::charge_raw(p, f as usize));
+            assert!(!Sampler::charge_raw(p, 1));
+        }
+    }
+
+    #[test]
+    fn every_allocation_is_charged_exactly_once() {
+        let mut s = Sampler::new();
+        assert_eq!(s.charges(), 0);
+        let every = Params {
+            mean: 1,
+            epoch: 1,
+            seed: 1,
+        };
+        let mut n = 0u64;
+        for (params, count) in [(Params::OFF, 1000), (ON, 100_000), (every, 1000)] {
+            for i in 0..count {
+                s.sample(1 + i % 5000, || params);
+                n += 1;
+                assert_eq!(s.charges(), n);
+            }
+        }
+        assert!(!s.charge(usize::MAX / 2));
+        assert_eq!(s.charges(), n + 1);
+    }
+
+    #[test]
+    fn profiling_off_rechecks_once_per_16_mib() {
+        let mut s = Sampler::new();
+        let mut looks = 0;
+        // A new countdown is at zero: the first allocation looks.
+        assert_eq!(
+            s.sample(64, || {
+                looks += 1;
+                Params::OFF
+            }),
+            None
+        );
+        assert_eq!(looks, 1);
+        // Exactly 16 MiB more without a look, then the next byte looks again.
+        for _ in 0..(16 << 20) / 4096 {
+            assert_eq!(s.sample(4096, || unreachable!("looked early")), None);
+        }
+        assert_eq!(
+            s.sample(1, || {
+                looks += 1;
+                Params::OFF
+            }),
+            None
+        );
+        assert_eq!(looks, 2);
+    }
+
+    #[test]
+    fn a_stale_or_recheck_interval_samples_nothing() {
+        // A new sampler's zero countdown, and a recheck interval, were not drawn for
+        // sampling: the allocation that ends them is counted against a fresh interval (one
+        // that a mean of 2^40 makes all but endless).
+        let mut s = Sampler::new();
+        assert_eq!(s.sample(64, || HUGE), None);
+        assert_eq!(s.mean(), HUGE.mean);
+        let mut s = Sampler::new();
+        s.restart(Params::OFF, 1);
+        assert_eq!(s.countdown, RECHECK_BYTES);
+        assert_eq!(s.sample(RECHECK_BYTES as usize + 1, || HUGE), None);
+        // An interval drawn before the last start samples nothing either.
+        let mut s = Sampler::new();
+        s.restart(ON, 1);
+        let f = s.countdown as usize;
+        let later = Params { epoch: 2, ..HUGE };
+        assert_eq!(s.sample(f + 1, || later), None);
+        assert_eq!(s.mean(), HUGE.mean);
+        assert_eq!(s.epoch, 2);
+    }
+
+    /// The countdown a new sampler at `s`'s place draws at its first allocation (1 byte)
+    /// under `params`.
+    fn first_interval(s: &mut Sampler, params: Params) -> isize {
+        *s = Sampler::new();
+        assert_eq!(s.sample(1, || params), None);
+        s.countdown
+    }
+
+    #[test]
+    fn each_seed_and_each_sampler_draws_its_own_intervals() {
+        // One place, many seeds: the seed mixed with the place must keep every seed apart.
+        let mut s = Sampler::new();
+        let mut seeds = vec![0u64];
+        seeds.extend((0..64).map(|i| 1u64 << i));
+        let mut firsts: Vec<isize> = seeds
+            .iter()
+            .map(|&seed| first_interval(&mut s, Params { seed, ..HUGE }))
+            .collect();
+        firsts.sort_unstable();
+        firsts.dedup();
+        assert_eq!(
+            firsts.len(),
+            seeds.len(),
+            "two seeds drew the same interval"
+        );
+        // Two places, one seed: two threads' samplers draw apart.
+        let mut t = Sampler::new();
+        for seed in [0, 7] {
+            let params = Params { seed, ..HUGE };
+            assert_ne!(
+                first_interval(&mut s, params),
+                first_interval(&mut t, params)
+            );
+        }
+    }
+
+    #[test]
+    fn a_new_epoch_reseeds_whatever_came_before() {
+        // Intervals of the new epoch depend on its seed alone, not on the numbers the
+        // sampler drew before (each run: an epoch of mean 1, which draws nothing, then a
+        // second one).
+        let every = Params {
+            mean: 1,
+            epoch: 1,
+            seed: 0,
+        };
+        let next = Params { epoch: 2, ..ON };
+        let mut s = Sampler::new();
+        let run = |s: &mut Sampler, seed: u64| {
+            *s = Sampler::new();
+            s.restart(every, seed);
+            (0..10_000)
+                .map(|i| s.sample(16 + i % 300, || next).unwrap_or(0))
+                .collect::<Vec<_>>()
+        };
+        let a = run(&mut s, 1);
+        let b = run(&mut s, 2);
+        assert!(a.iter().any(|&w| w != 0));
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn restart_takes_effect_at_the_next_allocation() {
+        let mut s = Sampler::new();
+        // Off, so 16 MiB from the next look.
+        assert_eq!(s.sample(64, || Params::OFF), None);
+        s.restart(ON, 11);
+        assert_eq!(s.mean(), ON.mean);
+        let f = s.countdown;
+        assert!((0..RECHECK_BYTES).contains(&f));
+        // The fresh interval runs out exactly where it was drawn to: no look before it.
+        assert_eq!(s.sample(f as usize, || unreachable!("looked early")), None);
+        assert_eq!(s.sample(1, || ON), Some(ON.mean + 1));
+        // The same seed draws the same interval, on any sampler.
+        let mut t = Sampler::new();
+        t.restart(ON, 11);
+        assert_eq!(t.countdown, f);
+        t.restart(ON, 12);
+        assert_ne!(t.countdown, f);
+        // Restarted off: a recheck interval.
+        s.restart(Params::OFF, 11);
+        assert_eq!((s.mean(), s.countdown), (0, RECHECK_BYTES));
+    }
 }
