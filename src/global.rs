@@ -66,8 +66,11 @@ const DEAD: u8 = 3;
 /// (`SAMPLE_IDLE`, `SAMPLE_BUSY` inside [`sampled_alloc`], `SAMPLE_PAUSED` while it writes a
 /// profile), and the cache's reserve. Only the thread itself touches the other fields, and
 /// it forms `&mut` to the cache alone, never to the whole slot: other threads reach the
-/// reserve (through [`RESERVES`]) while it works.
-#[repr(C)]
+/// reserve (through [`RESERVES`]) while it works. Aligned to 128 bytes (two cache lines, as
+/// `crossbeam_utils::CachePadded` on x86_64) so that one thread's reserve, which its slow
+/// paths write, never shares a line with the hot head of the next thread's cache when the
+/// slots come from one pool (`small-tls`).
+#[repr(C, align(128))]
 struct Local {
     cache: ThreadCache,
     state: u8,

@@ -528,6 +528,28 @@ impl ThreadCache {
                 bytes += n * class.size();
             }
             ensure!(bytes == held.bytes, "a reserve's bytes are its objects'");
+            for class in SizeClass::all().filter(|&c| reserve::segmented(c)) {
+                let list = held.lists[class.index()];
+                let (mut at, mut left) = (list.head, list.len);
+                while left != 0 {
+                    // SAFETY: free objects of our reserve, in segments (checked above to
+                    // hold `len` linked objects).
+                    let (tail, n) = unsafe { reserve::read_segment(at) };
+                    ensure!(
+                        n >= 1 && n <= left,
+                        "a reserve segment's length fits its list"
+                    );
+                    let mut end = at;
+                    for _ in 1..n {
+                        // SAFETY: as above.
+                        end = unsafe { crate::span::next_free(end) };
+                    }
+                    ensure!(end == tail, "a reserve segment ends where it says");
+                    // SAFETY: as above.
+                    at = unsafe { crate::span::next_free(end) };
+                    left -= n;
+                }
+            }
             drop(held);
             for s in (0..reserve::STASH_SLOTS).map(|i| r.stashed(i)) {
                 if s.is_null() {

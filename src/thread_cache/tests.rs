@@ -1571,3 +1571,64 @@ fn an_owner_and_a_reclaimer_racing_keep_every_object_once() {
         "every object came home"
     );
 }
+
+/// The objects of the chain that starts at `head`, up to the null link.
+#[cfg(not(feature = "hardened"))]
+fn chain(mut head: *mut u8) -> Vec<*mut u8> {
+    let mut out = Vec::new();
+    while !head.is_null() {
+        out.push(head);
+        // SAFETY: a chain of objects linked through their first word, null-terminated.
+        head = unsafe { span::next_free(head) };
+    }
+    out
+}
+
+/// A reserve keeps each chain it is given as a segment: a take of at least its length gets
+/// the newest segment whole, in one step; a shorter take gets the first objects and leaves
+/// the rest a segment of its own, which the next take gets whole.
+#[cfg(not(feature = "hardened"))]
+#[test]
+fn a_reserve_hands_back_a_segment_whole_or_split() {
+    let heap = heap();
+    let mut cache = cache_with_reserve();
+    let class = size_class::class_for(64, 8).unwrap();
+    assert!(reserve::segmented(class));
+    let objs = alloc_n(&heap, &mut cache, 64, 10);
+    let link = |from: usize, to: usize| {
+        for i in from..to - 1 {
+            // SAFETY: live objects of ours, used as a chain by the test.
+            unsafe { span::set_next_free(objs[i], objs[i + 1]) };
+        }
+        // SAFETY: as above.
+        unsafe { span::set_next_free(objs[to - 1], null_mut()) };
+    };
+    link(0, 6);
+    link(6, 10);
+    let r = Reserve::new();
+    let map = heap.page_map() as *const crate::page_map::PageMap;
+    let class_bytes = class.index() * core::mem::size_of::<Bin>();
+    // SAFETY: two chains of objects of `class`, given to the reserve.
+    unsafe {
+        assert!(r.put(class, objs[0], objs[5], 6, usize::MAX, usize::MAX));
+        assert!(r.put(class, objs[6], objs[9], 4, usize::MAX, usize::MAX));
+    }
+    let (h, n) = r.take(class, 32, map, class_bytes);
+    assert_eq!(
+        (n, chain(h)),
+        (4, objs[6..10].to_vec()),
+        "the newest segment whole"
+    );
+    let (h, n) = r.take(class, 2, map, class_bytes);
+    assert_eq!((n, chain(h)), (2, objs[0..2].to_vec()), "a split");
+    let (h, n) = r.take(class, 32, map, class_bytes);
+    assert_eq!(
+        (n, chain(h)),
+        (4, objs[2..6].to_vec()),
+        "the rest, a segment of its own"
+    );
+    assert_eq!(r.take(class, 32, map, class_bytes).1, 0);
+    free_all(&heap, &mut cache, &objs);
+    cache.flush(&heap);
+    heap.check_invariants();
+}
