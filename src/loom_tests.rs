@@ -429,6 +429,38 @@ fn frees_from_another_thread_race_refills() {
 // -------------------------------------------------------------------------------------
 // 7. A thread's reserve reclaimed by another thread.
 
+/// A cache with a reserve, as a registered thread's: the reserve in a fresh list. The
+/// reserve is leaked: it must stay in place while a reclaimer may reach it (one small
+/// record per execution).
+fn cache_with_listed_reserve() -> (
+    ThreadCache,
+    &'static crate::thread_cache::Reserve,
+    Arc<crate::thread_cache::reserve::Reserves>,
+) {
+    use crate::thread_cache::reserve::{Reserve, Reserves};
+    let reserves = Arc::new(Reserves::new());
+    let reserve: &'static Reserve = Box::leak(Box::new(Reserve::new()));
+    let mut cache = ThreadCache::new();
+    // SAFETY: leaked, so in place for good; this cache's alone; in this list once.
+    unsafe {
+        cache.attach_reserve(reserve);
+        reserves.insert(reserve);
+    }
+    (cache, reserve, reserves)
+}
+
+/// Spawns a thread that reclaims every reserve in `reserves` once.
+fn spawn_reclaimer(
+    w: &Arc<World>,
+    reserves: &Arc<crate::thread_cache::reserve::Reserves>,
+) -> thread::JoinHandle<()> {
+    let (w, reserves) = (w.clone(), reserves.clone());
+    spawn(move || {
+        // SAFETY: every reserve in the list is a cache's over this heap.
+        unsafe { reserves.reclaim(&w.heap, crate::thread_cache::reserve::Reclaim::All) };
+    })
+}
+
 /// A thread keeps two free objects in its reserve, takes one back and hands it out, frees
 /// it, then leaves as at thread exit (out of the list, then its flush), while another thread
 /// reclaims every reserve in the list. Whatever the interleaving, each object is in one
@@ -436,20 +468,10 @@ fn frees_from_another_thread_race_refills() {
 /// never a reserve out of the list), so the census finds every span back in the page heap.
 #[test]
 fn reserve_reclaim_races_the_owner() {
-    use crate::thread_cache::reserve::{Reclaim, Reserve, Reserves};
     model(3, || {
         let w = World::new();
         let c = class(2560, 3, 1);
-        let reserves = Arc::new(Reserves::new());
-        // Leaked: it must stay in place while a reclaimer may reach it (one small record per
-        // execution).
-        let reserve: &'static Reserve = Box::leak(Box::new(Reserve::new()));
-        let mut cache = ThreadCache::new();
-        // SAFETY: leaked, so in place for good; this cache's alone; in this list once.
-        unsafe {
-            cache.attach_reserve(reserve);
-            reserves.insert(reserve);
-        }
+        let (mut cache, reserve, reserves) = cache_with_listed_reserve();
         let a = w.alloc(&mut cache, c);
         let b = w.alloc(&mut cache, c);
         for o in [a, b] {
@@ -481,11 +503,7 @@ fn reserve_reclaim_races_the_owner() {
             unsafe { r1.remove(reserve) };
             cache.flush(&w1.heap);
         });
-        let (w2, r2) = (w.clone(), reserves.clone());
-        let reclaimer = spawn(move || {
-            // SAFETY: every reserve in the list is a cache's over this heap.
-            unsafe { r2.reclaim(&w2.heap, Reclaim::All) };
-        });
+        let reclaimer = spawn_reclaimer(&w, &reserves);
         owner.join().unwrap();
         reclaimer.join().unwrap();
         w.assert_all_back_in_page_heap();
@@ -495,22 +513,15 @@ fn reserve_reclaim_races_the_owner() {
 /// The stash's slots are outside the reserve's lock: the owner frees a large object into
 /// its stash (a store into an empty slot), allocates the same length again (a
 /// compare-and-swap from the span it chose) and frees it again, then leaves as at thread
-/// exit, while another thread reclaims every reserve (a swap of each slot). Whoever takes a
+/// exit, while another thread reclaims every reserve (each slot emptied with a
+/// compare-and-swap from the value read). Whoever takes a
 /// span out owns it: the owner never hands out a span the reclaimer gave back, and every
 /// span goes back to the page heap exactly once.
 #[test]
 fn stash_reclaim_races_the_owner() {
-    use crate::thread_cache::reserve::{Reclaim, Reserve, Reserves};
     model(3, || {
         let w = World::new();
-        let reserves = Arc::new(Reserves::new());
-        let reserve: &'static Reserve = Box::leak(Box::new(Reserve::new()));
-        let mut cache = ThreadCache::new();
-        // SAFETY: leaked, so in place for good; this cache's alone; in this list once.
-        unsafe {
-            cache.attach_reserve(reserve);
-            reserves.insert(reserve);
-        }
+        let (mut cache, reserve, reserves) = cache_with_listed_reserve();
         // A small allocation activates the cache (an inactive one stashes nothing).
         let small = w.alloc(&mut cache, class(2560, 3, 1));
         let big = Obj(cache.alloc(&w.heap, 5 * PAGE_SIZE, 8));
@@ -532,11 +543,7 @@ fn stash_reclaim_races_the_owner() {
             unsafe { r1.remove(reserve) };
             cache.flush(&w1.heap);
         });
-        let (w2, r2) = (w.clone(), reserves.clone());
-        let reclaimer = spawn(move || {
-            // SAFETY: every reserve in the list is a cache's over this heap.
-            unsafe { r2.reclaim(&w2.heap, Reclaim::All) };
-        });
+        let reclaimer = spawn_reclaimer(&w, &reserves);
         owner.join().unwrap();
         reclaimer.join().unwrap();
         assert_eq!(
