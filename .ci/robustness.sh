@@ -45,8 +45,9 @@ job() { # name command...
 
 # ---------------------------------------------------------------------------------------
 # (a) Miri. Only unit tests that use FakePages (or no page source), no threads and no
-# syscalls besides the clock; of the thread-cache tests, the bin-table, walker and large-stash
-# ones (raw-pointer list surgery on span records), not the long shadow-model runs. Test-name filters (libtest substring match):
+# syscalls besides the clock; of the thread-cache tests, the bin-table, walker, large-stash
+# and reserve ones (raw-pointer list surgery on span records and free objects), not the long
+# shadow-model runs. Test-name filters (libtest substring match):
 MIRI_FILTERS=(
   check::tests::
   fixed_alloc::tests::
@@ -61,6 +62,8 @@ MIRI_FILTERS=(
   thread_cache::tests::freed_large_spans
   thread_cache::tests::a_thread_lends_one
   thread_cache::tests::a_shared_never_filled_cache
+  thread_cache::tests::a_reserve_hands_back_a_segment
+  thread_cache::tests::a_reclaim_gives_an_idle_threads_stash_back
   central_free_list::
 )
 # ...less these: threads (sync), files (the table freshness test), or too slow under

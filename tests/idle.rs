@@ -30,6 +30,18 @@ const IDLE_BOUND: usize = 2 << 20;
 
 const CHILD_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The resident memory the idle threads may leave: their bins, from `start`. Under
+/// AddressSanitizer the shadow of every page touched stays resident whatever the allocator
+/// gives back (an eighth of it, and more), so there the bound is half of what the threads
+/// held while idle (`idle`); without the reclaim they keep about four fifths of it.
+fn kept_bound(start: usize, idle: usize) -> usize {
+    if common::under_asan() {
+        start + (idle - start) / 2
+    } else {
+        start + THREADS * IDLE_BOUND
+    }
+}
+
 /// Starts the threads; each frees its working set, says so, and then blocks until the
 /// returned sender is dropped.
 fn idle_threads() -> (Vec<std::thread::JoinHandle<()>>, mpsc::Sender<()>) {
@@ -108,8 +120,8 @@ fn release_free_memory_reaches_idle_threads_caches() {
                 "the threads' caches held their working sets: start {start}, idle {idle}"
             );
             assert!(
-                after < start + THREADS * IDLE_BOUND,
-                "idle threads keep at most their bins: start {start}, after {after}"
+                after < kept_bound(start, idle),
+                "idle threads keep at most their bins: start {start}, idle {idle}, after {after}"
             );
             join(threads);
         },
@@ -137,7 +149,7 @@ fn the_background_release_reaches_idle_threads_caches_after_the_decay_time() {
             loop {
                 std::thread::sleep(Duration::from_millis(50));
                 let now = rss();
-                if now < start + THREADS * IDLE_BOUND {
+                if now < kept_bound(start, idle) {
                     break;
                 }
                 assert!(
