@@ -384,13 +384,14 @@ impl ThreadCache {
             // mixed-size working set of 1024 slots took 163 instructions a step (callgrind),
             // 137 this way, and 100 000 slots 195 against 156, the bounds as adaptive over
             // a longer run.
-            // With a reserve, no bin is halved: the class's objects past the bins' budget
-            // wait in the reserve (`allow_in_reserve`), a lock away rather than a central
-            // list's span bookkeeping away, and halving a bin only sent its objects on a
-            // round trip (callgrind, `slots 1024 mixed`: 110.9 M instructions with halving,
-            // 108.3 M without).
+            // With a reserve too: without halving, the bins that took the budget in one
+            // phase of a program keep it in the next, and the classes of the new phase go
+            // through the reserve on every batch (`compare`'s `liveset-100MB`, small objects
+            // churned after a 100 MB set is built: 10.6 ns an operation without halving,
+            // 8.4 with it; the mixed batches 14.6 against 12.5), though a single phase
+            // costs 2% more instructions with it (callgrind, `slots 1024 mixed`).
             self.over_budget = self.over_budget.wrapping_add(1);
-            if self.over_budget % STEAL_EVERY != 0 || !self.reserve.is_null() {
+            if self.over_budget % STEAL_EVERY != 0 {
                 return false;
             }
             // The bin with the most bytes of bound, but this class's.
