@@ -345,13 +345,17 @@ impl Span {
     /// The calling thread stashed the span and takes it out of its stash.
     #[inline]
     pub unsafe fn unstash_large(&self) {
-        self.stashed.store(false, Ordering::Relaxed);
+        // Release pairs with the Acquire in `is_stashed_large`: a thread that sees the mark
+        // cleared also sees the stash slot the span was taken from emptied (the cache
+        // walker's check, `ThreadCache::invariant_violation`).
+        self.stashed.store(false, Ordering::Release);
     }
 
     /// Whether a large span sits in a thread's stash (its object is free).
     #[inline]
     pub fn is_stashed_large(&self) -> bool {
-        self.stashed.load(Ordering::Relaxed)
+        // Acquire pairs with the Release in `unstash_large`.
+        self.stashed.load(Ordering::Acquire)
     }
 
     /// Marks a large span's object as sampled by the heap profiler: `record` is its record

@@ -551,15 +551,22 @@ impl ThreadCache {
                 }
             }
             drop(held);
-            for s in (0..reserve::STASH_SLOTS).map(|i| r.stashed(i)) {
-                if s.is_null() {
+            for i in 0..reserve::STASH_SLOTS {
+                let p = r.stashed(i);
+                if p.is_null() {
                     continue;
                 }
-                // SAFETY: stashed spans are live large spans the reserve holds (the owner
-                // runs this; a reclaimer only ever empties a slot).
-                let s = unsafe { &*s };
+                // SAFETY: span records are never unmapped and the fields read are atomics.
+                // A reclaimer on another thread may take the span out meanwhile (it empties
+                // the slot, then clears the mark, then frees the span): a span that looks
+                // wrong is a violation only if its slot still holds it afterwards. The mark
+                // is read first: cleared, it was cleared after the slot was emptied
+                // (`unstash_large` releases, `is_stashed_large` acquires), and a span is
+                // freed, and its record recycled, only after its mark is cleared.
+                let s = unsafe { &*p };
+                let sound = s.is_stashed_large() && s.kind() == crate::span::SpanKind::Large;
                 ensure!(
-                    s.kind() == crate::span::SpanKind::Large && s.is_stashed_large(),
+                    sound || r.stashed(i) != p,
                     "stashed spans are large spans marked stashed"
                 );
             }
