@@ -1018,8 +1018,9 @@ static BACKGROUND_RELEASE: AtomicU8 = AtomicU8::new(0);
 /// no allocator call at all (a program that frees and then sleeps), and takes back what the
 /// caches of threads idle for the decay time keep past their bins' 1 MiB. Without it, the
 /// decay release runs from the allocator's own slow paths and idle threads keep their
-/// caches. The thread wakes every quarter of the decay time. Returns `false` if it was already started (or could not be). Call it from
-/// ordinary code, not from inside an allocation (it spawns a thread).
+/// caches. The thread wakes every quarter of the decay time. Returns `false` if it was
+/// already started (or could not be). Call it from ordinary code, not from inside an
+/// allocation (it spawns a thread).
 pub fn start_background_release() -> bool {
     if BACKGROUND_RELEASE.swap(1, Ordering::Relaxed) != 0 {
         return false;

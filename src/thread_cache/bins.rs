@@ -368,15 +368,20 @@ impl ThreadCache {
         }
     }
 
+    /// Whether the bins' bounds, `extra` bytes more, stay within the bins' budget
+    /// (`ThreadCache::bins_budget`).
+    fn fits_bins_budget<S: PageSource>(&self, heap: &Heap<S>, extra: usize) -> bool {
+        self.bound_bytes + extra <= self.bins_budget(heap)
+    }
+
     /// Raises the bound of `class`'s bin to `want` if the cache's bounds stay within the
-    /// bins' budget (`ThreadCache::bins_budget`; halving the bin that holds the most bytes, another class's,
-    /// to make room if need be). Returns whether it did.
+    /// bins' budget (halving the bin that holds the most bytes, another class's, to make
+    /// room if need be). Returns whether it did.
     fn grow_bound<S: PageSource>(&mut self, heap: &Heap<S>, class: SizeClass, want: u32) -> bool {
         let max = self.bin(class).max;
         debug_assert!(want > max);
         let extra = (want - max) as usize * class.size();
-        let budget = self.bins_budget(heap);
-        if self.bound_bytes + extra > budget {
+        if !self.fits_bins_budget(heap, extra) {
             self.allow_in_reserve(heap, class, want - max);
             // Past the budget, one growth in `STEAL_EVERY` takes room from the largest bin;
             // the others keep the bounds as they are. Halving another bin on every refill
@@ -402,7 +407,7 @@ impl ThreadCache {
                 let vmax = self.bins[v.index()].max;
                 self.shrink_bound(heap, v, vmax / 2);
             }
-            if self.bound_bytes + extra > budget {
+            if !self.fits_bins_budget(heap, extra) {
                 return false;
             }
         }
@@ -529,8 +534,7 @@ impl ThreadCache {
             && if steal {
                 self.grow_bound(heap, class, want)
             } else {
-                let fits = self.bound_bytes + (want - max) as usize * class.size()
-                    <= self.bins_budget(heap);
+                let fits = self.fits_bins_budget(heap, (want - max) as usize * class.size());
                 if fits {
                     self.raise_bound(class, want);
                 }

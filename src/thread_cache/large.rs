@@ -28,7 +28,7 @@ impl ThreadCache {
             return None;
         }
         let pages = Pages::for_bytes(size)?;
-        let (_, span) = self.pick_stashed(|s| {
+        let span = self.pick_stashed(|s| {
             (s.object_pages() == pages && s.start_addr() % align == 0).then_some(0)
         })?;
         self.stash_used = true;
@@ -37,12 +37,9 @@ impl ThreadCache {
     }
 
     /// Takes out of the stash the span `rank` ranks best (the lowest rank, the newest among
-    /// equals; `None`: not a candidate), and clears its stashed mark: its slot and the span,
-    /// or `None` when no span is a candidate or a reclaimer took the chosen one meanwhile.
-    fn pick_stashed(
-        &mut self,
-        rank: impl Fn(&Span) -> Option<usize>,
-    ) -> Option<(usize, *mut Span)> {
+    /// equals; `None`: not a candidate), and clears its stashed mark; `None` when no span is
+    /// a candidate or a reclaimer took the chosen one meanwhile.
+    fn pick_stashed(&mut self, rank: impl Fn(&Span) -> Option<usize>) -> Option<*mut Span> {
         let r = self.reserve()?;
         let mut best: Option<(usize, *mut Span, usize)> = None;
         let mut any = false;
@@ -75,7 +72,7 @@ impl ThreadCache {
         }
         // SAFETY: taken out of the stash by us: the span and its free object are ours.
         unsafe { (*span).unstash_large() };
-        Some((i, span))
+        Some(span)
     }
 
     /// The start of a stashed span with at least `room` bytes aligned to `align` (the
@@ -110,7 +107,7 @@ impl ThreadCache {
         if !self.stash_seen {
             return None;
         }
-        let (_, span) = self.pick_stashed(|s| {
+        let span = self.pick_stashed(|s| {
             let bytes = s.object_bytes();
             (bytes >= room && s.start_addr() % align == 0).then_some(bytes)
         })?;
@@ -200,9 +197,7 @@ impl ThreadCache {
             unsafe { r.take_stash().give_back(heap) };
         }
     }
-}
 
-impl ThreadCache {
     /// Bytes of the stashed large spans.
     pub fn stashed_bytes(&self) -> usize {
         self.reserve().map_or(0, |r| r.stashed_bytes())

@@ -448,9 +448,10 @@ impl ThreadCache {
 impl ThreadCache {
     /// The first broken invariant of this cache, if any: every bin holds exactly as many
     /// objects as its count says, ending in null (so no object twice, no cycle), its room
-    /// within its bound; each is the start of an object of a small span of the bin's class (as the page
-    /// map says) and carries the free key; every stashed span is a large span marked
-    /// stashed. Walks every object (an expensive check: for tests).
+    /// within its bound; each is the start of an object of a small span of the bin's class
+    /// (as the page map says) and carries the free key; the reserve's lists likewise, each
+    /// segment as long as it records, their bytes adding up; every stashed span is a large
+    /// span marked stashed. Walks every object (an expensive check: for tests).
     pub fn invariant_violation<S: PageSource>(&self, heap: &Heap<S>) -> Option<&'static str> {
         macro_rules! ensure {
             ($cond:expr, $msg:expr) => {
