@@ -57,6 +57,8 @@ MIRI_FILTERS=(
   span::tests::
   size_class::tests::about_68_classes_up_to_32k
   heap::tests::
+  stack::cfi::tests::
+  stack::rule_cache::tests::
   thread_cache::tests::the_direct_bin_table
   thread_cache::tests::the_cache_walker
   thread_cache::tests::freed_large_spans

@@ -38,6 +38,7 @@ use crate::heap::{Heap, LEND_MIN};
 use crate::pages::PAGE_SHIFT;
 use crate::sample_table::SampleTable;
 use crate::size_class::{self, LARGE_THRESHOLD, MAX_SMALL_SIZE, MIN_ALIGN, SMALL_STEP_LIMIT};
+use crate::stack::RuleCache;
 use crate::sync::{AtomicU8, AtomicUsize, Lock, Ordering};
 use crate::sys::OsPages;
 use crate::thread_cache::ThreadCache;
@@ -56,6 +57,9 @@ static RESERVES: Reserves = Reserves::new();
 
 /// The heap profiler's setting and its table of sampled objects.
 static PROFILE: SampleTable = SampleTable::new();
+
+/// The heap profiler's stack walks' rules of code addresses seen before.
+static UNWIND_RULES: RuleCache = RuleCache::new();
 
 const FRESH: u8 = 0;
 const BUSY: u8 = 1;
@@ -314,6 +318,11 @@ pub fn samples() -> &'static SampleTable {
     &PROFILE
 }
 
+/// The heap profiler's cached unwind rules (for `profiling`).
+pub fn unwind_rules() -> &'static RuleCache {
+    &UNWIND_RULES
+}
+
 /// Runs `f` with sampling paused on the calling thread: the profiler's own work (taking and
 /// writing a profile, symbolizing) stays out of the profiles.
 pub(crate) fn without_sampling<R>(f: impl FnOnce() -> R) -> R {
@@ -475,6 +484,7 @@ extern "C" fn fork_parent() {
         HEAP.unlock_all();
         RESERVES.unlock_after_fork();
         ORPHAN.raw_unlock();
+        UNWIND_RULES.after_fork_in_child();
         #[cfg(feature = "small-tls")]
         LOCALS.raw_unlock();
     }
@@ -488,6 +498,7 @@ extern "C" fn fork_child() {
         HEAP.unlock_all();
         RESERVES.unlock_after_fork();
         ORPHAN.raw_unlock();
+        UNWIND_RULES.after_fork_in_child();
         #[cfg(feature = "small-tls")]
         LOCALS.raw_unlock();
     }
@@ -880,7 +891,7 @@ fn sampled_alloc(size: usize, align: usize, zeroed: bool, weight: usize) -> *mut
     unsafe { (*l).sampling = SAMPLE_BUSY };
     let mut frames = [0usize; crate::stack::MAX_FRAMES];
     // Leaves out this function's frame.
-    let depth = crate::stack::capture(&mut frames, 1);
+    let depth = crate::stack::capture(&mut frames, 1, &UNWIND_RULES);
     let p = PROFILE.alloc_sampled(&HEAP, size, align, zeroed, &frames[..depth], weight);
     // SAFETY: our own slot.
     unsafe { (*l).sampling = SAMPLE_IDLE };

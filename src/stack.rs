@@ -1,26 +1,77 @@
 //! Stack capture for the heap profiler: the return addresses of the calling thread's
-//! frames, through the unwinder the toolchain links (`_Unwind_Backtrace` from libgcc_s,
-//! which reads the `.eh_frame` unwind tables). See `lib.rs` for an overview and
-//! `docs/design.md` (section 10) for why this unwinder.
+//! frames. See `lib.rs` for an overview and `docs/design.md` (section 10) for why it is
+//! done this way.
 //!
-//! Safe inside the allocator: the buffer is the caller's (on its stack), the unwinder
-//! allocates nothing (the Rust standard library links it for panics already, so there is
-//! no `dlopen` of libgcc_s as glibc's `backtrace()` makes on its first call), and the only
-//! lock it may take is the dynamic loader's recursive lock around `dl_iterate_phdr`, on
-//! glibc versions without `_dl_find_object`: no allocation path of ours takes it. The
-//! caller holds no allocator lock while it captures. On macOS the unwinder is the system's
-//! libunwind (reading `__unwind_info`); that it allocates nothing there is expected, not
-//! checked (macOS is untested at run time).
+//! On x86-64 Linux the walk is this module's own: each frame's unwind rule (where the
+//! caller's stack pointer, return address and frame pointer are) is read from the
+//! `.eh_frame` unwind tables the first time its address is seen (`cfi.rs`, with the FDE found
+//! by libgcc_s's `_Unwind_Find_FDE`) and kept in a table shared by all threads
+//! (`rule_cache.rs`), so that a stack of frames seen before costs a few loads per frame. A
+//! frame beyond that reader (a CFA computed by an expression, a signal frame, code without
+//! unwind tables) hands the whole stack to the unwinder the toolchain links,
+//! `_Unwind_Backtrace`, which is also what every other target uses.
+//!
+//! Safe inside the allocator: the buffer is the caller's (on its stack); neither walk
+//! allocates (the Rust standard library links libgcc_s for panics already, so there is no
+//! `dlopen` as glibc's `backtrace()` makes on its first call); the rule table's writer
+//! takes it with one compare-and-swap or skips caching, and never waits. The only lock
+//! either walk may take is the dynamic loader's recursive lock around `dl_iterate_phdr`
+//! (once a walk, to read its count of unloaded objects; and in the FDE search on glibc
+//! versions without `_dl_find_object`): no allocation path of ours takes it. The caller holds
+//! no allocator lock while it captures. On macOS the unwinder is the system's libunwind
+//! (reading `__unwind_info`); that it allocates nothing there is expected, not checked
+//! (macOS is untested at run time).
 //!
 //! What the program needs for good stacks: unwind tables for its code, which Rust emits on
 //! Linux by default (even with `panic = "abort"`) and GCC and Clang emit on x86-64 by
 //! default (`-fasynchronous-unwind-tables`). Frame pointers are not needed. A frame with
 //! no unwind information (hand-written assembly, JIT code) ends the stack there.
 
+// Only x86-64 Linux walks stacks with them; elsewhere they are built and tested, unused.
+#[cfg_attr(
+    not(all(target_arch = "x86_64", target_os = "linux", not(miri))),
+    allow(dead_code)
+)]
+mod cfi;
+#[cfg_attr(
+    not(all(target_arch = "x86_64", target_os = "linux", not(miri))),
+    allow(dead_code)
+)]
+mod rule_cache;
+
+pub use rule_cache::RuleCache;
+
 use core::ffi::{c_int, c_void};
 
 /// The most frames a sample keeps (the innermost ones).
 pub const MAX_FRAMES: usize = 64;
+
+/// Writes the return addresses of the calling thread's frames into `out`, innermost first,
+/// leaving out this function's own frame and `skip` more; returns how many it wrote. Makes
+/// no allocation and takes no lock of the allocator's.
+///
+/// On x86-64 Linux it walks the stack itself with the rules in `rules`, reading a frame's
+/// rule from the unwind tables (found with the toolchain's `_Unwind_Find_FDE`) the first
+/// time its address is seen; a stack with a frame beyond that reader is walked again by
+/// `_Unwind_Backtrace`. Elsewhere `_Unwind_Backtrace` walks every stack.
+#[inline(never)]
+pub fn capture(out: &mut [usize], skip: usize, rules: &RuleCache) -> usize {
+    if out.is_empty() {
+        return 0;
+    }
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    {
+        let here = walk::Registers::here();
+        if let Some(n) = walk::walk(here, out, skip, rules) {
+            return core::hint::black_box(n);
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(miri))))]
+    let _ = rules;
+    // Keeps this frame from being a tail call, so that `skip` counts right: the `+ 1` is
+    // this function's own frame.
+    core::hint::black_box(capture_with_unwinder(out, skip + 1))
+}
 
 #[repr(C)]
 struct UnwindContext {
@@ -49,8 +100,8 @@ struct Frames<'a> {
 }
 
 extern "C" fn on_frame(ctx: *mut UnwindContext, arg: *mut c_void) -> c_int {
-    // SAFETY: `arg` is the `Frames` that `capture` passed, alive for the whole walk and
-    // used by nothing else meanwhile.
+    // SAFETY: `arg` is the `Frames` that `capture_with_unwinder` passed, alive for the
+    // whole walk and used by nothing else meanwhile.
     let frames = unsafe { &mut *arg.cast::<Frames<'_>>() };
     // SAFETY: `ctx` is the unwinder's context for the current frame.
     let ip = unsafe { _Unwind_GetIP(ctx) };
@@ -70,14 +121,9 @@ extern "C" fn on_frame(ctx: *mut UnwindContext, arg: *mut c_void) -> c_int {
     }
 }
 
-/// Writes the return addresses of the calling thread's frames into `out`, innermost first,
-/// leaving out this function's own frame and `skip` more; returns how many it wrote. Makes
-/// no allocation and takes no lock of the allocator's.
+/// [`capture`] by the toolchain's unwinder: leaves out its own frame and `skip` more.
 #[inline(never)]
-pub fn capture(out: &mut [usize], skip: usize) -> usize {
-    if out.is_empty() {
-        return 0;
-    }
+fn capture_with_unwinder(out: &mut [usize], skip: usize) -> usize {
     let mut frames = Frames { out, len: 0, skip };
     // The first frame the unwinder reports is this function's own (where it called
     // `_Unwind_Backtrace`).
@@ -85,45 +131,557 @@ pub fn capture(out: &mut [usize], skip: usize) -> usize {
     // SAFETY: `on_frame` matches the callback type and only touches `frames`.
     unsafe { _Unwind_Backtrace(on_frame, (&raw mut frames).cast()) };
     let len = frames.len;
-    // Keep the frame of the caller from being a tail call, so that `skip` counts right.
     core::hint::black_box(len)
+}
+
+/// The walk by cached rules (x86-64 Linux).
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+mod walk {
+    use super::RuleCache;
+    use super::cfi::{self, FrameRule, SavedRbp};
+    use core::ffi::{c_int, c_void};
+
+    /// The largest frame the walk believes: a CFA further than this above the stack
+    /// pointer is taken for a broken stack, and the stack ends there.
+    const MAX_FRAME_BYTES: usize = 64 << 20;
+
+    /// The registers a frame's caller is found from.
+    #[derive(Clone, Copy)]
+    pub struct Registers {
+        pc: usize,
+        rsp: usize,
+        rbp: usize,
+    }
+
+    impl Registers {
+        /// The caller's registers, at a point inside it (inlined into [`super::capture`], so
+        /// that its frame is the first the walk steps out of).
+        #[inline(always)]
+        pub fn here() -> Registers {
+            let (pc, rsp, rbp): (usize, usize, usize);
+            // SAFETY: reads three registers; touches no memory.
+            unsafe {
+                core::arch::asm!(
+                    "lea {pc}, [rip]",
+                    "mov {rsp}, rsp",
+                    "mov {rbp}, rbp",
+                    pc = out(reg) pc,
+                    rsp = out(reg) rsp,
+                    rbp = out(reg) rbp,
+                    options(nomem, nostack, preserves_flags),
+                );
+            }
+            Registers { pc, rsp, rbp }
+        }
+
+        /// Made-up registers, for walks over made-up stacks.
+        #[cfg(test)]
+        pub fn at(pc: usize, rsp: usize, rbp: usize) -> Registers {
+            Registers { pc, rsp, rbp }
+        }
+    }
+
+    #[repr(C)]
+    struct DwarfEhBases {
+        tbase: *mut c_void,
+        dbase: *mut c_void,
+        func: *mut c_void,
+    }
+
+    unsafe extern "C" {
+        /// libgcc_s's lookup of the FDE covering `pc` (what `_Unwind_Backtrace` uses too):
+        /// the entry's address, or null; `bases.func` is where its function starts.
+        fn _Unwind_Find_FDE(pc: *mut c_void, bases: *mut DwarfEhBases) -> *const u8;
+    }
+
+    /// Walks the stack from `here` (the frame of [`super::capture`], left out) into `out`,
+    /// leaving out `skip` more frames. `None`: a frame is beyond the cached rules' reader,
+    /// and the toolchain's unwinder must walk this stack.
+    #[inline(never)]
+    pub fn walk(
+        here: Registers,
+        out: &mut [usize],
+        mut skip: usize,
+        rules: &RuleCache,
+    ) -> Option<usize> {
+        let cached = rules.begin(unloaded_objects());
+        let Registers {
+            mut pc,
+            mut rsp,
+            mut rbp,
+        } = here;
+        let mut len = 0;
+        // The first frame is looked up at the address read there; the others at their
+        // return address minus one, inside the call.
+        let mut lookup = pc;
+        loop {
+            let rule = match cached.then(|| rules.get(lookup)).flatten() {
+                Some(word) => FrameRule::unpack(word),
+                None => {
+                    // SAFETY: `lookup` is an address in a frame of this thread's stack,
+                    // so in code that stays loaded while this walk runs.
+                    let rule = unsafe { read_rule(lookup) };
+                    if cached {
+                        rules.put(lookup, rule.pack());
+                    }
+                    // Through the cache's packing, as a hit would see it.
+                    FrameRule::unpack(rule.pack())
+                }
+            };
+            let step = match rule {
+                FrameRule::Step(step) => step,
+                FrameRule::End => return Some(len),
+                FrameRule::Unsupported => return None,
+            };
+            let base = if step.cfa_from_rbp { rbp } else { rsp };
+            let cfa = base.wrapping_add(step.cfa_offset as isize as usize);
+            // A CFA implausibly far above the stack pointer (or below it: the difference
+            // wraps), or a slot outside this frame (so none if the CFA is the stack
+            // pointer): the stack is not what the rules say. It ends here.
+            if cfa.wrapping_sub(rsp) > MAX_FRAME_BYTES {
+                return Some(len);
+            }
+            let slot = |offset: i32| {
+                let at = cfa.wrapping_add(offset as isize as usize);
+                (at >= rsp && at < cfa && at % 8 == 0).then_some(at)
+            };
+            let Some(ra_at) = slot(step.ra_offset) else {
+                return Some(len);
+            };
+            let rbp_at = match step.rbp {
+                SavedRbp::Same => None,
+                SavedRbp::Undefined => Some(None),
+                SavedRbp::At(offset) => match slot(offset) {
+                    Some(at) => Some(Some(at)),
+                    None => return Some(len),
+                },
+            };
+            // SAFETY: `ra_at` and `rbp_at` are aligned words of the frame between this
+            // frame's stack pointer and its CFA, on this thread's stack, which the unwind
+            // rules place there; the frames above `capture` stay put while it runs.
+            unsafe {
+                pc = core::ptr::read_volatile(ra_at as *const usize);
+                if let Some(at) = rbp_at {
+                    rbp = at.map_or(0, |at| core::ptr::read_volatile(at as *const usize));
+                }
+            }
+            rsp = cfa;
+            if pc == 0 {
+                return Some(len);
+            }
+            if skip > 0 {
+                skip -= 1;
+            } else {
+                out[len] = pc;
+                len += 1;
+                if len == out.len() {
+                    return Some(len);
+                }
+            }
+            lookup = pc - 1;
+        }
+    }
+
+    /// The rule at `address`, read from the unwind tables.
+    ///
+    /// # Safety
+    /// `address` is in code that stays loaded meanwhile.
+    unsafe fn read_rule(address: usize) -> FrameRule {
+        let mut bases = DwarfEhBases {
+            tbase: core::ptr::null_mut(),
+            dbase: core::ptr::null_mut(),
+            func: core::ptr::null_mut(),
+        };
+        // SAFETY: the lookup reads the loaded objects' tables; `bases` is ours.
+        let fde = unsafe { _Unwind_Find_FDE(address as *mut c_void, &mut bases) };
+        if fde.is_null() {
+            return FrameRule::Unsupported;
+        }
+        // SAFETY: an FDE in a loaded object's `.eh_frame`: a 4-byte length, then a 4-byte
+        // distance back from that field to its CIE, which has the same length field. A
+        // 64-bit entry (length 0xffffffff) is left to the unwinder.
+        unsafe {
+            let entry = |at: *const u8| {
+                let len = at.cast::<u32>().read_unaligned();
+                (len != u32::MAX).then(|| core::slice::from_raw_parts(at, 4 + len as usize))
+            };
+            let Some(fde_bytes) = entry(fde) else {
+                return FrameRule::Unsupported;
+            };
+            let back = fde.add(4).cast::<u32>().read_unaligned() as usize;
+            let Some(cie_bytes) = entry(fde.add(4).wrapping_sub(back)) else {
+                return FrameRule::Unsupported;
+            };
+            cfi::rule_at(cie_bytes, fde_bytes, bases.func as u64, address as u64)
+        }
+    }
+
+    /// The C library's count of objects unloaded so far (`dlpi_subs`), read through
+    /// `dl_iterate_phdr` from its first object.
+    pub(super) fn unloaded_objects() -> u64 {
+        unsafe extern "C" fn first(
+            info: *mut libc::dl_phdr_info,
+            size: usize,
+            data: *mut c_void,
+        ) -> c_int {
+            let needed = core::mem::offset_of!(libc::dl_phdr_info, dlpi_subs) + 8;
+            if size >= needed {
+                // SAFETY: the C library passes its record of `size` bytes, which holds the
+                // field, and `data` is the `u64` below.
+                unsafe { *data.cast::<u64>() = (*info).dlpi_subs };
+            }
+            1
+        }
+        let mut subs = 0u64;
+        // SAFETY: `first` matches the callback type and writes only `subs`.
+        unsafe { libc::dl_iterate_phdr(Some(first), (&raw mut subs).cast()) };
+        subs
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[inline(never)]
-    fn two_deep(out: &mut [usize]) -> usize {
-        core::hint::black_box(one_deep(out))
+    /// A table of rules of its own per test, so that each starts cold.
+    fn fresh_rules() -> Box<RuleCache> {
+        Box::new(RuleCache::new())
     }
 
     #[inline(never)]
-    fn one_deep(out: &mut [usize]) -> usize {
-        core::hint::black_box(capture(out, 0))
+    fn two_deep(out: &mut [usize], rules: &RuleCache) -> usize {
+        core::hint::black_box(one_deep(out, rules))
+    }
+
+    #[inline(never)]
+    fn one_deep(out: &mut [usize], rules: &RuleCache) -> usize {
+        core::hint::black_box(capture(out, 0, rules))
     }
 
     #[test]
     fn captures_the_callers_frames() {
-        let mut out = [0usize; MAX_FRAMES];
-        let n = two_deep(&mut out);
-        assert!(n >= 3, "{n} frames");
-        assert!(out[..n].iter().all(|&ip| ip != 0));
-        // The first frame is in `one_deep`, the second in `two_deep`: return addresses just
-        // past their calls, so above each function's start.
-        assert!(out[0] > one_deep as *const () as usize && out[1] > two_deep as *const () as usize);
+        let rules = fresh_rules();
+        for _ in 0..2 {
+            let mut out = [0usize; MAX_FRAMES];
+            let n = two_deep(&mut out, &rules);
+            assert!(n >= 3, "{n} frames");
+            assert!(out[..n].iter().all(|&ip| ip != 0));
+            // The first frame is in `one_deep`, the second in `two_deep`: return addresses
+            // just past their calls, so above each function's start.
+            assert!(
+                out[0] > one_deep as *const () as usize && out[1] > two_deep as *const () as usize
+            );
+        }
     }
 
     #[test]
     fn skip_and_a_short_buffer() {
+        let rules = fresh_rules();
         let mut all = [0usize; MAX_FRAMES];
-        let n = two_deep(&mut all);
+        let n = two_deep(&mut all, &rules);
         let mut short = [0usize; 2];
-        assert_eq!(two_deep(&mut short), 2);
+        assert_eq!(two_deep(&mut short, &rules), 2);
         assert_eq!(short, [all[0], all[1]]);
         let mut skipped = [0usize; MAX_FRAMES];
-        let m = capture(&mut skipped, 1);
+        let m = capture(&mut skipped, 1, &rules);
         assert!(m + 1 >= 1 && m < n + 8);
-        assert_eq!(capture(&mut [], 0), 0);
+        assert_eq!(capture(&mut [], 0, &rules), 0);
+    }
+
+    /// A stack by the unwinder, and by the walk if it did not give up.
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    type TwoWays = (Vec<usize>, Option<Vec<usize>>);
+
+    /// The stack seen from the caller of this function: by the toolchain's unwinder, and by
+    /// the walk with `rules` (`None` if the walk gave up on it).
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    #[inline(never)]
+    fn both_ways(rules: &RuleCache) -> TwoWays {
+        let mut by_unwinder = [0usize; MAX_FRAMES + 1];
+        let n = capture_with_unwinder(&mut by_unwinder, 0);
+        let mut by_walk = [0usize; MAX_FRAMES];
+        let here = walk::Registers::here();
+        let m = walk::walk(here, &mut by_walk, 0, rules);
+        // The unwinder's first frame is its return address into this function.
+        let walked = m.map(|m| by_walk[..m].to_vec());
+        core::hint::black_box((by_unwinder[1..n].to_vec(), walked))
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    #[inline(never)]
+    fn recurse(depth: usize, rules: &RuleCache) -> TwoWays {
+        // A frame of varying size, so that the CFA offsets differ per level.
+        let mut pad = [0u8; 200];
+        core::hint::black_box(&mut pad);
+        if depth == 0 {
+            return both_ways(rules);
+        }
+        let r = recurse(depth - 1, rules);
+        core::hint::black_box(pad[depth % 200]);
+        r
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    #[test]
+    fn the_walk_finds_what_the_unwinder_finds() {
+        let rules = fresh_rules();
+        for depth in [0, 1, 5, 40, 80] {
+            // Cold, then from the cache.
+            for _ in 0..2 {
+                let (expected, walked) = recurse(depth, &rules);
+                assert_eq!(walked.as_deref(), Some(&expected[..]), "depth {depth}");
+            }
+        }
+        // From a thread of its own (its stack ends in the C library's thread start).
+        let rules = &*rules;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let (expected, walked) = recurse(3, rules);
+                assert_eq!(walked.as_deref(), Some(&expected[..]));
+            });
+        });
+        // With a writer holding the table: every rule read afresh.
+        let busy = fresh_rules();
+        let _hold = Hold::new(&busy);
+        let (expected, walked) = recurse(2, &busy);
+        assert_eq!(walked.as_deref(), Some(&expected[..]));
+    }
+
+    /// Keeps a table's write side, as a writer in progress does.
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    struct Hold<'a>(&'a RuleCache);
+
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    impl<'a> Hold<'a> {
+        fn new(rules: &'a RuleCache) -> Self {
+            rules.hold_for_test(true);
+            Hold(rules)
+        }
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    impl Drop for Hold<'_> {
+        fn drop(&mut self) {
+            self.0.hold_for_test(false);
+        }
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    #[test]
+    fn the_walk_through_c_frames() {
+        // Frames of the C library between ours: `qsort` calls the comparison.
+        use std::cell::RefCell;
+        thread_local!(static SEEN: RefCell<Option<TwoWays>> = const { RefCell::new(None) });
+        static RULES: RuleCache = RuleCache::new();
+        extern "C" fn compare(a: *const libc::c_void, b: *const libc::c_void) -> libc::c_int {
+            SEEN.with(|s| *s.borrow_mut() = Some(both_ways(&RULES)));
+            // SAFETY: `qsort` passes pointers to two of the array's `u32`s.
+            unsafe { (*a.cast::<u32>()).cmp(&*b.cast::<u32>()) as libc::c_int }
+        }
+        let mut values = [3u32, 1, 2];
+        // SAFETY: the array, its length and element size, and a comparison of `u32`s.
+        unsafe { libc::qsort(values.as_mut_ptr().cast(), 3, 4, Some(compare)) };
+        assert_eq!(values, [1, 2, 3]);
+        let (expected, walked) = SEEN.with(|s| s.borrow_mut().take()).unwrap();
+        assert!(expected.len() > 3);
+        assert_eq!(walked.as_deref(), Some(&expected[..]));
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    #[test]
+    fn a_signal_frame_is_left_to_the_unwinder() {
+        // In a signal handler, the stack passes through the C library's signal return
+        // trampoline, whose unwind rule is an expression: the walk gives up, and `capture`
+        // takes the unwinder's stack, which goes on past the interrupted frame.
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        static RULES: RuleCache = RuleCache::new();
+        static GAVE_UP: AtomicBool = AtomicBool::new(false);
+        static SAME: AtomicBool = AtomicBool::new(false);
+        static DEPTH: AtomicUsize = AtomicUsize::new(0);
+        extern "C" fn on_signal(_: libc::c_int) {
+            // Nothing here allocates: arrays on the stack, atomics.
+            let mut by_walk = [0usize; MAX_FRAMES];
+            let here = walk::Registers::here();
+            GAVE_UP.store(
+                walk::walk(here, &mut by_walk, 0, &RULES).is_none(),
+                Ordering::SeqCst,
+            );
+            let mut a = [0usize; MAX_FRAMES];
+            let mut b = [0usize; MAX_FRAMES];
+            let (n, m) = (capture(&mut a, 0, &RULES), capture_with_unwinder(&mut b, 0));
+            // Past the first frame (each one's own call site here) the two agree.
+            SAME.store(n == m && a[1..n] == b[1..m], Ordering::SeqCst);
+            DEPTH.store(n, Ordering::SeqCst);
+        }
+        // SAFETY: a handler for a signal nothing else in the tests uses (its default is to
+        // ignore it), raised on this thread.
+        unsafe {
+            let mut action: libc::sigaction = core::mem::zeroed();
+            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+            libc::sigaction(libc::SIGWINCH, &action, core::ptr::null_mut());
+            libc::raise(libc::SIGWINCH);
+        }
+        assert!(GAVE_UP.load(Ordering::SeqCst));
+        assert!(SAME.load(Ordering::SeqCst));
+        // The handler, the trampoline, `raise` and this test's frames.
+        assert!(DEPTH.load(Ordering::SeqCst) > 4);
+    }
+
+    /// A stack made up of `words`, walked with made-up rules: `rules` for the addresses
+    /// 0x1000, 0x2000, ... in turn (each frame's return address is the next one plus one).
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    fn walk_made_up(words: &[usize], rbp: usize, rules: &[cfi::FrameRule]) -> Option<Vec<usize>> {
+        walk_made_up_into(MAX_FRAMES, 0, words, rbp, rules)
+    }
+
+    /// As `walk_made_up`, into a buffer of `frames`, leaving out `skip` frames.
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    fn walk_made_up_into(
+        frames: usize,
+        skip: usize,
+        words: &[usize],
+        rbp: usize,
+        rules: &[cfi::FrameRule],
+    ) -> Option<Vec<usize>> {
+        let cache = fresh_rules();
+        assert!(cache.begin(walk::unloaded_objects()));
+        for (i, rule) in rules.iter().enumerate() {
+            cache.put(0x1000 * (i + 1), rule.pack());
+        }
+        let mut out = vec![0usize; frames];
+        let here = walk::Registers::at(0x1000, words.as_ptr() as usize, rbp);
+        walk::walk(here, &mut out, skip, &cache).map(|n| out[..n].to_vec())
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    #[test]
+    fn a_walk_follows_its_rules_and_stops_where_the_stack_is_broken() {
+        use cfi::{FrameRule, SavedRbp, Step};
+        let rsp_based = |cfa_offset, ra_offset, rbp| {
+            FrameRule::Step(Step {
+                cfa_from_rbp: false,
+                cfa_offset,
+                ra_offset,
+                rbp,
+            })
+        };
+        // Words no rule points to hold a return address, so that reading one shows.
+        let mut stack = [0x7771usize; 16];
+        let base = stack.as_ptr() as usize;
+        // Frame 0: 16 bytes, rbp saved at its bottom, returns to 0x2001. Frame 1: CFA from
+        // the rbp frame 0 saved (word 6), return address below it, returns to 0x3001.
+        // Frame 2: the outermost.
+        stack[0] = base + 6 * 8 - 16;
+        stack[1] = 0x2001;
+        stack[5] = 0x3001;
+        let frame0 = rsp_based(16, -8, SavedRbp::At(-16));
+        let frame1 = FrameRule::Step(Step {
+            cfa_from_rbp: true,
+            cfa_offset: 16,
+            ra_offset: -8,
+            rbp: SavedRbp::Same,
+        });
+        assert_eq!(
+            walk_made_up(&stack, 0, &[frame0, frame1, FrameRule::End]),
+            Some(vec![0x2001, 0x3001])
+        );
+        assert_eq!(
+            walk_made_up_into(4, 1, &stack, 0, &[frame0, frame1, FrameRule::End]),
+            Some(vec![0x3001])
+        );
+        // The same stack where frame 1's rule is beyond the reader: the walk gives up.
+        assert_eq!(
+            walk_made_up(&stack, 0, &[frame0, FrameRule::Unsupported]),
+            None
+        );
+        // An undefined rbp is 0: frame 1's CFA is then below the stack pointer. (With rbp
+        // unchanged instead, frame 1 is found from the rbp the walk started with.)
+        let frame1_rbp = base + 6 * 8 - 16;
+        let frame0_undefined = rsp_based(16, -8, SavedRbp::Undefined);
+        assert_eq!(
+            walk_made_up(
+                &stack,
+                frame1_rbp,
+                &[frame0_undefined, frame1, FrameRule::End]
+            ),
+            Some(vec![0x2001])
+        );
+        let frame0_same = rsp_based(16, -8, SavedRbp::Same);
+        assert_eq!(
+            walk_made_up(&stack, frame1_rbp, &[frame0_same, frame1, FrameRule::End]),
+            Some(vec![0x2001, 0x3001])
+        );
+        // Broken: a CFA at the stack pointer, one implausibly far above, a return address
+        // or a saved rbp outside the frame, a misaligned slot: the stack ends there.
+        for broken in [
+            rsp_based(0, -8, SavedRbp::Same),
+            rsp_based(64 << 20 | 8, -8, SavedRbp::Same),
+            rsp_based(16, 0, SavedRbp::Same),
+            rsp_based(16, -24, SavedRbp::Same),
+            rsp_based(16, -8, SavedRbp::At(8)),
+            rsp_based(16, -8, SavedRbp::At(-24)),
+        ] {
+            assert_eq!(
+                walk_made_up(&stack, 0, &[broken]),
+                Some(vec![]),
+                "{broken:?}"
+            );
+            assert_eq!(
+                walk_made_up(&stack, 0, &[frame0, broken]),
+                Some(vec![0x2001]),
+                "{broken:?}"
+            );
+        }
+        let misaligned = FrameRule::Step(Step {
+            cfa_from_rbp: true,
+            cfa_offset: 3,
+            ra_offset: -8,
+            rbp: SavedRbp::Same,
+        });
+        assert_eq!(
+            walk_made_up(&stack, 0, &[frame0, misaligned]),
+            Some(vec![0x2001])
+        );
+        // A return address of 0 ends the stack; the buffer's length ends the walk.
+        stack[5] = 0;
+        assert_eq!(
+            walk_made_up(&stack, 0, &[frame0, frame1, FrameRule::End]),
+            Some(vec![0x2001])
+        );
+        // Eight frames of 16 bytes, each returning to the same address: a buffer of three
+        // takes the first three.
+        let looped = rsp_based(16, -8, SavedRbp::Same);
+        let stack: [usize; 16] = core::array::from_fn(|i| if i % 2 == 1 { 0x1001 } else { 0 });
+        assert_eq!(
+            walk_made_up_into(3, 0, &stack, 0, &[looped]),
+            Some(vec![0x1001; 3])
+        );
+    }
+
+    /// Captures from the frame of a function that ends in a call that does not return (its
+    /// return address is past the function's end): the walk looks its rule up inside it.
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    #[test]
+    fn a_call_that_ends_a_function() {
+        static RULES: RuleCache = RuleCache::new();
+        #[inline(never)]
+        fn diverge(seen: &mut Option<TwoWays>) -> ! {
+            *seen = Some(both_ways(&RULES));
+            std::panic::resume_unwind(Box::new(()))
+        }
+        #[inline(never)]
+        fn ends_in_a_call(seen: &mut Option<TwoWays>) {
+            let mut pad = [0u8; 100];
+            core::hint::black_box(&mut pad);
+            if core::hint::black_box(pad[7]) == 0 {
+                diverge(seen)
+            }
+        }
+        let mut seen = None;
+        let _ =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ends_in_a_call(&mut seen)));
+        let (expected, walked) = seen.unwrap();
+        assert!(expected.len() > 2);
+        assert_eq!(walked.as_deref(), Some(&expected[..]));
     }
 }

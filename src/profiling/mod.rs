@@ -58,9 +58,9 @@ pub fn start(mean_bytes: usize) {
 /// it with their own), so that a single-threaded run samples the same allocations each
 /// time.
 pub fn start_seeded(mean_bytes: usize, seed: u64) {
-    // The unwinder's first walk outside any allocation, so that whatever it sets up the
+    // The first walk outside any allocation, so that whatever the unwinder sets up the
     // first time happens here.
-    crate::stack::capture(&mut [0; 4], 0);
+    crate::stack::capture(&mut [0; 4], 0, crate::global::unwind_rules());
     let params = crate::global::samples().start(mean_bytes.max(1), seed, unix_ms());
     crate::global::restart_sampler(params, seed);
 }

@@ -1,0 +1,195 @@
+//! The unwind rules of code addresses seen before, shared by every thread: a sampled
+//! allocation's stack mostly repeats frames already walked, and a cached rule is a few loads
+//! where reading it from the unwind tables is a search and an interpretation. See
+//! `stack.rs`.
+//!
+//! A direct-mapped table of (address, packed rule) pairs under one sequence lock (a
+//! seqlock): a reader never waits and never writes; a writer takes the lock with one
+//! compare-and-swap, or does not cache at all if another writer has it. So neither side can
+//! block the other, and a thread interrupted while writing (by a signal handler that
+//! allocates, or by `fork`) delays nobody: the reader's lookups miss meanwhile and it reads
+//! the tables itself.
+//!
+//! Code can be unloaded (`dlclose`) and other code loaded at the same addresses, with other
+//! rules. The table remembers the C library's count of unloaded objects (`dlpi_subs`) when
+//! it is filled, and is emptied when the count has moved: [`RuleCache::begin`] reads it once
+//! per walk.
+
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
+
+/// Entries in the table (a power of two): 32 KiB.
+const ENTRIES: usize = 2048;
+
+struct Entry {
+    /// The looked-up address, 0 for none.
+    address: AtomicUsize,
+    rule: AtomicU64,
+}
+
+/// The table. The one instance lives with the other statics (`global.rs`).
+pub struct RuleCache {
+    /// Even: no writer. Odd: a writer is changing entries.
+    sequence: AtomicUsize,
+    /// The count of unloaded objects the entries were read under.
+    unloads: AtomicU64,
+    entries: [Entry; ENTRIES],
+}
+
+impl Default for RuleCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RuleCache {
+    /// An empty table.
+    pub const fn new() -> Self {
+        #[allow(clippy::declare_interior_mutable_const)]
+        const EMPTY: Entry = Entry {
+            address: AtomicUsize::new(0),
+            rule: AtomicU64::new(0),
+        };
+        RuleCache {
+            sequence: AtomicUsize::new(0),
+            unloads: AtomicU64::new(0),
+            entries: [EMPTY; ENTRIES],
+        }
+    }
+
+    fn entry(&self, address: usize) -> &Entry {
+        let hash =
+            (address as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - ENTRIES.trailing_zeros());
+        &self.entries[hash as usize]
+    }
+
+    /// Starts a walk with the C library's current count of unloaded objects: empties the
+    /// table if code was unloaded since it was filled. False if it needed emptying and
+    /// another thread was writing: the walk must not use the table then.
+    pub fn begin(&self, unloads: u64) -> bool {
+        if self.unloads.load(Ordering::Acquire) == unloads {
+            return true;
+        }
+        self.write(|| {
+            for e in &self.entries {
+                e.address.store(0, Ordering::Relaxed);
+            }
+            self.unloads.store(unloads, Ordering::Release);
+        })
+    }
+
+    /// The packed rule cached for `address`, if any.
+    pub fn get(&self, address: usize) -> Option<u64> {
+        let before = self.sequence.load(Ordering::Acquire);
+        if before & 1 != 0 {
+            return None;
+        }
+        let e = self.entry(address);
+        let found = e.address.load(Ordering::Relaxed);
+        let rule = e.rule.load(Ordering::Relaxed);
+        // Orders the entry's loads before the second read of the sequence: a reader that saw
+        // a writer's stores sees its odd sequence (or a later one) there.
+        fence(Ordering::Acquire);
+        let after = self.sequence.load(Ordering::Relaxed);
+        (before == after && found == address).then_some(rule)
+    }
+
+    /// Caches `rule` for `address`, unless another thread is writing.
+    pub fn put(&self, address: usize, rule: u64) {
+        let e = self.entry(address);
+        self.write(|| {
+            e.address.store(address, Ordering::Relaxed);
+            e.rule.store(rule, Ordering::Relaxed);
+        });
+    }
+
+    /// Runs `f` holding the write side; false (and `f` not run) if another writer has it.
+    fn write(&self, f: impl FnOnce()) -> bool {
+        let s = self.sequence.load(Ordering::Relaxed);
+        if s & 1 != 0
+            || self
+                .sequence
+                .compare_exchange(s, s + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        // Orders the odd sequence before the entries' stores (the readers' acquire fence
+        // pairs with this one).
+        fence(Ordering::Release);
+        f();
+        self.sequence.store(s + 2, Ordering::Release);
+        true
+    }
+
+    /// Takes (or gives back) the write side as a writer in progress holds it.
+    #[cfg(test)]
+    pub fn hold_for_test(&self, hold: bool) {
+        assert_eq!(self.sequence.load(Ordering::Relaxed) & 1 == 1, !hold);
+        self.sequence.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// In a child after `fork`, the only thread: a writer that was in the parent's table
+    /// when it forked left it odd and half written here. Empties it and makes it usable.
+    pub fn after_fork_in_child(&self) {
+        let s = self.sequence.load(Ordering::Relaxed);
+        if s & 1 != 0 {
+            for e in &self.entries {
+                e.address.store(0, Ordering::Relaxed);
+            }
+            self.sequence.store(s + 1, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_is_found_until_another_address_takes_its_place() {
+        let cache = RuleCache::new();
+        assert_eq!(cache.get(0x1234), None);
+        cache.put(0x1234, 7);
+        assert_eq!(cache.get(0x1234), Some(7));
+        assert_eq!(cache.get(0x1235), None);
+        // An address that maps to the same entry replaces it.
+        let rival = (1..)
+            .map(|i| 0x1234 + i * 8)
+            .find(|&a| core::ptr::eq(cache.entry(a), cache.entry(0x1234)))
+            .unwrap();
+        cache.put(rival, 9);
+        assert_eq!(cache.get(rival), Some(9));
+        assert_eq!(cache.get(0x1234), None);
+    }
+
+    #[test]
+    fn a_writer_in_progress_stops_lookups_and_other_writers() {
+        let cache = RuleCache::new();
+        cache.put(0x1000, 1);
+        cache.sequence.fetch_add(1, Ordering::Relaxed); // a writer is in
+        assert_eq!(cache.get(0x1000), None);
+        cache.put(0x2000, 2);
+        assert!(!cache.begin(5), "emptying needs the write side");
+        // The writer's half-written table is emptied in a forked child.
+        cache.after_fork_in_child();
+        assert_eq!(cache.get(0x1000), None);
+        cache.put(0x2000, 2);
+        assert_eq!(cache.get(0x2000), Some(2));
+        cache.after_fork_in_child(); // no writer: nothing is emptied
+        assert_eq!(cache.get(0x2000), Some(2));
+    }
+
+    #[test]
+    fn an_unload_empties_the_table() {
+        let cache = RuleCache::new();
+        assert!(cache.begin(0));
+        cache.put(0x1000, 1);
+        assert!(cache.begin(0));
+        assert_eq!(cache.get(0x1000), Some(1));
+        assert!(cache.begin(1));
+        assert_eq!(cache.get(0x1000), None);
+        cache.put(0x1000, 3);
+        assert!(cache.begin(1));
+        assert_eq!(cache.get(0x1000), Some(3));
+    }
+}
