@@ -10,6 +10,13 @@
 //! allocates, or by `fork`) delays nobody: the reader's lookups miss meanwhile and it reads
 //! the tables itself.
 //!
+//! The ordering argument is the fence-based sequence lock of Boehm's "Can seqlocks get
+//! along with programming language memory models?" (2012): the writer's release fence after
+//! making the sequence odd pairs with the reader's acquire fence before its second read of
+//! the sequence, so a reader that saw any of a writer's entry stores sees the sequence
+//! moved and misses. (A loom model of it was tried: loom 0.7 did not reach the torn read
+//! even with the second check removed, so none is kept.)
+//!
 //! Code can be unloaded (`dlclose`) and other code loaded at the same addresses, with other
 //! rules. The table remembers the C library's count of unloaded objects (`dlpi_subs`) when
 //! it is filled, and is emptied when the count has moved: [`RuleCache::begin`] reads it once
