@@ -206,6 +206,35 @@ mod tests {
     }
 
     #[test]
+    fn every_poisoned_byte_is_filled_and_checked() {
+        // Every size a class can have below the limit and past it (multiples of 8), and a
+        // change of every byte the poison covers, in the 16-byte steps and in the tail.
+        for size in (16..=POISON_LIMIT + 64).step_by(8) {
+            let mut obj = [0u64; (POISON_LIMIT + 64) / 8 + 1];
+            let p = obj.as_mut_ptr().cast::<u8>();
+            // SAFETY: a buffer of ours, longer than every size here.
+            unsafe {
+                poison(p, size);
+                let end = size.min(POISON_LIMIT);
+                for i in 0..obj.len() * 8 {
+                    let want = if (16..end).contains(&i) {
+                        POISON_BYTE
+                    } else {
+                        0
+                    };
+                    assert_eq!(p.add(i).read(), want, "size {size}, byte {i}");
+                }
+                assert!(poison_intact(p, size), "size {size}");
+                for i in 16..end {
+                    p.add(i).write(POISON_BYTE ^ 1);
+                    assert!(!poison_intact(p, size), "size {size}, byte {i} changed");
+                    p.add(i).write(POISON_BYTE);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn below_stays_below() {
         seed();
         let mut rng = Rng::new();
