@@ -684,4 +684,30 @@ mod tests {
         assert!(expected.len() > 2);
         assert_eq!(walked.as_deref(), Some(&expected[..]));
     }
+
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    #[test]
+    fn an_unload_empties_the_table_at_the_next_walk() {
+        let before = walk::unloaded_objects();
+        let rules = fresh_rules();
+        assert!(rules.begin(before));
+        rules.put(0x1000, 7);
+        // A library of the C library's own that nothing else here loads: loaded, then
+        // unloaded.
+        // SAFETY: a library with no initialisers of interest, closed once.
+        unsafe {
+            let h = libc::dlopen(c"libBrokenLocale.so.1".as_ptr(), libc::RTLD_NOW);
+            assert!(
+                !h.is_null(),
+                "libBrokenLocale.so.1 (part of glibc) not found"
+            );
+            assert_eq!(libc::dlclose(h), 0);
+        }
+        assert!(walk::unloaded_objects() > before);
+        assert_eq!(rules.get(0x1000), Some(7), "nothing emptied the table yet");
+        let mut out = [0usize; MAX_FRAMES];
+        let n = walk::walk(walk::Registers::here(), &mut out, 0, &rules);
+        assert!(n.is_some_and(|n| n > 0));
+        assert_eq!(rules.get(0x1000), None, "the walk emptied the table");
+    }
 }
