@@ -205,6 +205,91 @@ mod tests {
         }
     }
 
+    /// `mix` is splitmix64's finaliser: splitmix64.c's reference outputs for state 1234567
+    /// (the Rosetta Code task's, as in `sampler::tests::next_u64_is_splitmix64`) are `mix`
+    /// of the state plus 1 to 5 times the golden gamma.
+    #[test]
+    fn mix_is_splitmix64s_finaliser() {
+        let want: [u64; 5] = [
+            6457827717110365317,
+            3203168211198807973,
+            9817491932198370423,
+            4593380528125082431,
+            16408922859458223821,
+        ];
+        for (k, &w) in (1u64..).zip(&want) {
+            assert_eq!(
+                mix(1234567u64.wrapping_add(GOLDEN.wrapping_mul(k))),
+                w,
+                "step {k}"
+            );
+        }
+    }
+
+    /// The inverse of `x` modulo 2^64 (`x` odd), by Newton's iteration.
+    fn inverse(x: u64) -> u64 {
+        let mut y = x;
+        for _ in 0..6 {
+            y = y.wrapping_mul(2u64.wrapping_sub(x.wrapping_mul(y)));
+        }
+        assert_eq!(x.wrapping_mul(y), 1);
+        y
+    }
+
+    /// The `z` whose `mix` is `m` (each step of `mix` undone).
+    fn unmix(m: u64) -> u64 {
+        let unshift = |z: u64, s: u32| (0..64 / s + 1).fold(0, |acc, i| acc ^ (z >> (s * i)));
+        let mut z = unshift(m, 31);
+        z = unshift(z.wrapping_mul(inverse(0x94d0_49bb_1331_11eb)), 27);
+        unshift(z.wrapping_mul(inverse(0xbf58_476d_1ce4_e5b9)), 30)
+    }
+
+    /// After `seed`, the link keys and the start of the random sequence are random words:
+    /// not 0 (unset), not a bare low bit (`r & 1`), and not the early-boot fallback's mix
+    /// of an address and the clock, which is used only when the kernel has no random bytes.
+    /// Random words fail the test with a chance of about 2^-31.
+    #[test]
+    fn seed_sets_the_keys_and_the_sequence_from_random_words() {
+        seed();
+        assert!(SEEDED.load(Ordering::Acquire));
+        let k0 = LINK_KEYS[0].load(Ordering::Relaxed) as u64;
+        let k1 = LINK_KEYS[1].load(Ordering::Relaxed) as u64;
+        assert!(k0 > 1 && k1 > 1, "keys {k0:#x} {k1:#x}");
+        // The sequence is its start plus a golden gamma per draw so far (fewer than 2^32 in
+        // a test process): from a start of 0 or 1 it is a small number of steps.
+        let now = RANDOM.load(Ordering::Relaxed);
+        let inv = inverse(GOLDEN);
+        for start in [0, 1] {
+            let steps = now.wrapping_sub(start).wrapping_mul(inv);
+            assert!(steps >= 1 << 32, "the sequence started at {start}");
+        }
+        // The fallback sets k0 to `mix(here ^ t) | 1` and k1 to
+        // `mix(here.rotate_left(17) ^ GOLDEN) | 1`, `t` the monotonic clock at seeding:
+        // undone, the keys would give back a `t` no later than now.
+        for x in [0, 1, GOLDEN, k0, k1, u64::MAX] {
+            assert_eq!(unmix(mix(x)), x, "unmix undoes mix");
+        }
+        let clock = crate::sys::monotonic_ms();
+        for a in [k0, k0 ^ 1] {
+            for b in [k1, k1 ^ 1] {
+                let here = (unmix(b) ^ GOLDEN).rotate_right(17);
+                let t = unmix(a) ^ here;
+                assert!(t > clock, "the keys are the fallback's, seeded at {t} ms");
+            }
+        }
+    }
+
+    /// Each draw of the shared sequence is new: consecutive draws differ (`mix` is a
+    /// bijection and each draw takes the next point of the Weyl sequence).
+    #[test]
+    fn draws_of_the_shared_sequence_differ() {
+        seed();
+        let draws: Vec<u64> = (0..4).map(|_| random()).collect();
+        for w in draws.windows(2) {
+            assert_ne!(w[0], w[1]);
+        }
+    }
+
     #[test]
     fn every_poisoned_byte_is_filled_and_checked() {
         // Every size a class can have below the limit and past it (multiples of 8), and a
