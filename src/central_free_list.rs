@@ -330,11 +330,9 @@ impl CentralFreeList {
                 };
             }
         }
-        // The object pages only: a hardened build's guard page after them keeps a zero
-        // word, so a free of an address in it takes the checked path (and stops there).
         backing.map.set_small_words(
             s.start(),
-            s.object_pages(),
+            s.pages(),
             page_map::small_word(s.start_addr(), class.0),
         );
         let mut lists = self.lists.lock();
@@ -513,18 +511,12 @@ impl CentralFreeList {
                     map.lookup(span.end().addr() - 1) == s,
                     "last page maps to the span"
                 );
-                let objects_end = span.start_addr() + span.object_pages().bytes();
                 ensure!(
                     map.small_word_of(span.start_addr())
                         == page_map::small_word(span.start_addr(), class.0)
-                        && map.small_word_of(objects_end - 1)
+                        && map.small_word_of(span.end().addr() - 1)
                             == page_map::small_word(span.start_addr(), class.0),
                     "a small span's pages carry its small-object word"
-                );
-                // Hardened build: its guard page carries none.
-                ensure!(
-                    objects_end == span.end().addr() || map.small_word_of(objects_end) == 0,
-                    "a small span's guard page carries no small-object word"
                 );
                 // SAFETY: as above.
                 let (in_use, free, bump) = unsafe {
@@ -590,7 +582,7 @@ impl Default for CentralFreeList {
 unsafe fn release<S: PageSource>(span: NonNull<Span>, backing: &Backing<'_, S>) {
     // SAFETY: per the caller, the span is ours alone.
     let s = unsafe { span.as_ref() };
-    backing.map.set_small_words(s.start(), s.object_pages(), 0);
+    backing.map.set_small_words(s.start(), s.pages(), 0);
     let mut heap = backing.page_heap.lock();
     #[cfg(not(feature = "hardened"))]
     // SAFETY: per the caller.

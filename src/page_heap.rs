@@ -11,31 +11,29 @@
 //!
 //! # Guard pages (hardened build)
 //!
-//! A span in use (small or large) has [`crate::span::GUARD_PAGES`] (one) more pages than
-//! its objects need, and its last page is made inaccessible (`PageSource::protect`), so
-//! that a linear overflow past a large object, or past the last object of a small span,
-//! faults. One rule keeps this right through every split and merge: the last page of every
-//! small and large span, and of every span in the large-span cache (which were large
-//! spans), is inaccessible, and every other page is accessible. So a span becoming small
-//! or large protects its last page (a small span's page-map words leave it out, so a free of
-//! an address in it takes the checked path); growing or shrinking in place moves the guard to the new end (a shrunk-off
-//! tail is a large span whose last page is the old guard); a span going back to the
+//! A large span has [`crate::span::GUARD_PAGES`] (one) more pages than its object needs,
+//! and its last page is made inaccessible (`PageSource::protect`), so that a linear
+//! overflow past the object faults. One rule keeps this right through every split and merge: the last page of every
+//! large span, and of every span in the large-span cache (which were large spans), is
+//! inaccessible, and every other page is accessible. So a span becoming large protects its
+//! last page; growing or shrinking in place moves the guard to the new end (a shrunk-off
+//! tail is a large span whose last page is the old guard); a large span going back to the
 //! free runs, or leaving the cache for them, makes its last page accessible first. Free
 //! runs, which are split, merged and given back to the OS, never hold a guard page. The
 //! large-span cache and the threads' stashes keep their spans' guards, so reusing a span of
 //! the same length costs no system call. Callers see object pages: the `pages` that
 //! [`PageHeap::alloc`], [`PageHeap::grow_in_place`] and [`PageHeap::shrink`] take for a
-//! span leave the guard out, as `Span::object_pages` does.
+//! large span leave the guard out, as `Span::object_pages` does.
 //!
 //! Each guard splits a mapping into up to three kernel mappings, and the kernel caps their
 //! number per process (`vm.max_map_count`, 65 530 by default); past the cap `mmap` fails and
 //! the allocator would run out of memory with memory to spare. So a page heap keeps at most
 //! `GUARD_BUDGET` guards at once (two kernel mappings each: half the default cap, the
-//! other half left to the program and to the heap's own growth); a span made while the
+//! other half left to the program and to the heap's own growth); a large span made while the
 //! budget is spent goes without a guard (`Span::guarded` says which have one), as one does
-//! when the kernel refuses the `mprotect`. A program with more live spans than that (about
-//! 128 MiB of one-page small spans, tens of thousands of large objects, or the heap
-//! profiler sampling every allocation, each sample being a large object) guards the first
+//! when the kernel refuses the `mprotect`. Guards live where large objects are few and
+//! large; a program with tens of thousands of live large objects (or the heap profiler
+//! sampling every allocation, each sample being a large object) guards the first
 //! `GUARD_BUDGET` of them. GrapheneOS's hardened_malloc, which guards its large
 //! allocations the same way, asks instead for a raised `vm.max_map_count`; a budget keeps
 //! the default working.
@@ -236,7 +234,11 @@ impl PageHeap {
     ) -> Option<(NonNull<Span>, bool)> {
         debug_assert!(pages.0 > 0 && align.0.is_power_of_two());
         #[cfg(feature = "hardened")]
-        let pages = pages + GUARD_PAGES;
+        let pages = if class == SizeClass::LARGE {
+            pages + GUARD_PAGES
+        } else {
+            pages
+        };
         if use_cache && class == SizeClass::LARGE && align.0 == 1 && pages.0 <= CACHED_PAGES {
             if let Some(span) = self.take_cached(pages) {
                 return Some((span, false));
@@ -286,8 +288,6 @@ impl PageHeap {
             unsafe { s.init_small(class) };
             map.set_range(s.start(), pages, span.as_ptr());
             self.stats.small_spans += pages.bytes();
-            #[cfg(feature = "hardened")]
-            self.set_guard(s, false, source);
         }
         self.note_peak();
         Some((span, zeroed))
@@ -325,9 +325,11 @@ impl PageHeap {
                 s.start_addr(),
             ),
         }
-        // Hardened build: the span's guard becomes an ordinary free page again.
+        // Hardened build: a large span's guard becomes an ordinary free page again.
         #[cfg(feature = "hardened")]
-        self.set_guard(s, true, source);
+        if s.kind() == SpanKind::Large {
+            self.set_guard(s, true, source);
+        }
         // SAFETY: the lock is held (`&mut self`); the span is ours.
         unsafe {
             s.resident.set(s.pages().0);
@@ -1357,8 +1359,8 @@ mod tests {
         }
 
         /// Hardened build: the inaccessible OS pages are exactly the last page of every live
-        /// span (small or large) and of every span in the large-span cache (of those the
-        /// budget allowed a guard, when a test lowered it); none where an OS page is larger than a page (no
+        /// large span and of every span in the large-span cache (of those the budget allowed
+        /// a guard, when a test lowered it); none where an OS page is larger than a page (no
         /// guard can be made there). `Span::guarded` and the heap's count agree.
         #[cfg(feature = "hardened")]
         fn check_guards(&self, live: &[(NonNull<Span>, SizeClass)]) {
@@ -1373,16 +1375,18 @@ mod tests {
             let mut guard_of = |s: &Span| {
                 // SAFETY: the fixture owns the heap; no lock guards it.
                 if !unsafe { s.guarded.get() } {
-                    assert!(budget_lowered, "a span in use without a guard");
+                    assert!(budget_lowered, "a large span without a guard");
                     return;
                 }
                 guarded += 1;
                 let at = s.end().addr() - PAGE_SIZE;
                 want.extend((at..at + PAGE_SIZE).step_by(4096));
             };
-            for &(span, _) in live {
-                // SAFETY: live spans handed out by the fixture's heap.
-                guard_of(unsafe { span.as_ref() });
+            for &(span, class) in live {
+                if class == SizeClass::LARGE {
+                    // SAFETY: live spans handed out by the fixture's heap.
+                    guard_of(unsafe { span.as_ref() });
+                }
             }
             for list in &self.heap.cached {
                 // SAFETY: the fixture owns the heap; no lock guards it.
@@ -1461,7 +1465,7 @@ mod tests {
                             f.heap.alloc(pages, align, class, &f.map, &f.source).unwrap();
                         // SAFETY: just handed out.
                         let s = unsafe { span.as_ref() };
-                        prop_assert_eq!(s.object_pages(), pages);
+                        prop_assert_eq!(if small { s.pages() } else { s.object_pages() }, pages);
                         prop_assert_eq!(s.start().0 % align.0, 0);
                         prop_assert!(!f.holds_poison(span), "a span in unmapped memory");
                         live.push((span, class));
@@ -1647,7 +1651,7 @@ mod tests {
             .unwrap()
             .0;
         assert_eq!(step(&f, "a small span"), both + 8 * PAGE_SIZE);
-        assert_eq!(f.heap.stats().small_spans, (Pages(2) + GUARD_PAGES).bytes());
+        assert_eq!(f.heap.stats().small_spans, 2 * PAGE_SIZE);
         f.check(&[(small, SizeClass(1))]);
     }
 

@@ -1,8 +1,8 @@
 //! The span record: a run of pages and what it holds. See `lib.rs` for an overview.
 //!
 //! A span is one of: a free run in the page heap ([`SpanKind::Free`]), a small-object span
-//! of one size class ([`SpanKind::Small`]), or one large object ([`SpanKind::Large`]); the
-//! last two followed in the hardened build by a guard page ([`GUARD_PAGES`]).
+//! of one size class ([`SpanKind::Small`]), or one large object ([`SpanKind::Large`]),
+//! followed in the hardened build by a guard page ([`GUARD_PAGES`]).
 //!
 //! # Small spans
 //!
@@ -31,10 +31,10 @@ use crate::size_class::SizeClass;
 use crate::sync::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, GuardedCell, Ordering};
 use core::ptr::null_mut;
 
-/// The pages at the end of every span in use that are not its objects': in the hardened
-/// build one page, made inaccessible while the span is a small or large span (or waits in
-/// the page heap's large-span cache), so that a linear overflow past the span's objects
-/// faults (see `page_heap`); none otherwise.
+/// The pages at the end of every large span that are not its object's: in the hardened
+/// build one page, made inaccessible while the span is a large span (or waits in the page
+/// heap's large-span cache), so that a linear overflow past the object faults (see
+/// `page_heap`); none otherwise.
 pub const GUARD_PAGES: Pages = Pages(if cfg!(feature = "hardened") { 1 } else { 0 });
 
 /// What a span holds.
@@ -299,7 +299,7 @@ impl Span {
         (index * self.object_size() == offset).then_some(index)
     }
 
-    /// The pages of a span in use that hold its objects: all of them but the guard pages
+    /// The pages of a large span that hold its object: all of them but the guard pages
     /// (see [`GUARD_PAGES`]).
     #[inline(always)]
     pub fn object_pages(&self) -> Pages {

@@ -131,8 +131,7 @@ pub(crate) fn snapshot<S: PageSource>(heap: &Heap<S>, own: &[CacheView]) -> Stat
     for class in SizeClass::all() {
         let c = heap.central_stats(class);
         let size = class.size();
-        // A span's pages, and its guard page in the hardened build (span overhead).
-        let span_bytes = (class.pages() + crate::span::GUARD_PAGES).bytes();
+        let span_bytes = class.pages().bytes();
         let cap = class.objects();
         let own = cached[class.index()];
         // Objects out of the spans are held by the program, by caches, or in the transfer

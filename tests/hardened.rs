@@ -89,7 +89,7 @@ fn write_after_free_over_a_spans_free_list_is_caught() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 2. A guard page after every large object, and after every small span.
+// 2. A guard page after every large object.
 
 #[test]
 fn overflow_past_a_large_object_faults() {
@@ -120,16 +120,6 @@ fn overflow_past_a_large_object_reused_from_the_stash_faults() {
     fault_test(
         "overflow_past_a_large_object_reused_from_the_stash_faults",
         overflow_past_a_large_object_reused_from_the_stash,
-    );
-}
-
-// A guard page after every small span too.
-
-#[test]
-fn overflow_past_a_small_span_faults() {
-    fault_test(
-        "overflow_past_a_small_span_faults",
-        overflow_past_a_small_span,
     );
 }
 

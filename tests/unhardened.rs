@@ -46,16 +46,7 @@ fn write_after_free_over_a_spans_free_list_hands_out_the_address_written() {
     );
 }
 
-// 2. No guard page: the byte past a large object (or a small span) is the next page's, and
-// writable.
-
-#[test]
-fn overflow_past_a_small_span_goes_on() {
-    survives("overflow_past_a_small_span_goes_on", || {
-        overflow_past_a_small_span();
-        true
-    });
-}
+// 2. No guard page: the byte past a large object is the next page's, and writable.
 
 #[test]
 fn overflow_past_a_large_object_goes_on() {

@@ -192,16 +192,3 @@ pub fn overflow_past_a_large_object_reused_from_the_stash() {
         overflow_past(q)
     }
 }
-
-/// A 64-byte object overflowed linearly to the end of its span's pages and one byte past
-/// them (over the span's other objects, then into the page after the span).
-pub fn overflow_past_a_small_span() {
-    let class = class_of(64).unwrap();
-    // SAFETY: a live small object, overflowed on purpose to the end of its span and past.
-    unsafe {
-        let p = raw::alloc(64, 8);
-        let end = span_start(p) + class.pages().bytes();
-        p.write_bytes(0x41, end - p as usize);
-        std::ptr::write_volatile(end as *mut u8, 0x41);
-    }
-}
