@@ -838,14 +838,19 @@ unsafe fn sample_popped(obj: *mut u8, size: usize) -> *mut u8 {
     }
 }
 
-/// A moved `realloc` whose charge crossed the countdown: the sampled object takes the
-/// place of `new`, which is freed (or kept, if the sampled object cannot be made).
+/// A moved `realloc` whose charge crossed the countdown: a large `new` is recorded as the
+/// sample where it is; a small one is replaced by a sampled object, and freed (or kept, if
+/// the sampled object cannot be made).
 ///
 /// # Safety
 /// `new` is a live object of at least `size` bytes, just made for this request.
 #[cold]
 #[inline(never)]
 unsafe fn resample(new: *mut u8, size: usize, align: usize, weight: usize) -> *mut u8 {
+    if size_class::class_for(size, align).is_none() {
+        with_sampled_stack(|frames| PROFILE.record_large(&HEAP, new, size, frames, weight));
+        return new;
+    }
     let sampled = sampled_alloc(size, align, false, weight);
     if sampled.is_null() {
         return new;
@@ -861,14 +866,34 @@ unsafe fn resample(new: *mut u8, size: usize, align: usize, weight: usize) -> *m
     sampled
 }
 
-/// The sampled allocation: captures the stack (no allocator lock is held here), then makes
-/// the object a large object recorded in the profiler's table. An allocation that comes
+/// The sampled allocation. A large request is served as any other (the thread's stash or
+/// the page heap), and the object is recorded where it is; a small one becomes a large
+/// object of its class's size, recorded in the profiler's table. An allocation that comes
 /// back here from inside (something this called allocated) is served unsampled and
 /// counted; so is one while the thread writes a profile, or from a thread that has no slot
 /// of its own any more, uncounted.
 #[cold]
 #[inline(never)]
 fn sampled_alloc(size: usize, align: usize, zeroed: bool, weight: usize) -> *mut u8 {
+    if size_class::class_for(size, align).is_none() {
+        let p = alloc_unsampled(size, align, zeroed);
+        if !p.is_null() {
+            with_sampled_stack(|frames| PROFILE.record_large(&HEAP, p, size, frames, weight));
+        }
+        return p;
+    }
+    with_sampled_stack(|frames| PROFILE.alloc_sampled(&HEAP, size, align, zeroed, frames, weight))
+        .filter(|p| !p.is_null())
+        .unwrap_or_else(|| alloc_unsampled(size, align, zeroed))
+}
+
+/// Runs `make` with the stack captured here (its caller's frame left out: this is inlined
+/// into it, and capturing takes no lock), the thread marked as sampling so that an
+/// allocation from inside is served unsampled. `None`, without running `make`, when this
+/// thread cannot sample now: it is sampling already (counted), it is writing a profile,
+/// or it has no slot of its own any more.
+#[inline(always)]
+fn with_sampled_stack<R>(make: impl FnOnce(&[usize]) -> R) -> Option<R> {
     let l = local();
     #[cfg(feature = "small-tls")]
     let shared = l == DEAD_LOCAL.0.get();
@@ -885,20 +910,17 @@ fn sampled_alloc(size: usize, align: usize, zeroed: bool, weight: usize) -> *mut
         if now == SAMPLE_BUSY {
             PROFILE.note_reentered();
         }
-        return alloc_unsampled(size, align, zeroed);
+        return None;
     }
     // SAFETY: our own slot, not shared.
     unsafe { (*l).sampling = SAMPLE_BUSY };
     let mut frames = [0usize; crate::stack::MAX_FRAMES];
-    // Leaves out this function's frame.
+    // Leaves out the caller's frame (this function is inlined into it).
     let depth = crate::stack::capture(&mut frames, 1, &UNWIND_RULES);
-    let p = PROFILE.alloc_sampled(&HEAP, size, align, zeroed, &frames[..depth], weight);
+    let made = make(&frames[..depth]);
     // SAFETY: our own slot.
     unsafe { (*l).sampling = SAMPLE_IDLE };
-    if p.is_null() {
-        return alloc_unsampled(size, align, zeroed);
-    }
-    p
+    Some(made)
 }
 
 /// An allocation served by the cache with no charge (the sampled path's fallback).

@@ -177,10 +177,11 @@
 //! Off unless started ([`profiling::start`] or `SPANALLOC_PROFILE`). Every allocation
 //! subtracts its size from its cache's countdown (on the fast path one subtraction and one
 //! branch, after the pop); the one that crosses it is sampled: its stack is captured with no
-//! lock held, it is served as a large object (a span of its own), and its record, with the
-//! bytes it stands for, goes into the profiler's table in metadata memory. Its span record
-//! points to that record, so the free of an ordinary object never looks at the table and a
-//! sampled one is found on the large-object free path. [`profiling::heap_profile`] sums the
+//! lock held, it is served as a large object (a span of its own; a large request is
+//! recorded on the span it is served with), and its record, with the bytes it stands for,
+//! goes into the profiler's table in metadata memory. Its span record points to that
+//! record, so the free of an ordinary object never looks at the table and a sampled one is
+//! found on the large-object free path. [`profiling::heap_profile`] sums the
 //! table per stack; profiles are written as pprof. See `docs/design.md`, section 10.
 //!
 //! ## What is lock-free, and the lock order

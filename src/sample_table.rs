@@ -3,7 +3,8 @@
 //! in the heap it describes. See `lib.rs` for an overview and `docs/design.md` (section 10).
 //!
 //! A sampled object is a large object (a span of its own, as TCMalloc and jemalloc serve
-//! sampled small objects), and its span record points to the object's [`LiveSample`]: the
+//! sampled small objects; a large request's own object is recorded where it is, with
+//! [`SampleTable::record_large`]), and its span record points to the object's [`LiveSample`]: the
 //! free of an ordinary object never looks at the table, and the large-object free path,
 //! which is out of line, reads one word of the span record it holds already
 //! ([`release_sample`]).
@@ -252,6 +253,37 @@ impl SampleTable {
             unsafe { core::ptr::write_bytes(p, 0, size) };
         }
         p
+    }
+
+    /// Makes `p`, a large object just made for a request of `size` bytes and not yet
+    /// handed out, the sampled object of that request: records it as standing for `weight`
+    /// bytes, allocated from `frames`, where it is (no span of its own to make, nothing to
+    /// copy: a large object already has one). `false`, recording nothing, when `p` is not
+    /// the start of a large span; a sample that cannot be recorded (metadata memory ran
+    /// out) is counted as dropped and `p` stays an ordinary object.
+    pub fn record_large<S: PageSource>(
+        &self,
+        heap: &Heap<S>,
+        p: *mut u8,
+        size: usize,
+        frames: &[usize],
+        weight: usize,
+    ) -> bool {
+        let span = heap.page_map().lookup(p as usize);
+        if span.is_null() {
+            return false;
+        }
+        // SAFETY: page-map entries point to span records, which are never unmapped; `p` is
+        // a live object of the caller's, so the record is its span's for as long as this
+        // runs (nothing frees or reuses it meanwhile).
+        let span = unsafe { &*span };
+        if span.kind() != SpanKind::Large || span.start_addr() != p as usize {
+            return false;
+        }
+        if !self.record(heap.source(), span, frames, size, weight) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        true
     }
 
     /// Records a sampled object of `size` bytes standing for `weight` bytes, allocated from
@@ -555,6 +587,35 @@ mod tests {
         assert!(totals_for(&snap, &a).is_none());
         assert_eq!(totals_for(&snap, &b).unwrap().alloc_bytes, 0.0);
         assert_eq!(totals_for(&snap, &b).unwrap().inuse_bytes, 60_000.0);
+        heap.check_invariants();
+    }
+
+    #[test]
+    fn a_large_object_is_recorded_where_it_is_and_nothing_else_is() {
+        let heap = heap();
+        let table = SampleTable::new();
+        table.start(1000, 1, 0);
+        let (p, _) = heap.alloc_large(40_000, 8).unwrap();
+        let p = p.as_ptr();
+        let frames = [4usize, 5];
+        // Not the start of a large span: an interior address, an address of no object.
+        assert!(!table.record_large(&heap, p.wrapping_add(8192), 40_000, &frames, 50_000));
+        assert!(!table.record_large(&heap, 8192 as *mut u8, 1, &frames, 1));
+        assert!(totals_for(&table.snapshot(), &frames).is_none());
+        assert!(table.record_large(&heap, p, 40_000, &frames, 50_000));
+        let snap = table.snapshot();
+        let t = totals_for(&snap, &frames).unwrap();
+        assert_eq!((t.inuse_bytes, t.inuse_objects), (50_000.0, 1.25));
+        // SAFETY: the page map's record of our live large object.
+        let span = unsafe { &*heap.page_map().lookup(p as usize) };
+        assert_ne!(span.sample(), 0);
+        release_sample(span);
+        assert_eq!(
+            totals_for(&table.snapshot(), &frames).unwrap().inuse_bytes,
+            0.0
+        );
+        // SAFETY: our large object, freed once.
+        unsafe { heap.free_large(NonNull::from(span)) };
         heap.check_invariants();
     }
 

@@ -581,3 +581,70 @@ fn stop_and_start_again() {
     profiling::stop();
     drop(w);
 }
+
+// ---------------------------------------------------------------------------------------
+// A sampled large object is an ordinary large object, recorded where it is.
+
+/// A large buffer of `n` bytes, from a call site of its own.
+#[inline(never)]
+fn site_large(n: usize) -> Vec<u8> {
+    black_box(Vec::with_capacity(n))
+}
+
+/// Grows `v` to room for `n` bytes, from a call site of its own.
+#[inline(never)]
+fn site_grow(v: &mut Vec<u8>, n: usize) {
+    v.reserve_exact(n - v.len());
+    black_box(v);
+}
+
+/// (inuse objects, alloc objects) of `site` (`site_large` or `site_grow`) now.
+fn large_objects(site: &'static str) -> (f64, f64) {
+    let t = per_site(&profiling::heap_profile(), &["site_large", "site_grow"])
+        .get(site)
+        .copied()
+        .unwrap_or_default();
+    (t[1], t[3])
+}
+
+/// With every allocation sampled, a large allocation is served where an unsampled one
+/// would be (a freed buffer of its size, waiting in the thread's cache, is reused), and a
+/// `realloc` that moves a small buffer to a large size hands out the buffer it moved to,
+/// with its room for growth (not a copy of it in another sampled object of the size
+/// alone); both are recorded at their call sites.
+#[test]
+fn a_sampled_large_object_is_recorded_where_it_is() {
+    let _g = serial();
+    profiling::start_seeded(1, 7);
+    let n = 100 << 10;
+
+    let first = site_large(n);
+    let at = first.as_ptr();
+    drop(first);
+    let second = site_large(n);
+    assert_eq!(second.as_ptr(), at, "the freed buffer was not reused");
+    assert_eq!(large_objects("site_large"), (1.0, 2.0));
+    drop(second);
+    assert_eq!(large_objects("site_large"), (0.0, 2.0));
+
+    // A small buffer (made unsampled) grown to the large size: `realloc` moves it to a
+    // page span with room to grow in place, and the move is the sample.
+    profiling::stop();
+    let mut grown = vec![1u8; 1000];
+    profiling::start_seeded(1, 7);
+    site_grow(&mut grown, n);
+    // SAFETY: a live object of spanalloc's.
+    let room = unsafe { spanalloc::raw::usable_size(grown.as_mut_ptr()) };
+    assert!(
+        room >= 2 * n,
+        "{room} bytes: the moved buffer lost its room for growth (copied into a sampled object)"
+    );
+    assert!(grown.iter().all(|&b| b == 1));
+    assert_eq!(large_objects("site_grow"), (1.0, 1.0));
+    drop(grown);
+    let profile = profiling::heap_profile();
+    profiling::stop();
+    assert_eq!(large_objects("site_grow"), (0.0, 1.0));
+    assert_eq!(profile.reentered, 0);
+    assert_eq!(profile.dropped, 0);
+}
