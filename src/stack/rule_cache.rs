@@ -186,6 +186,30 @@ mod tests {
         assert_eq!(cache.get(0x2000), Some(2));
     }
 
+    /// While a write runs, the sequence is odd, so a lookup finds nothing (it would read
+    /// entries half written); after it, the sequence is even and moved on, so a lookup that
+    /// began before the write and ends after it sees two different values and finds nothing.
+    #[test]
+    fn a_write_makes_the_sequence_odd_then_moves_it_on() {
+        let cache = RuleCache::new();
+        cache.put(0x1000, 1);
+        for round in 0..3 {
+            let before = cache.sequence.load(Ordering::Relaxed);
+            assert!(cache.write(|| {
+                assert_eq!(
+                    cache.sequence.load(Ordering::Relaxed) & 1,
+                    1,
+                    "round {round}"
+                );
+                assert_eq!(cache.get(0x1000), None, "round {round}");
+            }));
+            let after = cache.sequence.load(Ordering::Relaxed);
+            assert_eq!(after & 1, 0);
+            assert_ne!(after, before, "round {round}: a torn read would go unseen");
+            assert_eq!(cache.get(0x1000), Some(1));
+        }
+    }
+
     #[test]
     fn an_unload_empties_the_table() {
         let cache = RuleCache::new();
