@@ -453,7 +453,12 @@ const SITES: [&str; 3] = ["site_threads", "site_exiting", "site_forked"];
 
 /// (inuse objects, alloc objects) of `site` now.
 fn objects(site: &'static str) -> (f64, f64) {
-    let t = per_site(&profiling::heap_profile(), &SITES)
+    objects_among(&SITES, site)
+}
+
+/// (inuse objects, alloc objects) of `site`, one of `sites`, now.
+fn objects_among(sites: &[&'static str], site: &'static str) -> (f64, f64) {
+    let t = per_site(&profiling::heap_profile(), sites)
         .get(site)
         .copied()
         .unwrap_or_default();
@@ -600,11 +605,7 @@ fn site_grow(v: &mut Vec<u8>, n: usize) {
 
 /// (inuse objects, alloc objects) of `site` (`site_large` or `site_grow`) now.
 fn large_objects(site: &'static str) -> (f64, f64) {
-    let t = per_site(&profiling::heap_profile(), &["site_large", "site_grow"])
-        .get(site)
-        .copied()
-        .unwrap_or_default();
-    (t[1], t[3])
+    objects_among(&["site_large", "site_grow"], site)
 }
 
 /// With every allocation sampled, a large allocation is served where an unsampled one

@@ -749,6 +749,96 @@ mod tests {
         );
     }
 
+    /// The rest of the opcodes compilers and assemblers write, each in a program whose
+    /// rule it decides (a reader that did not know one would answer `Unsupported`).
+    #[test]
+    fn every_other_opcode_is_read() {
+        let c = cie();
+        let at = |program: &[u8], target| rule_at(&c, &fde(program), 0, target);
+        let ra_at = |ra_offset| {
+            FrameRule::Step(Step {
+                cfa_from_rbp: false,
+                cfa_offset: 8,
+                ra_offset,
+                rbp: SavedRbp::Same,
+            })
+        };
+        // offset_extended: rbp at 2 * -8.
+        assert_eq!(at(&[0x05, 6, 2], 0), step(false, 8, SavedRbp::At(-16)));
+        // restore_extended: back to the CIE's rule for rbp.
+        let restore = [0x86, 2, 0x41, 0x06, 6];
+        assert_eq!(at(&restore, 0), step(false, 8, SavedRbp::At(-16)));
+        assert_eq!(at(&restore, 1), step(false, 8, SavedRbp::Same));
+        // A restore of the return address goes back to the CIE's rule for it (CFA - 8).
+        let restore_ra = [0x90, 2, 0x41, 0xd0];
+        assert_eq!(at(&restore_ra, 0), ra_at(-16));
+        assert_eq!(at(&restore_ra, 1), ra_at(-8));
+        // register, val_offset and val_offset_sf for another register: skipped.
+        assert_eq!(at(&[0x09, 3, 5], 0), step(false, 8, SavedRbp::Same));
+        assert_eq!(at(&[0x14, 3, 2], 0), step(false, 8, SavedRbp::Same));
+        assert_eq!(at(&[0x15, 3, 0x7e], 0), step(false, 8, SavedRbp::Same));
+        // A CFA expression, then a CFA from a register again.
+        assert_eq!(
+            at(&[0x0f, 2, 0x77, 0, 0x0c, 7, 16], 0),
+            step(false, 16, SavedRbp::Same)
+        );
+        // GNU_args_size: skipped; GNU_negative_offset_extended: rbp at -(2 * -8).
+        assert_eq!(at(&[0x2e, 16], 0), step(false, 8, SavedRbp::Same));
+        assert_eq!(at(&[0x2f, 6, 2], 0), step(false, 8, SavedRbp::At(16)));
+        // A two-byte signed LEB128: -200 * -8.
+        assert_eq!(
+            at(&[0x13, 0xb8, 0x7e], 0),
+            step(false, 1600, SavedRbp::Same)
+        );
+    }
+
+    /// A CIE with the FDE pointers in `encoding` (`DW_EH_PE_*`), and an FDE over it whose
+    /// start and length are `pointer` (the encoded bytes), with `instructions`.
+    fn entries_encoded(encoding: u8, pointer: &[u8], instructions: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let mut body = vec![0, 0, 0, 0, 1, b'z', b'R', 0, 1, 0x78, 16, 1, encoding];
+        body.extend([0x0c, 7, 8, 0x90, 1]);
+        let mut f = vec![0; 4];
+        f.extend(pointer);
+        f.extend(pointer);
+        f.push(0);
+        f.extend(instructions);
+        (with_length(body), with_length(f))
+    }
+
+    /// Every pointer size an FDE's start and length can take is skipped by its size; a CIE
+    /// with no augmentation has absolute 8-byte pointers; a version 3 CIE's return address
+    /// register is a LEB128 (here one of two bytes).
+    #[test]
+    fn every_pointer_encoding_and_cie_form_is_read() {
+        let want = step(false, 16, SavedRbp::Same);
+        let program = [0x41, 0x0e, 16];
+        for (encoding, pointer) in [
+            (0x00, &[1, 0, 0, 0, 0, 0, 0, 0][..]), // absptr
+            (0x04, &[1, 0, 0, 0, 0, 0, 0, 0]),     // udata8
+            (0x0c, &[1, 0, 0, 0, 0, 0, 0, 0]),     // sdata8
+            (0x01, &[0x81, 0x01]),                 // uleb128
+            (0x09, &[0x81, 0x7f]),                 // sleb128
+            (0x02, &[1, 0]),                       // udata2
+            (0x0a, &[1, 0]),                       // sdata2
+            (0x03, &[1, 0, 0, 0]),                 // udata4
+            (0x1b, &[1, 0, 0, 0]),                 // pcrel sdata4
+        ] {
+            let (c, f) = entries_encoded(encoding, pointer, &program);
+            assert_eq!(rule_at(&c, &f, 0, 1), want, "encoding {encoding:#x}");
+        }
+        // No augmentation: no augmentation data in the FDE either.
+        let mut body = vec![0, 0, 0, 0, 1, 0, 1, 0x78, 16];
+        body.extend([0x0c, 7, 8, 0x90, 1]);
+        let mut f = vec![0; 4];
+        f.extend([0; 16]);
+        f.extend(program);
+        assert_eq!(rule_at(&with_length(body), &with_length(f), 0, 1), want);
+        // Version 3, the return address register 16 as the LEB128 0x90 0x00.
+        let mut body = vec![0, 0, 0, 0, 3, b'z', b'R', 0, 1, 0x78, 0x90, 0x00, 1, 0x1b];
+        body.extend([0x0c, 7, 8, 0x90, 1]);
+        assert_eq!(rule_at(&with_length(body), &fde(&program), 0, 1), want);
+    }
+
     #[test]
     fn rules_pack_into_a_word() {
         let rules = [
