@@ -466,6 +466,12 @@ extern "C" fn thread_exit(_value: *mut libc::c_void) {
 }
 
 extern "C" fn fork_prepare() {
+    // First, holding nothing of the allocator's: no walk is in the C library's
+    // `dl_iterate_phdr` at the fork, whose lock the child would otherwise inherit held (see
+    // `stack::rule_cache`). A walker waits for nothing of ours there (a thread loading code
+    // may allocate while the walker waits for it), and no thread waits for this lock (walks
+    // only try it).
+    UNWIND_RULES.lock_for_fork();
     // `LOCALS` is a leaf lock: taking it first cannot wait on a thread that waits on us.
     #[cfg(feature = "small-tls")]
     LOCALS.raw_lock();
@@ -480,11 +486,11 @@ extern "C" fn fork_prepare() {
 extern "C" fn fork_parent() {
     // SAFETY: `fork_prepare` took these locks on this thread.
     unsafe {
+        UNWIND_RULES.unlock_after_fork();
         PROFILE.unlock_after_fork();
         HEAP.unlock_all();
         RESERVES.unlock_after_fork();
         ORPHAN.raw_unlock();
-        UNWIND_RULES.after_fork_in_child();
         #[cfg(feature = "small-tls")]
         LOCALS.raw_unlock();
     }
@@ -494,11 +500,12 @@ extern "C" fn fork_child() {
     // SAFETY: `fork_prepare` took these locks in the parent on the thread that is now the
     // child's only thread. Other threads' caches are gone with them; their spans stay owned.
     unsafe {
+        UNWIND_RULES.unlock_after_fork();
+        UNWIND_RULES.after_fork_in_child();
         PROFILE.unlock_after_fork();
         HEAP.unlock_all();
         RESERVES.unlock_after_fork();
         ORPHAN.raw_unlock();
-        UNWIND_RULES.after_fork_in_child();
         #[cfg(feature = "small-tls")]
         LOCALS.raw_unlock();
     }

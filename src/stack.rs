@@ -204,7 +204,7 @@ mod walk {
         mut skip: usize,
         rules: &RuleCache,
     ) -> Option<usize> {
-        let cached = rules.begin(unloaded_objects());
+        let cached = rules.begin_with(unloaded_objects);
         let Registers {
             mut pc,
             mut rsp,

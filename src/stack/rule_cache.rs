@@ -19,10 +19,21 @@
 //!
 //! Code can be unloaded (`dlclose`) and other code loaded at the same addresses, with other
 //! rules. The table remembers the C library's count of unloaded objects (`dlpi_subs`) when
-//! it is filled, and is emptied when the count has moved: [`RuleCache::begin`] reads it once
-//! per walk.
+//! it is filled, and is emptied when the count has moved: [`RuleCache::begin_with`] reads it
+//! once per walk.
+//!
+//! Reading the count (`dl_iterate_phdr`) takes the C library's `dl_load_write_lock`, and
+//! glibc (2.36 here) does not reset that lock in a child after `fork`: a thread inside
+//! `dl_iterate_phdr` when another forks leaves it held in the child for good, and the
+//! child's next sample (or any `dl_iterate_phdr` of its own) waits forever. So the count is
+//! read under a lock of the table's own, taken only with a try (a walk that finds it taken
+//! does not use the table), and `fork`'s prepare handler takes it
+//! ([`RuleCache::lock_for_fork`]): no thread of ours is in `dl_iterate_phdr` at a fork.
+//! The try matters: a thread that holds the C library's lock (a program's own
+//! `dl_iterate_phdr` callback that allocates) and then samples would otherwise wait for a
+//! walker that waits for it.
 
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 
 /// Entries in the table (a power of two): 32 KiB.
 const ENTRIES: usize = 2048;
@@ -39,6 +50,9 @@ pub struct RuleCache {
     sequence: AtomicUsize,
     /// The count of unloaded objects the entries were read under.
     unloads: AtomicU64,
+    /// Held while a walk reads the count of unloaded objects, and by `fork` (see the
+    /// module's documentation).
+    reading_unloads: AtomicBool,
     entries: [Entry; ENTRIES],
 }
 
@@ -59,6 +73,7 @@ impl RuleCache {
         RuleCache {
             sequence: AtomicUsize::new(0),
             unloads: AtomicU64::new(0),
+            reading_unloads: AtomicBool::new(false),
             entries: [EMPTY; ENTRIES],
         }
     }
@@ -67,6 +82,45 @@ impl RuleCache {
         let hash =
             (address as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - ENTRIES.trailing_zeros());
         &self.entries[hash as usize]
+    }
+
+    /// Starts a walk: reads the C library's count of unloaded objects with `read_unloads`
+    /// under the table's own lock, then [`begin`](Self::begin)s with it. False, without
+    /// reading, if another thread (or `fork`) holds that lock: the walk must not use the
+    /// table then.
+    pub fn begin_with(&self, read_unloads: impl FnOnce() -> u64) -> bool {
+        // Acquire pairs with the Release below (or in `unlock_after_fork`).
+        if self
+            .reading_unloads
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        let unloads = read_unloads();
+        self.reading_unloads.store(false, Ordering::Release);
+        self.begin(unloads)
+    }
+
+    /// For `fork`'s prepare handler: waits until no walk is reading the count of unloaded
+    /// objects, and keeps the next from starting, until [`unlock_after_fork`]
+    /// (Self::unlock_after_fork).
+    pub fn lock_for_fork(&self) {
+        let backoff = crossbeam_utils::Backoff::new();
+        // Acquire pairs with the Release in `begin_with`.
+        while self
+            .reading_unloads
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            backoff.snooze();
+        }
+    }
+
+    /// Releases what [`lock_for_fork`](Self::lock_for_fork) took (in the parent and in the
+    /// child).
+    pub fn unlock_after_fork(&self) {
+        self.reading_unloads.store(false, Ordering::Release);
     }
 
     /// Starts a walk with the C library's current count of unloaded objects: empties the
@@ -208,6 +262,27 @@ mod tests {
             assert_ne!(after, before, "round {round}: a torn read would go unseen");
             assert_eq!(cache.get(0x1000), Some(1));
         }
+    }
+
+    /// The count is read under the table's lock, and not at all while `fork` holds it.
+    #[test]
+    fn the_count_is_read_only_when_the_fork_lock_is_free() {
+        let cache = RuleCache::new();
+        cache.put(0x1000, 1);
+        assert!(cache.begin_with(|| 0));
+        assert_eq!(cache.get(0x1000), Some(1));
+        cache.lock_for_fork();
+        assert!(
+            !cache.begin_with(|| panic!("read while fork holds the lock")),
+            "a walk during a fork does not use the table"
+        );
+        cache.unlock_after_fork();
+        assert!(cache.begin_with(|| 1), "the count moved: emptied");
+        assert_eq!(cache.get(0x1000), None);
+        // The reader's own hold ends with the read.
+        cache.lock_for_fork();
+        cache.unlock_after_fork();
+        assert!(cache.begin_with(|| 1));
     }
 
     #[test]
