@@ -103,8 +103,8 @@ impl RuleCache {
     }
 
     /// For `fork`'s prepare handler: waits until no walk is reading the count of unloaded
-    /// objects, and keeps the next from starting, until [`unlock_after_fork`]
-    /// (Self::unlock_after_fork).
+    /// objects, and keeps the next from starting, until
+    /// [`unlock_after_fork`](Self::unlock_after_fork).
     pub fn lock_for_fork(&self) {
         let backoff = crossbeam_utils::Backoff::new();
         // Acquire pairs with the Release in `begin_with`.
