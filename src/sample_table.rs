@@ -241,13 +241,8 @@ impl SampleTable {
             return null_mut();
         };
         let p = p.as_ptr();
-        // SAFETY: page-map entries point to span records, which are never unmapped; this one
-        // is the large span just handed to us.
-        let span = unsafe { &*heap.page_map().lookup(p as usize) };
-        debug_assert!(span.kind() == SpanKind::Large && span.start_addr() == p as usize);
-        if !self.record(heap.source(), span, frames, size, weight) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        let on_its_span = self.record_large(heap, p, size, frames, weight);
+        debug_assert!(on_its_span, "a large object starts its span");
         if zeroed && !is_zero {
             // SAFETY: a new object of at least `size` bytes.
             unsafe { core::ptr::write_bytes(p, 0, size) };

@@ -89,16 +89,11 @@ impl RuleCache {
     /// reading, if another thread (or `fork`) holds that lock: the walk must not use the
     /// table then.
     pub fn begin_with(&self, read_unloads: impl FnOnce() -> u64) -> bool {
-        // Acquire pairs with the Release below (or in `unlock_after_fork`).
-        if self
-            .reading_unloads
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
+        if !self.try_hold_reading() {
             return false;
         }
         let unloads = read_unloads();
-        self.reading_unloads.store(false, Ordering::Release);
+        self.release_reading();
         self.begin(unloads)
     }
 
@@ -107,12 +102,7 @@ impl RuleCache {
     /// [`unlock_after_fork`](Self::unlock_after_fork).
     pub fn lock_for_fork(&self) {
         let backoff = crossbeam_utils::Backoff::new();
-        // Acquire pairs with the Release in `begin_with`.
-        while self
-            .reading_unloads
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
+        while !self.try_hold_reading() {
             backoff.snooze();
         }
     }
@@ -120,6 +110,19 @@ impl RuleCache {
     /// Releases what [`lock_for_fork`](Self::lock_for_fork) took (in the parent and in the
     /// child).
     pub fn unlock_after_fork(&self) {
+        self.release_reading();
+    }
+
+    /// Takes the flag a walk holds while it reads the count of unloaded objects, if it is
+    /// free.
+    fn try_hold_reading(&self) -> bool {
+        // Acquire pairs with the Release in `release_reading` of the previous holder.
+        self.reading_unloads
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    fn release_reading(&self) {
         self.reading_unloads.store(false, Ordering::Release);
     }
 
