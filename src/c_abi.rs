@@ -102,13 +102,19 @@ unsafe fn free_keep_errno(ptr: *mut c_void) {
     }
 }
 
-/// The slow path of [`free_keep_errno`], saving and restoring `errno` around it.
+/// The slow path of [`free_keep_errno`]: a large object into the stash, or the rest with
+/// `errno` saved and restored around it.
 ///
 /// # Safety
 /// As [`free_keep_errno`].
 #[cold]
 #[inline(never)]
 unsafe fn free_slow_keep_errno(ptr: *mut c_void) {
+    // A large object into the thread's stash: no lock, no system call, no errno to keep.
+    // SAFETY: per the caller.
+    if unsafe { raw::free_large_fast(ptr.cast()) } {
+        return;
+    }
     // SAFETY: `__errno_location` returns this thread's errno slot, always valid.
     let errno = unsafe { libc::__errno_location() };
     // SAFETY: as above.

@@ -561,6 +561,7 @@ pub mod raw {
             crate::thread_cache::check_layout(&HEAP, ptr, size, align);
         }
         // SAFETY: per the caller.
+        // SAFETY: per the caller.
         if !unsafe { dealloc_fast(ptr, size) } {
             // SAFETY: per the caller.
             unsafe { free_slow(ptr) }
@@ -639,15 +640,48 @@ pub mod raw {
         unsafe { ThreadCache::push_small_raw(cache, ptr, word) }
     }
 
-    /// The rest of [`free`] once [`free_fast`] returned `false`: the large-object, full-bin,
-    /// inactive-cache and bad-pointer cases, without the fast path's tests again.
+    /// The free of a large object that the thread's stash takes with no lock and no system
+    /// call (see `ThreadCache::free_large_to_stash`), for a caller that tried [`free_fast`]
+    /// first. Returns `false`, having done nothing, for anything else: then call
+    /// [`free_past_fast`].
+    ///
+    /// # Safety
+    /// As [`free`].
+    #[inline]
+    pub unsafe fn free_large_fast(ptr: *mut u8) -> bool {
+        let addr = ptr as usize;
+        // SAFETY: page-map entries point to span records, which are never unmapped; the
+        // fields read are atomics.
+        let Some(s) = (unsafe { HEAP.page_map().lookup(addr).as_ref() }) else {
+            return false;
+        };
+        if s.kind() != crate::span::SpanKind::Large || s.start_addr() != addr {
+            return false;
+        }
+        let l = local_for_fast_path();
+        // SAFETY: our own slot (or the never-written one of threads without one, never
+        // ACTIVE).
+        if unsafe { (*l).state } != ACTIVE {
+            return false;
+        }
+        // SAFETY: our own slot, ACTIVE, and no reference into it alive (as in `with_cache`);
+        // a large object's span, checked above, that the caller gives up.
+        unsafe {
+            (*l).cache
+                .free_large_to_stash(&HEAP, core::ptr::NonNull::from(s))
+        }
+    }
+
+    /// The rest of [`free`] once [`free_fast`] and [`free_large_fast`] returned `false`:
+    /// the large objects the stash does not take, the full-bin, inactive-cache and
+    /// bad-pointer cases, without the fast paths' tests again.
     ///
     /// # Safety
     /// As [`free`].
     #[inline]
     pub unsafe fn free_past_fast(ptr: *mut u8) {
         // SAFETY: per the caller.
-        unsafe { free_slow(ptr) }
+        unsafe { free_rest(ptr) }
     }
 
     /// Resizes `ptr` (allocated with `align`) to `new_size` bytes. Null on failure, leaving
@@ -717,6 +751,19 @@ unsafe fn with_cache<R>(f: impl FnOnce(&mut ThreadCache) -> R) -> R {
 #[cold]
 #[inline(never)]
 unsafe fn free_slow(ptr: *mut u8) {
+    // SAFETY: per the caller.
+    if !unsafe { raw::free_large_fast(ptr) } {
+        // SAFETY: per the caller.
+        unsafe { free_rest(ptr) }
+    }
+}
+
+/// [`free_slow`] past the stash's fast path.
+///
+/// # Safety
+/// As [`raw::free`].
+#[inline(never)]
+unsafe fn free_rest(ptr: *mut u8) {
     // A large object (its page has no small-object word) goes straight to the stash or the
     // page heap: one page-map lookup, not the small path's tests first.
     if HEAP.page_map().small_word_of(ptr as usize) == 0 {

@@ -385,6 +385,37 @@ fn double_free_large_after_its_stash_slot_was_taken() {
 }
 
 #[test]
+fn double_free_large_after_it_went_back_unmerged() {
+    // As above, with the victim's neighbours live: the page heap keeps a free span that
+    // starts where the victim did, which the second free must not take for a large one.
+    death_test(
+        "double_free_large_after_it_went_back_unmerged",
+        DOUBLE,
+        || {
+            warm_up();
+            // SAFETY: live objects of ours; the victim freed twice on purpose.
+            unsafe {
+                let before = raw::alloc(64 << 10, 8);
+                let victim = raw::alloc(64 << 10, 8);
+                let after = raw::alloc(64 << 10, 8);
+                assert!(!before.is_null() && !victim.is_null() && !after.is_null());
+                raw::free(victim);
+                let others: Vec<*mut u8> =
+                    (0..4).map(|i| raw::alloc((40 + 8 * i) << 10, 8)).collect();
+                for p in others {
+                    assert!(!p.is_null());
+                    raw::free(p);
+                }
+                expect_stop_at(victim as usize);
+                raw::free(victim);
+                raw::free(before);
+                raw::free(after);
+            }
+        },
+    );
+}
+
+#[test]
 fn double_free_large_sized() {
     death_test("double_free_large_sized", DOUBLE, || {
         warm_up();

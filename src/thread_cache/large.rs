@@ -5,7 +5,7 @@
 //! nothing. See `lib.rs` for an overview.
 
 use super::ThreadCache;
-use super::reserve::STASH_SLOTS;
+use super::reserve::{Reserve, STASH_SLOTS};
 use crate::check::fatal_at;
 use crate::heap::Heap;
 use crate::pages::Pages;
@@ -34,6 +34,29 @@ impl ThreadCache {
         self.stash_used = true;
         // SAFETY: a live large span (it was stashed until now).
         Some(unsafe { (*span).start_addr() } as *mut u8)
+    }
+
+    /// As [`ThreadCache::alloc_large_stashed`] for the newest stashed span only: the
+    /// common case of a program that frees a large buffer and allocates another of the same
+    /// size, which the full search would pick too (the newest of the exact fits).
+    #[inline(always)]
+    pub(super) fn alloc_large_newest(&mut self, size: usize, align: usize) -> Option<*mut u8> {
+        let i = self.stash_newest;
+        let r = self.reserve()?;
+        let s = r.stashed(i);
+        // SAFETY: span records are never unmapped, and the fields read are atomics; a span
+        // a reclaimer took meanwhile is no longer in the slot, so taking it below fails.
+        let span = unsafe { s.as_ref() }?;
+        if span.object_pages() != Pages::for_bytes(size)? || span.start_addr() % align != 0 {
+            return None;
+        }
+        if !r.unstash(i, s) {
+            return None;
+        }
+        // SAFETY: taken out of the stash by us: the span and its free object are ours.
+        unsafe { span.unstash_large() };
+        self.stash_used = true;
+        Some(span.start_addr() as *mut u8)
     }
 
     /// Takes out of the stash the span `rank` ranks best (the lowest rank, the newest among
@@ -128,36 +151,68 @@ impl ThreadCache {
         }
     }
 
+    /// Frees the large object of `span` into an empty stash slot if that is all it takes:
+    /// no lock, no system call, nothing given back to the page heap (an unsampled object, a
+    /// cache with a reserve and an empty slot, a span short enough). `false`, having done
+    /// nothing, otherwise: then call [`ThreadCache::free_large`]. Stops the process on a
+    /// double free.
+    ///
+    /// # Safety
+    /// As [`ThreadCache::free_large`].
+    #[inline]
+    pub unsafe fn free_large_to_stash<S: PageSource>(
+        &mut self,
+        heap: &Heap<S>,
+        span: NonNull<Span>,
+    ) -> bool {
+        // SAFETY: a live span record.
+        let s = unsafe { span.as_ref() };
+        if s.sample() != 0 || !self.may_stash(s) {
+            return false;
+        }
+        let Some(reserve) = self.reserve() else {
+            return false;
+        };
+        let Some(i) = (0..STASH_SLOTS).find(|&i| reserve.stashed(i).is_null()) else {
+            return false;
+        };
+        self.count_large_free(heap, s);
+        // SAFETY: per the caller; slot `i` is empty.
+        unsafe { self.stash_in(reserve, i, span) };
+        true
+    }
+
     /// Frees the large object of `span`: into the stash if it is short enough (the oldest
     /// stashed span goes back to the page heap when the stash is full), else to the page
     /// heap. Stops the process on a double free.
     ///
     /// # Safety
     /// `span` holds a live large object the caller gives up.
-    #[inline(never)]
+    #[inline]
     pub unsafe fn free_large<S: PageSource>(&mut self, heap: &Heap<S>, span: NonNull<Span>) {
+        // SAFETY: per the caller.
+        if !unsafe { self.free_large_to_stash(heap, span) } {
+            // SAFETY: per the caller; nothing was done with the span.
+            unsafe { self.free_large_slow(heap, span) }
+        }
+    }
+
+    /// [`ThreadCache::free_large`] past [`ThreadCache::free_large_to_stash`]: a sampled
+    /// object, a full stash, a span too long for it, a cache that may hold nothing.
+    ///
+    /// # Safety
+    /// As [`ThreadCache::free_large`].
+    #[inline(never)]
+    unsafe fn free_large_slow<S: PageSource>(&mut self, heap: &Heap<S>, span: NonNull<Span>) {
         // SAFETY: a live span record.
         let s = unsafe { span.as_ref() };
         crate::sample_table::release_sample(s);
-        self.frees = self.frees.wrapping_add(1);
-        self.maybe_fold_counts(heap);
-        self.forget_lent(span);
-        // The growing buffer's span (room included) is kept up to a longer bound: the next
-        // buffer is lent it (`lend_stashed`). A cache that is not active may be one with no
-        // exit flush (a FRESH thread's, freeing): it must hold nothing.
-        let max = if s.start_addr() == self.grown {
-            STASH_MAX_GROWN_PAGES
-        } else {
-            STASH_MAX_PAGES
-        };
+        self.count_large_free(heap, s);
         let reserve = match self.reserve() {
-            Some(r) if self.active && s.object_pages() <= max => r,
+            Some(r) if self.may_stash(s) => r,
             // SAFETY: per the caller.
             _ => return unsafe { heap.free_large(span) },
         };
-        if !s.stash_large() {
-            fatal_at("double free detected", s.start_addr());
-        }
         // An empty slot, else the oldest span's (going back to the page heap).
         let mut slot = None;
         let mut oldest = 0;
@@ -174,11 +229,8 @@ impl ThreadCache {
             Some(i) => (i, core::ptr::null_mut()),
             None => (oldest, reserve.unstash_any(oldest)),
         };
-        self.stash_clock = self.stash_clock.wrapping_add(1);
-        self.stash_stamps[i] = self.stash_clock;
-        // SAFETY: we are the owner and slot `i` is empty now; the span is marked stashed.
-        unsafe { reserve.stash(i, span.as_ptr()) };
-        self.stash_seen = true;
+        // SAFETY: per the caller; slot `i` is empty now.
+        unsafe { self.stash_in(reserve, i, span) };
         if !evicted.is_null() {
             // SAFETY: taken out of the stash by us (null if a reclaimer took it first): its
             // object is free.
@@ -187,6 +239,50 @@ impl ThreadCache {
                 heap.free_large(NonNull::new_unchecked(evicted));
             }
         }
+    }
+
+    /// Whether the cache may stash `s`, a large span being freed: it is active (one that is
+    /// not may be a cache with no exit flush, a FRESH thread's: it must hold nothing), and
+    /// the span is short enough. The growing buffer's span (room included) is kept up to a
+    /// longer bound: the next buffer is lent it (`lend_stashed`).
+    #[inline(always)]
+    fn may_stash(&self, s: &Span) -> bool {
+        let max = if s.start_addr() == self.grown {
+            STASH_MAX_GROWN_PAGES
+        } else {
+            STASH_MAX_PAGES
+        };
+        self.active && s.object_pages() <= max
+    }
+
+    /// The counts and the lent span's mark, for the free of the large object of `s`.
+    #[inline(always)]
+    fn count_large_free<S: PageSource>(&mut self, heap: &Heap<S>, s: &Span) {
+        self.frees = self.frees.wrapping_add(1);
+        self.maybe_fold_counts(heap);
+        self.forget_lent(NonNull::from(s));
+    }
+
+    /// Marks `span` stashed (stopping the process if it already was: a double free) and
+    /// puts it in slot `i`, the newest.
+    ///
+    /// # Safety
+    /// `reserve` is this cache's, slot `i` is empty, and `span` holds a large object the
+    /// caller frees.
+    #[inline(always)]
+    unsafe fn stash_in(&mut self, reserve: &Reserve, i: usize, span: NonNull<Span>) {
+        // SAFETY: a live span record.
+        let s = unsafe { span.as_ref() };
+        if !s.stash_large() {
+            fatal_at("double free detected", s.start_addr());
+        }
+        self.stash_clock = self.stash_clock.wrapping_add(1);
+        self.stash_stamps[i] = self.stash_clock;
+        // SAFETY: we are the owner and slot `i` is empty (only the owner fills a slot, so
+        // one it found empty stays empty); the span is marked stashed.
+        unsafe { reserve.stash(i, span.as_ptr()) };
+        self.stash_newest = i;
+        self.stash_seen = true;
     }
 
     /// Gives every stashed large span back to the page heap.

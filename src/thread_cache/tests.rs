@@ -368,6 +368,48 @@ fn freed_large_spans_are_stashed_reused_and_given_back() {
     heap.check_invariants();
 }
 
+/// A large allocation looks at the span freed last first, and takes it only when it has
+/// exactly the pages and the alignment asked for; otherwise the whole stash is searched.
+#[test]
+fn a_large_allocation_takes_the_span_freed_last_only_when_it_fits() {
+    let heap = heap();
+    let mut cache = cache_with_reserve();
+    let small = cache.alloc(&heap, 64, 8);
+    let [a, b, c] = [100 << 10, 100 << 10, 200 << 10].map(|s| cache.alloc(&heap, s, 8));
+    // SAFETY: live, freed once each (into the stash).
+    unsafe {
+        cache.free(&heap, a);
+        cache.free(&heap, b);
+        cache.free(&heap, c);
+    }
+    assert_eq!(stash_starts(&cache), [a as usize, b as usize, c as usize]);
+    // The newest (200 KiB) has too many pages: the search finds the newer of the others.
+    assert_eq!(cache.alloc(&heap, 100 << 10, 8), b);
+    assert_eq!(cache.alloc(&heap, 100 << 10, 8), a);
+    assert_eq!(stash_starts(&cache), [c as usize]);
+    // SAFETY: live, freed once.
+    unsafe { cache.free(&heap, b) };
+    assert_eq!(cache.alloc(&heap, 100 << 10, 8), b, "the newest fits");
+    assert_eq!(stash_starts(&cache), [c as usize]);
+    // Too few pages for the newest: from the page heap.
+    let d = cache.alloc(&heap, 300 << 10, 8);
+    assert_ne!(d, c);
+    // The right pages but not the alignment asked for: from the page heap.
+    let align = 1usize << ((c as usize).trailing_zeros() + 1);
+    let e = cache.alloc(&heap, 200 << 10, align);
+    assert_ne!(e, c);
+    assert_eq!(e as usize % align, 0);
+    assert_eq!(stash_starts(&cache), [c as usize]);
+    assert_eq!(cache.alloc(&heap, 200 << 10, 8), c, "the newest fits");
+    for p in [a, b, c, d, e, small] {
+        // SAFETY: live, freed once each.
+        unsafe { cache.free(&heap, p) };
+    }
+    cache.check_invariants(&heap);
+    cache.flush(&heap);
+    heap.check_invariants();
+}
+
 #[test]
 fn a_buffer_grown_into_the_large_tier_again_and_again_reuses_its_room() {
     let heap = heap();
