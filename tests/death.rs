@@ -416,6 +416,38 @@ fn double_free_large_after_it_went_back_unmerged() {
 }
 
 #[test]
+fn double_free_large_on_two_threads() {
+    // The first free on another thread, whose stash keeps the span while the owner frees it
+    // again.
+    death_test("double_free_large_on_two_threads", DOUBLE, || {
+        warm_up();
+        // SAFETY: a live object of ours.
+        let p = unsafe { raw::alloc(256 << 10, 8) } as usize;
+        assert_ne!(p, 0);
+        let (freed_tx, freed_rx) = std::sync::mpsc::channel::<()>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            // SAFETY: a live object of this thread's (its cache registered, so it stashes),
+            // then the first, valid free of `p`.
+            unsafe {
+                let own = raw::alloc(100 << 10, 8);
+                assert!(!own.is_null());
+                raw::free(own);
+                raw::free(p as *mut u8);
+            }
+            freed_tx.send(()).unwrap();
+            let _ = done_rx.recv();
+        });
+        freed_rx.recv().unwrap();
+        expect_stop_at(p);
+        // SAFETY: the second free, on purpose.
+        unsafe { raw::free(p as *mut u8) };
+        drop(done_tx);
+        t.join().unwrap();
+    });
+}
+
+#[test]
 fn double_free_large_sized() {
     death_test("double_free_large_sized", DOUBLE, || {
         warm_up();
