@@ -385,6 +385,11 @@ fn a_large_allocation_takes_the_span_freed_last_only_when_it_fits() {
     assert_eq!(stash_starts(&cache), [a as usize, b as usize, c as usize]);
     // The newest (200 KiB) has too many pages: the search finds the newer of the others.
     assert_eq!(cache.alloc(&heap, 100 << 10, 8), b);
+    // The newest has the right pages but not the alignment asked for: the page heap.
+    let align = 1usize << ((c as usize).trailing_zeros() + 1);
+    let e = cache.alloc(&heap, 200 << 10, align);
+    assert_ne!(e, c);
+    assert_eq!(e as usize % align, 0);
     assert_eq!(cache.alloc(&heap, 100 << 10, 8), a);
     assert_eq!(stash_starts(&cache), [c as usize]);
     // SAFETY: live, freed once.
@@ -394,11 +399,6 @@ fn a_large_allocation_takes_the_span_freed_last_only_when_it_fits() {
     // Too few pages for the newest: from the page heap.
     let d = cache.alloc(&heap, 300 << 10, 8);
     assert_ne!(d, c);
-    // The right pages but not the alignment asked for: from the page heap.
-    let align = 1usize << ((c as usize).trailing_zeros() + 1);
-    let e = cache.alloc(&heap, 200 << 10, align);
-    assert_ne!(e, c);
-    assert_eq!(e as usize % align, 0);
     assert_eq!(stash_starts(&cache), [c as usize]);
     assert_eq!(cache.alloc(&heap, 200 << 10, 8), c, "the newest fits");
     for p in [a, b, c, d, e, small] {
@@ -517,6 +517,32 @@ fn build_buffer(heap: &Heap<FakePages>, cache: &mut ThreadCache, to: usize) -> (
         }
         (p, span_start)
     }
+}
+
+/// A growing buffer is lent the shortest stashed span with room for it, not the first
+/// one the search meets.
+#[test]
+fn a_growing_buffer_is_lent_the_shortest_stashed_span_with_room() {
+    let heap = heap();
+    let mut cache = cache_with_reserve();
+    let small = cache.alloc(&heap, 64, 8);
+    let long = cache.alloc(&heap, 1 << 20, 8);
+    let short = cache.alloc(&heap, 256 << 10, 8);
+    // SAFETY: live, freed once each (into the stash, the long one in the first slot).
+    unsafe {
+        cache.free(&heap, long);
+        cache.free(&heap, short);
+    }
+    assert_eq!(stash_starts(&cache), [long as usize, short as usize]);
+    assert_eq!(cache.lend_stashed(&heap, 100_000, 8), Some(short));
+    assert_eq!(stash_starts(&cache), [long as usize]);
+    // SAFETY: live (lent), freed once each.
+    unsafe {
+        cache.free(&heap, short);
+        cache.free(&heap, small);
+    }
+    cache.flush(&heap);
+    heap.check_invariants();
 }
 
 #[test]
