@@ -593,9 +593,20 @@ mod tests {
         let (p, _) = heap.alloc_large(40_000, 8).unwrap();
         let p = p.as_ptr();
         let frames = [4usize, 5];
-        // Not the start of a large span: an interior address, an address of no object.
+        // Not the start of a large span: interior addresses (on the first page, which the
+        // page map knows, and on another), an address of no object, the start of a small
+        // span.
+        assert!(!table.record_large(&heap, p.wrapping_add(16), 40_000, &frames, 50_000));
         assert!(!table.record_large(&heap, p.wrapping_add(8192), 40_000, &frames, 50_000));
         assert!(!table.record_large(&heap, 8192 as *mut u8, 1, &frames, 1));
+        let mut cache = crate::thread_cache::ThreadCache::new();
+        let small = cache.alloc(&heap, 64, 8);
+        let crate::heap::Owner::Small(small_span) = heap.owner(small) else {
+            panic!("a small object");
+        };
+        // SAFETY: the page map's record of our live small object's span.
+        let small_start = unsafe { small_span.as_ref() }.start_addr() as *mut u8;
+        assert!(!table.record_large(&heap, small_start, 64, &frames, 64));
         assert!(totals_for(&table.snapshot(), &frames).is_none());
         assert!(table.record_large(&heap, p, 40_000, &frames, 50_000));
         let snap = table.snapshot();
@@ -609,8 +620,50 @@ mod tests {
             totals_for(&table.snapshot(), &frames).unwrap().inuse_bytes,
             0.0
         );
-        // SAFETY: our large object, freed once.
-        unsafe { heap.free_large(NonNull::from(span)) };
+        // SAFETY: our large object, freed once; the small one too.
+        unsafe {
+            heap.free_large(NonNull::from(span));
+            cache.free(&heap, small);
+        }
+        cache.flush(&heap);
+        heap.check_invariants();
+    }
+
+    #[test]
+    fn samples_not_taken_for_reentry_are_counted() {
+        let table = SampleTable::new();
+        table.start(1, 1, 0);
+        assert_eq!(table.snapshot().reentered, 0);
+        table.note_reentered();
+        table.note_reentered();
+        assert_eq!(table.snapshot().reentered, 2);
+    }
+
+    #[test]
+    fn a_zeroed_sampled_object_is_zero_on_reused_memory() {
+        let heap = heap();
+        let table = SampleTable::new();
+        table.start(1, 1, 0);
+        let (p, _) = heap.alloc_large(40_000, 8).unwrap();
+        // SAFETY: our large object of 40 000 bytes, dirtied, then freed once (it waits in
+        // the page heap's large-span cache for the same length).
+        unsafe {
+            core::ptr::write_bytes(p.as_ptr(), 0xab, 40_000);
+            heap.free_large(NonNull::new_unchecked(
+                heap.page_map().lookup(p.as_ptr() as usize),
+            ));
+        }
+        let q = table.alloc_sampled(&heap, 40_000, 8, true, &[7], 40_000);
+        assert_eq!(q, p.as_ptr(), "the dirty span again");
+        // SAFETY: a live object of at least 40 000 bytes.
+        let bytes = unsafe { core::slice::from_raw_parts(q, 40_000) };
+        assert!(bytes.iter().all(|&b| b == 0));
+        // SAFETY: the page map's record of our sampled large object, freed once.
+        unsafe {
+            let span = heap.page_map().lookup(q as usize);
+            release_sample(&*span);
+            heap.free_large(NonNull::new_unchecked(span));
+        }
         heap.check_invariants();
     }
 
