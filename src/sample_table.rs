@@ -608,8 +608,16 @@ mod tests {
         let small_start = unsafe { small_span.as_ref() }.start_addr() as *mut u8;
         assert!(!table.record_large(&heap, small_start, 64, &frames, 64));
         assert!(totals_for(&table.snapshot(), &frames).is_none());
+        assert_eq!(table.live_samples(), 0);
         assert!(table.record_large(&heap, p, 40_000, &frames, 50_000));
+        assert_eq!(table.live_samples(), 1);
         let snap = table.snapshot();
+        let metadata = {
+            let inner = table.inner.lock();
+            inner.samples.mapped_bytes() + inner.stacks.mapped_bytes() + inner.bucket_bytes
+        };
+        assert!(metadata > 0);
+        assert_eq!(snap.metadata_bytes, metadata);
         let t = totals_for(&snap, &frames).unwrap();
         assert_eq!((t.inuse_bytes, t.inuse_objects), (50_000.0, 1.25));
         // SAFETY: the page map's record of our live large object.
