@@ -63,7 +63,8 @@ pub struct ThreadCache {
     /// The bins' bounds in bytes (each bin's bound times its class size): what the cache
     /// may hold in free small objects, kept within the heap's `thread_cache_bytes`.
     bound_bytes: usize,
-    /// When [`ThreadCache::maybe_trim`] next looks at the stash (heap clock, ms).
+    /// When [`ThreadCache::maybe_trim`] next looks at the stash (heap clock, ms; 0: it has not
+    /// looked yet).
     trim_at: u64,
     /// Calls of [`ThreadCache::maybe_trim`] (it reads the clock on some of them).
     trim_ticks: u32,
@@ -309,8 +310,11 @@ impl ThreadCache {
         };
         if now >= self.trim_at {
             let decay = heap.decay_ms();
+            // The first look starts the first period rather than ending one: a stash is
+            // given back only after a whole quarter decay without use.
+            let first = self.trim_at == 0;
             self.trim_at = now + (decay.max(0) as u64 / 4).max(1);
-            if decay >= 0 && !core::mem::take(&mut self.stash_used) {
+            if !core::mem::take(&mut self.stash_used) && decay >= 0 && !first {
                 self.free_stash(heap);
             }
         }

@@ -1291,6 +1291,36 @@ fn an_unused_stash_goes_back_a_quarter_decay_after_the_last_look() {
     heap.check_invariants();
 }
 
+/// The first look at a stash starts its first period: a stash that has not served yet is
+/// kept until a quarter decay has passed without use.
+#[test]
+fn a_stash_is_not_given_back_at_its_first_look() {
+    let heap = heap();
+    heap.set_decay_ms(100);
+    heap.set_fake_now(1000);
+    let mut cache = cache_with_reserve();
+    let small = cache.alloc(&heap, 64, 8);
+    let p = cache.alloc(&heap, 100_000, 8);
+    // SAFETY: live, freed once (into the stash).
+    unsafe { cache.free(&heap, p) };
+    cache.maybe_trim(&heap);
+    assert_eq!(
+        stash_starts(&cache),
+        [p as usize],
+        "the first look keeps it"
+    );
+    heap.set_fake_now(1024);
+    cache.maybe_trim(&heap);
+    assert_eq!(stash_starts(&cache).len(), 1, "the next look is at 1025");
+    heap.set_fake_now(1025);
+    cache.maybe_trim(&heap);
+    assert_eq!(stash_starts(&cache).len(), 0, "unused for a quarter decay");
+    // SAFETY: live, freed once.
+    unsafe { cache.free(&heap, small) };
+    cache.flush(&heap);
+    heap.check_invariants();
+}
+
 /// Bytes of free objects in the reserve of `cache`.
 fn reserve_bytes(cache: &ThreadCache) -> usize {
     cache.reserve().unwrap().inspect().bytes
