@@ -33,6 +33,8 @@ use macos as os;
 
 #[cfg(any(test, feature = "internals"))]
 pub use fake::FakePages;
+// The global allocator's source, which the loom build leaves out.
+#[cfg(not(loom))]
 pub use mmap::OsPages;
 
 use core::ptr::NonNull;
