@@ -1618,6 +1618,37 @@ mod tests {
     }
 
     #[test]
+    fn a_long_request_takes_the_shortest_long_run_that_fits() {
+        let mut f = Fixture::new();
+        // Free runs of 300, 200 and 250 pages (past the length lists), each kept apart from
+        // the next by a live one-page span.
+        let mut runs = Vec::new();
+        let mut keep = Vec::new();
+        for pages in [300, 200, 250] {
+            runs.push(alloc_large(&mut f, pages).unwrap());
+            keep.push(alloc_large(&mut f, 1).unwrap());
+        }
+        // SAFETY: live span records of the fixture.
+        let starts: Vec<PageId> = runs.iter().map(|s| unsafe { s.as_ref() }.start()).collect();
+        for &s in &runs {
+            free(&mut f, s);
+        }
+        f.heap.check_invariants(&f.map);
+        let start_of = |s: NonNull<Span>| {
+            // SAFETY: a live span record of the fixture.
+            unsafe { s.as_ref() }.start()
+        };
+        let b = alloc_large(&mut f, 150).unwrap();
+        assert_eq!(start_of(b), starts[1], "150 pages from the 200-page run");
+        let c = alloc_large(&mut f, 220).unwrap();
+        assert_eq!(start_of(c), starts[2], "220 pages from the 250-page run");
+        for s in [b, c].into_iter().chain(keep) {
+            free(&mut f, s);
+        }
+        f.heap.check_invariants(&f.map);
+    }
+
+    #[test]
     fn the_peak_is_the_most_span_bytes_in_use_at_once() {
         let mut f = Fixture::new();
         // The bytes in spans in use now, and the most seen so far (the hardened build's
