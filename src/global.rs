@@ -561,7 +561,6 @@ pub mod raw {
             crate::thread_cache::check_layout(&HEAP, ptr, size, align);
         }
         // SAFETY: per the caller.
-        // SAFETY: per the caller.
         if !unsafe { dealloc_fast(ptr, size) } {
             // SAFETY: per the caller.
             unsafe { free_slow(ptr) }

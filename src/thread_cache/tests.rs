@@ -1254,47 +1254,11 @@ fn pop_for_move_takes_the_new_class_and_remembers_only_growth() {
 
 /// The stash goes back when it served nothing for a quarter of the decay time: a trim
 /// that finds it used keeps it and looks again a quarter decay later, not before.
+/// The first look at a stash starts its first period (a stash that has not served yet is
+/// kept); a later look gives it back if it served nothing for a quarter decay since the
+/// look before.
 #[test]
 fn an_unused_stash_goes_back_a_quarter_decay_after_the_last_look() {
-    let heap = heap();
-    heap.set_decay_ms(100);
-    heap.set_fake_now(1000);
-    let mut cache = cache_with_reserve();
-    let small = cache.alloc(&heap, 64, 8);
-    // Stashed, taken again (the stash served), stashed again.
-    let p = cache.alloc(&heap, 100_000, 8);
-    // SAFETY: live, freed once (into the stash).
-    unsafe { cache.free(&heap, p) };
-    let q = cache.alloc(&heap, 100_000, 8);
-    assert_eq!(q, p, "from the stash");
-    // SAFETY: live, freed once (into the stash).
-    unsafe { cache.free(&heap, q) };
-    cache.maybe_trim(&heap);
-    assert_eq!(
-        stash_starts(&cache).len(),
-        1,
-        "used since the last look: kept"
-    );
-    heap.set_fake_now(1024);
-    cache.maybe_trim(&heap);
-    assert_eq!(stash_starts(&cache).len(), 1, "the next look is at 1025");
-    heap.set_fake_now(1025);
-    cache.maybe_trim(&heap);
-    assert_eq!(
-        stash_starts(&cache).len(),
-        0,
-        "unused for a quarter decay: given back"
-    );
-    // SAFETY: live, freed once.
-    unsafe { cache.free(&heap, small) };
-    cache.flush(&heap);
-    heap.check_invariants();
-}
-
-/// The first look at a stash starts its first period: a stash that has not served yet is
-/// kept until a quarter decay has passed without use.
-#[test]
-fn a_stash_is_not_given_back_at_its_first_look() {
     let heap = heap();
     heap.set_decay_ms(100);
     heap.set_fake_now(1000);
@@ -1309,12 +1273,28 @@ fn a_stash_is_not_given_back_at_its_first_look() {
         [p as usize],
         "the first look keeps it"
     );
-    heap.set_fake_now(1024);
-    cache.maybe_trim(&heap);
-    assert_eq!(stash_starts(&cache).len(), 1, "the next look is at 1025");
+    // Taken again (the stash served), stashed again.
+    let q = cache.alloc(&heap, 100_000, 8);
+    assert_eq!(q, p, "from the stash");
+    // SAFETY: live, freed once (into the stash).
+    unsafe { cache.free(&heap, q) };
     heap.set_fake_now(1025);
     cache.maybe_trim(&heap);
-    assert_eq!(stash_starts(&cache).len(), 0, "unused for a quarter decay");
+    assert_eq!(
+        stash_starts(&cache).len(),
+        1,
+        "used since the last look: kept"
+    );
+    heap.set_fake_now(1049);
+    cache.maybe_trim(&heap);
+    assert_eq!(stash_starts(&cache).len(), 1, "the next look is at 1050");
+    heap.set_fake_now(1050);
+    cache.maybe_trim(&heap);
+    assert_eq!(
+        stash_starts(&cache).len(),
+        0,
+        "unused for a quarter decay: given back"
+    );
     // SAFETY: live, freed once.
     unsafe { cache.free(&heap, small) };
     cache.flush(&heap);
