@@ -152,17 +152,30 @@ pub unsafe fn poison(obj: *mut u8, size: usize) {
 /// Whether the poisoned part of free object `obj` of `size` bytes is intact (nothing wrote
 /// to it since [`poison`]).
 ///
+/// The check is one word against the poison and one `memcmp` of the rest against itself
+/// moved by a word: if the first word is poison and every word equals the one before it,
+/// every word is poison. The C library's `memcmp` compares 32 bytes at a time where the
+/// CPU can: 46 instructions for a 256-byte object, where a loop over the words took 80, and
+/// fewer at 64 bytes too than the loop (callgrind, `slots 1024 256` and `slots 1024 64`).
+///
 /// # Safety
 /// `obj` is a free object of `size` bytes (a multiple of 8) that the caller owns.
 #[inline(always)]
 pub unsafe fn poison_intact(obj: *mut u8, size: usize) -> bool {
-    let words = size.min(POISON_LIMIT) / 8;
-    let mut diff = 0;
-    for i in 2..words {
-        // SAFETY: per the caller, word `i` lies in the object.
-        diff |= unsafe { obj.cast::<u64>().add(i).read() } ^ POISON_WORD;
+    let end = size.min(POISON_LIMIT);
+    if end <= 16 {
+        return true;
     }
-    diff == 0
+    // SAFETY: per the caller, bytes 16..end lie in the object, and nothing writes to them
+    // while the caller owns it.
+    unsafe {
+        if obj.add(16).cast::<u64>().read() != POISON_WORD {
+            return false;
+        }
+        let rest = end - 24;
+        core::slice::from_raw_parts(obj.add(16), rest)
+            == core::slice::from_raw_parts(obj.add(24), rest)
+    }
 }
 
 #[cfg(test)]
