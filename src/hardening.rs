@@ -10,6 +10,7 @@
 //! |---|---|
 //! | links encoded with [`encode_link`], checked when followed | `span::next_free` / `set_next_free`; `PageMap::next_free_checked` (bins, batches); `Span::next_free_checked` (a span's own list) |
 //! | a guard page after every large object | `page_heap` (`span::GUARD_PAGES`, `PageSource::protect`) |
+//! | a guard page at the end of every span group | `page_heap` (`GROUP_PAGES`, `SpanKind::Guard`) |
 //! | never-used objects in random order ([`Rng`]) | `central_free_list` (`take_from_spans`) |
 //! | freed objects [`poison`]ed, checked on reuse | thread cache bins (filled on push, checked on pop); new spans |
 //! | the sized free's layout checked | `thread_cache::check_layout`, from every `dealloc` |

@@ -484,6 +484,9 @@ impl<S: PageSource> Heap<S> {
                 if s.contains(addr) {
                     match s.kind() {
                         SpanKind::Small | SpanKind::Large => fatal_at(interior, addr),
+                        // A guard page between span groups: never handed out.
+                        #[cfg(feature = "hardened")]
+                        SpanKind::Guard => fatal_at(foreign, addr),
                         // Its pages were given back: freed twice (or never handed out).
                         _ => fatal_at(freed, addr),
                     }
@@ -755,7 +758,13 @@ pub(crate) mod tests {
     fn a_heap_grows_by_the_step_of_the_page_heap_it_was_given() {
         let heap = Heap::with_page_heap(FakePages::new(), PageHeap::with_grow_bytes(64 << 20));
         heap.alloc_large(1 << 20, 8).unwrap();
-        assert_eq!(heap.page_heap_stats().mapped, 64 << 20);
+        // In the hardened build, less the guard page that ends each 2 MiB span group.
+        let guards = if cfg!(feature = "hardened") {
+            (64 << 20) / crate::page_heap::MAP_ALIGN * PAGE_SIZE
+        } else {
+            0
+        };
+        assert_eq!(heap.page_heap_stats().mapped + guards, 64 << 20);
     }
 
     /// The decay step's schedule: one step, then the next a quarter of the decay time

@@ -202,10 +202,10 @@
 //! The cargo feature `hardened` (off by default) adds, in the shape of snmalloc's checked
 //! build and mimalloc's secure mode: free-list links encoded with a per-process key and
 //! checked when followed (a link an overflow wrote over stops the process instead of being
-//! followed), a guard page after every large object, never-used objects handed out in
-//! random order, freed objects poisoned and checked when reused (a write after free stops
-//! the process), and the sized free's layout checked against the class. None of it is in
-//! the default build's code. What each catches and costs: `docs/robustness.md`.
+//! followed), a guard page after every large object and at the end of every 2 MiB span
+//! group, never-used objects handed out in random order, freed objects poisoned and
+//! checked when reused (a write after free stops the process), and the sized free's layout
+//! checked against the class. None of it is in the default build's code. What each catches and costs: `docs/robustness.md`.
 //!
 //! ## Errors
 //!

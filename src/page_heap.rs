@@ -37,6 +37,26 @@
 //! `GUARD_BUDGET` of them. GrapheneOS's hardened_malloc, which guards its large
 //! allocations the same way, asks instead for a raised `vm.max_map_count`; a budget keeps
 //! the default working.
+//!
+//! **Span groups.** Each mapping the heap makes for requests shorter than [`GROUP_PAGES`]
+//! is cut into span groups of [`MAP_ALIGN`] (mappings are aligned to it and a multiple of
+//! it), and the last page of each group is a guard page for good: inaccessible from the
+//! mapping on, with a record of its own (`SpanKind::Guard`) in the page map, so no free
+//! run merges across it, no span covers it, and a pointer into it belongs to nobody. A
+//! linear overflow out of the last span of a group faults there, and a group's spans
+//! cannot be reached by running off the end of the group below. This is mimalloc's
+//! secure mode, which guards the end of each segment once, when it is mapped: the guard
+//! stays with the place, so the spans made and given back within a group cost no system
+//! call (a guard page after every small span was tried and cost 2 times on a shape that
+//! makes and frees spans all the time; see docs/robustness.md). A request of a group or
+//! more maps a mapping of its own with no group guards (they would cut the run it needs;
+//! its own guard ends it), as mimalloc gives a huge object a segment of its own; what is
+//! left of such a mapping serves smaller requests without group guards. Unmapping the run
+//! below a group guard unmaps the guard too (there is nothing left for it to guard).
+//! Group guards count against `GUARD_BUDGET` with the large objects' guards, and none are
+//! made where an OS page is larger than a page. Their cost: a page of address space in
+//! 256 (never resident), one `mprotect` per group when a mapping is made, and no 2 MiB
+//! transparent huge page for the heap's memory.
 
 use crate::fixed_alloc::FixedAlloc;
 use crate::page_map::PageMap;
@@ -122,11 +142,19 @@ pub struct PageHeap {
     guards: usize,
     #[cfg(feature = "hardened")]
     guard_budget: usize,
+    /// Hardened build: guard pages between span groups, mapped now.
+    #[cfg(feature = "hardened")]
+    group_guards: usize,
 }
 
 /// Hardened build: the most guard pages a page heap keeps at once (see the module docs).
 #[cfg(feature = "hardened")]
 pub const GUARD_BUDGET: usize = 16 << 10;
+
+/// Hardened build: a span group, the pages between two group guards: each [`MAP_ALIGN`]
+/// piece of a mapping ends with a guard page (see the module docs).
+#[cfg(feature = "hardened")]
+pub const GROUP_PAGES: Pages = Pages(MAP_ALIGN / PAGE_SIZE);
 
 impl PageHeap {
     /// An empty page heap that maps [`MAP_ALIGN`] the first time it grows and twice as much
@@ -166,6 +194,8 @@ impl PageHeap {
             guards: 0,
             #[cfg(feature = "hardened")]
             guard_budget: GUARD_BUDGET,
+            #[cfg(feature = "hardened")]
+            group_guards: 0,
         }
     }
 
@@ -811,21 +841,32 @@ impl PageHeap {
             .0
             .checked_mul(PAGE_SIZE)?
             .checked_next_multiple_of(MAP_ALIGN)?;
+        // Hardened build: a request that fits in a span group maps the usual step in groups;
+        // a longer one maps just enough for itself, with no group guards (they would cut the
+        // run it needs), as mimalloc gives a huge object a segment of its own.
+        #[cfg(feature = "hardened")]
+        let grouped = pages.0 < GROUP_PAGES.0;
+        #[cfg(not(feature = "hardened"))]
+        let grouped = true;
         // The usual step first; when that fails (an address-space limit), just enough.
-        let step = need.max(self.next_grow);
-        if let Some(run) = self.map_run(step, align_bytes, map, source) {
+        let step = if grouped {
+            need.max(self.next_grow)
+        } else {
+            need
+        };
+        if let Some(run) = self.map_run(step, align_bytes, grouped, map, source) {
             self.next_grow = self.next_grow.saturating_mul(2).min(self.grow_bytes);
             return Some(run);
         }
         if step > need {
-            if let Some(run) = self.map_run(need, align_bytes, map, source) {
+            if let Some(run) = self.map_run(need, align_bytes, grouped, map, source) {
                 return Some(run);
             }
         }
         if self.unmap_free_runs(map, source) == 0 {
             return None;
         }
-        self.map_run(need, align_bytes, map, source)
+        self.map_run(need, align_bytes, grouped, map, source)
     }
 
     /// Maps `bytes` (a multiple of [`MAP_ALIGN`]) aligned to `align` bytes and adds them as
@@ -835,6 +876,7 @@ impl PageHeap {
         &mut self,
         bytes: usize,
         align: usize,
+        grouped: bool,
         map: &PageMap,
         source: &impl PageSource,
     ) -> Option<NonNull<Span>> {
@@ -854,15 +896,16 @@ impl PageHeap {
             return None;
         };
         // SAFETY: a fresh record.
-        unsafe {
-            Span::init(record.as_ptr(), start, pages, SpanKind::Free);
-            let r = record.as_ref();
-            r.resident.set(0);
-            r.zeroed.set(true);
-            r.freed_at.set(0);
-        }
+        unsafe { init_fresh_run(record, start, pages) };
         self.stats.mapped += bytes;
         self.stats.free += bytes;
+        #[cfg(feature = "hardened")]
+        if grouped {
+            // SAFETY: a new free run on no list.
+            unsafe { self.place_group_guards(record, map, source) };
+        }
+        #[cfg(not(feature = "hardened"))]
+        let _ = grouped;
         // SAFETY: a new free run on no list.
         Some(unsafe { self.insert_merging(record, map) })
     }
@@ -972,6 +1015,11 @@ impl PageHeap {
             r.set_kind(SpanKind::Unused, SizeClass::LARGE);
             // SAFETY: off every list, and no page-map end names it any more.
             unsafe { self.records.free(NonNull::new_unchecked(run)) };
+        }
+        // Hardened build: a group guard just above an unmapped run guards nothing any more.
+        #[cfg(feature = "hardened")]
+        if tail.0 == 0 {
+            self.unmap_group_guard(PageId::containing(stop), map, source);
         }
         if let Some(rec) = tail_record {
             let at = PageId::containing(stop);
@@ -1201,7 +1249,10 @@ impl PageHeap {
             // Already as asked: a guard to make that is there, or one to open that is not.
             return;
         }
-        if !accessible && (source.os_page_size() > PAGE_SIZE || self.guards >= self.guard_budget) {
+        if !accessible
+            && (source.os_page_size() > PAGE_SIZE
+                || self.guards + self.group_guards >= self.guard_budget)
+        {
             return;
         }
         let guard = PageId(s.end().0 - GUARD_PAGES.0);
@@ -1233,6 +1284,131 @@ impl PageHeap {
     pub fn guards(&self) -> usize {
         self.guards
     }
+
+    /// Guard pages between span groups, mapped now.
+    pub fn group_guards(&self) -> usize {
+        self.group_guards
+    }
+
+    /// Cuts fresh free run `first` (a new mapping, [`MAP_ALIGN`]-aligned) into span groups:
+    /// the last page of each [`GROUP_PAGES`] becomes an inaccessible guard page with a
+    /// record of its own (`SpanKind::Guard`, in the page map, so that no free run merges
+    /// across it and a pointer into it is nobody's); `first` keeps the first group and the
+    /// others are listed. Stops, leaving the rest as one run, when the guard budget is spent
+    /// (with the large objects' guards), a record cannot be had, or the kernel refuses the
+    /// `mprotect`; makes none where an OS page is larger than a page.
+    ///
+    /// # Safety
+    /// `first` is a fresh free run on no list, counted in `stats`, starting a mapping.
+    unsafe fn place_group_guards(
+        &mut self,
+        first: NonNull<Span>,
+        map: &PageMap,
+        source: &impl PageSource,
+    ) {
+        if source.os_page_size() > PAGE_SIZE {
+            return;
+        }
+        // SAFETY: per the caller.
+        let end = unsafe { first.as_ref() }.end();
+        let mut piece = first;
+        // SAFETY: as above.
+        let mut guard = PageId(unsafe { first.as_ref() }.start().0 + GROUP_PAGES.0 - 1);
+        while guard < end && self.guards + self.group_guards < self.guard_budget {
+            let Some(guard_record) = self.records.alloc(source) else {
+                break;
+            };
+            let rest = PageId(guard.0 + 1);
+            let rest_record = if rest < end {
+                let Some(r) = self.records.alloc(source) else {
+                    // SAFETY: just allocated, unused.
+                    unsafe { self.records.free(guard_record) };
+                    break;
+                };
+                Some(r)
+            } else {
+                None
+            };
+            // SAFETY: the page lies in the fresh mapping, and nothing will use it.
+            let protected =
+                unsafe { source.protect(NonNull::new_unchecked(guard.ptr()), PAGE_SIZE, false) };
+            if !protected {
+                // SAFETY: just allocated, unused.
+                unsafe {
+                    self.records.free(guard_record);
+                    if let Some(r) = rest_record {
+                        self.records.free(r);
+                    }
+                }
+                break;
+            }
+            // SAFETY: `piece` is a fresh free run of ours on no list.
+            let p = unsafe { piece.as_ref() };
+            p.set_range(p.start(), Pages(guard.0 - p.start().0));
+            // SAFETY: a fresh record.
+            unsafe { Span::init(guard_record.as_ptr(), guard, Pages(1), SpanKind::Guard) };
+            map.set(guard, guard_record.as_ptr());
+            self.stats.mapped -= PAGE_SIZE;
+            self.stats.free -= PAGE_SIZE;
+            self.group_guards += 1;
+            if piece != first {
+                // SAFETY: a fresh free run on no list; guards on both sides.
+                unsafe { self.insert_merging(piece, map) };
+            }
+            match rest_record {
+                Some(r) => {
+                    // SAFETY: a fresh record.
+                    unsafe { init_fresh_run(r, rest, Pages(end.0 - rest.0)) };
+                    piece = r;
+                }
+                None => return,
+            }
+            guard = PageId(guard.0 + GROUP_PAGES.0);
+        }
+        if piece != first {
+            // SAFETY: as above.
+            unsafe { self.insert_merging(piece, map) };
+        }
+    }
+
+    /// Unmaps the group guard at `page`, if there is one (the run below it was just
+    /// unmapped: it guards nothing any more).
+    fn unmap_group_guard(&mut self, page: PageId, map: &PageMap, source: &impl PageSource) {
+        let g = map.lookup(page.addr());
+        // SAFETY: page-map entries point to span records, which are never unmapped; the
+        // lock is held (`&mut self`).
+        let Some(r) = (unsafe { g.as_ref() }) else {
+            return;
+        };
+        if r.kind() != SpanKind::Guard || r.start() != page {
+            return;
+        }
+        // SAFETY: a guard page of ours: nothing lives there.
+        if !unsafe { source.unmap(NonNull::new_unchecked(page.ptr()), PAGE_SIZE) } {
+            return;
+        }
+        map.set(page, null_mut());
+        r.set_kind(SpanKind::Unused, SizeClass::LARGE);
+        // SAFETY: no page-map entry names it any more.
+        unsafe { self.records.free(NonNull::new_unchecked(g)) };
+        self.group_guards -= 1;
+        self.stats.unmapped_total += PAGE_SIZE;
+    }
+}
+
+/// Makes `record` a free run of `pages` fresh pages from `start`: nothing resident, all zero.
+///
+/// # Safety
+/// `record` is a record of ours that describes nothing.
+unsafe fn init_fresh_run(record: NonNull<Span>, start: PageId, pages: Pages) {
+    // SAFETY: per the caller; the page heap lock (held by our callers) guards the fields.
+    unsafe {
+        Span::init(record.as_ptr(), start, pages, SpanKind::Free);
+        let r = record.as_ref();
+        r.resident.set(0);
+        r.zeroed.set(true);
+        r.freed_at.set(0);
+    }
 }
 
 impl Default for PageHeap {
@@ -1248,6 +1424,25 @@ mod tests {
     use crate::sync::Ordering;
     use crate::sys::FakePages;
     use proptest::prelude::*;
+
+    /// Pages of the guard that ends each span group of a mapping (the hardened build).
+    const GROUP_GUARD: usize = if cfg!(feature = "hardened") { 1 } else { 0 };
+
+    /// Bytes of the group guards `heap` has mapped now.
+    fn group_guard_bytes(heap: &PageHeap) -> usize {
+        #[cfg(feature = "hardened")]
+        return heap.group_guards() * PAGE_SIZE;
+        #[cfg(not(feature = "hardened"))]
+        {
+            let _ = heap;
+            0
+        }
+    }
+
+    /// Bytes the heap has mapped now for spans and group guards: whole mappings.
+    fn mapped_with_guards(heap: &PageHeap) -> usize {
+        heap.stats().mapped + group_guard_bytes(heap)
+    }
 
     struct Fixture {
         heap: PageHeap,
@@ -1327,9 +1522,13 @@ mod tests {
                 assert!(w[0].1 <= w[1].0, "spans overlap: {w:?}");
             }
             let st = self.heap.stats();
-            // Every byte the source mapped is metadata, a span or a free run, or was unmapped.
+            // Every byte the source mapped is metadata, a span or a free run, a group guard,
+            // or was unmapped.
             assert_eq!(
-                st.mapped + st.unmapped_total + st.metadata + self.map.node_bytes(),
+                mapped_with_guards(&self.heap)
+                    + st.unmapped_total
+                    + st.metadata
+                    + self.map.node_bytes(),
                 self.source.mapped.load(Ordering::Relaxed),
                 "mapped bytes accounted for"
             );
@@ -1395,10 +1594,37 @@ mod tests {
                     guard_of(unsafe { &*span });
                 }
             }
+            // The other inaccessible pages are the group guards: each one page with a guard
+            // record of its own in the page map, the last page of a span group.
+            let mut group_guards = 0;
+            for page in self.source.protected_pages() {
+                if want.contains(&page) {
+                    continue;
+                }
+                let g = self.map.lookup(page);
+                // SAFETY: page-map entries point to live records.
+                let r = unsafe { g.as_ref() }.expect("a group guard has a record");
+                assert_eq!(r.kind(), SpanKind::Guard, "an inaccessible page is a guard");
+                assert_eq!(r.pages(), Pages(1));
+                assert_eq!(
+                    (r.start().0 + 1) % GROUP_PAGES.0,
+                    0,
+                    "a group guard ends a span group"
+                );
+                if page == r.start_addr() {
+                    group_guards += 1;
+                    want.extend((page..page + PAGE_SIZE).step_by(4096));
+                }
+            }
             want.sort_unstable();
             assert_eq!(self.source.protected_pages(), want, "guard pages");
             assert_eq!(self.heap.guards(), guarded, "the count of guards");
-            assert!(guarded <= self.heap.guard_budget);
+            assert_eq!(
+                self.heap.group_guards(),
+                group_guards,
+                "the count of group guards"
+            );
+            assert!(guarded + group_guards <= self.heap.guard_budget);
         }
     }
 
@@ -1521,7 +1747,8 @@ mod tests {
             let st = f.heap.stats();
             prop_assert_eq!(st.free, st.mapped, "everything is free again");
             let listed = f.heap.by_length.iter().chain(f.heap.cached.iter()).map(SpanList::len).sum::<usize>();
-            prop_assert_eq!(f.heap.records_in_use(), listed + f.heap.long_runs.len(), "no record leaks");
+            let guards = group_guard_bytes(&f.heap) / PAGE_SIZE;
+            prop_assert_eq!(f.heap.records_in_use(), listed + f.heap.long_runs.len() + guards, "no record leaks");
         }
     }
 
@@ -1535,6 +1762,7 @@ mod tests {
             .unwrap();
         let before = f.heap.stats();
         let records = f.heap.records_in_use();
+        let guards_before = group_guard_bytes(&f.heap);
         f.source.fail_after(0);
         // Larger than anything free: the heap must grow, and cannot.
         assert!(
@@ -1548,24 +1776,39 @@ mod tests {
                 .is_none()
         );
         // Before failing, the heap gave back the address space of its free run (the rest
-        // of the first mapping, which is longer than UNMAP_MIN_BYTES), and nothing else.
+        // of the first mapping, which is longer than UNMAP_MIN_BYTES), with the group guard
+        // after it in the hardened build, and nothing else.
         let after = f.heap.stats();
+        let guards_gone = guards_before - group_guard_bytes(&f.heap);
         assert_eq!(
-            after.unmapped_total, before.free,
+            guards_gone,
+            GROUP_GUARD * PAGE_SIZE,
+            "the run's guard went with it"
+        );
+        assert_eq!(
+            after.unmapped_total,
+            before.free + guards_gone,
             "the free run was unmapped"
         );
-        assert_eq!(f.source.unmapped.load(Ordering::Relaxed), before.free);
+        assert_eq!(
+            f.source.unmapped.load(Ordering::Relaxed),
+            before.free + guards_gone
+        );
         assert_eq!(
             after,
             PageHeapStats {
                 mapped: before.mapped - before.free,
                 free: 0,
-                unmapped_total: before.free,
+                unmapped_total: before.free + guards_gone,
                 ..before
             },
             "a failed allocation changes nothing else"
         );
-        assert_eq!(f.heap.records_in_use(), records - 1, "its record went back");
+        assert_eq!(
+            f.heap.records_in_use(),
+            records - 1 - GROUP_GUARD,
+            "its record (and its guard's) went back"
+        );
         f.check(&[(a, class)]);
         f.source.heal();
         let (b, _) = f
@@ -1778,7 +2021,7 @@ mod tests {
         // SAFETY: just handed out.
         assert_eq!(unsafe { span.as_ref() }.start().0 % align.0, 0);
         assert!(zeroed);
-        assert_eq!(f.heap.stats().mapped, MAP_ALIGN);
+        assert_eq!(mapped_with_guards(&f.heap), MAP_ALIGN);
         f.check(&[(span, SizeClass::LARGE)]);
     }
 
@@ -1788,14 +2031,15 @@ mod tests {
         f.heap = PageHeap::new();
         let mut steps = Vec::new();
         let mut live = Vec::new();
-        // Spans of MAP_ALIGN bytes each, guard page included in the hardened build.
+        // Spans of a span group each: MAP_ALIGN bytes, less the group's guard page and the
+        // object's in the hardened build.
         while steps.len() < 7 {
-            let before = f.heap.stats().mapped;
+            let before = mapped_with_guards(&f.heap);
             live.push((
-                alloc_large(&mut f, MAP_ALIGN / PAGE_SIZE - GUARD_PAGES.0).unwrap(),
+                alloc_large(&mut f, MAP_ALIGN / PAGE_SIZE - GUARD_PAGES.0 - GROUP_GUARD).unwrap(),
                 SizeClass::LARGE,
             ));
-            let grown = f.heap.stats().mapped - before;
+            let grown = mapped_with_guards(&f.heap) - before;
             if grown > 0 {
                 steps.push(grown / MIB);
             }
@@ -1806,12 +2050,112 @@ mod tests {
             "MiB mapped at each growth"
         );
         f.check(&live);
-        // A request larger than the step maps just what it needs (rounded to MAP_ALIGN).
-        let before = f.heap.stats().mapped;
+        // A request larger than the step maps just what it needs (rounded to MAP_ALIGN), in
+        // the hardened build with no group guards.
+        let before = mapped_with_guards(&f.heap);
         let big = alloc_large(&mut f, (40 * MIB + 1) / PAGE_SIZE + 1 - GUARD_PAGES.0).unwrap();
-        assert_eq!(f.heap.stats().mapped - before, 42 * MIB);
+        assert_eq!(mapped_with_guards(&f.heap) - before, 42 * MIB);
         live.push((big, SizeClass::LARGE));
         f.check(&live);
+    }
+
+    /// Hardened build: a mapping is cut into span groups, each ending with a guard page
+    /// that no span covers and no free run merges across; a request longer than a group
+    /// maps a mapping of its own, with no group guards.
+    #[cfg(feature = "hardened")]
+    #[test]
+    fn a_mapping_is_cut_into_span_groups_by_guard_pages() {
+        let mut f = Fixture::new();
+        f.heap = PageHeap::with_grow_bytes(8 * MIB);
+        let class = crate::size_class::class_of(1000).unwrap();
+        let mut live = Vec::new();
+        // Small spans until the 8 MiB mapping is full: never across a group's end.
+        loop {
+            let (span, _) = f
+                .heap
+                .alloc(class.pages(), Pages(1), class, &f.map, &f.source)
+                .unwrap();
+            if mapped_with_guards(&f.heap) > 8 * MIB {
+                live.push((span, class));
+                break;
+            }
+            live.push((span, class));
+        }
+        assert_eq!(
+            f.heap.group_guards(),
+            8,
+            "four groups in each of two mappings"
+        );
+        for &(span, _) in &live {
+            // SAFETY: live spans of the fixture's heap.
+            let s = unsafe { span.as_ref() };
+            let last_of_group = s.start().0 | (GROUP_PAGES.0 - 1);
+            assert!(
+                s.end().0 <= last_of_group,
+                "a span ends before its group's guard"
+            );
+        }
+        f.check(&live);
+        // Each group holds as many spans as fit in all but its last page.
+        let per_group = (GROUP_PAGES.0 - 1) / class.pages().0;
+        assert_eq!(live.len(), 4 * per_group + 1);
+        // A request longer than a group: a mapping of its own, no group guard in it.
+        let before = f.heap.group_guards();
+        let big = alloc_large(&mut f, GROUP_PAGES.0).unwrap();
+        assert_eq!(f.heap.group_guards(), before);
+        // SAFETY: live.
+        assert_eq!(unsafe { big.as_ref() }.pages(), GROUP_PAGES + GUARD_PAGES);
+        live.push((big, SizeClass::LARGE));
+        f.check(&live);
+    }
+
+    /// Hardened build: unmapping the free run below a group guard unmaps the guard too;
+    /// a guard whose group still ends with a live span stays.
+    #[cfg(feature = "hardened")]
+    #[test]
+    fn an_unmapped_group_takes_its_guard_with_it() {
+        let mut f = Fixture::new();
+        f.heap = PageHeap::with_grow_bytes(8 * MIB);
+        let group = GROUP_PAGES.0 - GUARD_PAGES.0 - 1;
+        // Four groups: the second filled by one span, the others free.
+        let a = alloc_large(&mut f, 1).unwrap();
+        let b = alloc_large(&mut f, group).unwrap();
+        free(&mut f, a);
+        // SAFETY: live.
+        let b_end = unsafe { b.as_ref() }.end();
+        assert_eq!((b_end.0 + 1) % GROUP_PAGES.0, 0, "b fills its group");
+        assert_eq!(f.heap.group_guards(), 4);
+        f.check(&[(b, SizeClass::LARGE)]);
+        f.heap.unmap_free_runs(&f.map, &f.source);
+        assert_eq!(f.heap.group_guards(), 1, "only b's group keeps its guard");
+        let guard = f.map.lookup(b_end.addr());
+        // SAFETY: a live record.
+        assert_eq!(unsafe { (*guard).kind() }, SpanKind::Guard);
+        f.check(&[(b, SizeClass::LARGE)]);
+        free(&mut f, b);
+        f.heap.unmap_free_runs(&f.map, &f.source);
+        assert_eq!(f.heap.group_guards(), 0);
+        assert_eq!(f.heap.stats().mapped, 0);
+        assert!(f.map.lookup(b_end.addr()).is_null());
+        f.check(&[]);
+    }
+
+    /// Hardened build: group guards count against the guard budget, and a mapping made
+    /// while it is spent keeps its remaining groups as one run.
+    #[cfg(feature = "hardened")]
+    #[test]
+    fn group_guards_stop_at_the_budget() {
+        let mut f = Fixture::new();
+        f.heap = PageHeap::with_grow_bytes(8 * MIB);
+        f.heap.guard_budget = 2;
+        let a = alloc_large(&mut f, 1).unwrap();
+        assert_eq!(f.heap.group_guards(), 2);
+        // SAFETY: a live record; the fixture owns the heap, no lock guards it.
+        let guarded = unsafe { a.as_ref().guarded.get() };
+        assert!(!guarded, "none left for the object");
+        // Two groups of GROUP_PAGES - 1 pages, then the last two groups as one run.
+        assert!(!f.heap.find(Pages(2 * GROUP_PAGES.0)).is_null());
+        f.check(&[(a, SizeClass::LARGE)]);
     }
 
     /// Hardened build: no more guards than the budget; a span made while it is spent goes
@@ -1820,7 +2164,14 @@ mod tests {
     #[test]
     fn guards_stay_within_their_budget() {
         let mut f = Fixture::new();
-        f.heap.guard_budget = 2;
+        // The first mapping's group guard first, then room for two more.
+        let first = alloc_large(&mut f, 1).unwrap();
+        assert_eq!(f.heap.group_guards(), 1);
+        free(&mut f, first);
+        // Out of the large-span cache, with its guard opened.
+        f.heap.release(u64::MAX, usize::MAX, &f.map, &f.source);
+        assert_eq!(f.heap.guards(), 0);
+        f.heap.guard_budget = 3;
         let a = alloc_large(&mut f, 3).unwrap();
         let b = alloc_large(&mut f, 4).unwrap();
         let c = alloc_large(&mut f, 5).unwrap();
@@ -1888,7 +2239,11 @@ mod tests {
         let mut f = Fixture::new();
         // One mapping, all in use: a (10 pages) and b (the rest).
         let a = alloc_large(&mut f, 10).unwrap();
-        let b = alloc_large(&mut f, MAP_ALIGN / PAGE_SIZE - 10 - 2 * GUARD_PAGES.0).unwrap();
+        let b = alloc_large(
+            &mut f,
+            MAP_ALIGN / PAGE_SIZE - 10 - 2 * GUARD_PAGES.0 - GROUP_GUARD,
+        )
+        .unwrap();
         free(&mut f, a);
         assert_eq!(f.heap.cached_bytes(), (10 + GUARD_PAGES.0) * PAGE_SIZE);
         // An aligned request skips the cache's exact-length lookup, finds no free run, and
@@ -1901,7 +2256,7 @@ mod tests {
         // SAFETY: live spans of ours.
         let (cs, as_) = unsafe { (c.as_ref().start(), a.as_ref()) };
         assert!(cs >= as_.start() && cs + Pages(5) <= as_.start() + Pages(10));
-        assert_eq!(f.heap.stats().mapped, MAP_ALIGN);
+        assert_eq!(mapped_with_guards(&f.heap), MAP_ALIGN);
         f.check(&[(c, SizeClass::LARGE), (b, SizeClass::LARGE)]);
     }
 
@@ -1909,23 +2264,28 @@ mod tests {
     fn a_smaller_mapping_is_tried_before_free_runs_are_unmapped() {
         let mut f = Fixture::new();
         f.heap = PageHeap::with_grow_bytes(8 * MIB);
-        // One 8 MiB mapping: 1 + 700 pages in use, a free run of 323 pages (2.5 MiB).
-        let a = alloc_large(&mut f, 1).unwrap();
-        let b = alloc_large(&mut f, 700).unwrap();
-        // Room for a 4 MiB mapping (and a page-map leaf), not for the 8 MiB step.
+        // One 8 MiB mapping (four span groups in the hardened build): three groups' worth
+        // in use, then 56 pages, leaving a free run of 200 pages (1.6 MiB, long enough to
+        // be unmapped).
+        let group = MAP_ALIGN / PAGE_SIZE - GUARD_PAGES.0 - GROUP_GUARD;
+        let mut live: Vec<_> = (0..3)
+            .map(|_| alloc_large(&mut f, group).unwrap())
+            .collect();
+        live.push(alloc_large(&mut f, 56 - GUARD_PAGES.0 - GROUP_GUARD).unwrap());
+        assert_eq!(mapped_with_guards(&f.heap), 8 * MIB);
+        assert_eq!(f.heap.stats().free, 200 * PAGE_SIZE);
+        // Room for a 2 MiB mapping (and a 2 MiB page-map leaf, should the mapping land in
+        // another GiB than the first, and a chunk of records), not for the 8 MiB step.
         f.source
-            .limit_address_space(f.source.address_space() + 4 * MIB + MIB + MIB / 2);
-        let c = alloc_large(&mut f, 400).expect("3.2 MiB in a 4 MiB mapping");
+            .limit_address_space(f.source.address_space() + 2 * MIB + 2 * MIB + MIB);
+        live.push(alloc_large(&mut f, 250).expect("250 pages in a 2 MiB mapping"));
         let st = f.heap.stats();
         assert_eq!(
             st.unmapped_total, 0,
             "nothing unmapped when a smaller mapping fits"
         );
-        assert_eq!(st.mapped, 12 * MIB);
-        f.check(&[
-            (a, SizeClass::LARGE),
-            (b, SizeClass::LARGE),
-            (c, SizeClass::LARGE),
-        ]);
+        assert_eq!(mapped_with_guards(&f.heap), 10 * MIB);
+        let live: Vec<_> = live.into_iter().map(|s| (s, SizeClass::LARGE)).collect();
+        f.check(&live);
     }
 }

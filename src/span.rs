@@ -2,7 +2,8 @@
 //!
 //! A span is one of: a free run in the page heap ([`SpanKind::Free`]), a small-object span
 //! of one size class ([`SpanKind::Small`]), or one large object ([`SpanKind::Large`]),
-//! followed in the hardened build by a guard page ([`GUARD_PAGES`]).
+//! followed in the hardened build by a guard page ([`GUARD_PAGES`]); and in the hardened
+//! build a guard page between span groups (`SpanKind::Guard`, one page, never handed out).
 //!
 //! # Small spans
 //!
@@ -49,6 +50,9 @@ pub enum SpanKind {
     Small = 2,
     /// One large object.
     Large = 3,
+    /// Hardened build: a guard page between span groups (see `page_heap`), never handed out.
+    #[cfg(feature = "hardened")]
+    Guard = 4,
 }
 
 /// Which list a span is on. Guarded by that list's lock.
@@ -224,6 +228,8 @@ impl Span {
             1 => SpanKind::Free,
             2 => SpanKind::Small,
             3 => SpanKind::Large,
+            #[cfg(feature = "hardened")]
+            4 => SpanKind::Guard,
             _ => SpanKind::Unused,
         }
     }

@@ -123,6 +123,32 @@ fn overflow_past_a_large_object_reused_from_the_stash_faults() {
     );
 }
 
+#[test]
+fn the_last_page_of_a_span_group_faults() {
+    fault_test(
+        "the_last_page_of_a_span_group_faults",
+        touch_the_last_page_of_a_span_group,
+    );
+}
+
+#[test]
+fn a_free_into_a_group_guard_is_an_invalid_free() {
+    // The guard has a record of its own in the page map: a pointer into it is nobody's.
+    death_test(
+        "a_free_into_a_group_guard_is_an_invalid_free",
+        "spanalloc: invalid free: pointer not allocated by spanalloc",
+        || {
+            // SAFETY: a valid request, then a free of a pointer never handed out, on
+            // purpose.
+            unsafe {
+                let p = raw::alloc(64, 8) as usize;
+                let guard = (p | ((2 << 20) - 1)) + 1 - (8 << 10);
+                raw::free(guard as *mut u8);
+            }
+        },
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // 3. Never-used objects in random order.
 

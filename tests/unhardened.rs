@@ -89,6 +89,16 @@ fn overflow_past_a_large_object_reused_from_the_stash_goes_on() {
     );
 }
 
+// 2. No guard between span groups: the last page of a 2 MiB group is heap memory.
+
+#[test]
+fn the_last_page_of_a_span_group_is_heap_memory() {
+    survives("the_last_page_of_a_span_group_is_heap_memory", || {
+        touch_the_last_page_of_a_span_group();
+        true
+    });
+}
+
 // 3. Address order: the next never-used object is the one after the last.
 
 #[test]

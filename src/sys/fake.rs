@@ -178,6 +178,16 @@ unsafe impl PageSource for FakePages {
 
     unsafe fn unmap(&self, ptr: NonNull<u8>, bytes: usize) -> bool {
         self.assert_os_pages(ptr, bytes);
+        // An unmapped page is no longer protected (`munmap` takes the protection with it).
+        #[cfg(feature = "hardened")]
+        {
+            let start = ptr.as_ptr() as usize;
+            let mut protected = self.protected.lock().unwrap();
+            let gone: Vec<usize> = protected.range(start..start + bytes).copied().collect();
+            for page in gone {
+                protected.remove(&page);
+            }
+        }
         // Not freed (a range may be part of one system allocation, or span several), only
         // poisoned and counted.
         // SAFETY: the caller guarantees the range is ours and holds nothing live.

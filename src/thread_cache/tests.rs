@@ -8,6 +8,7 @@ use crate::size_class::SMALL_STEP_LIMIT;
 use crate::span;
 use crate::span::GUARD_PAGES;
 use crate::sys::FakePages;
+#[cfg(not(feature = "hardened"))]
 use large::STASH_MAX_PAGES;
 use std::collections::BTreeMap;
 
@@ -410,6 +411,10 @@ fn a_large_allocation_takes_the_span_freed_last_only_when_it_fits() {
     heap.check_invariants();
 }
 
+// Not in the hardened build: its span groups end every free run at a 2 MiB boundary, so a
+// buffer placed late in a group, or grown past 2 MiB, moves where the default build grows it
+// in place into the next mapping (see docs/robustness.md, "Hardened build").
+#[cfg(not(feature = "hardened"))]
 #[test]
 fn a_buffer_grown_into_the_large_tier_again_and_again_reuses_its_room() {
     let heap = heap();
@@ -583,6 +588,10 @@ fn a_buffer_built_again_each_round_takes_its_last_span_from_the_stash() {
     heap.check_invariants();
 }
 
+// Not in the hardened build: its span groups end every free run at a 2 MiB boundary, so a
+// buffer placed late in a group, or grown past 2 MiB, moves where the default build grows it
+// in place into the next mapping (see docs/robustness.md, "Hardened build").
+#[cfg(not(feature = "hardened"))]
 #[test]
 fn the_growing_buffers_span_is_stashed_up_to_a_longer_bound() {
     let heap = roomy_heap();

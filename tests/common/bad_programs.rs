@@ -192,3 +192,21 @@ pub fn overflow_past_a_large_object_reused_from_the_stash() {
         overflow_past(q)
     }
 }
+
+/// An access to the last page of the 2 MiB span group that holds a small object: where a
+/// linear overflow out of the group's last span lands first (mappings are 2 MiB-aligned
+/// multiples of 2 MiB, so the page is the heap's in both builds). The byte is read and
+/// written back unchanged, so that the default build, where the page is an ordinary heap
+/// page (maybe another object's), goes on unharmed.
+pub fn touch_the_last_page_of_a_span_group() {
+    const GROUP: usize = 2 << 20;
+    // SAFETY: a valid request; the object stays live.
+    let p = unsafe { raw::alloc(64, 8) } as usize;
+    let last_page = (p | (GROUP - 1)) + 1 - (8 << 10);
+    // SAFETY: invalid on purpose: heap memory outside the object, read and restored.
+    unsafe {
+        let at = last_page as *mut u8;
+        let v = std::ptr::read_volatile(at);
+        std::ptr::write_volatile(at, v);
+    }
+}
