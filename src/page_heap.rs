@@ -2203,6 +2203,134 @@ mod tests {
         f.check(&[]);
     }
 
+    /// The start and length of a live span.
+    fn range_of(span: NonNull<Span>) -> (PageId, Pages) {
+        // SAFETY: a live span of a fixture's heap.
+        let s = unsafe { span.as_ref() };
+        (s.start(), s.pages())
+    }
+
+    /// `release` gives back the whole OS pages of each run with resident pages, and only
+    /// once; a run given back whole reads as zero when it is reused, one with a partial OS
+    /// page at an end does not.
+    #[test]
+    fn release_gives_back_whole_os_pages_once_and_knows_what_is_zero() {
+        let released = |f: &Fixture| f.source.released.load(Ordering::Relaxed);
+        // OS pages no larger than ours: the run of `a`, between the mapping's start and a
+        // live span, goes back whole.
+        let mut f = Fixture::new();
+        let a = alloc_large(&mut f, 20).unwrap();
+        let keep = alloc_large(&mut f, 1).unwrap();
+        let (start, pages) = range_of(a);
+        free(&mut f, a);
+        let given = f.heap.release(u64::MAX, usize::MAX, &f.map, &f.source);
+        assert_eq!(given, pages.bytes());
+        assert_eq!(released(&f), pages.bytes());
+        assert_eq!(f.heap.stats().free_resident, 0);
+        // Nothing is resident any more: a second release makes no call.
+        assert_eq!(f.heap.release(u64::MAX, usize::MAX, &f.map, &f.source), 0);
+        assert_eq!(released(&f), pages.bytes());
+        let (b, zeroed) = f
+            .heap
+            .alloc(Pages(20), Pages(1), SizeClass::LARGE, &f.map, &f.source)
+            .unwrap();
+        assert_eq!(range_of(b), (start, pages));
+        assert!(zeroed, "a run given back whole is zero");
+        f.check(&[(b, SizeClass::LARGE), (keep, SizeClass::LARGE)]);
+
+        // 64 KiB OS pages: the same run (at the mapping's start, which is aligned) ends in
+        // the middle of one; only the whole ones before it go back, and the run is not all
+        // zero.
+        let os_page = 64 << 10;
+        let mut f = Fixture::new();
+        f.source.set_os_page_size(os_page);
+        let a = alloc_large(&mut f, 20).unwrap();
+        let keep = alloc_large(&mut f, 1).unwrap();
+        let (start, pages) = range_of(a);
+        assert_eq!(start.addr() % os_page, 0);
+        assert_ne!(pages.bytes() % os_page, 0);
+        free(&mut f, a);
+        let whole = pages.bytes() - pages.bytes() % os_page;
+        let given = f.heap.release(u64::MAX, usize::MAX, &f.map, &f.source);
+        assert_eq!(given, whole);
+        assert_eq!(released(&f), whole);
+        let (b, zeroed) = f
+            .heap
+            .alloc(Pages(20), Pages(1), SizeClass::LARGE, &f.map, &f.source)
+            .unwrap();
+        assert_eq!(range_of(b), (start, pages));
+        assert!(!zeroed, "its last OS page was not given back");
+        f.check(&[(b, SizeClass::LARGE), (keep, SizeClass::LARGE)]);
+    }
+
+    /// The invariant check, which every test here leans on, sees two free neighbours left
+    /// unmerged, and does not take a stale page-map entry naming a free run elsewhere for
+    /// a neighbour.
+    #[test]
+    fn the_invariant_check_sees_unmerged_neighbours_and_not_stale_entries() {
+        let mut f = Fixture::new();
+        // x (a free run on the lists: longer than the cache takes) | s live | r free.
+        let x = alloc_large(&mut f, CACHED_PAGES + 2).unwrap();
+        let s = alloc_large(&mut f, 1).unwrap();
+        let (x_start, _) = range_of(x);
+        free(&mut f, x);
+        let (_, s_pages) = range_of(s);
+        let (s_start, _) = range_of(s);
+        let r_start = s_start + s_pages;
+        let r = f.map.lookup(r_start.addr());
+        let x = f.map.lookup(x_start.addr());
+        // SAFETY: listed free runs of the fixture's heap.
+        let (r_rec, x_rec) = unsafe { (&*r, &*x) };
+        assert_eq!(r_rec.start(), r_start);
+        assert_eq!(
+            (r_rec.kind(), x_rec.kind()),
+            (SpanKind::Free, SpanKind::Free)
+        );
+        assert_eq!(f.heap.invariant_violation(&f.map), None);
+        // A stale entry just before r naming x (not adjacent): not a neighbour.
+        let before_r = PageId(r_start.0 - 1);
+        f.map.set(before_r, x);
+        assert_eq!(f.heap.invariant_violation(&f.map), None);
+        f.map.set(before_r, s.as_ptr());
+        // r cut in two runs, both listed: free neighbours not merged.
+        // SAFETY: r is on our lists; the fixture owns the heap.
+        unsafe { f.heap.unlist(r) };
+        let r_pages = r_rec.pages();
+        // SAFETY: the fixture owns the heap; no lock guards it.
+        let resident = unsafe { r_rec.resident.get() };
+        let half = Pages(r_pages.0 / 2);
+        let second = f.heap.records.alloc(&f.source).unwrap();
+        r_rec.set_range(r_start, half);
+        // SAFETY: a fresh record; the fixture owns the heap.
+        unsafe {
+            Span::init(
+                second.as_ptr(),
+                r_start + half,
+                r_pages - half,
+                SpanKind::Free,
+            );
+            r_rec.resident.set(resident.min(half.0));
+            second
+                .as_ref()
+                .resident
+                .set(resident - resident.min(half.0));
+            f.map.set_ends(r_start, half, r);
+            f.map
+                .set_ends(r_start + half, r_pages - half, second.as_ptr());
+            f.heap.list(r);
+            f.heap.list(second.as_ptr());
+        }
+        assert_eq!(
+            f.heap.invariant_violation(&f.map),
+            Some("free neighbours are merged")
+        );
+        let map = &f.map;
+        let heap = &f.heap;
+        let panicked =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| heap.check_invariants(map)));
+        assert!(panicked.is_err(), "check_invariants panics on it");
+    }
+
     #[test]
     fn a_freed_large_span_waits_in_the_cache_for_the_same_length() {
         let mut f = Fixture::new();
