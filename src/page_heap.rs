@@ -1464,12 +1464,21 @@ mod tests {
         /// # Safety
         /// As [`PageHeap::free`].
         unsafe fn free(&mut self, span: NonNull<Span>) -> bool {
+            // SAFETY: per the caller.
+            unsafe { self.free_at(span, 1) }
+        }
+
+        /// Frees `span` at time `now`.
+        ///
+        /// # Safety
+        /// As [`PageHeap::free`].
+        unsafe fn free_at(&mut self, span: NonNull<Span>, now: u64) -> bool {
             #[cfg(not(feature = "hardened"))]
             // SAFETY: per the caller.
-            let cached = unsafe { self.heap.free(span, 1, &self.map) };
+            let cached = unsafe { self.heap.free(span, now, &self.map) };
             #[cfg(feature = "hardened")]
             // SAFETY: per the caller.
-            let cached = unsafe { self.heap.free(span, 1, &self.map, &self.source) };
+            let cached = unsafe { self.heap.free(span, now, &self.map, &self.source) };
             cached
         }
 
@@ -2201,6 +2210,96 @@ mod tests {
         f.heap.release(u64::MAX, usize::MAX, &f.map, &f.source);
         assert_eq!(f.heap.guards(), 0);
         f.check(&[]);
+    }
+
+    /// A growing object, when no free run has the room it asks for, takes the largest run
+    /// there is (among the length lists too), and none shorter than it needs.
+    #[test]
+    fn a_growing_object_takes_the_largest_run_when_none_has_its_room() {
+        let mut f = Fixture::new();
+        // Runs of 10, 40 and 20 pages between live one-page spans, and the rest of the
+        // mapping taken: no run of GROW_ROOM_MIN pages.
+        let mut runs = Vec::new();
+        let mut live = Vec::new();
+        for n in [10, 40, 20] {
+            runs.push(alloc_large(&mut f, n).unwrap());
+            live.push(alloc_large(&mut f, 1).unwrap());
+        }
+        let rest = f.heap.stats().free / PAGE_SIZE;
+        live.push(alloc_large(&mut f, rest - GUARD_PAGES.0).unwrap());
+        assert_eq!(f.heap.stats().free, 0);
+        let starts: Vec<PageId> = runs.iter().map(|&r| range_of(r).0).collect();
+        for r in runs {
+            free(&mut f, r);
+        }
+        let (grown, _) = f
+            .heap
+            .alloc_to_grow(Pages(5), Pages(1), &f.map, &f.source)
+            .unwrap();
+        assert_eq!(range_of(grown).0, starts[1], "the 40-page run");
+        live.push(grown);
+        // Longer than any run: the heap grows instead.
+        let mapped = mapped_with_guards(&f.heap);
+        let (far, _) = f
+            .heap
+            .alloc_to_grow(Pages(36), Pages(1), &f.map, &f.source)
+            .unwrap();
+        assert!(mapped_with_guards(&f.heap) > mapped);
+        assert!(!starts.contains(&range_of(far).0));
+        live.push(far);
+        let live: Vec<_> = live.into_iter().map(|s| (s, SizeClass::LARGE)).collect();
+        f.check(&live);
+    }
+
+    /// The same among long runs (longer than the cache takes), whatever their order on
+    /// their list: each in a mapping of its own, the rest of which is in use.
+    #[test]
+    fn a_growing_object_takes_the_largest_long_run_when_none_has_its_room() {
+        let mut f = Fixture::new();
+        let mut runs = Vec::new();
+        let mut live = Vec::new();
+        for n in [130, 150, 140] {
+            runs.push(alloc_large(&mut f, n).unwrap());
+            live.push(alloc_large(&mut f, 1).unwrap());
+            let rest = f.heap.stats().free / PAGE_SIZE;
+            live.push(alloc_large(&mut f, rest - GUARD_PAGES.0).unwrap());
+            assert_eq!(f.heap.stats().free, 0);
+        }
+        let longest = range_of(runs[1]).0;
+        for r in runs {
+            // SAFETY: live spans, freed once: too long for the cache.
+            assert!(!unsafe { f.free(r) });
+        }
+        // Room asked: 32 times the request, more than any run has.
+        let (grown, _) = f
+            .heap
+            .alloc_to_grow(Pages(6), Pages(1), &f.map, &f.source)
+            .unwrap();
+        assert_eq!(range_of(grown).0, longest, "the 150-page run");
+        live.push(grown);
+        let live: Vec<_> = live.into_iter().map(|s| (s, SizeClass::LARGE)).collect();
+        f.check(&live);
+    }
+
+    /// The large-span cache gives back to the free runs the spans freed early enough,
+    /// whatever their length: here the shorter length's span was freed last, so the search
+    /// must go on to the next length.
+    #[test]
+    fn the_cache_drains_the_spans_freed_early_enough_of_every_length() {
+        let mut f = Fixture::new();
+        let long = alloc_large(&mut f, 5).unwrap();
+        let s1 = alloc_large(&mut f, 1).unwrap();
+        let short = alloc_large(&mut f, 3).unwrap();
+        let s2 = alloc_large(&mut f, 1).unwrap();
+        let short_bytes = range_of(short).1.bytes();
+        // SAFETY: live spans, freed once.
+        unsafe {
+            assert!(f.free_at(long, 1));
+            assert!(f.free_at(short, 10));
+        }
+        f.heap.release(5, usize::MAX, &f.map, &f.source);
+        assert_eq!(f.heap.cached_bytes(), short_bytes, "the short one stays");
+        f.check(&[(s1, SizeClass::LARGE), (s2, SizeClass::LARGE)]);
     }
 
     /// The start and length of a live span.
