@@ -2212,22 +2212,36 @@ mod tests {
         f.check(&[]);
     }
 
+    /// Large spans of `lengths` pages, each followed by a live one-page span, and the rest
+    /// of the mapping taken by one more live span (after each, when `own_mapping`, so that
+    /// each is in a mapping of its own): no free page left. Returns the spans of `lengths`
+    /// (to be freed into runs) and the live ones.
+    fn runs_between_live_spans(
+        f: &mut Fixture,
+        lengths: &[usize],
+        own_mapping: bool,
+    ) -> (Vec<NonNull<Span>>, Vec<NonNull<Span>>) {
+        let mut runs = Vec::new();
+        let mut live = Vec::new();
+        for (i, &n) in lengths.iter().enumerate() {
+            runs.push(alloc_large(f, n).unwrap());
+            live.push(alloc_large(f, 1).unwrap());
+            if own_mapping || i + 1 == lengths.len() {
+                let rest = f.heap.stats().free / PAGE_SIZE;
+                live.push(alloc_large(f, rest - GUARD_PAGES.0).unwrap());
+                assert_eq!(f.heap.stats().free, 0);
+            }
+        }
+        (runs, live)
+    }
+
     /// A growing object, when no free run has the room it asks for, takes the largest run
     /// there is (among the length lists too), and none shorter than it needs.
     #[test]
     fn a_growing_object_takes_the_largest_run_when_none_has_its_room() {
         let mut f = Fixture::new();
-        // Runs of 10, 40 and 20 pages between live one-page spans, and the rest of the
-        // mapping taken: no run of GROW_ROOM_MIN pages.
-        let mut runs = Vec::new();
-        let mut live = Vec::new();
-        for n in [10, 40, 20] {
-            runs.push(alloc_large(&mut f, n).unwrap());
-            live.push(alloc_large(&mut f, 1).unwrap());
-        }
-        let rest = f.heap.stats().free / PAGE_SIZE;
-        live.push(alloc_large(&mut f, rest - GUARD_PAGES.0).unwrap());
-        assert_eq!(f.heap.stats().free, 0);
+        // Runs of 10, 40 and 20 pages in one mapping: no run of GROW_ROOM_MIN pages.
+        let (runs, mut live) = runs_between_live_spans(&mut f, &[10, 40, 20], false);
         let starts: Vec<PageId> = runs.iter().map(|&r| range_of(r).0).collect();
         for r in runs {
             free(&mut f, r);
@@ -2256,15 +2270,7 @@ mod tests {
     #[test]
     fn a_growing_object_takes_the_largest_long_run_when_none_has_its_room() {
         let mut f = Fixture::new();
-        let mut runs = Vec::new();
-        let mut live = Vec::new();
-        for n in [130, 150, 140] {
-            runs.push(alloc_large(&mut f, n).unwrap());
-            live.push(alloc_large(&mut f, 1).unwrap());
-            let rest = f.heap.stats().free / PAGE_SIZE;
-            live.push(alloc_large(&mut f, rest - GUARD_PAGES.0).unwrap());
-            assert_eq!(f.heap.stats().free, 0);
-        }
+        let (runs, mut live) = runs_between_live_spans(&mut f, &[130, 150, 140], true);
         let longest = range_of(runs[1]).0;
         for r in runs {
             // SAFETY: live spans, freed once: too long for the cache.
