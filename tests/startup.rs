@@ -43,6 +43,29 @@ fn variables_are_applied_before_main() {
 }
 
 #[test]
+fn the_setters_change_what_the_environment_set() {
+    if in_child() {
+        let heap = spanalloc::internals::heap();
+        spanalloc::set_decay_ms(77);
+        spanalloc::set_bin_bytes(96 << 10);
+        spanalloc::set_thread_cache_bytes(3 << 20);
+        assert_eq!(heap.decay_ms(), 77);
+        assert_eq!(heap.bin_bytes(), 96 << 10);
+        assert_eq!(heap.thread_cache_bytes(), 3 << 20);
+        return;
+    }
+    let err = child(
+        "the_setters_change_what_the_environment_set",
+        &[
+            ("SPANALLOC_DECAY_MS", "1234"),
+            ("SPANALLOC_BIN_BYTES", "64K"),
+            ("SPANALLOC_THREAD_CACHE_BYTES", "8M"),
+        ],
+    );
+    assert!(!err.contains("spanalloc:"), "{err}");
+}
+
+#[test]
 fn a_bad_value_warns_once_and_keeps_the_default() {
     if in_child() {
         assert_eq!(
