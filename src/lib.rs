@@ -205,7 +205,8 @@
 //! followed), a guard page after every large object and at the end of every 2 MiB span
 //! group, never-used objects handed out in random order, freed objects poisoned and
 //! checked when reused (a write after free stops the process), and the sized free's layout
-//! checked against the class. None of it is in the default build's code. What each catches and costs: `docs/robustness.md`.
+//! checked against the class. None of it is in the default build's code. What each
+//! catches and costs: `docs/robustness.md`.
 //!
 //! ## Errors
 //!

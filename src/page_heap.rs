@@ -1249,10 +1249,7 @@ impl PageHeap {
             // Already as asked: a guard to make that is there, or one to open that is not.
             return;
         }
-        if !accessible
-            && (source.os_page_size() > PAGE_SIZE
-                || self.guards + self.group_guards >= self.guard_budget)
-        {
+        if !accessible && !self.may_make_guard(source) {
             return;
         }
         let guard = PageId(s.end().0 - GUARD_PAGES.0);
@@ -1290,6 +1287,12 @@ impl PageHeap {
         self.group_guards
     }
 
+    /// Whether one more guard page (a large span's or a group's) may be made: an OS page
+    /// fits in a page, and the budget the two kinds share is not spent.
+    fn may_make_guard(&self, source: &impl PageSource) -> bool {
+        source.os_page_size() <= PAGE_SIZE && self.guards + self.group_guards < self.guard_budget
+    }
+
     /// Cuts fresh free run `first` (a new mapping, [`MAP_ALIGN`]-aligned) into span groups:
     /// the last page of each [`GROUP_PAGES`] becomes an inaccessible guard page with a
     /// record of its own (`SpanKind::Guard`, in the page map, so that no free run merges
@@ -1306,15 +1309,12 @@ impl PageHeap {
         map: &PageMap,
         source: &impl PageSource,
     ) {
-        if source.os_page_size() > PAGE_SIZE {
-            return;
-        }
         // SAFETY: per the caller.
         let end = unsafe { first.as_ref() }.end();
         let mut piece = first;
         // SAFETY: as above.
         let mut guard = PageId(unsafe { first.as_ref() }.start().0 + GROUP_PAGES.0 - 1);
-        while guard < end && self.guards + self.group_guards < self.guard_budget {
+        while guard < end && self.may_make_guard(source) {
             let Some(guard_record) = self.records.alloc(source) else {
                 break;
             };
@@ -1880,16 +1880,12 @@ mod tests {
             runs.push(alloc_large(&mut f, pages).unwrap());
             keep.push(alloc_large(&mut f, 1).unwrap());
         }
-        // SAFETY: live span records of the fixture.
-        let starts: Vec<PageId> = runs.iter().map(|s| unsafe { s.as_ref() }.start()).collect();
+        let starts: Vec<PageId> = runs.iter().map(|&s| range_of(s).0).collect();
         for &s in &runs {
             free(&mut f, s);
         }
         f.heap.check_invariants(&f.map);
-        let start_of = |s: NonNull<Span>| {
-            // SAFETY: a live span record of the fixture.
-            unsafe { s.as_ref() }.start()
-        };
+        let start_of = |s: NonNull<Span>| range_of(s).0;
         let b = alloc_large(&mut f, 150).unwrap();
         assert_eq!(start_of(b), starts[1], "150 pages from the 200-page run");
         let c = alloc_large(&mut f, 220).unwrap();
