@@ -94,11 +94,13 @@ fn memalign_impl(align: usize, size: usize) -> *mut c_void {
 /// `ptr` is non-null; if spanalloc handed it out, it is not used afterwards.
 #[inline(always)]
 unsafe fn free_keep_errno(ptr: *mut c_void) {
-    // The fast path touches no errno; only the slow path may (a system call).
-    // SAFETY: per the caller.
-    if !unsafe { raw::free_fast(ptr.cast()) } {
-        // SAFETY: per the caller.
-        unsafe { free_slow_keep_errno(ptr) }
+    // The fast path touches no errno; only the slow path may (a system call). The page's
+    // word is read once, for both the small and the large object's short path.
+    let word = crate::global::page_word(ptr.cast());
+    // SAFETY: per the caller; the word of its page.
+    if !unsafe { crate::global::free_fast_with_word(ptr.cast(), word) } {
+        // SAFETY: per the caller; as above.
+        unsafe { free_slow_keep_errno(ptr, word) }
     }
 }
 
@@ -106,13 +108,13 @@ unsafe fn free_keep_errno(ptr: *mut c_void) {
 /// `errno` saved and restored around it.
 ///
 /// # Safety
-/// As [`free_keep_errno`].
+/// As [`free_keep_errno`]; `word` is the small-object word of the page of `ptr`.
 #[cold]
 #[inline(never)]
-unsafe fn free_slow_keep_errno(ptr: *mut c_void) {
+unsafe fn free_slow_keep_errno(ptr: *mut c_void, word: usize) {
     // A large object into the thread's stash: no lock, no system call, no errno to keep.
     // SAFETY: per the caller.
-    if unsafe { raw::free_large_fast(ptr.cast()) } {
+    if unsafe { crate::global::free_large_fast_with_word(ptr.cast(), word) } {
         return;
     }
     // SAFETY: `__errno_location` returns this thread's errno slot, always valid.

@@ -630,13 +630,8 @@ pub mod raw {
     /// As [`free`].
     #[inline(always)]
     pub unsafe fn free_fast(ptr: *mut u8) -> bool {
-        let word = HEAP.page_map().small_word_of(ptr as usize);
-        // SAFETY: our own slot (or the never-written one of exited threads).
-        let cache = unsafe { &raw mut (*local_for_fast_path()).cache };
-        // SAFETY: a cache with room in a bin is active, so this thread's alone (a shared one
-        // never has room and is only read); the fast path makes no call that could re-enter;
-        // per the caller.
-        unsafe { ThreadCache::push_small_raw(cache, ptr, word) }
+        // SAFETY: per the caller; the word of its page.
+        unsafe { free_fast_with_word(ptr, page_word(ptr)) }
     }
 
     /// The free of a large object that the thread's stash takes with no lock and no system
@@ -648,27 +643,8 @@ pub mod raw {
     /// As [`free`].
     #[inline]
     pub unsafe fn free_large_fast(ptr: *mut u8) -> bool {
-        let addr = ptr as usize;
-        // SAFETY: page-map entries point to span records, which are never unmapped; the
-        // fields read are atomics.
-        let Some(s) = (unsafe { HEAP.page_map().lookup(addr).as_ref() }) else {
-            return false;
-        };
-        if s.kind() != crate::span::SpanKind::Large || s.start_addr() != addr {
-            return false;
-        }
-        let l = local_for_fast_path();
-        // SAFETY: our own slot (or the never-written one of threads without one, never
-        // ACTIVE).
-        if unsafe { (*l).state } != ACTIVE {
-            return false;
-        }
-        // SAFETY: our own slot, ACTIVE, and no reference into it alive (as in `with_cache`);
-        // a large object's span, checked above, that the caller gives up.
-        unsafe {
-            (*l).cache
-                .free_large_to_stash(&HEAP, core::ptr::NonNull::from(s))
-        }
+        // SAFETY: per the caller; the word of its page.
+        unsafe { free_large_fast_with_word(ptr, page_word(ptr)) }
     }
 
     /// The rest of [`free`] once [`free_fast`] and [`free_large_fast`] returned `false`:
@@ -742,6 +718,60 @@ unsafe fn with_cache<R>(f: impl FnOnce(&mut ThreadCache) -> R) -> R {
     }
 }
 
+/// The small-object word of the page of `ptr` (see `page_map::small_word`): what the
+/// sizeless free's fast paths need, read once.
+#[inline(always)]
+pub(crate) fn page_word(ptr: *mut u8) -> usize {
+    HEAP.page_map().small_word_of(ptr as usize)
+}
+
+/// [`raw::free_fast`] with `word`, the small-object word of the page of `ptr`, read by the
+/// caller.
+///
+/// # Safety
+/// As [`raw::free`].
+#[inline(always)]
+pub(crate) unsafe fn free_fast_with_word(ptr: *mut u8, word: usize) -> bool {
+    // SAFETY: our own slot (or the never-written one of exited threads).
+    let cache = unsafe { &raw mut (*local_for_fast_path()).cache };
+    // SAFETY: a cache with room in a bin is active, so this thread's alone (a shared one
+    // never has room and is only read); the fast path makes no call that could re-enter;
+    // per the caller.
+    unsafe { ThreadCache::push_small_raw(cache, ptr, word) }
+}
+
+/// [`raw::free_large_fast`] with `word`, the small-object word of the page of `ptr`, read by
+/// the caller: the span record comes from it (`page_map::large_word`), in the cache line
+/// the small-object test has just read, rather than from the leaf's span entry.
+///
+/// # Safety
+/// As [`raw::free`].
+#[inline]
+pub(crate) unsafe fn free_large_fast_with_word(ptr: *mut u8, word: usize) -> bool {
+    let addr = ptr as usize;
+    let span = crate::page_map::word_large_span(word);
+    // SAFETY: span records are never unmapped, and the fields read are atomics (a record
+    // given back and reused is rewritten atomically); a stale word names a record whose
+    // kind or start the test below rejects.
+    let Some(s) = (unsafe { span.as_ref() }) else {
+        return false;
+    };
+    if s.kind() != crate::span::SpanKind::Large || s.start_addr() != addr {
+        return false;
+    }
+    let l = local_for_fast_path();
+    // SAFETY: our own slot (or the never-written one of threads without one, never ACTIVE).
+    if unsafe { (*l).state } != ACTIVE {
+        return false;
+    }
+    // SAFETY: our own slot, ACTIVE, and no reference into it alive (as in `with_cache`); a
+    // large object's span, checked above, that the caller gives up.
+    unsafe {
+        (*l).cache
+            .free_large_to_stash(&HEAP, core::ptr::NonNull::from(s))
+    }
+}
+
 /// The free of a large object, of a bad pointer, or from a thread whose cache is not active
 /// (FRESH: registered now; BUSY or DEAD: the orphan cache).
 ///
@@ -765,7 +795,7 @@ unsafe fn free_slow(ptr: *mut u8) {
 unsafe fn free_rest(ptr: *mut u8) {
     // A large object (its page has no small-object word) goes straight to the stash or the
     // page heap: one page-map lookup, not the small path's tests first.
-    if HEAP.page_map().small_word_of(ptr as usize) == 0 {
+    if crate::page_map::word_class(HEAP.page_map().small_word_of(ptr as usize)) == 0 {
         if let crate::heap::Owner::Large(span) = HEAP.owner(ptr) {
             // SAFETY: the closure gets exclusive use of a cache; `owner` validated the span,
             // and the caller gives the object up.

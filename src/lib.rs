@@ -137,7 +137,9 @@
 //! A span of their own. A thread's freed large spans of up to 1 MiB wait in its cache's
 //! stash (four of them) for its next allocation of the same length: one compare-and-swap,
 //! no lock. The free into an empty slot (`raw::free_large_fast`, also the C `free`'s, with
-//! no `errno` to keep) and the allocation of the span freed last (`alloc_large_newest`) are
+//! no `errno` to keep; the span record comes from the first page's small-object word, read
+//! by the small-object test just before) and the allocation of the span freed last
+//! (`alloc_large_newest`) are
 //! short paths of their own; the rest (a full stash, a sampled object, a search of the
 //! stash) is out of line. Otherwise from the page heap, under its lock.
 //! Freed spans of up to 1 MiB wait, unmerged, in the page heap's large-span cache for the

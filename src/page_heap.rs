@@ -59,7 +59,7 @@
 //! transparent huge page for the heap's memory.
 
 use crate::fixed_alloc::FixedAlloc;
-use crate::page_map::PageMap;
+use crate::page_map::{PageMap, large_word};
 use crate::pages::{PAGE_SIZE, PageId, Pages};
 use crate::size_class::SizeClass;
 #[cfg(feature = "hardened")]
@@ -271,6 +271,7 @@ impl PageHeap {
         };
         if use_cache && class == SizeClass::LARGE && align.0 == 1 && pages.0 <= CACHED_PAGES {
             if let Some(span) = self.take_cached(pages) {
+                mark_large_in_use(map, span);
                 return Some((span, false));
             }
         }
@@ -310,6 +311,7 @@ impl PageHeap {
         if class == SizeClass::LARGE {
             s.set_kind(SpanKind::Large, class);
             map.set_ends(s.start(), pages, span.as_ptr());
+            mark_large_in_use(map, span);
             self.stats.large_in_use += pages.bytes();
             #[cfg(feature = "hardened")]
             self.set_guard(s, false, source);
@@ -339,6 +341,10 @@ impl PageHeap {
     ) -> bool {
         // SAFETY: per the caller, a live record of ours.
         let s = unsafe { span.as_ref() };
+        if s.kind() == SpanKind::Large {
+            // No longer a large span in use (see `mark_large_in_use`).
+            map.set_small_words(s.start(), Pages(1), 0);
+        }
         if s.kind() == SpanKind::Large
             && s.pages().0 <= CACHED_PAGES
             && self.cached_bytes + s.bytes() <= CACHE_BYTES
@@ -602,6 +608,10 @@ impl PageHeap {
                 "first page maps to the run"
             );
             ensure!(
+                map.small_word_of(r.start_addr()) == 0,
+                "a free run's first page has no small-object word"
+            );
+            ensure!(
                 map.lookup(r.end().addr() - 1) == run,
                 "last page maps to the run"
             );
@@ -661,6 +671,10 @@ impl PageHeap {
                 ensure!(
                     map.lookup(s.start_addr()) == span,
                     "cached span's first page"
+                );
+                ensure!(
+                    map.small_word_of(s.start_addr()) == 0,
+                    "a cached span's first page has no small-object word"
                 );
                 ensure!(
                     map.lookup(s.end().addr() - 1) == span,
@@ -1411,6 +1425,15 @@ unsafe fn init_fresh_run(record: NonNull<Span>, start: PageId, pages: Pages) {
     }
 }
 
+/// Writes [`large_word`] into the first page's small-object word of `span`, a span that has
+/// just become a large one in use: the sizeless free then finds its record in one load
+/// (`raw::free_large_fast`). [`PageHeap::free`] clears it.
+fn mark_large_in_use(map: &PageMap, span: NonNull<Span>) {
+    // SAFETY: a live record of ours (the page heap lock is held by our callers).
+    let s = unsafe { span.as_ref() };
+    map.set_small_words(s.start(), Pages(1), large_word(span.as_ptr()));
+}
+
 impl Default for PageHeap {
     fn default() -> Self {
         Self::new()
@@ -1517,6 +1540,11 @@ mod tests {
                 }
                 if class == SizeClass::LARGE {
                     assert_eq!(s.kind(), SpanKind::Large, "a large span");
+                    assert_eq!(
+                        self.map.small_word_of(s.start_addr()),
+                        large_word(span.as_ptr()),
+                        "a large span's first page names its record"
+                    );
                 } else {
                     assert_eq!(
                         (s.kind(), s.class()),
@@ -2461,6 +2489,35 @@ mod tests {
             (small, class),
             (b, SizeClass::LARGE),
         ]);
+    }
+
+    #[test]
+    fn only_a_large_span_in_use_has_a_first_page_word() {
+        let mut f = Fixture::new();
+        let word = |f: &Fixture, span: NonNull<Span>| {
+            // SAFETY: a record of ours (live or free: records are never unmapped).
+            f.map.small_word_of(unsafe { span.as_ref() }.start_addr())
+        };
+        let a = alloc_large(&mut f, 10).unwrap();
+        let long = alloc_large(&mut f, CACHED_PAGES + 1).unwrap();
+        let keep = alloc_large(&mut f, 1).unwrap();
+        assert_eq!(word(&f, a), large_word(a.as_ptr()));
+        assert_eq!(word(&f, long), large_word(long.as_ptr()));
+        // SAFETY: a live span of ours, whose second page is in it.
+        let second = unsafe { a.as_ref() }.start_addr() + PAGE_SIZE;
+        assert_eq!(f.map.small_word_of(second), 0, "only the first page");
+        // Freed into the cache, and into the free runs: no longer named.
+        // SAFETY: live spans of ours, freed once.
+        assert!(unsafe { f.free(a) }, "to the cache");
+        assert_eq!(word(&f, a), 0);
+        // SAFETY: as above.
+        assert!(!unsafe { f.free(long) }, "to the free runs");
+        assert_eq!(word(&f, long), 0);
+        // Taken back from the cache: named again.
+        let b = alloc_large(&mut f, 10).unwrap();
+        assert_eq!(b, a, "the cached span");
+        assert_eq!(word(&f, b), large_word(b.as_ptr()));
+        f.check(&[(b, SizeClass::LARGE), (keep, SizeClass::LARGE)]);
     }
 
     #[test]

@@ -77,11 +77,37 @@ type Root = loom_node::Node<Leaf, { loom_node::ROOT_SLOTS }>;
 /// The small-object word of a page of a small span: the span's first byte with its size
 /// class times 16 in the low bits (spans start on page boundaries, so those bits are free;
 /// times 16, the size of the free path's per-class records, so the free path indexes them
-/// with the bits as they are). 0 for every other page. What the sizeless `free` needs, in
-/// one load from the leaf.
+/// with the bits as they are). 0 for every other page but a large span's first page
+/// ([`large_word`], class bits 0 too). What the sizeless `free` needs, in one load from the
+/// leaf.
 #[inline(always)]
 pub const fn small_word(start_addr: usize, class: u8) -> usize {
     start_addr | (class as usize) << 4
+}
+
+/// The small-object word of a large span's first page: the address of the span's record
+/// above the class bits, which stay 0 ("not a small span's page"). The sizeless free of a
+/// large object then finds the record in the load that finds a small object's word, one
+/// cache miss fewer than the leaf's span entry, which lies 1 MiB away. Span records live
+/// below 2^[`ADDRESS_BITS`], so the shifted address fits. The word is written when the span
+/// becomes a large one in use and cleared when it stops being one; a reader validates the
+/// record it names (its kind and start), as any page-map reader does, so a stale word sends
+/// a free to the slow path and never to a wrong span.
+#[inline(always)]
+pub fn large_word(span: *const Span) -> usize {
+    let addr = span.expose_provenance();
+    debug_assert!(addr < 1 << ADDRESS_BITS && addr != 0);
+    addr << PAGE_SHIFT
+}
+
+/// The span record a [`large_word`] names, or null for any other word (0, or a small span's
+/// page).
+#[inline(always)]
+pub fn word_large_span(word: usize) -> *mut Span {
+    if word_class_bytes(word) != 0 {
+        return null_mut();
+    }
+    core::ptr::with_exposed_provenance_mut(word >> PAGE_SHIFT)
 }
 
 /// The size class index in a small-object word (0: not a small span's page).
@@ -260,8 +286,10 @@ impl PageMap {
 
     /// Writes the small-object word of every page in `[start, start + pages)` (covered by
     /// [`PageMap::ensure`]): [`small_word`] when the pages become a small span, 0 before
-    /// they stop being one. Caller holds the span exclusively (its central list's lock, or
-    /// the span is not yet published to a central list).
+    /// they stop being one; for a large span's first page alone, [`large_word`] when it
+    /// becomes one in use, 0 before it stops being one. Caller holds the span exclusively
+    /// (its central list's lock, the page heap lock for a large span, or the span is not
+    /// yet published).
     pub fn set_small_words(&self, start: PageId, pages: Pages, word: usize) {
         let root = self.root.load(Ordering::Relaxed);
         debug_assert!(root != empty_root());
@@ -391,6 +419,19 @@ mod tests {
         assert!(map.lookup(1 << ADDRESS_BITS).is_null());
         assert!(map.lookup(usize::MAX).is_null());
         assert!(!map.ensure(PageId::containing(1 << ADDRESS_BITS), Pages(1), &source));
+    }
+
+    #[test]
+    fn a_large_word_names_its_record_and_no_other_word_names_one() {
+        let record = Box::new(0u128);
+        let span = (&*record as *const u128).cast::<Span>().cast_mut();
+        let word = large_word(span);
+        assert_eq!(word_class(word), 0, "not a small span's page");
+        assert_eq!(word_large_span(word), span);
+        assert!(word_large_span(0).is_null());
+        let small = small_word(0x7f00_0000_2000, 5);
+        assert!(word_large_span(small).is_null());
+        assert_eq!(word_class(small), 5);
     }
 
     #[test]

@@ -49,3 +49,25 @@ fn ten_gib_of_large_objects_keeps_the_footprint_bounded() {
     assert!(peak_mapped <= 1 << 30, "mapped peaked at {peak_mapped}");
     spanalloc::internals::heap().check_invariants();
 }
+
+#[test]
+fn a_large_object_freed_without_its_size_goes_to_the_stash_without_a_lock() {
+    std::thread::spawn(|| {
+        for size in [32 << 10, 100_000, 256 << 10, 1 << 20] {
+            // SAFETY: 8 is a power of two.
+            let p = unsafe { spanalloc::raw::alloc(size, 8) };
+            assert!(!p.is_null());
+            // SAFETY: a large object of ours, given up here: the stash's short path (the
+            // record found from the first page's small-object word) takes it.
+            let stashed = unsafe { spanalloc::raw::free_large_fast(p) };
+            assert!(stashed, "{size} B: the stash's short path");
+            // SAFETY: 8 is a power of two.
+            let q = unsafe { spanalloc::raw::alloc(size, 8) };
+            assert_eq!(q, p, "{size} B: the stashed span, taken back");
+            // SAFETY: ours, freed once.
+            unsafe { spanalloc::raw::free(q) };
+        }
+    })
+    .join()
+    .unwrap();
+}

@@ -15,7 +15,7 @@
 use super::ThreadCache;
 use crate::central_free_list::batch_size;
 use crate::heap::Heap;
-use crate::page_map::{PageMap, word_class, word_class_bytes, word_start};
+use crate::page_map::{PageMap, word_class, word_class_bytes};
 use crate::size_class::{CLASS_COUNT, SMALL_STEP_LIMIT, SizeClass};
 use crate::span;
 use crate::sys::PageSource;
@@ -105,6 +105,17 @@ fn is_object_offset(class_bytes: usize, offset: usize) -> bool {
     // CLASS_COUNT times the record size (see `page_map::small_word`).
     let check = unsafe { &*OFFSET_CHECK.as_ptr().byte_add(class_bytes) };
     (offset as u64) < check.bytes && (offset as u64).wrapping_mul(check.multiple) < check.multiple
+}
+
+/// The offset of `ptr` from the start of the span that `word`, its page's small-object
+/// word, names: `ptr - page_map::word_start(word)`, computed as `ptr - word + class bits` (the same
+/// value, wrapping alike), which leaves `word` intact in its register for a slow path that
+/// takes it, with no copy.
+#[inline(always)]
+fn object_offset(ptr: *mut u8, word: usize) -> usize {
+    (ptr as usize)
+        .wrapping_sub(word)
+        .wrapping_add(word_class_bytes(word))
 }
 
 /// The byte offset in [`ThreadCache`]'s bins of the bin for each size `0..=SMALL_STEP_LIMIT`:
@@ -281,7 +292,7 @@ impl ThreadCache {
         class_bytes: usize,
     ) -> bool {
         if word_class_bytes(word) != class_bytes
-            || !is_object_offset(class_bytes, (ptr as usize).wrapping_sub(word_start(word)))
+            || !is_object_offset(class_bytes, object_offset(ptr, word))
         {
             return false;
         }
@@ -317,10 +328,7 @@ impl ThreadCache {
         ptr: *mut u8,
         word: usize,
     ) -> bool {
-        if !is_object_offset(
-            word_class_bytes(word),
-            (ptr as usize).wrapping_sub(word_start(word)),
-        ) {
+        if !is_object_offset(word_class_bytes(word), object_offset(ptr, word)) {
             return false;
         }
         debug_assert!(self.active);
