@@ -587,6 +587,26 @@ fn stop_and_start_again() {
     drop(w);
 }
 
+#[test]
+fn the_profilers_own_work_is_not_sampled() {
+    let _g = serial();
+    profiling::start_seeded(1, 5);
+    // Every allocation is sampled now but those the profiler makes itself: taking a
+    // profile (its table copy, its stacks) and encoding one.
+    let first = profiling::heap_profile();
+    let raw = first.to_pprof();
+    assert!(!raw.is_empty());
+    drop(first);
+    let sites = ["heap_profile", "heap_profile_now", "to_pprof", "encode"];
+    let second = profiling::heap_profile();
+    profiling::stop();
+    let own = per_site(&second, &sites);
+    assert!(
+        own.is_empty(),
+        "the profiler's own allocations were sampled: {own:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // A sampled large object is an ordinary large object, recorded where it is.
 

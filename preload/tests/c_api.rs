@@ -421,6 +421,13 @@ fn memalign_valloc_pvalloc() {
         set_errno(0);
         assert!(memalign(usize::MAX / 2 + 2, 10).is_null());
         assert_eq!(errno(), libc::EINVAL);
+        // glibc's bound is exact: SIZE_MAX / 2 + 1 (2^63) is an alignment it accepts and
+        // cannot serve (ENOMEM), as is one just below it (rounded up to 2^63).
+        for align in [usize::MAX / 2 + 1, usize::MAX / 2, usize::MAX / 2 - 1] {
+            set_errno(0);
+            assert!(memalign(align, 10).is_null());
+            assert_eq!(errno(), libc::ENOMEM, "memalign({align:#x}, 10)");
+        }
         set_errno(0);
         assert!(memalign(4096, usize::MAX).is_null());
         assert_eq!(errno(), libc::ENOMEM);
