@@ -3,10 +3,11 @@
 #   (a) aarch64 Linux: the library's unit tests and the integration tests that run in one
 #       process (and four of them again with `small-tls`, whose thread slot is an ordinary
 #       thread local off x86-64), cross-built with Debian's aarch64 linker and run under
-#       qemu-user (installed here when missing, with the rustup target). The tests that re-run their own binary
-#       as a child process (death, forged, oom, huge, stats, stress, startup, profiling's
-#       file check, the hardened and unhardened demonstrations) cannot: without the
-#       kernel's binfmt_misc the child is an aarch64 file the host cannot execute;
+#       qemu-user (installed here when missing, with the rustup target). The tests that
+#       re-run their own binary as a child process (death, forged, oom, huge, stats,
+#       stress, startup, profiling's file check, the hardened and unhardened
+#       demonstrations) cannot: without the kernel's binfmt_misc the child is an aarch64
+#       file the host cannot execute;
 #   (b) macOS, built and linted, not run (no macOS host): for aarch64-apple-darwin and
 #       x86_64-apple-darwin, `cargo check` and `cargo clippy -- -D warnings` of the library
 #       with and without the features internals and hardened, and clippy of every target
@@ -65,23 +66,24 @@ aarch64() {
     return 0
   fi
   local status=0
-  # Its own target directory: the host's release build stays as it is.
-  CARGO_TARGET_DIR=target/aarch64 \
-    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
-    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
-    cargo test --release -p spanalloc --target $t --lib --test background --test fork \
-    --test fragmentation --test global --test large --test proptest_model \
-    --test reentrancy --test teardown --test threads \
+  aarch64_test --lib --test background --test fork --test fragmentation --test global \
+    --test large --test proptest_model --test reentrancy --test teardown --test threads \
     -- --skip freed_blocks_are_counted_and_reused || status=1
   # (That one test of proptest_model runs itself again as a child process.)
   # The `small-tls` build, as libspanalloc.so is built: off x86-64 its thread slot is an
   # ordinary thread local, code that no x86-64 build compiles.
+  aarch64_test --features small-tls --test global --test large --test teardown \
+    --test threads || status=1
+  return $status
+}
+
+# `cargo test --release -p spanalloc` for aarch64 Linux under qemu, with more arguments.
+aarch64_test() {
+  # Its own target directory: the host's release build stays as it is.
   CARGO_TARGET_DIR=target/aarch64 \
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
-    cargo test --release -p spanalloc --target $t --features small-tls --test global \
-    --test large --test teardown --test threads || status=1
-  return $status
+    cargo test --release -p spanalloc --target aarch64-unknown-linux-gnu "$@"
 }
 
 # One counted test: the command's output is shown only when it fails.

@@ -795,7 +795,7 @@ unsafe fn free_slow(ptr: *mut u8) {
 unsafe fn free_rest(ptr: *mut u8) {
     // A large object (its page has no small-object word) goes straight to the stash or the
     // page heap: one page-map lookup, not the small path's tests first.
-    if crate::page_map::word_class(HEAP.page_map().small_word_of(ptr as usize)) == 0 {
+    if crate::page_map::word_class(page_word(ptr)) == 0 {
         if let crate::heap::Owner::Large(span) = HEAP.owner(ptr) {
             // SAFETY: the closure gets exclusive use of a cache; `owner` validated the span,
             // and the caller gives the object up.
