@@ -326,7 +326,7 @@ impl CentralFreeList {
                 #[cfg(feature = "hardened")]
                 // SAFETY: as above.
                 unsafe {
-                    crate::hardening::poison(obj, class.size())
+                    crate::hardening::poison(obj, class)
                 };
             }
         }

@@ -249,7 +249,7 @@ impl PageMap {
 
     /// Hardened build: whether `addr` is the start of an object of a small span whose class
     /// index times 16 is `class_bytes`, as its page's small-object word says. Three loads,
-    /// three of the class table, two multiplies.
+    /// two of the class's [`OffsetCheck`](crate::size_class::OffsetCheck), one multiply.
     #[cfg(feature = "hardened")]
     #[inline]
     pub fn is_object_of_class(&self, addr: usize, class_bytes: usize) -> bool {
@@ -257,12 +257,15 @@ impl PageMap {
         if word_class_bytes(word) != class_bytes {
             return false;
         }
-        let class = crate::size_class::SizeClass((class_bytes >> 4) as u8);
         let offset = addr.wrapping_sub(word_start(word));
-        // Below the objects' bytes, then offset / size by multiplication (exact over a
-        // span, see `size_class`).
-        offset < class.size() * class.objects()
-            && class.object_index(offset) * class.size() == offset
+        // SAFETY: `class_bytes` is a small-object word's class bits (it equals this
+        // word's), a class index below CLASS_COUNT times 16, the size of an OffsetCheck.
+        let check = unsafe {
+            &*crate::size_class::OFFSET_CHECK
+                .as_ptr()
+                .byte_add(class_bytes)
+        };
+        check.holds(offset)
     }
 
     /// Hardened build: the link of `obj`, a free object of the class whose index times 16

@@ -22,6 +22,47 @@ pub(crate) mod table;
 
 pub use table::CLASS_COUNT;
 
+/// Per class, what tells the start of an object in a span of the class from any other
+/// offset: `ceil(2^64 / size)` (an offset `n < 2^32` is a multiple of `size` exactly when
+/// `n * m mod 2^64 < m`, Lemire's divisibility test) and the bytes the span's objects
+/// cover. One multiply and two compares ([`OffsetCheck::holds`]); the free path's boundary
+/// test and the hardened build's link check. Class 0 (not a small span's page) holds no
+/// offset.
+#[derive(Copy, Clone)]
+#[repr(C)]
+pub struct OffsetCheck {
+    multiple: u64,
+    bytes: u64,
+}
+
+impl OffsetCheck {
+    /// Whether `offset` from the start of a span of the class is one of its objects' starts.
+    #[inline(always)]
+    pub fn holds(&self, offset: usize) -> bool {
+        (offset as u64) < self.bytes && (offset as u64).wrapping_mul(self.multiple) < self.multiple
+    }
+}
+
+/// [`OffsetCheck`] by class index: a `const`, so that every crate that inlines a free path
+/// indexes its own copy rather than go through the GOT.
+pub const OFFSET_CHECK: [OffsetCheck; CLASS_COUNT] = {
+    let mut table = [OffsetCheck {
+        multiple: 0,
+        bytes: 0,
+    }; CLASS_COUNT];
+    let mut c = 1;
+    while c < CLASS_COUNT {
+        let size = table::CLASS_SIZE[c] as u64;
+        let objects = table::CLASS_OBJECTS[c] as u64;
+        table[c] = OffsetCheck {
+            multiple: u64::MAX / size + 1,
+            bytes: size * objects,
+        };
+        c += 1;
+    }
+    table
+};
+
 /// Requests of this many bytes or more are large: spans of their own from the page heap.
 pub const LARGE_THRESHOLD: usize = 32 * 1024;
 /// The largest size any small class serves.

@@ -16,7 +16,7 @@ use super::ThreadCache;
 use crate::central_free_list::batch_size;
 use crate::heap::Heap;
 use crate::page_map::{PageMap, word_class, word_class_bytes};
-use crate::size_class::{CLASS_COUNT, SMALL_STEP_LIMIT, SizeClass};
+use crate::size_class::{CLASS_COUNT, OFFSET_CHECK, OffsetCheck, SMALL_STEP_LIMIT, SizeClass};
 use crate::span;
 use crate::sys::PageSource;
 use core::ptr::null_mut;
@@ -63,34 +63,6 @@ pub fn class_bound(class: SizeClass, bin_bytes: usize) -> u32 {
         .min(u32::MAX as usize / 2) as u32
 }
 
-/// Per class, what the free path checks an offset into a span against: `ceil(2^64 / size)`
-/// (an offset `n < 2^32` is a multiple of `size` exactly when `n * m mod 2^64 < m`, Lemire's
-/// divisibility test) and the bytes the span's objects cover. Class 0 (not a small span's
-/// page) matches no offset.
-#[derive(Copy, Clone)]
-struct OffsetCheck {
-    multiple: u64,
-    bytes: u64,
-}
-
-const OFFSET_CHECK: [OffsetCheck; CLASS_COUNT] = {
-    let mut table = [OffsetCheck {
-        multiple: 0,
-        bytes: 0,
-    }; CLASS_COUNT];
-    let mut c = 1;
-    while c < CLASS_COUNT {
-        let size = crate::size_class::table::CLASS_SIZE[c] as u64;
-        let objects = crate::size_class::table::CLASS_OBJECTS[c] as u64;
-        table[c] = OffsetCheck {
-            multiple: u64::MAX / size + 1,
-            bytes: size * objects,
-        };
-        c += 1;
-    }
-    table
-};
-
 // The free path indexes the bins and `OFFSET_CHECK` with a small-object word's class bits,
 // the class times 16.
 const _: () =
@@ -100,11 +72,10 @@ const _: () =
 /// `class_bytes` is the start of one of its objects. One multiply and two compares.
 #[inline(always)]
 fn is_object_offset(class_bytes: usize, offset: usize) -> bool {
-    // A `const`, so that every crate indexes its own copy rather than go through the GOT.
     // SAFETY: `class_bytes` comes from a small-object word, which holds a class index below
     // CLASS_COUNT times the record size (see `page_map::small_word`).
     let check = unsafe { &*OFFSET_CHECK.as_ptr().byte_add(class_bytes) };
-    (offset as u64) < check.bytes && (offset as u64).wrapping_mul(check.multiple) < check.multiple
+    check.holds(offset)
 }
 
 /// The offset of `ptr` from the start of the span that `word`, its page's small-object
@@ -306,7 +277,7 @@ impl ThreadCache {
             let bin = &mut *bin;
             span::mark_freed(ptr, (*cache).key);
             #[cfg(feature = "hardened")]
-            crate::hardening::poison(ptr, class_size(class_bytes));
+            crate::hardening::poison(ptr, class_of_bytes(class_bytes));
             span::set_next_free(ptr, bin.head);
             bin.head = ptr;
             bin.room -= 1;
@@ -632,7 +603,7 @@ fn pop_from(bin: &mut Bin, map: *const PageMap, class_bytes: usize) -> *mut u8 {
         unsafe {
             bin.head = next_in_bin(map, obj, class_bytes);
             #[cfg(feature = "hardened")]
-            if !crate::hardening::poison_intact(obj, class_size(class_bytes)) {
+            if !crate::hardening::poison_intact(obj, class_of_bytes(class_bytes)) {
                 crate::check::fatal_at("write after free detected", obj as usize);
             }
             span::mark_allocated(obj);
@@ -679,11 +650,11 @@ unsafe fn link_map(cache: *const ThreadCache) -> *const PageMap {
     map
 }
 
-/// The object size of the class whose index times 16 is `class_bytes`.
+/// The class whose index times 16 is `class_bytes`.
 #[cfg(feature = "hardened")]
 #[inline(always)]
-fn class_size(class_bytes: usize) -> usize {
-    SizeClass((class_bytes >> 4) as u8).size()
+fn class_of_bytes(class_bytes: usize) -> SizeClass {
+    SizeClass((class_bytes >> 4) as u8)
 }
 
 #[cfg(test)]
