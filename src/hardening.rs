@@ -229,6 +229,8 @@ mod tests {
         let mut obj = [0u64; 16];
         let p = obj.as_mut_ptr().cast::<u8>();
         let whole = SizeClass::all().find(|c| c.size() >= POISON_LIMIT).unwrap();
+        // The first whole class is the first of POISON_LIMIT bytes or more.
+        assert_eq!(whole.0, FIRST_WHOLE_CLASS);
         // SAFETY: a 128-byte buffer of ours, used as an object of each class below (the
         // poison touches at most POISON_LIMIT bytes of it).
         unsafe {
