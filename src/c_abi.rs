@@ -369,13 +369,15 @@ pub unsafe fn free_sized_impl(ptr: *mut c_void, size: usize) {
         return;
     }
     if let Some(n) = c_size(size) {
-        if cfg!(debug_assertions) || crate::check::HARDENED {
-            crate::thread_cache::check_layout(crate::global::heap(), ptr.cast(), n, MIN_ALIGN);
-        }
         // The sized fast path: the bin from the size, checked against the page map.
         // SAFETY: non-null, and per the caller.
         if unsafe { raw::dealloc_fast(ptr.cast(), n) } {
             return;
+        }
+        // Debug and hardened builds: the size must name the class the page map knows (the
+        // fast path took only an object of the size's class, as in `raw::dealloc`).
+        if cfg!(debug_assertions) || crate::check::HARDENED {
+            crate::thread_cache::check_layout(crate::global::heap(), ptr.cast(), n, MIN_ALIGN);
         }
     }
     // SAFETY: non-null, and per the caller.

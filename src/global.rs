@@ -556,15 +556,24 @@ pub mod raw {
     /// alignment, and is not used afterwards.
     #[inline(always)]
     pub unsafe fn dealloc(ptr: *mut u8, size: usize, align: usize) {
-        // Debug and hardened builds: the layout must name the class the page map knows.
-        if cfg!(debug_assertions) || cfg!(feature = "hardened") {
+        // Debug and hardened builds: the layout must name the class the page map knows. The
+        // fast path takes only an object whose page names the class of `size`, which for an
+        // alignment of at most MIN_ALIGN is the layout's class (`size_class::class_for`):
+        // the check then waits for the fast path to refuse, and costs nothing when it
+        // does not.
+        let checked = cfg!(debug_assertions) || cfg!(feature = "hardened");
+        if checked && align > MIN_ALIGN {
             crate::thread_cache::check_layout(&HEAP, ptr, size, align);
         }
         // SAFETY: per the caller.
-        if !unsafe { dealloc_fast(ptr, size) } {
-            // SAFETY: per the caller.
-            unsafe { free_slow(ptr) }
+        if unsafe { dealloc_fast(ptr, size) } {
+            return;
         }
+        if checked && align <= MIN_ALIGN {
+            crate::thread_cache::check_layout(&HEAP, ptr, size, align);
+        }
+        // SAFETY: per the caller.
+        unsafe { free_slow(ptr) }
     }
 
     /// The fast path of [`dealloc`] alone: the bin comes from `size`, as allocation finds

@@ -13,7 +13,7 @@
 //! | a guard page at the end of every span group | `page_heap` (`GROUP_PAGES`, `SpanKind::Guard`) |
 //! | never-used objects in random order ([`Rng`]) | `central_free_list` (`take_from_spans`) |
 //! | freed objects [`poison`]ed, checked on reuse | thread cache bins (filled on push, checked on pop); new spans |
-//! | the sized free's layout checked | `thread_cache::check_layout`, from every `dealloc` |
+//! | the sized free's layout checked | `thread_cache::check_layout`: from `raw::dealloc` and the C `free_sized` when the sized fast path refuses the object (before it for an alignment above 8), from `ThreadCache::dealloc` always |
 //!
 //! No link exists before the first span is made, and making one calls [`seed`] first, so
 //! the keys never change once a link is written.

@@ -226,6 +226,47 @@ fn dealloc_with_a_layout_of_another_class_is_caught() {
 }
 
 #[test]
+fn dealloc_with_an_alignment_of_another_class_is_caught() {
+    // 48 bytes aligned to 8 are an object of the 48-byte class; the same size aligned to 64
+    // names the 64-byte class. The size alone names the object's own class, so the sized
+    // fast path would take it: an alignment above 8 is checked before it.
+    death_test(
+        "dealloc_with_an_alignment_of_another_class_is_caught",
+        WRONG_LAYOUT,
+        || {
+            // SAFETY: a live object, freed with the wrong layout on purpose.
+            unsafe {
+                let p = A.alloc(Layout::from_size_align(48, 8).unwrap());
+                A.dealloc(p, Layout::from_size_align(48, 64).unwrap());
+            }
+        },
+    );
+}
+
+/// The C library's `free_sized` with the size of another class: built with `override`
+/// (the C functions exported from this test binary; `.ci/run`'s hardened step runs this
+/// case that way).
+#[cfg(feature = "override")]
+#[test]
+fn c_free_sized_with_the_size_of_another_class_is_caught() {
+    unsafe extern "C" {
+        fn malloc(size: usize) -> *mut core::ffi::c_void;
+        fn free_sized(ptr: *mut core::ffi::c_void, size: usize);
+    }
+    death_test(
+        "c_free_sized_with_the_size_of_another_class_is_caught",
+        WRONG_LAYOUT,
+        || {
+            // SAFETY: a live block, freed with the wrong size on purpose.
+            unsafe {
+                let p = malloc(100);
+                free_sized(p, 24);
+            }
+        },
+    );
+}
+
+#[test]
 fn raw_dealloc_with_the_size_of_another_class_is_caught() {
     // What the C library's `free_sized(p, 24)` of a 100-byte block calls.
     death_test(
