@@ -236,8 +236,9 @@ impl Default for Sampler {
 /// function of `libm` the library used, and linking it put `libm.so.6` in every process
 /// that preloads `libspanalloc.so` (about 270 KiB of its pages resident after the loader
 /// ran its resolvers, for a program whose whole footprint under glibc is about 1.2 MiB).
-/// It is also about half the instructions (no call, no special cases the draw never
-/// meets).
+/// A sample costs about 20 instructions fewer with it (no call; callgrind, `slots 1024
+/// 262144` under the profiler at 512 KiB: `Sampler::crossed` 2.33 to 2.04 million in
+/// 40 000 steps).
 #[inline]
 fn ln(x: f64) -> f64 {
     const LN_2: f64 = core::f64::consts::LN_2;

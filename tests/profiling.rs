@@ -669,3 +669,39 @@ fn a_sampled_large_object_is_recorded_where_it_is() {
     assert_eq!(profile.reentered, 0);
     assert_eq!(profile.dropped, 0);
 }
+
+/// A sampled large object takes the stash's short path when freed (`raw::free_large_fast`,
+/// what the C `free` of a large object tries first), and leaves the profile there.
+#[test]
+fn a_sampled_large_object_freed_goes_to_the_stash_and_leaves_the_profile() {
+    let _g = serial();
+    // A fresh thread, whose stash has empty slots; sampling on for one allocation only
+    // (with every allocation sampled, each small one is a page span of its own, and their
+    // frees would fill the stash).
+    std::thread::spawn(|| {
+        let n = 100 << 10;
+        profiling::start_seeded(1, 11);
+        let v = site_large(n);
+        profiling::stop();
+        let p = v.as_ptr().cast_mut();
+        core::mem::forget(v);
+        assert_eq!(large_objects("site_large"), (1.0, 1.0), "sampled");
+        // SAFETY: the buffer's object, given up here (its Vec forgotten above).
+        let taken = unsafe { spanalloc::raw::free_large_fast(p) };
+        assert!(taken, "the stash's short path took the sampled object");
+        assert_eq!(
+            large_objects("site_large"),
+            (0.0, 1.0),
+            "out of the profile"
+        );
+        let again = site_large(n);
+        assert_eq!(
+            again.as_ptr(),
+            p.cast_const(),
+            "the stashed span, taken back"
+        );
+    })
+    .join()
+    .unwrap();
+    assert_eq!(profiling::heap_profile().dropped, 0);
+}
