@@ -210,18 +210,24 @@ fn write_after_free_is_caught_in_the_thread_that_reuses_the_object() {
 // 5. The sized free's layout checked against the class. (The default release build frees
 // such an object by the page map's class and goes on: `death.rs`, `wrong_layout_case`.)
 
+/// In a child: allocates with the layout `made` (size, alignment) through the global
+/// allocator and frees with `freed`, which must stop it with the wrong-layout line.
+fn wrong_layout_dies(test_name: &str, made: (usize, usize), freed: (usize, usize)) {
+    death_test(test_name, WRONG_LAYOUT, || {
+        // SAFETY: a live object, freed with the wrong layout on purpose.
+        unsafe {
+            let p = A.alloc(Layout::from_size_align(made.0, made.1).unwrap());
+            A.dealloc(p, Layout::from_size_align(freed.0, freed.1).unwrap());
+        }
+    });
+}
+
 #[test]
 fn dealloc_with_a_layout_of_another_class_is_caught() {
-    death_test(
+    wrong_layout_dies(
         "dealloc_with_a_layout_of_another_class_is_caught",
-        WRONG_LAYOUT,
-        || {
-            // SAFETY: a live object, freed with the wrong layout on purpose.
-            unsafe {
-                let p = A.alloc(Layout::from_size_align(64, 8).unwrap());
-                A.dealloc(p, Layout::from_size_align(2048, 8).unwrap());
-            }
-        },
+        (64, 8),
+        (2048, 8),
     );
 }
 
@@ -230,16 +236,10 @@ fn dealloc_with_an_alignment_of_another_class_is_caught() {
     // 48 bytes aligned to 8 are an object of the 48-byte class; the same size aligned to 64
     // names the 64-byte class. The size alone names the object's own class, so the sized
     // fast path would take it: an alignment above 8 is checked before it.
-    death_test(
+    wrong_layout_dies(
         "dealloc_with_an_alignment_of_another_class_is_caught",
-        WRONG_LAYOUT,
-        || {
-            // SAFETY: a live object, freed with the wrong layout on purpose.
-            unsafe {
-                let p = A.alloc(Layout::from_size_align(48, 8).unwrap());
-                A.dealloc(p, Layout::from_size_align(48, 64).unwrap());
-            }
-        },
+        (48, 8),
+        (48, 64),
     );
 }
 
