@@ -139,9 +139,9 @@
 //! no lock. The free into an empty slot (`raw::free_large_fast`, also the C `free`'s, with
 //! no `errno` to keep; the span record comes from the first page's small-object word, read
 //! by the small-object test just before) and the allocation of the span freed last
-//! (`alloc_large_newest`) are
-//! short paths of their own (a sampled object's free takes the first too, and leaves the
-//! profile there); the rest (a full stash, a search of the stash) is out of line. Otherwise from the page heap, under its lock.
+//! (`alloc_large_newest`) are short paths of their own (a sampled object's free takes the
+//! first too, and leaves the profile there); the rest (a full stash, a search of the stash)
+//! is out of line. Otherwise from the page heap, under its lock.
 //! Freed spans of up to 1 MiB wait, unmerged, in the page heap's large-span cache for the
 //! next allocation of the same length (no search, split or merge); others go straight back
 //! to the free runs and merge with free neighbours. `realloc` grows in place into a

@@ -228,9 +228,10 @@ impl Default for Sampler {
 }
 
 /// The natural logarithm of `x` (positive, finite, normal), to within a few units in the
-/// last place (`1e-14` of the value; the draw needs far less): `x = m * 2^e` with `m` in `[sqrt(1/2), sqrt(2))`, then
-/// `ln m = 2 atanh(s)` with `s = (m - 1) / (m + 1)` (`|s| < 0.172`) by its series to
-/// `s^17` (the next term is below `2^-55` of the sum), plus `e ln 2`.
+/// last place (`1e-14` of the value; the draw needs far less): `x = m * 2^e` with `m` in
+/// `[sqrt(1/2), sqrt(2))`, then `ln m = 2 atanh(s)` with `s = (m - 1) / (m + 1)`
+/// (`|s| < 0.172`) by its series to `s^17` (the next term is below `2^-55` of the sum),
+/// plus `e ln 2`.
 ///
 /// Ours rather than `f64::ln`, which calls the C library's `log` in `libm`: the only
 /// function of `libm` the library used, and linking it put `libm.so.6` in every process

@@ -173,9 +173,8 @@ impl ThreadCache {
         let Some((reserve, i)) = self.empty_stash_slot_for(s) else {
             return false;
         };
-        self.count_large_free(heap, s);
         // SAFETY: per the caller; slot `i` is empty.
-        unsafe { self.stash_in(reserve, i, span) };
+        unsafe { self.stash_freed(heap, reserve, i, span) };
         true
     }
 
@@ -199,10 +198,28 @@ impl ThreadCache {
             return false;
         };
         crate::sample_table::release_sample(s);
-        self.count_large_free(heap, s);
         // SAFETY: per the caller; slot `i` is empty.
-        unsafe { self.stash_in(reserve, i, span) };
+        unsafe { self.stash_freed(heap, reserve, i, span) };
         true
+    }
+
+    /// Counts the free of the large object of `span` and stashes the span in slot `i` of
+    /// `reserve`.
+    ///
+    /// # Safety
+    /// As [`ThreadCache::free_large`], and slot `i` is empty.
+    #[inline(always)]
+    unsafe fn stash_freed<S: PageSource>(
+        &mut self,
+        heap: &Heap<S>,
+        reserve: &Reserve,
+        i: usize,
+        span: NonNull<Span>,
+    ) {
+        // SAFETY: a live span record.
+        self.count_large_free(heap, unsafe { span.as_ref() });
+        // SAFETY: per the caller.
+        unsafe { self.stash_in(reserve, i, span) };
     }
 
     /// The reserve and an empty stash slot that `s`, a large span being freed, may go to
