@@ -960,7 +960,8 @@ unsafe fn resample(new: *mut u8, size: usize, align: usize, weight: usize) -> *m
 
 /// The sampled allocation. A large request is served as any other (the thread's stash or
 /// the page heap), and the object is recorded where it is; a small one becomes a large
-/// object of its class's size, recorded in the profiler's table. An allocation that comes
+/// object of its class's size, made the same way (so most often from the span of the last
+/// such sample, freed into the stash), recorded in the profiler's table. An allocation that comes
 /// back here from inside (something this called allocated) is served unsampled and
 /// counted; so is one while the thread writes a profile, or from a thread that has no slot
 /// of its own any more, uncounted.
@@ -974,9 +975,19 @@ fn sampled_alloc(size: usize, align: usize, zeroed: bool, weight: usize) -> *mut
         }
         return p;
     }
-    with_sampled_stack(|frames| PROFILE.alloc_sampled(&HEAP, size, align, zeroed, frames, weight))
-        .filter(|p| !p.is_null())
-        .unwrap_or_else(|| alloc_unsampled(size, align, zeroed))
+    // The object's span through the thread's cache, as a large object's: the span a sampled
+    // object of this length left in the stash when freed, when there is one, so that
+    // sampling a class's objects over and over costs no page-heap lock.
+    let make_large = |bytes: usize, align: usize| {
+        // SAFETY: the closure gets exclusive use of a cache.
+        let p = unsafe { with_cache(|cache| cache.alloc_large(&HEAP, bytes, align)) };
+        core::ptr::NonNull::new(p).map(|p| (p, false))
+    };
+    with_sampled_stack(|frames| {
+        PROFILE.alloc_sampled(&HEAP, size, align, zeroed, frames, weight, make_large)
+    })
+    .filter(|p| !p.is_null())
+    .unwrap_or_else(|| alloc_unsampled(size, align, zeroed))
 }
 
 /// Runs `make` with the stack captured here (its caller's frame left out: this is inlined

@@ -224,9 +224,12 @@ impl SampleTable {
     /// Makes the sampled object of an allocation of `size` bytes aligned to `align`, which
     /// stands for `weight` bytes and was made from `frames`: a large object of the size's
     /// class (so that whatever the class's objects allow, such as `realloc` within it, this
-    /// one allows too), with its record in the table and on its span. Null when the heap
-    /// is out of memory; an object that cannot be recorded (metadata memory ran out) is
-    /// handed out unsampled.
+    /// one allows too), with its record in the table and on its span. `make_large(bytes,
+    /// align)` makes that object (the caller's allocator: a thread cache takes it from its
+    /// stash when it can, so that a sample costs no page-heap lock) and says whether its
+    /// bytes are zero. Null when the heap is out of memory; an object that cannot be
+    /// recorded (metadata memory ran out) is handed out unsampled.
+    #[allow(clippy::too_many_arguments)]
     pub fn alloc_sampled<S: PageSource>(
         &self,
         heap: &Heap<S>,
@@ -235,9 +238,10 @@ impl SampleTable {
         zeroed: bool,
         frames: &[usize],
         weight: usize,
+        make_large: impl FnOnce(usize, usize) -> Option<(NonNull<u8>, bool)>,
     ) -> *mut u8 {
         let bytes = size_class::class_for(size, align).map_or(size, |c| c.size());
-        let Some((p, is_zero)) = heap.alloc_large(bytes, align) else {
+        let Some((p, is_zero)) = make_large(bytes, align) else {
             return null_mut();
         };
         let p = p.as_ptr();
@@ -527,6 +531,13 @@ mod tests {
     use super::*;
     use crate::heap::tests::heap;
 
+    /// The sampled object's span straight from the page heap.
+    fn from_heap<S: PageSource>(
+        heap: &Heap<S>,
+    ) -> impl FnOnce(usize, usize) -> Option<(NonNull<u8>, bool)> + '_ {
+        |bytes, align| heap.alloc_large(bytes, align)
+    }
+
     fn totals_for<'a>(snap: &'a Snapshot, frames: &[usize]) -> Option<&'a StackTotals> {
         snap.stacks.iter().find(|s| s.frames() == frames)
     }
@@ -539,9 +550,9 @@ mod tests {
         let a = [1usize, 2, 3];
         let b = [9usize, 8];
         let pa: Vec<_> = (0..10)
-            .map(|_| table.alloc_sampled(&heap, 100, 8, false, &a, 1000))
+            .map(|_| table.alloc_sampled(&heap, 100, 8, false, &a, 1000, from_heap(&heap)))
             .collect();
-        let pb = table.alloc_sampled(&heap, 50_000, 8, true, &b, 60_000);
+        let pb = table.alloc_sampled(&heap, 50_000, 8, true, &b, 60_000, from_heap(&heap));
         assert!(pa.iter().chain([&pb]).all(|p| !p.is_null()));
         // SAFETY: a new zeroed object of 50 000 bytes.
         let bytes = unsafe { core::slice::from_raw_parts(pb, 50_000) };
@@ -661,7 +672,7 @@ mod tests {
                 heap.page_map().lookup(p.as_ptr() as usize),
             ));
         }
-        let q = table.alloc_sampled(&heap, 40_000, 8, true, &[7], 40_000);
+        let q = table.alloc_sampled(&heap, 40_000, 8, true, &[7], 40_000, from_heap(&heap));
         assert_eq!(q, p.as_ptr(), "the dirty span again");
         // SAFETY: a live object of at least 40 000 bytes.
         let bytes = unsafe { core::slice::from_raw_parts(q, 40_000) };
@@ -681,13 +692,13 @@ mod tests {
         let table = SampleTable::new();
         table.start(1, 1, 0);
         // Map the heap's first memory, then fail every further mapping.
-        let warm = table.alloc_sampled(&heap, 16, 8, false, &[1], 16);
+        let warm = table.alloc_sampled(&heap, 16, 8, false, &[1], 16, from_heap(&heap));
         assert!(!warm.is_null());
         let n = table.live_samples();
         heap.source().fail_after(0);
         let mut got = Vec::new();
         for i in 0..10_000usize {
-            let p = table.alloc_sampled(&heap, 16, 8, false, &[i + 2], 16);
+            let p = table.alloc_sampled(&heap, 16, 8, false, &[i + 2], 16, from_heap(&heap));
             if p.is_null() {
                 break;
             }

@@ -705,3 +705,38 @@ fn a_sampled_large_object_freed_goes_to_the_stash_and_leaves_the_profile() {
     .unwrap();
     assert_eq!(profiling::heap_profile().dropped, 0);
 }
+
+/// A zeroed small buffer of `n` bytes (`n` below the large sizes), from a call site of its
+/// own.
+#[inline(never)]
+fn site_small(n: usize) -> Vec<u8> {
+    black_box(vec![0; n])
+}
+
+/// A sampled small object is a page span of its own, made the way a large object is: a
+/// class's objects sampled one after another take the span the last one, freed, left in
+/// the thread's stash (no page-heap lock a sample), and each is recorded.
+#[test]
+fn a_sampled_small_object_takes_the_span_the_last_one_left_in_the_stash() {
+    let _g = serial();
+    // A fresh thread, whose stash has empty slots, sampling every allocation.
+    std::thread::spawn(|| {
+        profiling::start_seeded(1, 13);
+        let mut first = site_small(100);
+        first.fill(0xab);
+        let at = first.as_ptr();
+        drop(first);
+        let second = site_small(100);
+        let second_at = second.as_ptr();
+        let zero = second.iter().all(|&b| b == 0);
+        drop(second);
+        let objects = objects_among(&["site_small"], "site_small");
+        profiling::stop();
+        assert_eq!(second_at, at, "the first sample's span, taken back from the stash");
+        assert!(zero, "the reused span's bytes cleared for the zeroed request");
+        assert_eq!(objects, (0.0, 2.0), "both sampled, both freed");
+    })
+    .join()
+    .unwrap();
+    assert_eq!(profiling::heap_profile().dropped, 0);
+}
