@@ -38,6 +38,8 @@ fn load_c_library() -> *mut c_void {
     // SAFETY: a NUL-terminated path; the library has no constructors.
     let lib = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW) };
     assert!(!lib.is_null(), "dlopen {}", so.display());
+    // Loaded: the mapping outlives the file.
+    let _ = std::fs::remove_dir_all(&dir);
     lib
 }
 

@@ -732,8 +732,14 @@ fn a_sampled_small_object_takes_the_span_the_last_one_left_in_the_stash() {
         drop(second);
         let objects = objects_among(&["site_small"], "site_small");
         profiling::stop();
-        assert_eq!(second_at, at, "the first sample's span, taken back from the stash");
-        assert!(zero, "the reused span's bytes cleared for the zeroed request");
+        assert_eq!(
+            second_at, at,
+            "the first sample's span, taken back from the stash"
+        );
+        assert!(
+            zero,
+            "the reused span's bytes cleared for the zeroed request"
+        );
         assert_eq!(objects, (0.0, 2.0), "both sampled, both freed");
     })
     .join()

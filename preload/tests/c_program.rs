@@ -6,54 +6,11 @@
 //! Needs a C compiler (`cc`); builds the release library with the same cargo.
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// `target/release/libspanalloc.so`, built once per test run.
-fn library() -> &'static Path {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "-p", "spanalloc-preload"])
-            .current_dir(workspace())
-            .status()
-            .expect("run cargo");
-        assert!(
-            status.success(),
-            "cargo build --release -p spanalloc-preload"
-        );
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace().join("target"));
-        let lib = target.join("release/libspanalloc.so");
-        assert!(lib.exists(), "{} missing", lib.display());
-        lib
-    })
-}
-
-/// Compiles `tests/c/<name>.c` into a temporary file of its own (`tag` tells the tests
-/// apart: they run in parallel).
-fn compile(name: &str, tag: &str) -> PathBuf {
-    let out = std::env::temp_dir().join(format!("spanalloc-c-{}-{name}-{tag}", std::process::id()));
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/c/{name}.c"));
-    let status = Command::new("cc")
-        .args(["-O0", "-fno-builtin", "-w", "-pthread", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .arg("-ldl")
-        .status()
-        .expect("run cc");
-    assert!(status.success(), "cc {}", src.display());
-    out
-}
+mod common;
+use common::{compile, library};
 
 fn run(exe: &Path, args: &[&str], preload: bool) -> std::process::Output {
     let mut cmd = Command::new(exe);
@@ -68,7 +25,7 @@ fn run(exe: &Path, args: &[&str], preload: bool) -> std::process::Output {
 
 #[test]
 fn every_exported_symbol_from_c() {
-    let exe = compile("api", "api");
+    let exe = compile("api.c", "api");
     let out = run(&exe, &[], true);
     let expected =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/api.expected"))
@@ -99,22 +56,20 @@ fn every_exported_symbol_from_c() {
             "{case}: {stderr}"
         );
     }
-    let _ = std::fs::remove_file(exe);
 }
 
 #[test]
 fn threads_free_across_threads() {
-    let exe = compile("threads", "threads");
+    let exe = compile("threads.c", "threads");
     let plain = run(&exe, &["4", "20000"], false);
     let ours = run(&exe, &["4", "20000"], true);
     assert!(plain.status.success() && ours.status.success(), "{ours:?}");
     assert_eq!(ours.stdout, plain.stdout);
-    let _ = std::fs::remove_file(exe);
 }
 
 #[test]
 fn show_stats_prints_one_line_at_exit() {
-    let exe = compile("threads", "stats");
+    let exe = compile("threads.c", "stats");
     let out = Command::new(&exe)
         .args(["2", "2000"])
         .env("LD_PRELOAD", library())
@@ -155,7 +110,6 @@ fn show_stats_prints_one_line_at_exit() {
     assert!(number_before(" frees") >= 4000, "{line}");
     let quiet = run(&exe, &["2", "2000"], true);
     assert!(!String::from_utf8_lossy(&quiet.stderr).contains("spanalloc:"));
-    let _ = std::fs::remove_file(exe);
 }
 
 #[test]
@@ -203,7 +157,7 @@ int main(int argc, char **argv) {
 #[test]
 fn heap_profile_on_sigusr2_and_at_exit() {
     use std::io::Read;
-    let exe = compile("profile", "profile");
+    let exe = compile("profile.c", "profile");
     let dir = std::env::temp_dir().join(format!("spanalloc-c-prof-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("heap.pb.gz");
@@ -243,7 +197,7 @@ fn heap_profile_on_sigusr2_and_at_exit() {
 #[test]
 fn sampling_every_c_allocation_reenters_nothing() {
     use std::io::Read;
-    let exe = compile("profile", "every");
+    let exe = compile("profile.c", "every");
     let dir = std::env::temp_dir().join(format!("spanalloc-c-every-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("heap.pb.gz");

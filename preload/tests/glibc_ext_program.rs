@@ -52,5 +52,4 @@ fn glibc_extras_from_c() {
         String::from_utf8_lossy(&plain.stdout).contains("mallopt are spanalloc's: FAIL"),
         "{plain:?}"
     );
-    let _ = std::fs::remove_file(exe);
 }

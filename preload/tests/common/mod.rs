@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -36,9 +38,32 @@ pub fn library() -> &'static Path {
     })
 }
 
+/// A compiled test program in the temporary directory, deleted when dropped (when its test
+/// ends, passed or failed).
+pub struct Exe(PathBuf);
+
+impl Deref for Exe {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<OsStr> for Exe {
+    fn as_ref(&self) -> &OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for Exe {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Compiles `tests/c/<file>` (C with `cc`, C++ with `c++`, by its extension) into a
 /// temporary executable of its own; `tag` tells parallel tests apart.
-pub fn compile(file: &str, tag: &str) -> PathBuf {
+pub fn compile(file: &str, tag: &str) -> Exe {
     let stem = file.split('.').next().unwrap();
     let out = std::env::temp_dir().join(format!("spanalloc-c-{}-{stem}-{tag}", std::process::id()));
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -67,7 +92,7 @@ pub fn compile(file: &str, tag: &str) -> PathBuf {
         .status()
         .expect("run the compiler");
     assert!(status.success(), "compile {}", src.display());
-    out
+    Exe(out)
 }
 
 /// The expected output `tests/c/<name>`.
