@@ -961,10 +961,10 @@ unsafe fn resample(new: *mut u8, size: usize, align: usize, weight: usize) -> *m
 /// The sampled allocation. A large request is served as any other (the thread's stash or
 /// the page heap), and the object is recorded where it is; a small one becomes a large
 /// object of its class's size, made the same way (so most often from the span of the last
-/// such sample, freed into the stash), recorded in the profiler's table. An allocation that comes
-/// back here from inside (something this called allocated) is served unsampled and
-/// counted; so is one while the thread writes a profile, or from a thread that has no slot
-/// of its own any more, uncounted.
+/// such sample, freed into the stash), recorded in the profiler's table. An allocation
+/// that comes back here from inside (something this called allocated) is served unsampled
+/// and counted; so is one while the thread writes a profile, or from a thread that has no
+/// slot of its own any more, uncounted.
 #[cold]
 #[inline(never)]
 fn sampled_alloc(size: usize, align: usize, zeroed: bool, weight: usize) -> *mut u8 {
