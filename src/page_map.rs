@@ -249,7 +249,7 @@ impl PageMap {
 
     /// Hardened build: whether `addr` is the start of an object of a small span whose class
     /// index times 16 is `class_bytes`, as its page's small-object word says. Three loads,
-    /// two of the class's [`OffsetCheck`](crate::size_class::OffsetCheck), one multiply.
+    /// two of the class's offset check (`size_class::is_object_offset`), one multiply.
     #[cfg(feature = "hardened")]
     #[inline]
     pub fn is_object_of_class(&self, addr: usize, class_bytes: usize) -> bool {
@@ -259,13 +259,8 @@ impl PageMap {
         }
         let offset = addr.wrapping_sub(word_start(word));
         // SAFETY: `class_bytes` is a small-object word's class bits (it equals this
-        // word's), a class index below CLASS_COUNT times 16, the size of an OffsetCheck.
-        let check = unsafe {
-            &*crate::size_class::OFFSET_CHECK
-                .as_ptr()
-                .byte_add(class_bytes)
-        };
-        check.holds(offset)
+        // word's): a class index below CLASS_COUNT times 16.
+        unsafe { crate::size_class::is_object_offset(class_bytes, offset) }
     }
 
     /// Hardened build: the link of `obj`, a free object of the class whose index times 16

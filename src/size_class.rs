@@ -25,27 +25,35 @@ pub use table::CLASS_COUNT;
 /// Per class, what tells the start of an object in a span of the class from any other
 /// offset: `ceil(2^64 / size)` (an offset `n < 2^32` is a multiple of `size` exactly when
 /// `n * m mod 2^64 < m`, Lemire's divisibility test) and the bytes the span's objects
-/// cover. One multiply and two compares ([`OffsetCheck::holds`]); the free path's boundary
+/// cover. One multiply and two compares ([`is_object_offset`]); the free path's boundary
 /// test and the hardened build's link check. Class 0 (not a small span's page) holds no
 /// offset.
 #[derive(Copy, Clone)]
 #[repr(C)]
-pub struct OffsetCheck {
+struct OffsetCheck {
     multiple: u64,
     bytes: u64,
 }
 
-impl OffsetCheck {
-    /// Whether `offset` from the start of a span of the class is one of its objects' starts.
-    #[inline(always)]
-    pub fn holds(&self, offset: usize) -> bool {
-        (offset as u64) < self.bytes && (offset as u64).wrapping_mul(self.multiple) < self.multiple
-    }
+// A small-object word's class bits (the class index times 16) index the table as bytes.
+const _: () = assert!(core::mem::size_of::<OffsetCheck>() == 16);
+
+/// Whether `offset` from the start of a span of the class whose index times 16 is
+/// `class_bytes` (a small-object word's class bits, see `page_map::small_word`) is the
+/// start of one of its objects. One multiply and two compares.
+///
+/// # Safety
+/// `class_bytes` is a class index below [`CLASS_COUNT`] times 16.
+#[inline(always)]
+pub unsafe fn is_object_offset(class_bytes: usize, offset: usize) -> bool {
+    // SAFETY: per the caller, a whole record of the table.
+    let check = unsafe { &*OFFSET_CHECK.as_ptr().byte_add(class_bytes) };
+    (offset as u64) < check.bytes && (offset as u64).wrapping_mul(check.multiple) < check.multiple
 }
 
 /// [`OffsetCheck`] by class index: a `const`, so that every crate that inlines a free path
 /// indexes its own copy rather than go through the GOT.
-pub const OFFSET_CHECK: [OffsetCheck; CLASS_COUNT] = {
+const OFFSET_CHECK: [OffsetCheck; CLASS_COUNT] = {
     let mut table = [OffsetCheck {
         multiple: 0,
         bytes: 0,
@@ -381,6 +389,34 @@ pub(crate) mod generator {
 mod tests {
     use super::generator::*;
     use super::*;
+
+    /// The free paths' boundary test: every object's start in a span of the class, and
+    /// nothing else (not an interior byte, not the end of the objects, not a wrapped
+    /// offset), for every class.
+    #[test]
+    fn only_object_starts_are_object_offsets() {
+        // SAFETY: called below with class indices below CLASS_COUNT (and 0), times 16 only.
+        let is_object_offset =
+            |class_bytes, offset| unsafe { super::is_object_offset(class_bytes, offset) };
+        for class in SizeClass::all() {
+            let class_bytes = class.index() * 16;
+            let (size, n) = (class.size(), class.objects());
+            for k in 0..n {
+                assert!(is_object_offset(class_bytes, k * size), "{size} object {k}");
+                for off in [1, 8, size / 2, size - 1] {
+                    assert!(
+                        !is_object_offset(class_bytes, k * size + off),
+                        "{size}: object {k} + {off}"
+                    );
+                }
+            }
+            for off in [n * size, n * size + size, usize::MAX - size + 1, usize::MAX] {
+                assert!(!is_object_offset(class_bytes, off), "{size}: offset {off}");
+            }
+        }
+        // Class 0 (no small span) has no object at all.
+        assert!(!is_object_offset(0, 0));
+    }
 
     #[test]
     fn size_class_table_is_fresh() {

@@ -16,7 +16,7 @@ use super::ThreadCache;
 use crate::central_free_list::batch_size;
 use crate::heap::Heap;
 use crate::page_map::{PageMap, word_class, word_class_bytes};
-use crate::size_class::{CLASS_COUNT, OFFSET_CHECK, OffsetCheck, SMALL_STEP_LIMIT, SizeClass};
+use crate::size_class::{CLASS_COUNT, SMALL_STEP_LIMIT, SizeClass, is_object_offset};
 use crate::span;
 use crate::sys::PageSource;
 use core::ptr::null_mut;
@@ -63,20 +63,9 @@ pub fn class_bound(class: SizeClass, bin_bytes: usize) -> u32 {
         .min(u32::MAX as usize / 2) as u32
 }
 
-// The free path indexes the bins and `OFFSET_CHECK` with a small-object word's class bits,
-// the class times 16.
-const _: () =
-    assert!(core::mem::size_of::<Bin>() == 16 && core::mem::size_of::<OffsetCheck>() == 16);
-
-/// Whether `offset` from the start of a span of the class whose index times 16 is
-/// `class_bytes` is the start of one of its objects. One multiply and two compares.
-#[inline(always)]
-fn is_object_offset(class_bytes: usize, offset: usize) -> bool {
-    // SAFETY: `class_bytes` comes from a small-object word, which holds a class index below
-    // CLASS_COUNT times the record size (see `page_map::small_word`).
-    let check = unsafe { &*OFFSET_CHECK.as_ptr().byte_add(class_bytes) };
-    check.holds(offset)
-}
+// The free path indexes the bins (and `size_class::is_object_offset` its table) with a
+// small-object word's class bits, the class times 16.
+const _: () = assert!(core::mem::size_of::<Bin>() == 16);
 
 /// The offset of `ptr` from the start of the span that `word`, its page's small-object
 /// word, names: `ptr - page_map::word_start(word)`, computed as `ptr - word + class bits` (the same
@@ -263,7 +252,8 @@ impl ThreadCache {
         class_bytes: usize,
     ) -> bool {
         if word_class_bytes(word) != class_bytes
-            || !is_object_offset(class_bytes, object_offset(ptr, word))
+            // SAFETY: `class_bytes` is a class's index times 16, per the caller.
+            || !unsafe { is_object_offset(class_bytes, object_offset(ptr, word)) }
         {
             return false;
         }
@@ -299,7 +289,9 @@ impl ThreadCache {
         ptr: *mut u8,
         word: usize,
     ) -> bool {
-        if !is_object_offset(word_class_bytes(word), object_offset(ptr, word)) {
+        // SAFETY: a small-object word's class bits are a class index below CLASS_COUNT
+        // times 16 (see `page_map::small_word`).
+        if !unsafe { is_object_offset(word_class_bytes(word), object_offset(ptr, word)) } {
             return false;
         }
         debug_assert!(self.active);
@@ -660,31 +652,6 @@ fn class_of_bytes(class_bytes: usize) -> SizeClass {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The free paths' boundary test: every object's start in a span of the class, and
-    /// nothing else (not an interior byte, not the end of the objects, not a wrapped
-    /// offset), for every class.
-    #[test]
-    fn only_object_starts_are_object_offsets() {
-        for class in SizeClass::all() {
-            let class_bytes = class.index() * core::mem::size_of::<Bin>();
-            let (size, n) = (class.size(), class.objects());
-            for k in 0..n {
-                assert!(is_object_offset(class_bytes, k * size), "{size} object {k}");
-                for off in [1, 8, size / 2, size - 1] {
-                    assert!(
-                        !is_object_offset(class_bytes, k * size + off),
-                        "{size}: object {k} + {off}"
-                    );
-                }
-            }
-            for off in [n * size, n * size + size, usize::MAX - size + 1, usize::MAX] {
-                assert!(!is_object_offset(class_bytes, off), "{size}: offset {off}");
-            }
-        }
-        // Class 0 (no small span) has no object at all.
-        assert!(!is_object_offset(0, 0));
-    }
 
     /// A bin's bound: `bin_bytes` worth of objects, but never less than two batches.
     #[test]
