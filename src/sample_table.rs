@@ -9,9 +9,19 @@
 //! which is out of line, reads one word of the span record it holds already
 //! ([`release_sample`]).
 //!
-//! One lock guards the table. It is a leaf: nothing is taken while it is held (its records
-//! come from [`FixedAlloc`]s over the page source, which maps memory without a lock of
-//! ours), so it may be taken under the orphan cache's lock, and `fork` takes it last.
+//! The table is split into [`SHARDS`] shards, each behind its own lock, and a sample goes
+//! to the shard of the thread that takes it (by where its stack is), so that threads
+//! sampling at once do not queue on one lock nor pass its cache lines between them
+//! (`docs/design.md` has the figures; jemalloc shards its profile's locks for the same
+//! reason). A stack seen on several threads has a record in each of their shards; a
+//! snapshot adds them up.
+//! A sample's record names its shard, so a free from any thread finds the lock to take.
+//!
+//! A shard's lock is a leaf: nothing is taken while it is held (its records come from
+//! [`FixedAlloc`]s over the page source, which maps memory without a lock of ours), so it
+//! may be taken under the orphan cache's lock. A sample takes one shard's lock; starting,
+//! stopping, a snapshot and `fork` take them all, in the shards' order, and `fork` takes
+//! them last.
 
 use crate::fixed_alloc::FixedAlloc;
 use crate::heap::Heap;
@@ -20,12 +30,15 @@ use crate::sampler::Params;
 use crate::size_class;
 use crate::span::{Span, SpanKind};
 use crate::stack::MAX_FRAMES;
-use crate::sync::{AtomicU32, AtomicU64, AtomicUsize, Lock, Ordering};
+use crate::sync::{AtomicU32, AtomicU64, AtomicUsize, Lock, LockGuard, Ordering};
 use crate::sys::PageSource;
 use core::ptr::{NonNull, null_mut};
+use crossbeam_utils::CachePadded;
 
-/// Hash buckets for the distinct stacks (one page of pointers per 1024).
-const BUCKETS: usize = 4096;
+/// Shards of the table (a power of two).
+const SHARDS: usize = 8;
+/// Hash buckets for the distinct stacks, per shard (one page of pointers per 1024).
+const BUCKETS: usize = 1024;
 
 /// One distinct stack and what was allocated from it.
 #[repr(C)]
@@ -51,8 +64,8 @@ struct StackRecord {
 pub struct LiveSample {
     prev: *mut LiveSample,
     next: *mut LiveSample,
-    /// The table that holds it, so that a free finds it from the span record alone.
-    table: *const SampleTable,
+    /// The shard that holds it, so that a free finds it from the span record alone.
+    shard: *const Shard,
     stack: *mut StackRecord,
     /// The bytes asked for.
     size: usize,
@@ -60,7 +73,10 @@ pub struct LiveSample {
     weight: usize,
 }
 
-/// What the lock guards.
+/// One shard of the table: its own live samples and stack records, behind its own lock.
+type Shard = Lock<Inner>;
+
+/// What a shard's lock guards.
 struct Inner {
     /// The live samples, newest first.
     live: *mut LiveSample,
@@ -94,7 +110,7 @@ pub struct SampleTable {
     dropped: AtomicU64,
     /// When profiling last started (ms, the heap's clock).
     started_ms: AtomicU64,
-    inner: Lock<Inner>,
+    shards: [CachePadded<Shard>; SHARDS],
 }
 
 /// One stack's totals in a [`Snapshot`].
@@ -158,7 +174,7 @@ impl SampleTable {
             reentered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             started_ms: AtomicU64::new(0),
-            inner: Lock::new(Inner::new()),
+            shards: [const { CachePadded::new(Lock::new(Inner::new())) }; SHARDS],
         }
     }
 
@@ -172,8 +188,22 @@ impl SampleTable {
             reentered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             started_ms: AtomicU64::new(0),
-            inner: Lock::new(Inner::new()),
+            shards: core::array::from_fn(|_| CachePadded::new(Lock::new(Inner::new()))),
         }
+    }
+
+    /// Every shard's lock, taken in the shards' order.
+    fn lock_all(&self) -> [LockGuard<'_, Inner>; SHARDS] {
+        core::array::from_fn(|i| self.shards[i].lock())
+    }
+
+    /// The shard for a sample taken on the thread whose stack holds `on_stack`: threads'
+    /// stacks lie apart (a new thread's at least its stack's size from the last one's), so
+    /// threads sampling at once mostly take different shards. Only a split of the work:
+    /// any shard would be correct.
+    fn shard_at(&self, on_stack: usize) -> usize {
+        (((on_stack as u64) >> 16).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SHARDS.ilog2()))
+            as usize
     }
 
     /// The setting every thread's sampler follows.
@@ -190,27 +220,29 @@ impl SampleTable {
     /// least 1) and random numbers from `seed`; the allocation totals start again from zero
     /// (live samples stay). Returns the new setting.
     pub fn start(&self, mean: usize, seed: u64, now_ms: u64) -> Params {
-        let inner = self.inner.lock();
-        let mut s = inner.all;
-        while !s.is_null() {
-            // SAFETY: a stack record of ours; the lock is held.
-            unsafe {
-                (*s).alloc_bytes = 0;
-                (*s).alloc_objects = 0.0;
-                s = (*s).all;
+        let shards = self.lock_all();
+        for inner in &shards {
+            let mut s = inner.all;
+            while !s.is_null() {
+                // SAFETY: a stack record of the shard's; its lock is held.
+                unsafe {
+                    (*s).alloc_bytes = 0;
+                    (*s).alloc_objects = 0.0;
+                    s = (*s).all;
+                }
             }
         }
         self.seed.store(seed, Ordering::Relaxed);
         self.mean.store(mean.max(1), Ordering::Relaxed);
         self.epoch.fetch_add(1, Ordering::Relaxed);
         self.started_ms.store(now_ms, Ordering::Relaxed);
-        drop(inner);
+        drop(shards);
         self.params()
     }
 
     /// Stops sampling. Live samples stay in the table until their objects are freed.
     pub fn stop(&self) -> Params {
-        let _inner = self.inner.lock();
+        let _shards = self.lock_all();
         self.mean.store(0, Ordering::Relaxed);
         self.epoch.fetch_add(1, Ordering::Relaxed);
         self.params()
@@ -287,7 +319,8 @@ impl SampleTable {
 
     /// Records a sampled object of `size` bytes standing for `weight` bytes, allocated from
     /// `frames`, whose span is `span`, and marks the span. `false` when metadata memory ran
-    /// out (nothing is recorded).
+    /// out (nothing is recorded). In the shard of the calling thread, whose stack holds
+    /// `frames` (the sampling path's copy of the stack).
     pub fn record(
         &self,
         source: &impl PageSource,
@@ -296,9 +329,24 @@ impl SampleTable {
         size: usize,
         weight: usize,
     ) -> bool {
+        let shard = self.shard_at(frames.as_ptr() as usize);
+        self.record_in(shard, source, span, frames, size, weight)
+    }
+
+    /// [`SampleTable::record`] in shard `shard`.
+    fn record_in(
+        &self,
+        shard: usize,
+        source: &impl PageSource,
+        span: &Span,
+        frames: &[usize],
+        size: usize,
+        weight: usize,
+    ) -> bool {
         let frames = &frames[..frames.len().min(MAX_FRAMES)];
         let hash = hash_frames(frames);
-        let mut inner = self.inner.lock();
+        let shard: &Shard = &self.shards[shard];
+        let mut inner = shard.lock();
         let Some(stack) = inner.find_or_add(source, frames, hash) else {
             return false;
         };
@@ -312,7 +360,7 @@ impl SampleTable {
             rec.write(LiveSample {
                 prev: null_mut(),
                 next: head,
-                table: self,
+                shard,
                 stack,
                 size,
                 weight,
@@ -329,51 +377,48 @@ impl SampleTable {
         true
     }
 
-    /// Takes a live sample out of the table.
-    ///
-    /// # Safety
-    /// `rec` is a live sample of this table, taken off its span (so that nobody else
-    /// removes it).
-    unsafe fn remove(&self, rec: *mut LiveSample) {
-        let mut inner = self.inner.lock();
-        // SAFETY: per the caller, a record on our live list; the lock is held.
-        unsafe {
-            let (prev, next) = ((*rec).prev, (*rec).next);
-            if prev.is_null() {
-                inner.live = next;
-            } else {
-                (*prev).next = next;
-            }
-            if !next.is_null() {
-                (*next).prev = prev;
-            }
-            inner.live_count -= 1;
-            inner.samples.free(NonNull::new_unchecked(rec));
-        }
-    }
-
-    /// The table's totals now. Allocates the copy before it takes the lock (and again if the
-    /// table grew meanwhile), so that nothing allocates while the lock is held: an
-    /// allocation there could be sampled, and recording it takes the same lock.
+    /// The table's totals now. Allocates the copy before it takes the locks (and again if
+    /// the table grew meanwhile), so that nothing allocates while a lock is held: an
+    /// allocation there could be sampled, and recording it takes a shard's lock. A stack
+    /// recorded in several shards is one entry, its totals added up; the entries come in
+    /// the order of their stacks.
     pub fn snapshot(&self) -> Snapshot {
         loop {
-            let want = self.inner.lock().stack_count;
+            let want: usize = self.shards.iter().map(|s| s.lock().stack_count).sum();
             let mut stacks = Vec::with_capacity(want + 16);
-            let mut inner = self.inner.lock();
-            if inner.stack_count > stacks.capacity() {
+            let mut shards = self.lock_all();
+            if shards.iter().map(|s| s.stack_count).sum::<usize>() > stacks.capacity() {
                 continue;
             }
-            inner.fill(&mut stacks);
+            for inner in &mut shards {
+                inner.fill(&mut stacks);
+            }
             let params = self.params();
+            let live_samples = shards.iter().map(|s| s.live_count).sum();
+            let metadata_bytes = shards
+                .iter()
+                .map(|s| s.samples.mapped_bytes() + s.stacks.mapped_bytes() + s.bucket_bytes)
+                .sum();
+            drop(shards);
+            // In place, so nothing allocates here either.
+            stacks.sort_unstable_by(|a, b| a.frames().cmp(b.frames()));
+            stacks.dedup_by(|later, kept| {
+                let same = later.frames() == kept.frames();
+                if same {
+                    kept.inuse_bytes += later.inuse_bytes;
+                    kept.inuse_objects += later.inuse_objects;
+                    kept.alloc_bytes += later.alloc_bytes;
+                    kept.alloc_objects += later.alloc_objects;
+                }
+                same
+            });
             return Snapshot {
                 stacks,
                 mean: params.mean,
-                live_samples: inner.live_count,
+                live_samples,
                 reentered: self.reentered.load(Ordering::Relaxed),
                 dropped: self.dropped.load(Ordering::Relaxed),
-                metadata_bytes: inner.samples.mapped_bytes()
-                    + inner.stacks.mapped_bytes()
-                    + inner.bucket_bytes,
+                metadata_bytes,
                 started_ms: self.started_ms.load(Ordering::Relaxed),
             };
         }
@@ -381,22 +426,26 @@ impl SampleTable {
 
     /// Live sampled objects now.
     pub fn live_samples(&self) -> usize {
-        self.inner.lock().live_count
+        self.shards.iter().map(|s| s.lock().live_count).sum()
     }
 
-    /// Takes the table's lock without a guard (`fork`'s prepare handler).
+    /// Takes every shard's lock without a guard (`fork`'s prepare handler).
     pub fn lock_for_fork(&self) {
-        self.inner.raw_lock();
+        for s in &self.shards {
+            s.raw_lock();
+        }
     }
 
-    /// Releases the lock taken by [`SampleTable::lock_for_fork`].
+    /// Releases the locks taken by [`SampleTable::lock_for_fork`].
     ///
     /// # Safety
-    /// The calling thread took it with [`SampleTable::lock_for_fork`] (in a forked child:
+    /// The calling thread took them with [`SampleTable::lock_for_fork`] (in a forked child:
     /// its parent's thread that forked).
     pub unsafe fn unlock_after_fork(&self) {
-        // SAFETY: per the caller.
-        unsafe { self.inner.raw_unlock() };
+        for s in &self.shards {
+            // SAFETY: per the caller.
+            unsafe { s.raw_unlock() };
+        }
     }
 }
 
@@ -417,6 +466,28 @@ impl Inner {
             samples: FixedAlloc::new(),
             stacks: FixedAlloc::new(),
             bucket_bytes: 0,
+        }
+    }
+
+    /// Takes a live sample out of the shard (whose lock the caller holds).
+    ///
+    /// # Safety
+    /// `rec` is a live sample of this shard, taken off its span (so that nobody else
+    /// removes it).
+    unsafe fn remove(&mut self, rec: *mut LiveSample) {
+        // SAFETY: per the caller, a record on the shard's live list.
+        unsafe {
+            let (prev, next) = ((*rec).prev, (*rec).next);
+            if prev.is_null() {
+                self.live = next;
+            } else {
+                (*prev).next = next;
+            }
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+            self.live_count -= 1;
+            self.samples.free(NonNull::new_unchecked(rec));
         }
     }
 
@@ -522,8 +593,8 @@ fn release_sample_slow(span: &Span) {
         return;
     }
     // SAFETY: the span held our record, taken off it just now by this thread alone; the
-    // record names its table, which outlives its records.
-    unsafe { (*(*rec).table).remove(rec) };
+    // record names its shard, which outlives its records.
+    unsafe { (*(*rec).shard).lock().remove(rec) };
 }
 
 #[cfg(all(test, not(loom)))]
@@ -623,10 +694,12 @@ mod tests {
         assert!(table.record_large(&heap, p, 40_000, &frames, 50_000));
         assert_eq!(table.live_samples(), 1);
         let snap = table.snapshot();
-        let metadata = {
-            let inner = table.inner.lock();
-            inner.samples.mapped_bytes() + inner.stacks.mapped_bytes() + inner.bucket_bytes
-        };
+        let metadata: usize = (table.shards.iter())
+            .map(|s| {
+                let inner = s.lock();
+                inner.samples.mapped_bytes() + inner.stacks.mapped_bytes() + inner.bucket_bytes
+            })
+            .sum();
         assert!(metadata > 0);
         assert_eq!(snap.metadata_bytes, metadata);
         let t = totals_for(&snap, &frames).unwrap();
@@ -646,6 +719,66 @@ mod tests {
         }
         cache.flush(&heap);
         heap.check_invariants();
+    }
+
+    #[test]
+    fn a_stack_sampled_in_several_shards_is_one_entry_with_their_sums() {
+        let heap = heap();
+        let table = SampleTable::new();
+        table.start(1000, 1, 0);
+        let frames = [11usize, 12, 13];
+        let other = [11usize, 12];
+        let mut spans = Vec::new();
+        for (shard, size, weight) in [
+            (0, 40_000, 50_000),
+            (5, 80_000, 100_000),
+            (5, 40_000, 40_000),
+        ] {
+            let (p, _) = heap.alloc_large(size, 8).unwrap();
+            // SAFETY: the page map's record of our live large object.
+            let span = unsafe { &*heap.page_map().lookup(p.as_ptr() as usize) };
+            assert!(table.record_in(shard, heap.source(), span, &frames, size, weight));
+            spans.push(span);
+        }
+        let (p, _) = heap.alloc_large(40_000, 8).unwrap();
+        // SAFETY: as above.
+        let span = unsafe { &*heap.page_map().lookup(p.as_ptr() as usize) };
+        assert!(table.record_in(3, heap.source(), span, &other, 40_000, 40_000));
+        spans.push(span);
+        let snap = table.snapshot();
+        assert_eq!(snap.live_samples, 4);
+        assert_eq!(
+            snap.stacks.iter().filter(|s| s.frames() == frames).count(),
+            1,
+            "one entry for the stack of two shards"
+        );
+        let t = totals_for(&snap, &frames).unwrap();
+        assert_eq!((t.inuse_bytes, t.alloc_bytes), (190_000.0, 190_000.0));
+        assert_eq!(t.inuse_objects, 1.25 + 1.25 + 1.0);
+        assert_eq!(totals_for(&snap, &other).unwrap().inuse_bytes, 40_000.0);
+        // A free finds its sample's shard from the span alone.
+        for span in spans {
+            release_sample(span);
+            // SAFETY: our large object, freed once.
+            unsafe { heap.free_large(NonNull::from(span)) };
+        }
+        let snap = table.snapshot();
+        assert_eq!(snap.live_samples, 0);
+        assert_eq!(totals_for(&snap, &frames).unwrap().inuse_bytes, 0.0);
+        assert_eq!(totals_for(&snap, &frames).unwrap().alloc_bytes, 190_000.0);
+        heap.check_invariants();
+    }
+
+    #[test]
+    fn threads_stacks_spread_over_the_shards() {
+        // Stacks of 8 MiB and a guard page, one after another as the thread library maps
+        // them: each shard takes one of any eight in a row, or near enough.
+        let table = SampleTable::new();
+        let mut used = [0usize; SHARDS];
+        for t in 0..64usize {
+            used[table.shard_at(0x7f00_0000_0000 + t * ((8 << 20) + 4096) + 0x7_f000)] += 1;
+        }
+        assert!(used.iter().all(|&n| (4..=12).contains(&n)), "{used:?}");
     }
 
     #[test]

@@ -26,10 +26,10 @@
 //! glibc (2.36 here) does not reset that lock in a child after `fork`: a thread inside
 //! `dl_iterate_phdr` when another forks leaves it held in the child for good, and the
 //! child's next sample (or any `dl_iterate_phdr` of its own) waits forever. So the count is
-//! read under a lock of the table's own, taken only with a try (a walk that finds it taken
-//! does not use the table), and `fork`'s prepare handler takes it
+//! read under a lock of the table's own, taken with a bounded number of tries (a walk that
+//! still finds it taken does not use the table), and `fork`'s prepare handler takes it
 //! ([`RuleCache::lock_for_fork`]): no thread of ours is in `dl_iterate_phdr` at a fork.
-//! The try matters: a thread that holds the C library's lock (a program's own
+//! The bound matters: a thread that holds the C library's lock (a program's own
 //! `dl_iterate_phdr` callback that allocates) and then samples would otherwise wait for a
 //! walker that waits for it.
 
@@ -37,6 +37,9 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 
 /// Entries in the table (a power of two): 32 KiB.
 const ENTRIES: usize = 2048;
+/// Tries a walk makes at the flag of the reading of the count of unloaded objects (with
+/// spins of 1, 2, 4, ... 64 and then 64 waits between them: a few microseconds at most).
+const READ_TRIES: u32 = 12;
 
 struct Entry {
     /// The looked-up address, 0 for none.
@@ -86,10 +89,10 @@ impl RuleCache {
 
     /// Starts a walk: reads the C library's count of unloaded objects with `read_unloads`
     /// under the table's own lock, then [`begin`](Self::begin)s with it. False, without
-    /// reading, if another thread (or `fork`) holds that lock: the walk must not use the
-    /// table then.
+    /// reading, if another thread (or `fork`) holds that lock through the walk's tries:
+    /// the walk must not use the table then.
     pub fn begin_with(&self, read_unloads: impl FnOnce() -> u64) -> bool {
-        if !self.try_hold_reading() {
+        if !self.hold_reading(READ_TRIES) {
             return false;
         }
         let unloads = read_unloads();
@@ -111,6 +114,23 @@ impl RuleCache {
     /// child).
     pub fn unlock_after_fork(&self) {
         self.release_reading();
+    }
+
+    /// Takes the flag a walk holds while it reads the count of unloaded objects, trying
+    /// `tries` times with a growing spin between tries. Another walk holds it for one call
+    /// of `dl_iterate_phdr` (a few hundred instructions), so waiting for it costs less than
+    /// the walk without the table that giving up means (on two threads sampling at once,
+    /// giving up at once made one walk in several read the unwind tables); a bound, because
+    /// the holder may be waiting for the C library's lock that this thread holds.
+    fn hold_reading(&self, tries: u32) -> bool {
+        let backoff = crossbeam_utils::Backoff::new();
+        for _ in 0..tries {
+            if self.try_hold_reading() {
+                return true;
+            }
+            backoff.spin();
+        }
+        false
     }
 
     /// Takes the flag a walk holds while it reads the count of unloaded objects, if it is
@@ -286,6 +306,36 @@ mod tests {
         cache.lock_for_fork();
         cache.unlock_after_fork();
         assert!(cache.begin_with(|| 1));
+    }
+
+    /// A walk that finds another reading the count waits for it to end (it holds the flag
+    /// for one `dl_iterate_phdr`), rather than walking without the table; for a bounded
+    /// number of tries.
+    #[test]
+    fn a_walk_waits_for_another_reading_of_the_count() {
+        let cache = RuleCache::new();
+        assert!(cache.try_hold_reading(), "the first walk reads");
+        let cache = &cache;
+        std::thread::scope(|s| {
+            let (trying_tx, trying_rx) = std::sync::mpsc::channel();
+            let second = s.spawn(move || {
+                trying_tx.send(()).unwrap();
+                cache.hold_reading(u32::MAX)
+            });
+            trying_rx.recv().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            cache.release_reading();
+            assert!(
+                second.join().unwrap(),
+                "the second took it when the first let go"
+            );
+        });
+        assert!(
+            !cache.hold_reading(READ_TRIES),
+            "held (by the second walk, for good here): a walk gives up after its tries"
+        );
+        cache.release_reading();
+        assert!(cache.hold_reading(1));
     }
 
     #[test]
