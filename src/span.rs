@@ -340,9 +340,19 @@ impl Span {
 
     /// Marks a large span as sitting in a thread's stash of freed large spans. `false` if
     /// it already was: the object was freed twice.
+    ///
+    /// A load and a store, not a swap: while its object is live, only a free of it writes
+    /// the mark (whoever takes a stashed span out clears it), so a read-modify-write would
+    /// only tell apart two frees of one object racing on two threads, which the
+    /// small-object check does not catch either; it would cost every large free a locked
+    /// instruction.
     #[inline]
     pub fn stash_large(&self) -> bool {
-        !self.stashed.swap(true, Ordering::Relaxed)
+        if self.stashed.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.stashed.store(true, Ordering::Relaxed);
+        true
     }
 
     /// Takes a large span out of a stash (to hand its object out again or to free it).
