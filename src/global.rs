@@ -469,8 +469,8 @@ extern "C" fn fork_prepare() {
     // First, holding nothing of the allocator's: no walk is in the C library's
     // `dl_iterate_phdr` at the fork, whose lock the child would otherwise inherit held (see
     // `stack::rule_cache`). A walker waits for nothing of ours there (a thread loading code
-    // may allocate while the walker waits for it), and no thread waits for this lock (walks
-    // only try it).
+    // may allocate while the walker waits for it), and no thread waits long for this lock
+    // (walks try it a bounded number of times).
     UNWIND_RULES.lock_for_fork();
     // `LOCALS` is a leaf lock: taking it first cannot wait on a thread that waits on us.
     #[cfg(feature = "small-tls")]

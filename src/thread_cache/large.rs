@@ -179,7 +179,7 @@ impl ThreadCache {
     }
 
     /// [`ThreadCache::free_large_to_stash`] for a sampled object: the same, and its record
-    /// leaves the profile's table (under that table's lock, as on the slow path). Under the
+    /// leaves the profile's table (under its shard's lock, as on the slow path). Under the
     /// profiler a sampled object of the stash's sizes is common (one allocation of 256 KiB
     /// in two at the default mean); apart, so that the unsampled path stays as it was.
     ///
