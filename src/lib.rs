@@ -184,7 +184,8 @@
 //! branch, after the pop); the one that crosses it is sampled: its stack is captured with no
 //! lock held, it is served as a large object (a span of its own; a large request is
 //! recorded on the span it is served with), and its record, with the bytes it stands for,
-//! goes into the profiler's table in metadata memory. Its span record points to that
+//! goes into the profiler's table in metadata memory (the shard of the sampling thread's
+//! stack, so threads sampling at once take different locks). Its span record points to that
 //! record, so the free of an ordinary object never looks at the table and a sampled one is
 //! found on the large-object free path. [`profiling::heap_profile`] sums the
 //! table per stack; profiles are written as pprof. See `docs/design.md`, section 10.
@@ -195,7 +196,8 @@
 //! to the freeing thread's own cache); page-map lookups are lock-free reads. Threads meet
 //! only in the central lists, once per batch. Locks, in the only order in which
 //! they may be nested: the orphan cache (threads without a usable cache), a central list,
-//! the page heap; the profiler's table is a leaf (nothing is taken while it is held).
+//! the page heap; the profiler's table is eight shards with a lock each, leaves (nothing is
+//! taken while one is held; only `start`, `stop`, snapshots and `fork` take them all).
 //! Central lists never hold their lock while they call the page heap. Every
 //! lock is a `sync::Lock`, which never allocates.
 //!
