@@ -37,8 +37,8 @@ use crossbeam_utils::CachePadded;
 
 /// Shards of the table (a power of two).
 const SHARDS: usize = 8;
-/// Hash buckets for the distinct stacks, per shard (one page of pointers per 1024).
-const BUCKETS: usize = 1024;
+/// Hash buckets for the distinct stacks, per shard: a page of pointers.
+const BUCKETS: usize = PAGE_SIZE / core::mem::size_of::<usize>();
 
 /// One distinct stack and what was allocated from it.
 #[repr(C)]
@@ -499,9 +499,8 @@ impl Inner {
         hash: u64,
     ) -> Option<*mut StackRecord> {
         if self.buckets.is_null() {
-            let bytes = (BUCKETS * core::mem::size_of::<usize>()).next_multiple_of(PAGE_SIZE);
-            self.buckets = source.map(bytes, PAGE_SIZE)?.as_ptr().cast();
-            self.bucket_bytes = bytes;
+            self.buckets = source.map(PAGE_SIZE, PAGE_SIZE)?.as_ptr().cast();
+            self.bucket_bytes = PAGE_SIZE;
         }
         // SAFETY: the bucket array has BUCKETS entries (zero: null heads).
         let bucket = unsafe { self.buckets.add(hash as usize % BUCKETS) };
@@ -754,7 +753,16 @@ mod tests {
         );
         let t = totals_for(&snap, &frames).unwrap();
         assert_eq!((t.inuse_bytes, t.alloc_bytes), (190_000.0, 190_000.0));
-        assert_eq!(t.inuse_objects, 1.25 + 1.25 + 1.0);
+        assert_eq!(
+            (t.inuse_objects, t.alloc_objects),
+            (3.5, 3.5),
+            "1.25 + 1.25 + 1"
+        );
+        // One record per stack in each shard that saw it: shard 5's two samples share one.
+        let records: Vec<usize> = (table.shards.iter())
+            .map(|s| s.lock().stack_count)
+            .collect();
+        assert_eq!(records, [1, 0, 0, 1, 0, 1, 0, 0]);
         assert_eq!(totals_for(&snap, &other).unwrap().inuse_bytes, 40_000.0);
         // A free finds its sample's shard from the span alone.
         for span in spans {

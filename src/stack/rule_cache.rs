@@ -320,9 +320,11 @@ mod tests {
             let (trying_tx, trying_rx) = std::sync::mpsc::channel();
             let second = s.spawn(move || {
                 trying_tx.send(()).unwrap();
-                cache.hold_reading(u32::MAX)
+                cache.hold_reading(1 << 20)
             });
             trying_rx.recv().unwrap();
+            // Well within the second walk's tries (2^20 of them, a second or more), so a
+            // release that does nothing fails the test rather than hanging it.
             std::thread::sleep(std::time::Duration::from_millis(50));
             cache.release_reading();
             assert!(
@@ -336,6 +338,29 @@ mod tests {
         );
         cache.release_reading();
         assert!(cache.hold_reading(1));
+    }
+
+    /// `fork`'s handler waits for a walk that is reading the count, and then holds the
+    /// flag itself.
+    #[test]
+    fn fork_waits_for_a_walk_reading_the_count_and_then_holds_it() {
+        let cache = RuleCache::new();
+        assert!(cache.try_hold_reading(), "a walk reads");
+        let cache = &cache;
+        std::thread::scope(|s| {
+            let (forking_tx, forking_rx) = std::sync::mpsc::channel();
+            let fork = s.spawn(move || {
+                forking_tx.send(()).unwrap();
+                cache.lock_for_fork();
+            });
+            forking_rx.recv().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            cache.release_reading();
+            fork.join().unwrap();
+        });
+        assert!(!cache.try_hold_reading(), "held by the fork handler");
+        cache.unlock_after_fork();
+        assert!(cache.try_hold_reading());
     }
 
     #[test]
