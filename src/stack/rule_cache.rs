@@ -308,30 +308,38 @@ mod tests {
         assert!(cache.begin_with(|| 1));
     }
 
+    /// Runs `wait` on another thread while this one holds the flag as a walk reading the
+    /// count, and lets go of it once `wait` has started and 50 ms more have passed: well
+    /// within the 2^20 tries of the waits below (a second or more), so a release that does
+    /// nothing fails those tests rather than hanging them. Returns what `wait` returned.
+    fn released_while_waiting<R: Send>(
+        cache: &RuleCache,
+        wait: impl FnOnce(&RuleCache) -> R + Send,
+    ) -> R {
+        assert!(cache.try_hold_reading(), "a walk reads");
+        std::thread::scope(|s| {
+            let (started_tx, started_rx) = std::sync::mpsc::channel();
+            let waiter = s.spawn(move || {
+                started_tx.send(()).unwrap();
+                wait(cache)
+            });
+            started_rx.recv().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            cache.release_reading();
+            waiter.join().unwrap()
+        })
+    }
+
     /// A walk that finds another reading the count waits for it to end (it holds the flag
     /// for one `dl_iterate_phdr`), rather than walking without the table; for a bounded
     /// number of tries.
     #[test]
     fn a_walk_waits_for_another_reading_of_the_count() {
         let cache = RuleCache::new();
-        assert!(cache.try_hold_reading(), "the first walk reads");
-        let cache = &cache;
-        std::thread::scope(|s| {
-            let (trying_tx, trying_rx) = std::sync::mpsc::channel();
-            let second = s.spawn(move || {
-                trying_tx.send(()).unwrap();
-                cache.hold_reading(1 << 20)
-            });
-            trying_rx.recv().unwrap();
-            // Well within the second walk's tries (2^20 of them, a second or more), so a
-            // release that does nothing fails the test rather than hanging it.
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            cache.release_reading();
-            assert!(
-                second.join().unwrap(),
-                "the second took it when the first let go"
-            );
-        });
+        assert!(
+            released_while_waiting(&cache, |c| c.hold_reading(1 << 20)),
+            "the second took it when the first let go"
+        );
         assert!(
             !cache.hold_reading(READ_TRIES),
             "held (by the second walk, for good here): a walk gives up after its tries"
@@ -345,19 +353,7 @@ mod tests {
     #[test]
     fn fork_waits_for_a_walk_reading_the_count_and_then_holds_it() {
         let cache = RuleCache::new();
-        assert!(cache.try_hold_reading(), "a walk reads");
-        let cache = &cache;
-        std::thread::scope(|s| {
-            let (forking_tx, forking_rx) = std::sync::mpsc::channel();
-            let fork = s.spawn(move || {
-                forking_tx.send(()).unwrap();
-                cache.lock_for_fork();
-            });
-            forking_rx.recv().unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            cache.release_reading();
-            fork.join().unwrap();
-        });
+        released_while_waiting(&cache, RuleCache::lock_for_fork);
         assert!(!cache.try_hold_reading(), "held by the fork handler");
         cache.unlock_after_fork();
         assert!(cache.try_hold_reading());
