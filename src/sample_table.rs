@@ -201,7 +201,7 @@ impl SampleTable {
     /// stacks lie apart (a new thread's at least its stack's size from the last one's), so
     /// threads sampling at once mostly take different shards. Only a split of the work:
     /// any shard would be correct.
-    fn shard_at(&self, on_stack: usize) -> usize {
+    fn shard_at(on_stack: usize) -> usize {
         (((on_stack as u64) >> 16).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SHARDS.ilog2()))
             as usize
     }
@@ -329,7 +329,7 @@ impl SampleTable {
         size: usize,
         weight: usize,
     ) -> bool {
-        let shard = self.shard_at(frames.as_ptr() as usize);
+        let shard = Self::shard_at(frames.as_ptr() as usize);
         self.record_in(shard, source, span, frames, size, weight)
     }
 
@@ -781,10 +781,9 @@ mod tests {
     fn threads_stacks_spread_over_the_shards() {
         // Stacks of 8 MiB and a guard page, one after another as the thread library maps
         // them: each shard takes one of any eight in a row, or near enough.
-        let table = SampleTable::new();
         let mut used = [0usize; SHARDS];
         for t in 0..64usize {
-            used[table.shard_at(0x7f00_0000_0000 + t * ((8 << 20) + 4096) + 0x7_f000)] += 1;
+            used[SampleTable::shard_at(0x7f00_0000_0000 + t * ((8 << 20) + 4096) + 0x7_f000)] += 1;
         }
         assert!(used.iter().all(|&n| (4..=12).contains(&n)), "{used:?}");
     }
