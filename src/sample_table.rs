@@ -300,7 +300,14 @@ impl SampleTable {
         frames: &[usize],
         weight: usize,
     ) -> bool {
-        let span = heap.page_map().lookup(p as usize);
+        // The record named by the first page's small-object word, which the large object's
+        // free reads too (so it is in the cache when a stashed span is reused), else the
+        // leaf's span entry, a line that nothing else on these paths reads.
+        let map = heap.page_map();
+        let mut span = crate::page_map::word_large_span(map.small_word_of(p as usize));
+        if span.is_null() {
+            span = map.lookup(p as usize);
+        }
         if span.is_null() {
             return false;
         }
