@@ -38,7 +38,7 @@ use crate::heap::{Heap, LEND_MIN};
 use crate::pages::PAGE_SHIFT;
 use crate::sample_table::SampleTable;
 use crate::size_class::{self, LARGE_THRESHOLD, MAX_SMALL_SIZE, MIN_ALIGN, SMALL_STEP_LIMIT};
-use crate::stack::RuleCache;
+use crate::stack::{RuleCache, WalkMemo};
 use crate::sync::{AtomicU8, AtomicUsize, Lock, Ordering};
 use crate::sys::OsPages;
 use crate::thread_cache::ThreadCache;
@@ -80,6 +80,8 @@ struct Local {
     state: u8,
     sampling: u8,
     reserve: Reserve,
+    /// The thread's last stack walk for the profiler, used only while `sampling` is BUSY.
+    walk_memo: WalkMemo,
 }
 
 const SAMPLE_IDLE: u8 = 0;
@@ -96,6 +98,7 @@ thread_local! {
             state: FRESH,
             sampling: SAMPLE_IDLE,
             reserve: Reserve::new(),
+            walk_memo: WalkMemo::new(),
         })
     };
 }
@@ -144,6 +147,7 @@ static DEAD_LOCAL: DeadLocal = DeadLocal(UnsafeCell::new(Local {
     state: DEAD,
     sampling: SAMPLE_IDLE,
     reserve: Reserve::new(),
+    walk_memo: WalkMemo::new(),
 }));
 
 /// Where `Local`s come from and go back to at thread exit. A leaf lock: nothing else is
@@ -288,6 +292,7 @@ fn local_slow(current: *mut Local) -> *mut Local {
             state: FRESH,
             sampling: SAMPLE_IDLE,
             reserve: Reserve::new(),
+            walk_memo: WalkMemo::new(),
         });
         slot::set(l);
         register(l);
@@ -1019,7 +1024,9 @@ fn with_sampled_stack<R>(make: impl FnOnce(&[usize]) -> R) -> Option<R> {
     unsafe { (*l).sampling = SAMPLE_BUSY };
     let mut frames = [0usize; crate::stack::MAX_FRAMES];
     // Leaves out the caller's frame (this function is inlined into it).
-    let depth = crate::stack::capture(&mut frames, 1, &UNWIND_RULES);
+    // SAFETY: our own slot, not shared; only a BUSY thread's sampling touches the memo.
+    let memo = unsafe { &mut (*l).walk_memo };
+    let depth = crate::stack::capture(&mut frames, 1, &UNWIND_RULES, Some(memo));
     let made = make(&frames[..depth]);
     // SAFETY: our own slot.
     unsafe { (*l).sampling = SAMPLE_IDLE };

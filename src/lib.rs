@@ -87,7 +87,7 @@
 //! | `central_free_list` | `central_free_list::CentralFreeList`: per class, the spans and whole batches of free objects | `mcentral` |
 //! | `heap` | `heap::Heap`: the shared tiers as one value; large objects; pointer validation | `mheap_` |
 //! | `sampler` | `sampler::Sampler`: the heap profiler's per-thread countdown to the next sample | `nextSample` |
-//! | `stack` | stack capture for the profiler: a walk by unwind rules cached per code address, `_Unwind_Backtrace` where it gives up | `callers` |
+//! | `stack` | stack capture for the profiler: a walk by unwind rules cached per code address, a thread's last walk replayed while its stack holds the same words, `_Unwind_Backtrace` where it gives up | `callers` |
 //! | `sample_table` | `sample_table::SampleTable`: live sampled objects and per-stack totals | `mProf` |
 //! | `thread_cache` | `thread_cache::ThreadCache`: per thread, free objects by class, moved in batches; beside it, its `Reserve`, which other threads can give back | `mcache` |
 //! | [`stats`](mod@stats) | [`stats::Stats`]: where every mapped byte is | `MemStats` |

@@ -6,7 +6,9 @@
 //! caller's stack pointer, return address and frame pointer are) is read from the
 //! `.eh_frame` unwind tables the first time its address is seen (`cfi.rs`, with the FDE found
 //! by libgcc_s's `_Unwind_Find_FDE`) and kept in a table shared by all threads
-//! (`rule_cache.rs`), so that a stack of frames seen before costs a few loads per frame. A
+//! (`rule_cache.rs`), so that a stack of frames seen before costs a few loads per frame; and
+//! a thread's last walk is kept (`memo.rs`) and replayed, a load and a compare per frame,
+//! while its stack holds the words that walk read (a loop sampled again and again). A
 //! frame beyond that reader (a CFA computed by an expression, a signal frame, code without
 //! unwind tables) hands the whole stack to the unwinder the toolchain links,
 //! `_Unwind_Backtrace`, which is also what every other target uses.
@@ -38,8 +40,30 @@ mod cfi;
     allow(dead_code)
 )]
 mod rule_cache;
+// Only x86-64 Linux replays walks; elsewhere it is built, unused.
+#[cfg_attr(
+    not(all(target_arch = "x86_64", target_os = "linux", not(miri))),
+    allow(dead_code)
+)]
+mod memo;
 
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+pub use memo::WalkMemo;
 pub use rule_cache::RuleCache;
+
+/// Where only `_Unwind_Backtrace` walks, there is no walk to remember: the thread's slot
+/// holds nothing for it.
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(miri))))]
+#[derive(Default)]
+pub struct WalkMemo;
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(miri))))]
+impl WalkMemo {
+    /// The empty memo.
+    pub const fn new() -> WalkMemo {
+        WalkMemo
+    }
+}
 
 use core::ffi::{c_int, c_void};
 
@@ -53,21 +77,28 @@ pub const MAX_FRAMES: usize = 64;
 /// On x86-64 Linux it walks the stack itself with the rules in `rules`, reading a frame's
 /// rule from the unwind tables (found with the toolchain's `_Unwind_Find_FDE`) the first
 /// time its address is seen; a stack with a frame beyond that reader is walked again by
-/// `_Unwind_Backtrace`. Elsewhere `_Unwind_Backtrace` walks every stack.
+/// `_Unwind_Backtrace`. Elsewhere `_Unwind_Backtrace` walks every stack. With `memo` (the
+/// calling thread's), a walk that would read the words the last one read is answered from
+/// it (`memo.rs`).
 #[inline(never)]
-pub fn capture(out: &mut [usize], skip: usize, rules: &RuleCache) -> usize {
+pub fn capture(
+    out: &mut [usize],
+    skip: usize,
+    rules: &RuleCache,
+    memo: Option<&mut WalkMemo>,
+) -> usize {
     if out.is_empty() {
         return 0;
     }
     #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
     {
         let here = walk::Registers::here();
-        if let Some(n) = walk::walk(here, out, skip, rules) {
+        if let Some(n) = walk::walk(here, out, skip, rules, memo) {
             return core::hint::black_box(n);
         }
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(miri))))]
-    let _ = rules;
+    let _ = (rules, memo);
     // Keeps this frame from being a tail call, so that `skip` counts right: the `+ 1` is
     // this function's own frame.
     core::hint::black_box(capture_with_unwinder(out, skip + 1))
@@ -137,8 +168,8 @@ fn capture_with_unwinder(out: &mut [usize], skip: usize) -> usize {
 /// The walk by cached rules (x86-64 Linux).
 #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
 mod walk {
-    use super::RuleCache;
     use super::cfi::{self, FrameRule, SavedRbp};
+    use super::{RuleCache, WalkMemo};
     use core::ffi::{c_int, c_void};
 
     /// The largest frame the walk believes: a CFA further than this above the stack
@@ -196,15 +227,48 @@ mod walk {
 
     /// Walks the stack from `here` (the frame of [`super::capture`], left out) into `out`,
     /// leaving out `skip` more frames. `None`: a frame is beyond the cached rules' reader,
-    /// and the toolchain's unwinder must walk this stack.
+    /// and the toolchain's unwinder must walk this stack. With `memo`, replays the last walk
+    /// if the stack holds the words it read, and else records this one there.
     #[inline(never)]
     pub fn walk(
         here: Registers,
         out: &mut [usize],
+        skip: usize,
+        rules: &RuleCache,
+        memo: Option<&mut WalkMemo>,
+    ) -> Option<usize> {
+        let unloads = rules.read_unloads(unloaded_objects);
+        let cached = unloads.is_some_and(|u| rules.begin(u));
+        let start = (here.pc, here.rsp, here.rbp);
+        // A memo only under a known count of unloaded objects (see `memo.rs`).
+        let mut memo = match (memo, unloads) {
+            (Some(m), Some(u)) => {
+                if let Some(n) = m.replay(start, out, skip, u) {
+                    return Some(n);
+                }
+                m.start(start, skip, out.len(), u);
+                Some(m)
+            }
+            _ => None,
+        };
+        let n = walk_rules(here, out, skip, rules, cached, memo.as_deref_mut());
+        if let (Some(m), Some(n)) = (memo, n) {
+            m.finish(n);
+        }
+        n
+    }
+
+    /// [`walk`] by the rules (from `rules` if `cached`), each level's reads recorded in
+    /// `memo`.
+    #[inline(always)]
+    fn walk_rules(
+        here: Registers,
+        out: &mut [usize],
         mut skip: usize,
         rules: &RuleCache,
+        cached: bool,
+        mut memo: Option<&mut WalkMemo>,
     ) -> Option<usize> {
-        let cached = rules.begin_with(unloaded_objects);
         let Registers {
             mut pc,
             mut rsp,
@@ -233,7 +297,14 @@ mod walk {
                 FrameRule::End => return Some(len),
                 FrameRule::Unsupported => return None,
             };
-            let base = if step.cfa_from_rbp { rbp } else { rsp };
+            let base = if step.cfa_from_rbp {
+                if let Some(m) = memo.as_deref_mut() {
+                    m.rbp_used();
+                }
+                rbp
+            } else {
+                rsp
+            };
             let cfa = base.wrapping_add(step.cfa_offset as isize as usize);
             // A CFA implausibly far above the stack pointer (or below it: the difference
             // wraps), or a slot outside this frame (so none if the CFA is the stack
@@ -264,6 +335,9 @@ mod walk {
                 if let Some(at) = rbp_at {
                     rbp = at.map_or(0, |at| core::ptr::read_volatile(at as *const usize));
                 }
+            }
+            if let Some(m) = memo.as_deref_mut() {
+                m.level(ra_at, pc, rbp_at.map(|at| at.map(|at| (at, rbp))));
             }
             rsp = cfa;
             if pc == 0 {
@@ -355,7 +429,7 @@ mod tests {
 
     #[inline(never)]
     fn one_deep(out: &mut [usize], rules: &RuleCache) -> usize {
-        core::hint::black_box(capture(out, 0, rules))
+        core::hint::black_box(capture(out, 0, rules, None))
     }
 
     #[test]
@@ -383,9 +457,9 @@ mod tests {
         assert_eq!(two_deep(&mut short, &rules), 2);
         assert_eq!(short, [all[0], all[1]]);
         let mut skipped = [0usize; MAX_FRAMES];
-        let m = capture(&mut skipped, 1, &rules);
+        let m = capture(&mut skipped, 1, &rules, None);
         assert!(m + 1 >= 1 && m < n + 8);
-        assert_eq!(capture(&mut [], 0, &rules), 0);
+        assert_eq!(capture(&mut [], 0, &rules, None), 0);
     }
 
     /// A stack by the unwinder, and by the walk if it did not give up.
@@ -401,7 +475,7 @@ mod tests {
         let n = capture_with_unwinder(&mut by_unwinder, 0);
         let mut by_walk = [0usize; MAX_FRAMES];
         let here = walk::Registers::here();
-        let m = walk::walk(here, &mut by_walk, 0, rules);
+        let m = walk::walk(here, &mut by_walk, 0, rules, None);
         // The unwinder's first frame is its return address into this function.
         let walked = m.map(|m| by_walk[..m].to_vec());
         core::hint::black_box((by_unwinder[1..n].to_vec(), walked))
@@ -503,12 +577,15 @@ mod tests {
             let mut by_walk = [0usize; MAX_FRAMES];
             let here = walk::Registers::here();
             GAVE_UP.store(
-                walk::walk(here, &mut by_walk, 0, &RULES).is_none(),
+                walk::walk(here, &mut by_walk, 0, &RULES, None).is_none(),
                 Ordering::SeqCst,
             );
             let mut a = [0usize; MAX_FRAMES];
             let mut b = [0usize; MAX_FRAMES];
-            let (n, m) = (capture(&mut a, 0, &RULES), capture_with_unwinder(&mut b, 0));
+            let (n, m) = (
+                capture(&mut a, 0, &RULES, None),
+                capture_with_unwinder(&mut b, 0),
+            );
             // Past the first frame (each one's own call site here) the two agree.
             SAME.store(n == m && a[1..n] == b[1..m], Ordering::SeqCst);
             DEPTH.store(n, Ordering::SeqCst);
@@ -550,7 +627,7 @@ mod tests {
         }
         let mut out = vec![0usize; frames];
         let here = walk::Registers::at(0x1000, words.as_ptr() as usize, rbp);
-        walk::walk(here, &mut out, skip, &cache).map(|n| out[..n].to_vec())
+        walk::walk(here, &mut out, skip, &cache, None).map(|n| out[..n].to_vec())
     }
 
     #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
@@ -658,6 +735,265 @@ mod tests {
         );
     }
 
+    /// Made-up rules in a table of their own, as `walk_made_up` puts them, for walks that
+    /// share it (and a memo).
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    fn made_up_rules(rules: &[cfi::FrameRule]) -> Box<RuleCache> {
+        let cache = fresh_rules();
+        assert!(cache.begin(walk::unloaded_objects()));
+        for (i, rule) in rules.iter().enumerate() {
+            cache.put(0x1000 * (i + 1), rule.pack());
+        }
+        cache
+    }
+
+    /// A walk of the made-up stack `words` with `rules` and `memo`, into a buffer of
+    /// `frames`.
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    fn walk_remembered(
+        words: &[usize],
+        rbp: usize,
+        rules: &RuleCache,
+        memo: &mut WalkMemo,
+        frames: usize,
+    ) -> Option<Vec<usize>> {
+        let mut out = vec![0usize; frames];
+        let here = walk::Registers::at(0x1000, words.as_ptr() as usize, rbp);
+        walk::walk(here, &mut out, 0, rules, Some(memo)).map(|n| out[..n].to_vec())
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    #[test]
+    fn a_walk_is_replayed_only_while_the_words_it_read_are_there() {
+        use cfi::{FrameRule, SavedRbp, Step};
+        // Frame 0 saves rbp and returns to 0x2001; frame 1 (rule at 0x2000) finds its CFA
+        // from that rbp and returns to 0x3001 or 0x4001, both outermost.
+        let frame0 = FrameRule::Step(Step {
+            cfa_from_rbp: false,
+            cfa_offset: 16,
+            ra_offset: -8,
+            rbp: SavedRbp::At(-16),
+        });
+        let frame1 = FrameRule::Step(Step {
+            cfa_from_rbp: true,
+            cfa_offset: 16,
+            ra_offset: -8,
+            rbp: SavedRbp::Same,
+        });
+        let rules = made_up_rules(&[frame0, frame1, FrameRule::End, FrameRule::End]);
+        let mut memo = WalkMemo::new();
+        let mut stack = [0x7771usize; 16];
+        let base = stack.as_ptr() as usize;
+        stack[0] = base + 6 * 8 - 16;
+        stack[1] = 0x2001;
+        stack[5] = 0x3001;
+        stack[9] = 0x4001;
+        let walked = |stack: &[usize; 16], memo: &mut WalkMemo| {
+            walk_remembered(stack, 0, &rules, memo, MAX_FRAMES)
+        };
+        assert_eq!(walked(&stack, &mut memo), Some(vec![0x2001, 0x3001]));
+        assert_eq!(memo.replays(), 0);
+        assert_eq!(walked(&stack, &mut memo), Some(vec![0x2001, 0x3001]));
+        assert_eq!(memo.replays(), 1, "the same words: replayed");
+        // Another return address where frame 1's was read: walked again.
+        stack[5] = 0x4001;
+        assert_eq!(walked(&stack, &mut memo), Some(vec![0x2001, 0x4001]));
+        assert_eq!(memo.replays(), 1);
+        stack[5] = 0x3001;
+        assert_eq!(walked(&stack, &mut memo), Some(vec![0x2001, 0x3001]));
+        assert_eq!(walked(&stack, &mut memo), Some(vec![0x2001, 0x3001]));
+        assert_eq!(memo.replays(), 2);
+        // Another saved rbp, which frame 1 finds its CFA from: another frame there.
+        stack[0] = base + 10 * 8 - 16;
+        assert_eq!(walked(&stack, &mut memo), Some(vec![0x2001, 0x4001]));
+        assert_eq!(memo.replays(), 2);
+        // The same walk from a buffer of another length, or leaving out a frame: walked.
+        assert_eq!(
+            walk_remembered(&stack, 0, &rules, &mut memo, 1),
+            Some(vec![0x2001])
+        );
+        assert_eq!(walked(&stack, &mut memo), Some(vec![0x2001, 0x4001]));
+        let mut out = [0usize; MAX_FRAMES];
+        let here = walk::Registers::at(0x1000, base, 0);
+        assert_eq!(
+            walk::walk(here, &mut out, 1, &rules, Some(&mut memo)),
+            Some(1)
+        );
+        assert_eq!(out[0], 0x4001);
+        assert_eq!(memo.replays(), 2);
+        // From another address (frame 1's rule, its CFA from an rbp of 0): walked.
+        assert_eq!(walked(&stack, &mut memo), Some(vec![0x2001, 0x4001]));
+        let here = walk::Registers::at(0x2000, base, 0);
+        assert_eq!(
+            walk::walk(here, &mut out, 0, &rules, Some(&mut memo)),
+            Some(0)
+        );
+        assert_eq!(memo.replays(), 2);
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    #[test]
+    fn a_deeper_frames_saved_rbp_is_checked_when_a_later_frame_uses_it() {
+        use cfi::{FrameRule, SavedRbp, Step};
+        // Frame 0 returns to 0x2001; frame 1 saves rbp and returns to 0x3001; frame 2 finds
+        // its CFA from that rbp and returns to 0x4001 or 0x5001, both outermost.
+        let step = |cfa_from_rbp, rbp| {
+            FrameRule::Step(Step {
+                cfa_from_rbp,
+                cfa_offset: 16,
+                ra_offset: -8,
+                rbp,
+            })
+        };
+        let rules = made_up_rules(&[
+            step(false, SavedRbp::Same),
+            step(false, SavedRbp::At(-16)),
+            step(true, SavedRbp::Same),
+            FrameRule::End,
+            FrameRule::End,
+        ]);
+        let mut memo = WalkMemo::new();
+        let mut stack = [0usize; 12];
+        let base = stack.as_ptr() as usize;
+        stack[1] = 0x2001;
+        stack[2] = base + 6 * 8 - 16;
+        stack[3] = 0x3001;
+        stack[5] = 0x4001;
+        stack[9] = 0x5001;
+        let walked = |stack: &[usize; 12], memo: &mut WalkMemo| {
+            walk_remembered(stack, 0, &rules, memo, MAX_FRAMES)
+        };
+        assert_eq!(
+            walked(&stack, &mut memo),
+            Some(vec![0x2001, 0x3001, 0x4001])
+        );
+        assert_eq!(
+            walked(&stack, &mut memo),
+            Some(vec![0x2001, 0x3001, 0x4001])
+        );
+        assert_eq!(memo.replays(), 1);
+        stack[2] = base + 10 * 8 - 16;
+        assert_eq!(
+            walked(&stack, &mut memo),
+            Some(vec![0x2001, 0x3001, 0x5001])
+        );
+        assert_eq!(memo.replays(), 1);
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    #[test]
+    fn an_rbp_no_frame_uses_is_not_checked() {
+        use cfi::{FrameRule, SavedRbp, Step};
+        // Frame 0 saves rbp (data, in code without frame pointers); frame 1 finds its CFA
+        // from rsp. A walk starting with rbp and using it is checked against it.
+        let rsp_based = |rbp| {
+            FrameRule::Step(Step {
+                cfa_from_rbp: false,
+                cfa_offset: 16,
+                ra_offset: -8,
+                rbp,
+            })
+        };
+        let rules = made_up_rules(&[rsp_based(SavedRbp::At(-16)), rsp_based(SavedRbp::Same)]);
+        let mut memo = WalkMemo::new();
+        let mut stack = [0usize; 8];
+        stack[0] = 0x5555;
+        stack[1] = 0x2001;
+        stack[3] = 0x2001;
+        stack[5] = 0x2001;
+        let walk = |stack: &[usize; 8], rbp, memo: &mut WalkMemo| {
+            walk_remembered(stack, rbp, &rules, memo, 3)
+        };
+        assert_eq!(walk(&stack, 0, &mut memo), Some(vec![0x2001; 3]));
+        stack[0] = 0x6666;
+        assert_eq!(walk(&stack, 9, &mut memo), Some(vec![0x2001; 3]));
+        assert_eq!(memo.replays(), 1, "neither rbp is used: replayed");
+        // The first frame's CFA from the starting rbp: a walk from another rbp is walked.
+        let from_rbp = FrameRule::Step(Step {
+            cfa_from_rbp: true,
+            cfa_offset: 16,
+            ra_offset: -8,
+            rbp: SavedRbp::Same,
+        });
+        let rules = made_up_rules(&[from_rbp, FrameRule::End]);
+        let mut memo = WalkMemo::new();
+        let base = stack.as_ptr() as usize;
+        stack[5] = 0;
+        let walk = |rbp, memo: &mut WalkMemo| walk_remembered(&stack, rbp, &rules, memo, 3);
+        assert_eq!(walk(base, &mut memo), Some(vec![0x2001]));
+        assert_eq!(walk(base, &mut memo), Some(vec![0x2001]));
+        assert_eq!(memo.replays(), 1);
+        assert_eq!(walk(base + 16, &mut memo), Some(vec![0x2001]));
+        assert_eq!(walk(base + 32, &mut memo), Some(vec![]));
+        assert_eq!(memo.replays(), 1);
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    #[test]
+    fn a_walk_deeper_than_the_memo_is_not_kept() {
+        use cfi::{FrameRule, SavedRbp, Step};
+        let looped = FrameRule::Step(Step {
+            cfa_from_rbp: false,
+            cfa_offset: 16,
+            ra_offset: -8,
+            rbp: SavedRbp::Same,
+        });
+        let rules = made_up_rules(&[looped]);
+        let stack: [usize; 2 * memo::MEMO_LEVELS + 2] =
+            core::array::from_fn(|i| if i % 2 == 1 { 0x1001 } else { 0 });
+        let levels = memo::MEMO_LEVELS;
+        let mut memo = WalkMemo::new();
+        for (frames, replays) in [(levels, 0), (levels, 1), (levels + 1, 1), (levels + 1, 1)] {
+            assert_eq!(
+                walk_remembered(&stack, 0, &rules, &mut memo, frames),
+                Some(vec![0x1001; frames])
+            );
+            assert_eq!(memo.replays(), replays, "{frames} frames");
+        }
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    #[inline(never)]
+    fn remembered_here(rules: &RuleCache, memo: &mut WalkMemo) -> TwoWays {
+        let mut by_unwinder = [0usize; MAX_FRAMES + 1];
+        let n = capture_with_unwinder(&mut by_unwinder, 0);
+        let mut by_walk = [0usize; MAX_FRAMES];
+        let here = walk::Registers::here();
+        let m = walk::walk(here, &mut by_walk, 0, rules, Some(memo));
+        core::hint::black_box((by_unwinder[1..n].to_vec(), m.map(|m| by_walk[..m].to_vec())))
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    #[inline(never)]
+    fn remembered_at(depth: usize, rules: &RuleCache, memo: &mut WalkMemo) -> TwoWays {
+        let mut pad = [0u8; 64];
+        core::hint::black_box(&mut pad);
+        if depth == 0 {
+            return remembered_here(rules, memo);
+        }
+        let r = remembered_at(depth - 1, rules, memo);
+        core::hint::black_box(pad[depth % 64]);
+        r
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    #[test]
+    fn a_replayed_walk_finds_what_the_unwinder_finds() {
+        let rules = fresh_rules();
+        let mut memo = WalkMemo::new();
+        let mut replays = 0;
+        // A loop the compiler cannot unroll: each call from one call site (unrolled, each
+        // would return to another address, and nothing would replay).
+        let depths = core::hint::black_box(vec![0, 3, 3, 3, 0, 0]);
+        for &depth in &depths {
+            let (expected, walked) = remembered_at(depth, &rules, &mut memo);
+            assert_eq!(walked.as_deref(), Some(&expected[..]), "depth {depth}");
+            replays = memo.replays();
+        }
+        // The repeats of a depth from the same loop (the same words): replayed.
+        assert!(replays >= 2, "{replays} replays");
+    }
+
     /// Captures from the frame of a function that ends in a call that does not return (its
     /// return address is past the function's end): the walk looks its rule up inside it.
     #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
@@ -706,7 +1042,7 @@ mod tests {
         assert!(walk::unloaded_objects() > before);
         assert_eq!(rules.get(0x1000), Some(7), "nothing emptied the table yet");
         let mut out = [0usize; MAX_FRAMES];
-        let n = walk::walk(walk::Registers::here(), &mut out, 0, &rules);
+        let n = walk::walk(walk::Registers::here(), &mut out, 0, &rules, None);
         assert!(n.is_some_and(|n| n > 0));
         assert_eq!(rules.get(0x1000), None, "the walk emptied the table");
     }

@@ -60,7 +60,7 @@ pub fn start(mean_bytes: usize) {
 pub fn start_seeded(mean_bytes: usize, seed: u64) {
     // The first walk outside any allocation, so that whatever the unwinder sets up the
     // first time happens here.
-    crate::stack::capture(&mut [0; 4], 0, crate::global::unwind_rules());
+    crate::stack::capture(&mut [0; 4], 0, crate::global::unwind_rules(), None);
     let params = crate::global::samples().start(mean_bytes.max(1), seed, unix_ms());
     crate::global::restart_sampler(params, seed);
 }

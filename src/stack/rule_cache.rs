@@ -19,8 +19,8 @@
 //!
 //! Code can be unloaded (`dlclose`) and other code loaded at the same addresses, with other
 //! rules. The table remembers the C library's count of unloaded objects (`dlpi_subs`) when
-//! it is filled, and is emptied when the count has moved: [`RuleCache::begin_with`] reads it
-//! once per walk.
+//! it is filled, and is emptied when the count has moved: each walk reads it once
+//! ([`RuleCache::read_unloads`]) and [`RuleCache::begin`]s with it.
 //!
 //! Reading the count (`dl_iterate_phdr`) takes the C library's `dl_load_write_lock`, and
 //! glibc (2.36 here) does not reset that lock in a child after `fork`: a thread inside
@@ -91,13 +91,22 @@ impl RuleCache {
     /// under the table's own lock, then [`begin`](Self::begin)s with it. False, without
     /// reading, if another thread (or `fork`) holds that lock through the walk's tries:
     /// the walk must not use the table then.
+    #[cfg(test)]
     pub fn begin_with(&self, read_unloads: impl FnOnce() -> u64) -> bool {
+        self.read_unloads(read_unloads)
+            .is_some_and(|unloads| self.begin(unloads))
+    }
+
+    /// The C library's count of unloaded objects, read with `read_unloads` under the
+    /// table's own lock; `None`, without reading, if another thread (or `fork`) holds that
+    /// lock through the walk's tries.
+    pub fn read_unloads(&self, read_unloads: impl FnOnce() -> u64) -> Option<u64> {
         if !self.hold_reading(READ_TRIES) {
-            return false;
+            return None;
         }
         let unloads = read_unloads();
         self.release_reading();
-        self.begin(unloads)
+        Some(unloads)
     }
 
     /// For `fork`'s prepare handler: waits until no walk is reading the count of unloaded

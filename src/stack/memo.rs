@@ -1,0 +1,223 @@
+//! A thread's last walk, replayed while its stack holds the same words. See `stack.rs`.
+//!
+//! A walk's frames are a function of the registers it starts from, the unwind rules of the
+//! code it steps through, and the stack words it reads (each frame's return address, and
+//! the saved `rbp` where a frame saved it). A thread that samples again from the same place
+//! under the same callers reads the same words at the same addresses, so the memo keeps the
+//! last walk's start, its reads and its frames, and a walk from the same start checks the
+//! words (a load and a compare each) instead of looking up every frame's rule (a hash, a
+//! sequence-checked lookup and an unpacking each). The words are checked in the order the
+//! walk read them, each only after those before it matched: every address read is one the
+//! walk itself would read now, so the replay reads nothing a walk would not.
+//!
+//! The rules are the same while no object has been unloaded: a return address found on the
+//! stack is in loaded code, but an object unloaded and another loaded at the same place
+//! could have other rules at the same address. The memo keeps the C library's count of
+//! unloaded objects its walk was made under (the count every walk reads first) and is used
+//! only under the same count.
+//!
+//! A saved `rbp` matters only if a later frame finds its CFA from `rbp`. In code built
+//! without frame pointers `rbp` holds data, and the copies its callees save differ from
+//! call to call; checking them would make most replays miss. Only the `rbp` values a later
+//! frame used are checked (and the starting `rbp` only if used before a frame restored it).
+
+/// The most frames (left-out ones included) a remembered walk has: a deeper stack is
+/// walked every time. 32 covers the stacks of the programs measured (a C `malloc` call from
+/// `main` is about 12) in about 1 KiB per thread.
+pub const MEMO_LEVELS: usize = 32;
+
+/// The words a walk read stepping out of one frame.
+#[derive(Clone, Copy)]
+struct Level {
+    /// Where the return address was, and its value (the caller's frame).
+    ra_at: usize,
+    ra: usize,
+    /// Where the caller's `rbp` was, and its value (checked only if its bit is set in
+    /// `WalkMemo::check_rbp`).
+    rbp_at: usize,
+    rbp: usize,
+}
+
+const NO_LEVEL: Level = Level {
+    ra_at: 0,
+    ra: 0,
+    rbp_at: 0,
+    rbp: 0,
+};
+
+/// Where the `rbp` a walk holds came from, while it is recorded.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RbpSource {
+    /// The register the walk started with.
+    Start,
+    /// The word saved at that level.
+    Level(usize),
+    /// No word: an outermost frame's undefined `rbp` (0), which needs no check.
+    Constant,
+}
+
+/// One thread's last walk (see the module's documentation). Lives in the thread's slot and
+/// is used only by its own samples, one at a time.
+pub struct WalkMemo {
+    /// A walk to replay is recorded here.
+    valid: bool,
+    /// The registers it started from; `rbp` checked only if `check_start_rbp`.
+    pc: usize,
+    rsp: usize,
+    rbp: usize,
+    check_start_rbp: bool,
+    /// The count of unloaded objects its rules were read under.
+    unloads: u64,
+    /// What it was asked for: frames left out, room for frames.
+    skip: usize,
+    room: usize,
+    /// Frames written (the levels' return addresses from `skip` on).
+    len: usize,
+    levels: [Level; MEMO_LEVELS],
+    /// Levels read (more than `MEMO_LEVELS`: too deep, not kept).
+    depth: usize,
+    /// Bit `i`: level `i`'s saved `rbp` was used by a later frame.
+    check_rbp: u32,
+    /// While recording: where the walk's current `rbp` came from.
+    source: RbpSource,
+    /// Walks answered by a replay.
+    replays: u64,
+}
+
+const _: () = assert!(MEMO_LEVELS <= u32::BITS as usize);
+
+impl WalkMemo {
+    /// An empty memo.
+    pub const fn new() -> WalkMemo {
+        WalkMemo {
+            valid: false,
+            pc: 0,
+            rsp: 0,
+            rbp: 0,
+            check_start_rbp: false,
+            unloads: 0,
+            skip: 0,
+            room: 0,
+            len: 0,
+            levels: [NO_LEVEL; MEMO_LEVELS],
+            depth: 0,
+            check_rbp: 0,
+            source: RbpSource::Start,
+            replays: 0,
+        }
+    }
+
+    /// How many walks a replay answered.
+    pub fn replays(&self) -> u64 {
+        self.replays
+    }
+
+    /// Writes the remembered frames into `out` if a walk from `pc`, `rsp` and `rbp` for
+    /// `skip` and `out.len()`, under `unloads`, would read the words the remembered one read
+    /// (checked here, in its order); returns how many. `None`: walk.
+    pub fn replay(
+        &mut self,
+        (pc, rsp, rbp): (usize, usize, usize),
+        out: &mut [usize],
+        skip: usize,
+        unloads: u64,
+    ) -> Option<usize> {
+        if !self.valid
+            || self.pc != pc
+            || self.rsp != rsp
+            || (self.check_start_rbp && self.rbp != rbp)
+            || self.unloads != unloads
+            || self.skip != skip
+            || self.room != out.len()
+        {
+            return None;
+        }
+        for (i, level) in self.levels[..self.depth].iter().enumerate() {
+            // SAFETY: the walk from these registers read this word first once every word
+            // before it matched (as all have): the walk would read it now, and it is an
+            // aligned word of this thread's stack between a frame's stack pointer and its
+            // CFA, which stays put while the capture runs (as in the walk).
+            if unsafe { core::ptr::read_volatile(level.ra_at as *const usize) } != level.ra {
+                return None;
+            }
+            if self.check_rbp & (1 << i) != 0 {
+                // SAFETY: as above.
+                let rbp = unsafe { core::ptr::read_volatile(level.rbp_at as *const usize) };
+                if rbp != level.rbp {
+                    return None;
+                }
+            }
+        }
+        let frames = &self.levels[self.skip..self.skip + self.len];
+        for (o, level) in out.iter_mut().zip(frames) {
+            *o = level.ra;
+        }
+        self.replays += 1;
+        Some(self.len)
+    }
+
+    /// Starts recording a walk from `pc`, `rsp` and `rbp` for `skip` and `room` frames,
+    /// under `unloads`; forgets the last one.
+    pub fn start(
+        &mut self,
+        (pc, rsp, rbp): (usize, usize, usize),
+        skip: usize,
+        room: usize,
+        unloads: u64,
+    ) {
+        self.valid = false;
+        (self.pc, self.rsp, self.rbp) = (pc, rsp, rbp);
+        self.check_start_rbp = false;
+        self.unloads = unloads;
+        (self.skip, self.room) = (skip, room);
+        self.depth = 0;
+        self.check_rbp = 0;
+        self.source = RbpSource::Start;
+    }
+
+    /// The walk finds a CFA from its current `rbp`: that value must be checked on replay.
+    pub fn rbp_used(&mut self) {
+        match self.source {
+            RbpSource::Start => self.check_start_rbp = true,
+            RbpSource::Level(i) => self.check_rbp |= 1 << i,
+            RbpSource::Constant => {}
+        }
+    }
+
+    /// The walk read return address `ra` at `ra_at`, and then the caller's `rbp`: `None`
+    /// if unchanged, `Some(None)` if undefined (0, no word read), else the word `rbp` read
+    /// at `at`.
+    pub fn level(&mut self, ra_at: usize, ra: usize, rbp: Option<Option<(usize, usize)>>) {
+        let i = self.depth;
+        self.depth += 1;
+        if i >= MEMO_LEVELS {
+            return;
+        }
+        let (rbp_at, rbp_value) = rbp.flatten().unwrap_or((0, 0));
+        self.levels[i] = Level {
+            ra_at,
+            ra,
+            rbp_at,
+            rbp: rbp_value,
+        };
+        match rbp {
+            None => {}
+            Some(None) => self.source = RbpSource::Constant,
+            Some(Some(_)) => self.source = RbpSource::Level(i),
+        }
+    }
+
+    /// The walk ended with `len` frames written: kept if it was not too deep.
+    pub fn finish(&mut self, len: usize) {
+        if self.depth <= MEMO_LEVELS {
+            self.len = len;
+            self.valid = true;
+        }
+    }
+}
+
+impl Default for WalkMemo {
+    fn default() -> Self {
+        Self::new()
+    }
+}
