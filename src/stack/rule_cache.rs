@@ -87,16 +87,6 @@ impl RuleCache {
         &self.entries[hash as usize]
     }
 
-    /// Starts a walk: reads the C library's count of unloaded objects with `read_unloads`
-    /// under the table's own lock, then [`begin`](Self::begin)s with it. False, without
-    /// reading, if another thread (or `fork`) holds that lock through the walk's tries:
-    /// the walk must not use the table then.
-    #[cfg(test)]
-    pub fn begin_with(&self, read_unloads: impl FnOnce() -> u64) -> bool {
-        self.read_unloads(read_unloads)
-            .is_some_and(|unloads| self.begin(unloads))
-    }
-
     /// The C library's count of unloaded objects, read with `read_unloads` under the
     /// table's own lock; `None`, without reading, if another thread (or `fork`) holds that
     /// lock through the walk's tries.
@@ -301,20 +291,23 @@ mod tests {
     fn the_count_is_read_only_when_the_fork_lock_is_free() {
         let cache = RuleCache::new();
         cache.put(0x1000, 1);
-        assert!(cache.begin_with(|| 0));
+        assert_eq!(cache.read_unloads(|| 0), Some(0));
+        assert!(cache.begin(0));
         assert_eq!(cache.get(0x1000), Some(1));
         cache.lock_for_fork();
-        assert!(
-            !cache.begin_with(|| panic!("read while fork holds the lock")),
-            "a walk during a fork does not use the table"
+        assert_eq!(
+            cache.read_unloads(|| panic!("read while fork holds the lock")),
+            None,
+            "a walk during a fork does not read the count (nor use the table)"
         );
         cache.unlock_after_fork();
-        assert!(cache.begin_with(|| 1), "the count moved: emptied");
+        assert_eq!(cache.read_unloads(|| 1), Some(1));
+        assert!(cache.begin(1), "the count moved: emptied");
         assert_eq!(cache.get(0x1000), None);
         // The reader's own hold ends with the read.
         cache.lock_for_fork();
         cache.unlock_after_fork();
-        assert!(cache.begin_with(|| 1));
+        assert_eq!(cache.read_unloads(|| 1), Some(1));
     }
 
     /// Runs `wait` on another thread while this one holds the flag as a walk reading the
