@@ -117,11 +117,23 @@ unsafe fn free_slow_keep_errno(ptr: *mut c_void, word: usize) {
     if unsafe { crate::global::free_large_fast_with_word(ptr.cast(), word) } {
         return;
     }
+    // SAFETY: per the caller; the fast paths have been tried.
+    unsafe { free_rest_keep_errno(ptr) }
+}
+
+/// [`free_slow_keep_errno`] past the stash: `errno` saved and restored around the rest.
+/// Apart, so that the stash's path saves no registers for it (a tail call).
+///
+/// # Safety
+/// As [`free_keep_errno`], with the fast paths tried.
+#[cold]
+#[inline(never)]
+unsafe fn free_rest_keep_errno(ptr: *mut c_void) {
     // SAFETY: `__errno_location` returns this thread's errno slot, always valid.
     let errno = unsafe { libc::__errno_location() };
     // SAFETY: as above.
     let saved = unsafe { *errno };
-    // SAFETY: per the caller; the fast path has been tried.
+    // SAFETY: per the caller; the fast paths have been tried.
     unsafe { raw::free_past_fast(ptr.cast()) };
     // SAFETY: as above.
     unsafe { *errno = saved };

@@ -876,10 +876,26 @@ fn alloc_large(size: usize) -> *mut u8 {
     // SAFETY: our own slot, ACTIVE: nothing else on this thread uses the cache now (as in
     // `with_cache`).
     let cache = unsafe { &mut (*l).cache };
-    if let Some(weight) = cache.sampler().sample(size, params) {
-        return sampled_alloc(size, MIN_ALIGN, false, weight);
+    if !cache.sampler().charge(size) {
+        return alloc_large_crossed(size);
     }
     cache.alloc_large(&HEAP, size, MIN_ALIGN)
+}
+
+/// [`alloc_large`] whose charge crossed the countdown: sampled, or served as usual if the
+/// crossing samples nothing. Apart, so that the common path keeps no frame for the
+/// profiler's setting.
+#[cold]
+#[inline(never)]
+fn alloc_large_crossed(size: usize) -> *mut u8 {
+    let l = local();
+    // SAFETY: our own slot, ACTIVE (checked by the caller, and nothing since ran on this
+    // thread that could change it): as in `alloc_large`.
+    let cache = unsafe { &mut (*l).cache };
+    match cache.sampler().crossed(size, params()) {
+        Some(weight) => sampled_alloc(size, MIN_ALIGN, false, weight),
+        None => cache.alloc_large(&HEAP, size, MIN_ALIGN),
+    }
 }
 
 #[cold]
