@@ -620,11 +620,7 @@ mod tests {
         rbp: usize,
         rules: &[cfi::FrameRule],
     ) -> Option<Vec<usize>> {
-        let cache = fresh_rules();
-        assert!(cache.begin(walk::unloaded_objects()));
-        for (i, rule) in rules.iter().enumerate() {
-            cache.put(0x1000 * (i + 1), rule.pack());
-        }
+        let cache = made_up_rules(rules);
         let mut out = vec![0usize; frames];
         let here = walk::Registers::at(0x1000, words.as_ptr() as usize, rbp);
         walk::walk(here, &mut out, skip, &cache, None).map(|n| out[..n].to_vec())
@@ -735,8 +731,8 @@ mod tests {
         );
     }
 
-    /// Made-up rules in a table of their own, as `walk_made_up` puts them, for walks that
-    /// share it (and a memo).
+    /// Made-up rules in a table of their own: `rules` for the addresses 0x1000, 0x2000, ...
+    /// in turn.
     #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
     fn made_up_rules(rules: &[cfi::FrameRule]) -> Box<RuleCache> {
         let cache = fresh_rules();
@@ -745,6 +741,18 @@ mod tests {
             cache.put(0x1000 * (i + 1), rule.pack());
         }
         cache
+    }
+
+    /// The rule of a 16-byte frame: the CFA 16 bytes above `rsp` (or `rbp`, if
+    /// `cfa_from_rbp`), the return address just below it, the caller's `rbp` as `rbp` says.
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    fn frame16(cfa_from_rbp: bool, rbp: cfi::SavedRbp) -> cfi::FrameRule {
+        cfi::FrameRule::Step(cfi::Step {
+            cfa_from_rbp,
+            cfa_offset: 16,
+            ra_offset: -8,
+            rbp,
+        })
     }
 
     /// A walk of the made-up stack `words` with `rules` and `memo`, into a buffer of
@@ -765,21 +773,11 @@ mod tests {
     #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
     #[test]
     fn a_walk_is_replayed_only_while_the_words_it_read_are_there() {
-        use cfi::{FrameRule, SavedRbp, Step};
+        use cfi::{FrameRule, SavedRbp};
         // Frame 0 saves rbp and returns to 0x2001; frame 1 (rule at 0x2000) finds its CFA
         // from that rbp and returns to 0x3001 or 0x4001, both outermost.
-        let frame0 = FrameRule::Step(Step {
-            cfa_from_rbp: false,
-            cfa_offset: 16,
-            ra_offset: -8,
-            rbp: SavedRbp::At(-16),
-        });
-        let frame1 = FrameRule::Step(Step {
-            cfa_from_rbp: true,
-            cfa_offset: 16,
-            ra_offset: -8,
-            rbp: SavedRbp::Same,
-        });
+        let frame0 = frame16(false, SavedRbp::At(-16));
+        let frame1 = frame16(true, SavedRbp::Same);
         let rules = made_up_rules(&[frame0, frame1, FrameRule::End, FrameRule::End]);
         let mut memo = WalkMemo::new();
         let mut stack = [0x7771usize; 16];
@@ -834,21 +832,13 @@ mod tests {
     #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
     #[test]
     fn a_deeper_frames_saved_rbp_is_checked_when_a_later_frame_uses_it() {
-        use cfi::{FrameRule, SavedRbp, Step};
+        use cfi::{FrameRule, SavedRbp};
         // Frame 0 returns to 0x2001; frame 1 saves rbp and returns to 0x3001; frame 2 finds
         // its CFA from that rbp and returns to 0x4001 or 0x5001, both outermost.
-        let step = |cfa_from_rbp, rbp| {
-            FrameRule::Step(Step {
-                cfa_from_rbp,
-                cfa_offset: 16,
-                ra_offset: -8,
-                rbp,
-            })
-        };
         let rules = made_up_rules(&[
-            step(false, SavedRbp::Same),
-            step(false, SavedRbp::At(-16)),
-            step(true, SavedRbp::Same),
+            frame16(false, SavedRbp::Same),
+            frame16(false, SavedRbp::At(-16)),
+            frame16(true, SavedRbp::Same),
             FrameRule::End,
             FrameRule::End,
         ]);
@@ -883,18 +873,13 @@ mod tests {
     #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
     #[test]
     fn an_rbp_no_frame_uses_is_not_checked() {
-        use cfi::{FrameRule, SavedRbp, Step};
+        use cfi::{FrameRule, SavedRbp};
         // Frame 0 saves rbp (data, in code without frame pointers); frame 1 finds its CFA
         // from rsp. A walk starting with rbp and using it is checked against it.
-        let rsp_based = |rbp| {
-            FrameRule::Step(Step {
-                cfa_from_rbp: false,
-                cfa_offset: 16,
-                ra_offset: -8,
-                rbp,
-            })
-        };
-        let rules = made_up_rules(&[rsp_based(SavedRbp::At(-16)), rsp_based(SavedRbp::Same)]);
+        let rules = made_up_rules(&[
+            frame16(false, SavedRbp::At(-16)),
+            frame16(false, SavedRbp::Same),
+        ]);
         let mut memo = WalkMemo::new();
         let mut stack = [0usize; 8];
         stack[0] = 0x5555;
@@ -909,13 +894,7 @@ mod tests {
         assert_eq!(walk(&stack, 9, &mut memo), Some(vec![0x2001; 3]));
         assert_eq!(memo.replays(), 1, "neither rbp is used: replayed");
         // The first frame's CFA from the starting rbp: a walk from another rbp is walked.
-        let from_rbp = FrameRule::Step(Step {
-            cfa_from_rbp: true,
-            cfa_offset: 16,
-            ra_offset: -8,
-            rbp: SavedRbp::Same,
-        });
-        let rules = made_up_rules(&[from_rbp, FrameRule::End]);
+        let rules = made_up_rules(&[frame16(true, SavedRbp::Same), FrameRule::End]);
         let mut memo = WalkMemo::new();
         let base = stack.as_ptr() as usize;
         stack[5] = 0;
@@ -931,14 +910,8 @@ mod tests {
     #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
     #[test]
     fn a_walk_deeper_than_the_memo_is_not_kept() {
-        use cfi::{FrameRule, SavedRbp, Step};
-        let looped = FrameRule::Step(Step {
-            cfa_from_rbp: false,
-            cfa_offset: 16,
-            ra_offset: -8,
-            rbp: SavedRbp::Same,
-        });
-        let rules = made_up_rules(&[looped]);
+        // Frames of 16 bytes, each returning to the same address.
+        let rules = made_up_rules(&[frame16(false, cfi::SavedRbp::Same)]);
         let stack: [usize; 2 * memo::MEMO_LEVELS + 2] =
             core::array::from_fn(|i| if i % 2 == 1 { 0x1001 } else { 0 });
         let levels = memo::MEMO_LEVELS;
