@@ -62,6 +62,7 @@ MIRI_FILTERS=(
   thread_cache::tests::the_direct_bin_table
   thread_cache::tests::the_cache_walker
   thread_cache::tests::freed_large_spans
+  thread_cache::tests::freed_large_objects_of_listed_lengths
   thread_cache::tests::a_thread_lends_one
   thread_cache::tests::a_shared_never_filled_cache
   thread_cache::tests::a_reserve_hands_back_a_segment

@@ -112,7 +112,28 @@ unsafe fn free_keep_errno(ptr: *mut c_void) {
 #[cold]
 #[inline(never)]
 unsafe fn free_slow_keep_errno(ptr: *mut c_void, word: usize) {
-    // A large object into the thread's stash: no lock, no system call, no errno to keep.
+    // A large object onto the thread's large lists (its word says so): no lock, no system
+    // call, no errno to keep, and no frame: the stash's path is a call of its own.
+    if crate::page_map::word_listed_large(word).is_some() {
+        // SAFETY: per the caller.
+        if unsafe { crate::global::free_listed_fast_with_word(ptr.cast(), word) } {
+            return;
+        }
+        // SAFETY: per the caller; the fast paths have been tried.
+        return unsafe { free_rest_keep_errno(ptr) };
+    }
+    // SAFETY: per the caller.
+    unsafe { free_recorded_keep_errno(ptr, word) }
+}
+
+/// [`free_slow_keep_errno`] for a word that is not a listed one: a large object into the
+/// thread's stash (no errno to keep either), or the rest with `errno` kept.
+///
+/// # Safety
+/// As [`free_slow_keep_errno`].
+#[cold]
+#[inline(never)]
+unsafe fn free_recorded_keep_errno(ptr: *mut c_void, word: usize) {
     // SAFETY: per the caller.
     if unsafe { crate::global::free_large_fast_with_word(ptr.cast(), word) } {
         return;

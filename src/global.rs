@@ -754,6 +754,19 @@ pub(crate) unsafe fn free_fast_with_word(ptr: *mut u8, word: usize) -> bool {
     unsafe { ThreadCache::push_small_raw(cache, ptr, word) }
 }
 
+/// The free of a large object onto this thread's list of its length, when `word`, the
+/// small-object word of the page of `ptr`, is its listed word and the lists take it
+/// (`ThreadCache::push_listed_raw`); `false`, having done nothing, otherwise.
+///
+/// # Safety
+/// As [`raw::free`].
+#[inline(always)]
+pub(crate) unsafe fn free_listed_fast_with_word(ptr: *mut u8, word: usize) -> bool {
+    // SAFETY: our own slot (or the never-written one of exited threads, never active, which
+    // the push only reads); per the caller, with the word of its page.
+    unsafe { ThreadCache::push_listed_raw(&raw mut (*local_for_fast_path()).cache, ptr, word) }
+}
+
 /// [`raw::free_large_fast`] with `word`, the small-object word of the page of `ptr`, read by
 /// the caller: the span record comes from it (`page_map::large_word`), in the cache line
 /// the small-object test has just read, rather than from the leaf's span entry.
@@ -763,6 +776,10 @@ pub(crate) unsafe fn free_fast_with_word(ptr: *mut u8, word: usize) -> bool {
 #[inline]
 pub(crate) unsafe fn free_large_fast_with_word(ptr: *mut u8, word: usize) -> bool {
     let addr = ptr as usize;
+    if crate::page_map::word_listed_large(word).is_some() {
+        // SAFETY: per the caller.
+        return unsafe { free_listed_fast_with_word(ptr, word) };
+    }
     let span = crate::page_map::word_large_span(word);
     // SAFETY: span records are never unmapped, and the fields read are atomics (a record
     // given back and reused is rewritten atomically); a stale word names a record whose
@@ -868,6 +885,25 @@ unsafe fn alloc_medium(size: usize) -> *mut u8 {
 /// that keep replacing large buffers). Anything else takes [`alloc_slow`].
 #[inline(never)]
 fn alloc_large(size: usize) -> *mut u8 {
+    // SAFETY: our own slot (or the never-written one of exited threads, whose lists are
+    // empty and only read).
+    let cache = unsafe { &raw mut (*local_for_fast_path()).cache };
+    // SAFETY: as above.
+    let obj = unsafe { ThreadCache::pop_listed_raw(cache, &HEAP, size) };
+    if !obj.is_null() {
+        // SAFETY: it held an object, so it is this thread's own active cache.
+        if unsafe { ThreadCache::charge_raw(cache, size) } {
+            return obj;
+        }
+        // SAFETY: `obj` was just popped for this request.
+        return unsafe { sample_popped(obj, size) };
+    }
+    alloc_large_unlisted(size)
+}
+
+/// [`alloc_large`] past the listed objects: the stash or the page heap.
+#[inline(never)]
+fn alloc_large_unlisted(size: usize) -> *mut u8 {
     let l = local();
     // SAFETY: our own slot (or the shared one of exited threads, never ACTIVE).
     if unsafe { (*l).state } != ACTIVE {

@@ -134,9 +134,13 @@
 //!
 //! ## Large objects (32 KiB and up, or alignment above 8 KiB)
 //!
-//! A span of their own. A thread's freed large spans of up to 1 MiB wait in its cache's
-//! stash (four of them) for its next allocation of the same length: one compare-and-swap,
-//! no lock. The free into an empty slot (`raw::free_large_fast`, also the C `free`'s, with
+//! A span of their own. A thread's freed large objects of 32 KiB to 256 KiB go onto its
+//! cache's list of their length (up to 512 KiB in all; `thread_cache/large_lists.rs`):
+//! the free reads only the first page's small-object word, which for these objects holds
+//! their start and length (the *listed word*), and the next allocation of that length takes
+//! the list's head, with no span record read, no atomic and no lock. Other freed large
+//! spans of up to 1 MiB (and what the full lists refuse) wait in its cache's stash (four of
+//! them) for its next allocation of the same length: one compare-and-swap, no lock. The free into an empty slot (`raw::free_large_fast`, also the C `free`'s, with
 //! no `errno` to keep; the span record comes from the first page's small-object word, read
 //! by the small-object test just before) and the allocation of the span freed last
 //! (`alloc_large_newest`) are short paths of their own (a sampled object's free takes the

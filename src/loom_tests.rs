@@ -520,22 +520,25 @@ fn reserve_reclaim_races_the_owner() {
 #[test]
 fn stash_reclaim_races_the_owner() {
     model(3, || {
+        // Longer than the thread cache's large lists take (32 pages), so the free goes to
+        // the stash, where a reclaimer can reach it.
+        const STASHED: usize = 33 * PAGE_SIZE;
         let w = World::new();
         let (mut cache, reserve, reserves) = cache_with_listed_reserve();
         // A small allocation activates the cache (an inactive one stashes nothing).
         let small = w.alloc(&mut cache, class(2560, 3, 1));
-        let big = Obj(cache.alloc(&w.heap, 5 * PAGE_SIZE, 8));
+        let big = Obj(cache.alloc(&w.heap, STASHED, 8));
         assert!(!big.0.is_null());
         let (w1, r1) = (w.clone(), reserves.clone());
         let owner = spawn(move || {
             let (big, small) = (big, small); // the objects, not their (non-Send) fields
             // SAFETY: a live large object, freed once (into the stash).
             unsafe { cache.free(&w1.heap, big.0) };
-            let again = cache.alloc(&w1.heap, 5 * PAGE_SIZE, 8);
+            let again = cache.alloc(&w1.heap, STASHED, 8);
             assert!(!again.is_null());
             // SAFETY: the object just allocated, written as its owner would, then freed once.
             unsafe {
-                again.write_bytes(7, 5 * PAGE_SIZE);
+                again.write_bytes(7, STASHED);
                 cache.free(&w1.heap, again);
             }
             w1.free(&mut cache, small);

@@ -78,8 +78,8 @@ type Root = loom_node::Node<Leaf, { loom_node::ROOT_SLOTS }>;
 /// class times 16 in the low bits (spans start on page boundaries, so those bits are free;
 /// times 16, the size of the free path's per-class records, so the free path indexes them
 /// with the bits as they are). 0 for every other page but a large span's first page
-/// ([`large_word`], class bits 0 too). What the sizeless `free` needs, in one load from the
-/// leaf.
+/// ([`large_word`] or [`listed_large_word`], class bits 0 too). What the sizeless `free`
+/// needs, in one load from the leaf.
 #[inline(always)]
 pub const fn small_word(start_addr: usize, class: u8) -> usize {
     start_addr | (class as usize) << 4
@@ -100,11 +100,41 @@ pub fn large_word(span: *const Span) -> usize {
     addr << PAGE_SHIFT
 }
 
-/// The span record a [`large_word`] names, or null for any other word (0, or a small span's
-/// page).
+/// The mark of a [`listed_large_word`] (no other word has this bit: the others hold an
+/// address below 2^[`ADDRESS_BITS`], or one shifted by [`PAGE_SHIFT`]).
+const LISTED_LARGE: usize = 1 << 63;
+
+/// The small-object word of the first page of a large span whose object a thread cache may
+/// keep on its list of freed objects of `pages` pages (`thread_cache::large_lists`): the
+/// object's start (page-aligned, so the class bits stay 0, "not a small span's page"), its
+/// length in pages above [`ADDRESS_BITS`], and a mark. The sizeless free of such an object
+/// needs nothing else: no span record is read on the way to the list, or off it. The
+/// thread cache writes it while it owns the object (handing it out, or freeing it after its
+/// heap-profile sample left); the page heap clears it with any large word.
+#[inline(always)]
+pub fn listed_large_word(start_addr: usize, pages: Pages) -> usize {
+    debug_assert!(start_addr < 1 << ADDRESS_BITS && start_addr % PAGE_SIZE == 0);
+    debug_assert!(pages.0 > 0 && pages.0 < 1 << (63 - ADDRESS_BITS));
+    LISTED_LARGE | pages.0 << ADDRESS_BITS | start_addr
+}
+
+/// The object start and pages a [`listed_large_word`] holds, or `None` for any other word.
+#[inline(always)]
+pub fn word_listed_large(word: usize) -> Option<(usize, Pages)> {
+    if word & LISTED_LARGE == 0 {
+        return None;
+    }
+    Some((
+        word & ((1 << ADDRESS_BITS) - 1),
+        Pages((word & !LISTED_LARGE) >> ADDRESS_BITS),
+    ))
+}
+
+/// The span record a [`large_word`] names, or null for any other word (0, a small span's
+/// page, a [`listed_large_word`]).
 #[inline(always)]
 pub fn word_large_span(word: usize) -> *mut Span {
-    if word_class_bytes(word) != 0 {
+    if word_class_bytes(word) != 0 || word & LISTED_LARGE != 0 {
         return null_mut();
     }
     core::ptr::with_exposed_provenance_mut(word >> PAGE_SHIFT)
@@ -430,6 +460,19 @@ mod tests {
         let small = small_word(0x7f00_0000_2000, 5);
         assert!(word_large_span(small).is_null());
         assert_eq!(word_class(small), 5);
+        assert_eq!(word_listed_large(word), None);
+        assert_eq!(word_listed_large(small), None);
+        assert_eq!(word_listed_large(0), None);
+    }
+
+    #[test]
+    fn a_listed_word_holds_its_objects_start_and_pages_and_names_no_record() {
+        for (start, pages) in [(0x7f00_0000_2000, 4), (0xffff_ffff_e000, 32), (0x2000, 13)] {
+            let word = listed_large_word(start, Pages(pages));
+            assert_eq!(word_listed_large(word), Some((start, Pages(pages))));
+            assert_eq!(word_class(word), 0, "not a small span's page");
+            assert!(word_large_span(word).is_null());
+        }
     }
 
     #[test]

@@ -318,7 +318,15 @@ impl SampleTable {
         if span.kind() != SpanKind::Large || span.start_addr() != p as usize {
             return false;
         }
-        if !self.record(heap.source(), span, frames, size, weight) {
+        if self.record(heap.source(), span, frames, size, weight) {
+            // Its free must find the record (to take the sample off), not go by a listed
+            // word to a thread cache's list without reading it.
+            map.set_small_words(
+                span.start(),
+                crate::pages::Pages(1),
+                crate::page_map::large_word(span),
+            );
+        } else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
         true

@@ -47,7 +47,8 @@ pub struct Stats {
     /// Of which in large objects.
     pub large_in_use: usize,
     /// Free object bytes in the calling thread's cache, the orphan cache and every thread's
-    /// reserve (what a cache keeps past its bins), and the reserves' stashed large spans.
+    /// reserve (what a cache keeps past its bins), and the reserves' stashed large spans and
+    /// the calling thread's listed large objects.
     pub thread_cache: usize,
     /// Free object bytes in the central lists: in spans, and in the transfer slots.
     pub central: usize,
@@ -93,7 +94,7 @@ impl CacheView {
     pub(crate) fn of(cache: &ThreadCache) -> CacheView {
         CacheView {
             cached: cache.cached_objects(),
-            stashed: 0,
+            stashed: cache.listed_bytes(),
             unfolded: cache.unfolded_counts(),
         }
     }

@@ -448,6 +448,115 @@ fn double_free_large_on_two_threads() {
 }
 
 #[test]
+fn double_free_large_listed_immediate() {
+    // 100 000 bytes: a length the thread's large lists keep (32 KiB to 256 KiB); the free
+    // goes by the page's listed word, with no span record read.
+    death_test("double_free_large_listed_immediate", DOUBLE, || {
+        warm_up();
+        // SAFETY: a live object, then freed twice on purpose.
+        unsafe {
+            let p = raw::alloc(100_000, 8);
+            assert!(!p.is_null());
+            expect_stop_at(p as usize);
+            raw::free(p);
+            raw::free(p);
+        }
+    });
+}
+
+#[test]
+fn double_free_large_stashed_past_the_full_lists() {
+    // Three of 256 KiB: two fill the large lists, the third goes to the stash; one taken
+    // off the lists again makes room there, and the third's second free, which goes by its
+    // listed word onto a list, must see that the stash holds it.
+    death_test(
+        "double_free_large_stashed_past_the_full_lists",
+        DOUBLE,
+        || {
+            warm_up();
+            // SAFETY: live objects of ours; the last freed twice on purpose.
+            unsafe {
+                let p: Vec<*mut u8> = (0..3).map(|_| raw::alloc(256 << 10, 8)).collect();
+                assert!(p.iter().all(|p| !p.is_null()));
+                for &q in &p {
+                    raw::free(q);
+                }
+                assert_eq!(raw::alloc(256 << 10, 8), p[1], "the newest listed");
+                expect_stop_at(p[2] as usize);
+                raw::free(p[2]);
+            }
+        },
+    );
+}
+
+#[test]
+fn double_free_large_listed_then_freed_on_another_thread() {
+    // The second free comes from another thread: whether its cache takes the object onto
+    // its own lists or, having none yet, sends it by the span record towards the page heap,
+    // the free key the first free left on the object must stop it.
+    death_test(
+        "double_free_large_listed_then_freed_on_another_thread",
+        DOUBLE,
+        || {
+            warm_up();
+            // SAFETY: a live object, freed once (onto this thread's list).
+            let p = unsafe {
+                let p = raw::alloc(100_000, 8);
+                assert!(!p.is_null());
+                raw::free(p);
+                p as usize
+            };
+            expect_stop_at(p);
+            std::thread::spawn(move || {
+                // SAFETY: the second free, on purpose.
+                unsafe { raw::free(p as *mut u8) };
+            })
+            .join()
+            .unwrap();
+        },
+    );
+}
+
+extern "C" fn free_in_key_destructor(p: *mut libc::c_void) {
+    // SAFETY: the second free of a freed object, on purpose.
+    unsafe { raw::free(p.cast()) };
+}
+
+#[test]
+fn double_free_large_listed_then_freed_after_a_threads_exit_flush() {
+    // The second free comes from a thread-exit key destructor that runs after spanalloc's
+    // own has flushed the thread's cache: it goes through the orphan cache, which keeps no
+    // large objects, straight towards the page heap, and must see the free key the first
+    // free left on the object (glibc runs key destructors in key order, and spanalloc's key
+    // was made first, by the warm-up).
+    death_test(
+        "double_free_large_listed_then_freed_after_a_threads_exit_flush",
+        DOUBLE,
+        || {
+            warm_up();
+            // SAFETY: a live object, freed once (onto this thread's list).
+            let p = unsafe {
+                let p = raw::alloc(100_000, 8);
+                assert!(!p.is_null());
+                raw::free(p);
+                p as usize
+            };
+            let mut key: libc::pthread_key_t = 0;
+            // SAFETY: a valid out-pointer; the destructor is an `extern "C" fn`.
+            let rc = unsafe { libc::pthread_key_create(&mut key, Some(free_in_key_destructor)) };
+            assert_eq!(rc, 0);
+            expect_stop_at(p);
+            std::thread::spawn(move || {
+                // SAFETY: a key we made; the value is freed by its destructor at exit.
+                unsafe { libc::pthread_setspecific(key, p as *const libc::c_void) };
+            })
+            .join()
+            .unwrap();
+        },
+    );
+}
+
+#[test]
 fn double_free_large_sized() {
     death_test("double_free_large_sized", DOUBLE, || {
         warm_up();

@@ -99,8 +99,26 @@ fn realloc_of_a_freed_large_object_in_the_stash() {
         "realloc_of_a_freed_large_object_in_the_stash",
         REALLOC_FREED,
         || {
-            // SAFETY: a live large object, freed (into this thread's stash), then resized on
-            // purpose.
+            // SAFETY: a live large object (longer than the large lists take), freed (into
+            // this thread's stash), then resized on purpose.
+            unsafe {
+                let p = raw::alloc(300_000, 16);
+                assert!(!p.is_null());
+                raw::free(p);
+                raw::realloc(p, 300_500, 16);
+            }
+        },
+    );
+}
+
+#[test]
+fn realloc_of_a_freed_large_object_on_a_large_list() {
+    death_test(
+        "realloc_of_a_freed_large_object_on_a_large_list",
+        REALLOC_FREED,
+        || {
+            // SAFETY: a live large object of a listed length, freed (onto this thread's list
+            // of its length), then resized on purpose.
             unsafe {
                 let p = raw::alloc(100_000, 16);
                 assert!(!p.is_null());

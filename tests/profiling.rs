@@ -700,6 +700,16 @@ fn a_sampled_large_object_freed_goes_to_the_stash_and_leaves_the_profile() {
             p.cast_const(),
             "the stashed span, taken back"
         );
+        // Unsampled now: its first page holds the listed word again (the sample's record
+        // word sent its free to the record), so its free goes onto the large lists.
+        let word = spanalloc::internals::heap()
+            .page_map()
+            .small_word_of(p as usize);
+        assert_eq!(
+            spanalloc::internals::page_map::word_listed_large(word).map(|(start, _)| start),
+            Some(p as usize),
+            "listed again once its sample left"
+        );
     })
     .join()
     .unwrap();

@@ -54,7 +54,10 @@ impl ThreadCache {
             return None;
         }
         // SAFETY: taken out of the stash by us: the span and its free object are ours.
-        unsafe { span.unstash_large() };
+        unsafe {
+            span.unstash_large();
+            crate::span::mark_allocated(span.start_addr() as *mut u8);
+        }
         self.stash_used = true;
         Some(span.start_addr() as *mut u8)
     }
@@ -94,14 +97,17 @@ impl ThreadCache {
             return None;
         }
         // SAFETY: taken out of the stash by us: the span and its free object are ours.
-        unsafe { (*span).unstash_large() };
+        unsafe {
+            (*span).unstash_large();
+            crate::span::mark_allocated((*span).start_addr() as *mut u8);
+        }
         Some(span)
     }
 
-    /// The start of a stashed span with at least `room` bytes aligned to `align` (the
-    /// shortest such), handed out as a growing buffer's room: its next growths then need no
-    /// page heap lock, as a buffer freed and built again each round finds its last round's
-    /// span. Only while no earlier lent span is still out: a buffer that keeps a lent span
+    /// The start of a listed object or a stashed span with at least `room` bytes aligned to
+    /// `align` (the shortest listed one, else the shortest stashed one), handed out as a
+    /// growing buffer's room: its next growths then need no page heap lock, as a buffer
+    /// freed and built again each round finds its last round's span. Only while no earlier lent span is still out: a buffer that keeps a lent span
     /// for good (one that stops growing and lives on) pins at most that one span, up to
     /// `STASH_MAX_GROWN_PAGES`, until it is freed.
     pub(super) fn lend_stashed<S: PageSource>(
@@ -126,6 +132,10 @@ impl ThreadCache {
                 return None;
             }
             self.lent_start = 0;
+        }
+        if let Some(p) = self.lend_listed(heap, room, align) {
+            self.lent_start = p as usize;
+            return Some(p);
         }
         if !self.stash_seen {
             return None;
@@ -197,7 +207,7 @@ impl ThreadCache {
         let Some((reserve, i)) = self.empty_stash_slot_for(s) else {
             return false;
         };
-        crate::sample_table::release_sample(s);
+        Self::release_large_sample(heap, span);
         // SAFETY: per the caller; slot `i` is empty.
         unsafe { self.stash_freed(heap, reserve, i, span) };
         true
@@ -258,7 +268,14 @@ impl ThreadCache {
     unsafe fn free_large_slow<S: PageSource>(&mut self, heap: &Heap<S>, span: NonNull<Span>) {
         // SAFETY: a live span record.
         let s = unsafe { span.as_ref() };
-        crate::sample_table::release_sample(s);
+        // A listed object (the free key on it) freed again by a path that went by its
+        // record (an inactive cache's, or one with full lists): the stash's mark below
+        // catches it, the page heap would not.
+        // SAFETY: a large object's start: at least two words.
+        if unsafe { crate::span::is_marked_freed(s.start_addr() as *mut u8, self.key) } {
+            fatal_at("double free detected", s.start_addr());
+        }
+        Self::release_large_sample(heap, span);
         self.count_large_free(heap, s);
         let reserve = match self.reserve() {
             Some(r) if self.may_stash(s) => r,
@@ -315,8 +332,20 @@ impl ThreadCache {
         self.forget_lent(NonNull::from(s));
     }
 
-    /// Marks `span` stashed (stopping the process if it already was: a double free) and
-    /// puts it in slot `i`, the newest.
+    /// Takes `span`'s heap-profile sample off it, if it has one, and gives its first page
+    /// the word of an unsampled object (the listed word, if its length is listed), since
+    /// the object may be handed out again unsampled.
+    fn release_large_sample<S: PageSource>(heap: &Heap<S>, span: NonNull<Span>) {
+        // SAFETY: the caller's large span, whose object is being freed.
+        let s = unsafe { span.as_ref() };
+        if s.sample() != 0 {
+            crate::sample_table::release_sample(s);
+            Self::set_large_word(heap, span);
+        }
+    }
+
+    /// Marks `span` stashed and its object with the free key (stopping the process if it
+    /// was either: a double free) and puts it in slot `i`, the newest.
     ///
     /// # Safety
     /// `reserve` is this cache's, slot `i` is empty, and `span` holds a large object the
@@ -328,6 +357,10 @@ impl ThreadCache {
         if !s.stash_large() {
             fatal_at("double free detected", s.start_addr());
         }
+        // The key lets a free that goes by the listed word, without the record, see that
+        // the object is free (`push_listed`).
+        // SAFETY: the caller's large object, freed: its first two words are ours.
+        unsafe { crate::span::mark_freed(s.start_addr() as *mut u8, self.key) };
         self.stash_clock = self.stash_clock.wrapping_add(1);
         self.stash_stamps[i] = self.stash_clock;
         // SAFETY: we are the owner and slot `i` is empty (only the owner fills a slot, so

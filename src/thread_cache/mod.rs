@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `mod.rs` | the value, and the whole operations the global allocator and the tests use |
 //! | [`bins`] | the per-class lists: fast paths, batches to and from the central lists |
+//! | `large_lists.rs` | freed large objects of 32 KiB to 256 KiB by length, freed and reused without a span record |
 //! | `large.rs` | freed large spans kept for reuse (the stash), and lending them to growing buffers |
 //! | `realloc.rs` | `realloc`: in place where it can, buffers that keep growing |
 //! | [`reserve`] | what the cache keeps past its bins' reachable bound, where another thread can give it back |
@@ -16,6 +17,7 @@
 
 pub mod bins;
 mod large;
+mod large_lists;
 mod realloc;
 pub mod reserve;
 #[cfg(all(test, not(loom)))]
@@ -60,6 +62,8 @@ pub struct ThreadCache {
     sampler: Sampler,
     /// By class; a bin's address is the cache's plus a constant plus `class * 16`.
     bins: [Bin; CLASS_COUNT],
+    /// Freed large objects of 32 KiB to 256 KiB, by length.
+    large_lists: large_lists::LargeLists,
     /// The bins' bounds in bytes (each bin's bound times its class size): what the cache
     /// may hold in free small objects, kept within the heap's `thread_cache_bytes`.
     bound_bytes: usize,
@@ -68,7 +72,7 @@ pub struct ThreadCache {
     trim_at: u64,
     /// Calls of [`ThreadCache::maybe_trim`] (it reads the clock on some of them).
     trim_ticks: u32,
-    /// Whether the stash served an allocation since the last trim.
+    /// Whether the stash or the large lists served an allocation since the last trim.
     stash_used: bool,
     /// Whether the stash held a span when this thread last looked (a reclaimer may have
     /// emptied it since): the stash is not looked at while it is `false`.
@@ -128,6 +132,7 @@ impl ThreadCache {
             active: false,
             sampler: Sampler::new(),
             bins: [const { Bin::empty() }; CLASS_COUNT],
+            large_lists: large_lists::LargeLists::new(),
             bound_bytes: 0,
             trim_at: 0,
             trim_ticks: 0,
@@ -221,6 +226,7 @@ impl ThreadCache {
         if !self.active {
             self.key = crate::check::free_key();
             self.active = true;
+            self.update_lists_limit();
         }
     }
 
@@ -229,6 +235,7 @@ impl ThreadCache {
     pub fn deactivate(&mut self) {
         debug_assert!(self.bins.iter().all(|b| b.head.is_null()));
         self.active = false;
+        self.update_lists_limit();
     }
 
     /// Gives the cache a reserve: from then on its bins keep at most [`REACHABLE_BYTES`] in
@@ -242,11 +249,13 @@ impl ThreadCache {
     /// [`REACHABLE_BYTES`]: reserve::REACHABLE_BYTES
     pub unsafe fn attach_reserve(&mut self, reserve: &Reserve) {
         self.reserve = reserve;
+        self.update_lists_limit();
     }
 
     /// Forgets the reserve (after a flush, which emptied it).
     pub fn detach_reserve(&mut self) {
         self.reserve = core::ptr::null();
+        self.update_lists_limit();
     }
 
     /// The cache's reserve, if it has one. The lifetime is not tied to the cache: the
@@ -276,13 +285,15 @@ impl ThreadCache {
         heap.thread_cache_bytes() - self.bins_budget(heap)
     }
 
-    /// Gives every cached object back to the central lists and the stash to the page heap
-    /// (thread exit, or `flush_thread_cache`), the reserve's included. The cache stays usable.
+    /// Gives every cached object back to the central lists, and the listed and stashed
+    /// large objects to the page heap (thread exit, or `flush_thread_cache`), the reserve's
+    /// included. The cache stays usable.
     pub fn flush<S: PageSource>(&mut self, heap: &Heap<S>) {
         self.expensive_check(heap, true);
         for class in SizeClass::all() {
             self.empty_bin(heap, class);
         }
+        self.free_listed(heap);
         self.stash_seen = false;
         self.reserve_allowed = [0; CLASS_COUNT];
         self.reserve_allowed_bytes = 0;
@@ -295,11 +306,12 @@ impl ThreadCache {
         heap.maybe_release();
     }
 
-    /// Gives the stash back when it served nothing for a quarter of the decay time. Called
-    /// from the cache's slow paths and large allocations; a few instructions when not due.
+    /// Gives the stash and the large lists back when they served nothing for a quarter of
+    /// the decay time. Called from the cache's slow paths and large allocations; a few
+    /// instructions when not due.
     #[inline]
     pub fn maybe_trim<S: PageSource>(&mut self, heap: &Heap<S>) {
-        if !self.stash_seen {
+        if !self.stash_seen && self.large_lists_empty() {
             return;
         }
         self.trim_ticks = self.trim_ticks.wrapping_add(1);
@@ -316,6 +328,7 @@ impl ThreadCache {
             self.trim_at = now + (decay.max(0) as u64 / 4).max(1);
             if !core::mem::take(&mut self.stash_used) && decay >= 0 && !first {
                 self.free_stash(heap);
+                self.free_listed(heap);
             }
         }
     }
@@ -345,9 +358,10 @@ impl ThreadCache {
         }
     }
 
-    /// A large object (no class serves `size` at `align`): a stashed span of the same
-    /// length, else the page heap. The span freed last, when it fits, takes a few loads
-    /// and one compare-and-swap, out of the slow path's frame.
+    /// A large object (no class serves `size` at `align`): the newest listed object of the
+    /// same length, else a stashed span of the same length, else the page heap. A listed
+    /// object takes a few loads and stores; the span stashed last, when it fits, a few loads
+    /// and one compare-and-swap; both out of the slow path's frame.
     #[inline]
     pub fn alloc_large<S: PageSource>(
         &mut self,
@@ -355,6 +369,10 @@ impl ThreadCache {
         size: usize,
         align: usize,
     ) -> *mut u8 {
+        let p = self.pop_listed(heap, size, align);
+        if !p.is_null() {
+            return p;
+        }
         if let Some(p) = self.alloc_large_newest(size, align) {
             return p;
         }
@@ -376,7 +394,9 @@ impl ThreadCache {
             self.maybe_trim(heap);
         }
         heap.alloc_large(size, align)
-            .map_or(null_mut(), |(p, _)| p.as_ptr())
+            .map_or(null_mut(), |(p, zeroed)| {
+                Self::take_large(heap, p.as_ptr(), zeroed)
+            })
     }
 
     /// As [`ThreadCache::alloc`], with the first `size` bytes zero. Large objects fresh from
@@ -398,11 +418,12 @@ impl ThreadCache {
             }
             None => match heap.alloc_large(size, align) {
                 Some((p, zeroed)) => {
+                    let p = Self::take_large(heap, p.as_ptr(), zeroed);
                     if !zeroed {
                         // SAFETY: a new large object of at least `size` bytes.
-                        unsafe { core::ptr::write_bytes(p.as_ptr(), 0, size) };
+                        unsafe { core::ptr::write_bytes(p, 0, size) };
                     }
-                    p.as_ptr()
+                    p
                 }
                 None => null_mut(),
             },
@@ -442,7 +463,7 @@ impl ThreadCache {
         self.activate();
         let word = heap.page_map().small_word_of(ptr as usize);
         // SAFETY: per the caller; `word` is the word of its page.
-        if !unsafe { self.push_small(heap, ptr, word) } {
+        if !unsafe { self.push_small(heap, ptr, word) || self.push_listed(ptr, word) } {
             // SAFETY: per the caller.
             unsafe { self.free_slow(heap, ptr) }
         }
@@ -474,8 +495,8 @@ impl ThreadCache {
     /// objects as its count says, ending in null (so no object twice, no cycle), its room
     /// within its bound; each is the start of an object of a small span of the bin's class
     /// (as the page map says) and carries the free key; the reserve's lists likewise, each
-    /// segment as long as it records, their bytes adding up; every stashed span is a large
-    /// span marked stashed. Walks every object (an expensive check: for tests).
+    /// segment as long as it records, their bytes adding up; the large lists (see
+    /// `large_lists.rs`); every stashed span is a large span marked stashed. Walks every object (an expensive check: for tests).
     pub fn invariant_violation<S: PageSource>(&self, heap: &Heap<S>) -> Option<&'static str> {
         macro_rules! ensure {
             ($cond:expr, $msg:expr) => {
@@ -523,6 +544,13 @@ impl ThreadCache {
                 n += 1;
             }
             ensure!(n == bin.len(), "a bin holds as many objects as its count");
+        }
+        ensure!(
+            self.active || self.large_lists_empty(),
+            "an inactive cache holds nothing"
+        );
+        if let Some(v) = self.listed_violation(heap) {
+            return Some(v);
         }
         if let Some(r) = self.reserve() {
             let held = r.inspect();

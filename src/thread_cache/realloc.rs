@@ -62,7 +62,9 @@ impl ThreadCache {
             Owner::Large(span) => {
                 // SAFETY: validated by `owner`.
                 let s = unsafe { span.as_ref() };
-                if s.is_stashed_large() {
+                // Stashed, or listed (its start carries the free key, as a stashed one's).
+                // SAFETY: a large object's start: at least two words.
+                if s.is_stashed_large() || unsafe { crate::span::is_marked_freed(ptr, self.key) } {
                     fatal_at("invalid realloc: pointer already freed", ptr as usize);
                 }
                 (s.object_bytes(), Some(span))
@@ -91,6 +93,8 @@ impl ThreadCache {
                     // SAFETY: we own the large object; its alignment is unchanged.
                     && unsafe { heap.resize_large_in_place(span, fits) } =>
             {
+                // Its length changed: so does its listed word (or it has one now, or no more).
+                Self::set_large_word(heap, span);
                 return ptr;
             }
             _ => {}
@@ -119,7 +123,9 @@ impl ThreadCache {
                 // Out of memory for the headroom is not out of memory: then the size.
                 heap.alloc_large_to_grow(room, align)
                     .or_else(|| heap.alloc_large_to_grow(new_size, align))
-                    .map_or(null_mut(), |(p, _)| p.as_ptr())
+                    .map_or(null_mut(), |(p, zeroed)| {
+                        Self::take_large(heap, p.as_ptr(), zeroed)
+                    })
             }
             None => self.alloc(heap, new_size, align),
         };

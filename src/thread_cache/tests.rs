@@ -10,6 +10,7 @@ use crate::span::GUARD_PAGES;
 use crate::sys::FakePages;
 #[cfg(not(feature = "hardened"))]
 use large::STASH_MAX_PAGES;
+use large_lists::LISTED_BYTES;
 use std::collections::BTreeMap;
 
 /// A cache with a reserve attached, as every thread's is. The reserve is leaked: it must
@@ -334,7 +335,8 @@ fn freed_large_spans_are_stashed_reused_and_given_back() {
     heap.set_decay_ms(100);
     let mut cache = cache_with_reserve();
     let small = cache.alloc(&heap, 64, 8); // the cache takes a span: it may stash now
-    let sizes = [40 << 10, 100 << 10, 1 << 20, 300 << 10, 64 << 10, 2 << 20];
+    // All longer than the large lists take (`large_lists.rs`).
+    let sizes = [300 << 10, 400 << 10, 1 << 20, 700 << 10, 600 << 10, 2 << 20];
     let ptrs: Vec<*mut u8> = sizes.iter().map(|&s| cache.alloc(&heap, s, 8)).collect();
     for &p in &ptrs {
         // SAFETY: live, freed once.
@@ -351,7 +353,7 @@ fn freed_large_spans_are_stashed_reused_and_given_back() {
         "stashed, not freed"
     );
     // The same length again: the same object, with no page-heap change.
-    let q = cache.alloc(&heap, 300 << 10, 8);
+    let q = cache.alloc(&heap, 700 << 10, 8);
     assert_eq!(q, ptrs[3]);
     assert_eq!(heap.page_heap_stats().large_in_use, want);
     // SAFETY: live, freed once.
@@ -376,7 +378,8 @@ fn a_large_allocation_takes_the_span_freed_last_only_when_it_fits() {
     let heap = heap();
     let mut cache = cache_with_reserve();
     let small = cache.alloc(&heap, 64, 8);
-    let [a, b, c] = [100 << 10, 100 << 10, 200 << 10].map(|s| cache.alloc(&heap, s, 8));
+    // Longer than the large lists take.
+    let [a, b, c] = [300 << 10, 300 << 10, 600 << 10].map(|s| cache.alloc(&heap, s, 8));
     // SAFETY: live, freed once each (into the stash).
     unsafe {
         cache.free(&heap, a);
@@ -384,24 +387,24 @@ fn a_large_allocation_takes_the_span_freed_last_only_when_it_fits() {
         cache.free(&heap, c);
     }
     assert_eq!(stash_starts(&cache), [a as usize, b as usize, c as usize]);
-    // The newest (200 KiB) has too many pages: the search finds the newer of the others.
-    assert_eq!(cache.alloc(&heap, 100 << 10, 8), b);
+    // The newest (600 KiB) has too many pages: the search finds the newer of the others.
+    assert_eq!(cache.alloc(&heap, 300 << 10, 8), b);
     // The newest has the right pages but not the alignment asked for: the page heap.
     let align = 1usize << ((c as usize).trailing_zeros() + 1);
-    let e = cache.alloc(&heap, 200 << 10, align);
+    let e = cache.alloc(&heap, 600 << 10, align);
     assert_ne!(e, c);
     assert_eq!(e as usize % align, 0);
-    assert_eq!(cache.alloc(&heap, 100 << 10, 8), a);
+    assert_eq!(cache.alloc(&heap, 300 << 10, 8), a);
     assert_eq!(stash_starts(&cache), [c as usize]);
     // SAFETY: live, freed once.
     unsafe { cache.free(&heap, b) };
-    assert_eq!(cache.alloc(&heap, 100 << 10, 8), b, "the newest fits");
+    assert_eq!(cache.alloc(&heap, 300 << 10, 8), b, "the newest fits");
     assert_eq!(stash_starts(&cache), [c as usize]);
     // Too few pages for the newest: from the page heap.
-    let d = cache.alloc(&heap, 300 << 10, 8);
+    let d = cache.alloc(&heap, 900 << 10, 8);
     assert_ne!(d, c);
     assert_eq!(stash_starts(&cache), [c as usize]);
-    assert_eq!(cache.alloc(&heap, 200 << 10, 8), c, "the newest fits");
+    assert_eq!(cache.alloc(&heap, 600 << 10, 8), c, "the newest fits");
     for p in [a, b, c, d, e, small] {
         // SAFETY: live, freed once each.
         unsafe { cache.free(&heap, p) };
@@ -532,7 +535,8 @@ fn a_growing_buffer_is_lent_the_shortest_stashed_span_with_room() {
     let mut cache = cache_with_reserve();
     let small = cache.alloc(&heap, 64, 8);
     let long = cache.alloc(&heap, 1 << 20, 8);
-    let short = cache.alloc(&heap, 256 << 10, 8);
+    // Longer than the large lists take.
+    let short = cache.alloc(&heap, 512 << 10, 8);
     // SAFETY: live, freed once each (into the stash, the long one in the first slot).
     unsafe {
         cache.free(&heap, long);
@@ -867,6 +871,10 @@ fn a_shared_never_filled_cache_is_only_read_by_the_fast_paths() {
     // pass the pointer checks and stop at the bin's room (never written to).
     let start = 1usize << 30;
     let word = crate::page_map::small_word(start, class.index() as u8);
+    // A large object's start, as its listed word says: the push stops at the lists' limit.
+    let listed = crate::page_map::listed_large_word(start, Pages(13));
+    let heap = heap();
+    let heap = &*heap;
     std::thread::scope(|s| {
         for _ in 0..2 {
             s.spawn(move || {
@@ -885,6 +893,12 @@ fn a_shared_never_filled_cache_is_only_read_by_the_fast_paths() {
                             word,
                             64
                         ));
+                        assert!(ThreadCache::pop_listed_raw(cache, heap, 100_000).is_null());
+                        assert!(!ThreadCache::push_listed_raw(
+                            cache,
+                            start as *mut u8,
+                            listed
+                        ));
                     }
                 }
             });
@@ -899,6 +913,7 @@ fn a_shared_never_filled_cache_is_only_read_by_the_fast_paths() {
             .iter()
             .all(|b| b.head.is_null() && b.room == 0 && b.max == 0)
     );
+    assert!(cache.large_lists_empty());
 }
 
 /// Past its budget, a cache that keeps running dry in one class takes room from its largest
@@ -1025,15 +1040,16 @@ fn lending_a_span_from_the_middle_of_the_stash_keeps_the_others_once_each() {
     let mut cache = cache_with_reserve();
     // A small allocation activates the cache (an inactive one stashes nothing).
     let small = cache.alloc(&heap, 64, 8);
-    let sizes = [40_000, 200_000, 600_000];
+    // Longer than the large lists take.
+    let sizes = [300_000, 400_000, 900_000];
     let large: Vec<*mut u8> = sizes.iter().map(|&s| cache.alloc(&heap, s, 8)).collect();
     for &p in &large {
         // SAFETY: live, freed once (into the stash).
         unsafe { cache.free(&heap, p) };
     }
     assert_eq!(stash_starts(&cache).len(), 3);
-    // The shortest stashed span with 150 000 bytes of room: the middle one.
-    let lent = cache.lend_stashed(&heap, 150_000, 8);
+    // The shortest stashed span with 350 000 bytes of room: the middle one.
+    let lent = cache.lend_stashed(&heap, 350_000, 8);
     assert_eq!(lent, Some(large[1]));
     assert_eq!(stash_starts(&cache).len(), 2);
     let starts = stash_starts(&cache);
@@ -1273,7 +1289,8 @@ fn an_unused_stash_goes_back_a_quarter_decay_after_the_last_look() {
     heap.set_fake_now(1000);
     let mut cache = cache_with_reserve();
     let small = cache.alloc(&heap, 64, 8);
-    let p = cache.alloc(&heap, 100_000, 8);
+    // Longer than the large lists take.
+    let p = cache.alloc(&heap, 300_000, 8);
     // SAFETY: live, freed once (into the stash).
     unsafe { cache.free(&heap, p) };
     cache.maybe_trim(&heap);
@@ -1283,7 +1300,7 @@ fn an_unused_stash_goes_back_a_quarter_decay_after_the_last_look() {
         "the first look keeps it"
     );
     // Taken again (the stash served), stashed again.
-    let q = cache.alloc(&heap, 100_000, 8);
+    let q = cache.alloc(&heap, 300_000, 8);
     assert_eq!(q, p, "from the stash");
     // SAFETY: live, freed once (into the stash).
     unsafe { cache.free(&heap, q) };
@@ -1584,11 +1601,12 @@ fn a_reclaim_gives_an_idle_threads_stash_back() {
     // SAFETY: a leaked reserve, in this list once.
     unsafe { reserves.insert(cache.reserve().unwrap()) };
     let small = cache.alloc(&heap, 64, 8);
-    let p = cache.alloc(&heap, 200_000, 8);
+    // Longer than the large lists take.
+    let p = cache.alloc(&heap, 300_000, 8);
     // SAFETY: live, freed once (into the stash).
     unsafe { cache.free(&heap, p) };
     let stashed = cache.stashed_bytes();
-    assert!(stashed >= 200_000);
+    assert!(stashed >= 300_000);
     assert_eq!(reserves.held_counts().1, stashed);
     assert_eq!(heap.page_heap_stats().large_in_use, stashed);
     // SAFETY: the cache is over `heap`.
@@ -1597,7 +1615,7 @@ fn a_reclaim_gives_an_idle_threads_stash_back() {
     assert_eq!(cache.stashed_bytes(), 0);
     assert_eq!(heap.page_heap_stats().large_in_use, 0);
     cache.maybe_trim(&heap);
-    let q = cache.alloc(&heap, 200_000, 8);
+    let q = cache.alloc(&heap, 300_000, 8);
     assert!(!q.is_null());
     assert_eq!(heap.page_heap_stats().large_in_use, stashed);
     // SAFETY: live, freed once.
@@ -1714,6 +1732,287 @@ fn a_reserve_hands_back_a_segment_whole_or_split() {
     );
     assert_eq!(r.take(class, 32, map, class_bytes).1, 0);
     free_all(&heap, &mut cache, &objs);
+    cache.flush(&heap);
+    heap.check_invariants();
+}
+
+/// The first-page word of the large object at `p`.
+fn first_word(heap: &Heap<FakePages>, p: *mut u8) -> usize {
+    heap.page_map().small_word_of(p as usize)
+}
+
+/// Large objects of 32 KiB to 256 KiB carry the listed word from their allocation, go onto
+/// the list of their length when freed (not the stash, and the page heap still counts them
+/// in use) and come back from it; longer ones keep the word naming their record.
+#[test]
+fn freed_large_objects_of_listed_lengths_come_back_from_their_lists() {
+    use crate::page_map::{large_word, listed_large_word};
+    let heap = heap();
+    let mut cache = cache_with_reserve();
+    let small = cache.alloc(&heap, 64, 8);
+    let mut listed = 0;
+    for (size, pages) in [(32 << 10, 4), (100_000, 13), (256 << 10, 32)] {
+        let p = cache.alloc(&heap, size, 8);
+        assert_eq!(
+            first_word(&heap, p),
+            listed_large_word(p as usize, Pages(pages))
+        );
+        let in_use = heap.page_heap_stats().large_in_use;
+        // SAFETY: live, freed once.
+        unsafe { cache.free(&heap, p) };
+        assert_eq!(cache.listed_bytes(), listed + Pages(pages).bytes());
+        assert_eq!(cache.stashed_bytes(), 0);
+        assert_eq!(heap.page_heap_stats().large_in_use, in_use);
+        cache.check_invariants(&heap);
+        assert_eq!(cache.alloc(&heap, size, 8), p, "the listed object");
+        assert_eq!(cache.listed_bytes(), listed);
+        // SAFETY: live, freed once.
+        unsafe { cache.free(&heap, p) };
+        listed += Pages(pages).bytes();
+    }
+    let long = cache.alloc(&heap, (256 << 10) + 1, 8);
+    // SAFETY: page-map entries point to span records.
+    assert_eq!(
+        first_word(&heap, long),
+        large_word(heap.page_map().lookup(long as usize))
+    );
+    // SAFETY: live, freed once each.
+    unsafe {
+        cache.free(&heap, long);
+        cache.free(&heap, small);
+    }
+    assert_eq!(cache.listed_bytes(), (4 + 13 + 32) * 8192);
+    assert!(cache.stashed_bytes() > 256 << 10);
+    cache.check_invariants(&heap);
+    cache.flush(&heap);
+    assert_eq!(cache.listed_bytes(), 0);
+    assert_eq!(heap.page_heap_stats().large_in_use, 0);
+    heap.check_invariants();
+}
+
+/// The lists hold at most `LISTED_BYTES`; the next free of a listed length goes to the
+/// stash, and a cache that may keep nothing (no reserve, or inactive) lists nothing.
+#[test]
+fn the_large_lists_hold_at_most_their_bound_and_the_stash_takes_the_rest() {
+    let heap = heap();
+    let mut cache = cache_with_reserve();
+    let small = cache.alloc(&heap, 64, 8);
+    let ptrs: Vec<*mut u8> = (0..3).map(|_| cache.alloc(&heap, 256 << 10, 8)).collect();
+    for &p in &ptrs {
+        // SAFETY: live, freed once.
+        unsafe { cache.free(&heap, p) };
+    }
+    assert_eq!(cache.listed_bytes(), LISTED_BYTES);
+    assert_eq!(stash_starts(&cache), [ptrs[2] as usize]);
+    cache.check_invariants(&heap);
+    // The newest listed first, then the stash.
+    assert_eq!(cache.alloc(&heap, 256 << 10, 8), ptrs[1]);
+    assert_eq!(cache.alloc(&heap, 256 << 10, 8), ptrs[0]);
+    assert_eq!(cache.alloc(&heap, 256 << 10, 8), ptrs[2]);
+    for &p in &ptrs {
+        // SAFETY: live, freed once.
+        unsafe { cache.free(&heap, p) };
+    }
+    // SAFETY: live, freed once.
+    unsafe { cache.free(&heap, small) };
+    cache.flush(&heap);
+
+    // No reserve: nothing listed, nothing stashed.
+    let mut bare = ThreadCache::new();
+    let small = bare.alloc(&heap, 64, 8);
+    let p = bare.alloc(&heap, 100_000, 8);
+    // SAFETY: live, freed once each.
+    unsafe {
+        bare.free(&heap, p);
+        bare.free(&heap, small);
+    }
+    assert_eq!(bare.listed_bytes(), 0);
+    assert_eq!(heap.page_heap_stats().large_in_use, 0);
+    bare.flush(&heap);
+
+    // Inactive (a reserve, and never activated): the push refuses, having written nothing.
+    let mut idle = cache_with_reserve();
+    let q = cache.alloc(&heap, 100_000, 8);
+    // SAFETY: a live object and its page's word; `idle` is ours.
+    assert!(!unsafe { idle.push_listed(q, first_word(&heap, q)) });
+    assert_eq!(idle.listed_bytes(), 0);
+    // SAFETY: live, freed once.
+    unsafe { cache.free(&heap, q) };
+    // And a flushed, deactivated cache refuses again.
+    cache.flush(&heap);
+    cache.deactivate();
+    let r = idle.alloc(&heap, 100_000, 8);
+    // SAFETY: as above.
+    assert!(!unsafe { cache.push_listed(r, first_word(&heap, r)) });
+    // SAFETY: live, freed once.
+    unsafe { idle.free(&heap, r) };
+    idle.flush(&heap);
+    heap.check_invariants();
+}
+
+/// A growing buffer is lent the shortest listed object with room for it (before the
+/// stash), and a second buffer nothing while the first keeps it.
+#[test]
+fn a_growing_buffer_is_lent_the_shortest_listed_object_with_room() {
+    let heap = heap();
+    let mut cache = cache_with_reserve();
+    let small = cache.alloc(&heap, 64, 8);
+    let [a, b, c] = [64 << 10, 200 << 10, 600 << 10].map(|s| cache.alloc(&heap, s, 8));
+    // SAFETY: live, freed once each (two listed, one stashed).
+    unsafe {
+        cache.free(&heap, a);
+        cache.free(&heap, b);
+        cache.free(&heap, c);
+    }
+    assert_eq!(cache.lend_stashed(&heap, 100_000, 8), Some(b));
+    assert_eq!(cache.listed_bytes(), Pages(8).bytes());
+    assert_eq!(
+        cache.lend_stashed(&heap, 10_000, 8),
+        None,
+        "one lent at a time"
+    );
+    // SAFETY: live (lent), freed once.
+    unsafe { cache.free(&heap, b) };
+    assert_eq!(
+        cache.lend_stashed(&heap, 300_000, 8),
+        Some(c),
+        "past the lists: the stash"
+    );
+    // SAFETY: live, freed once each.
+    unsafe {
+        cache.free(&heap, c);
+        cache.free(&heap, small);
+    }
+    cache.check_invariants(&heap);
+    cache.flush(&heap);
+    heap.check_invariants();
+}
+
+/// A listed object's free needs its start: an interior pointer, or a word of another
+/// object, is refused (the caller's slow path reports it).
+#[test]
+fn a_listed_free_takes_only_the_objects_start() {
+    let heap = heap();
+    let mut cache = cache_with_reserve();
+    let small = cache.alloc(&heap, 64, 8);
+    let p = cache.alloc(&heap, 100_000, 8);
+    let word = first_word(&heap, p);
+    // SAFETY: deliberately wrong pointers; refused, nothing written.
+    unsafe {
+        assert!(!cache.push_listed(p.add(16), word));
+        assert!(!cache.push_listed(p.add(8192), word));
+        assert!(!cache.push_listed(p, first_word(&heap, small)));
+    }
+    assert_eq!(cache.listed_bytes(), 0);
+    // SAFETY: live, freed once each.
+    unsafe {
+        cache.free(&heap, p);
+        cache.free(&heap, small);
+    }
+    cache.flush(&heap);
+    heap.check_invariants();
+}
+
+/// A listed object given back to the page heap leaves its free key in memory the page heap
+/// keeps; the next large object placed there is handed out without it, so its own free is
+/// not taken for a double free.
+#[test]
+fn a_large_object_reusing_a_listed_objects_address_is_not_taken_for_freed() {
+    let heap = heap();
+    let mut cache = cache_with_reserve();
+    let small = cache.alloc(&heap, 64, 8);
+    let p = cache.alloc(&heap, 100_000, 8);
+    // SAFETY: live, freed once.
+    unsafe { cache.free(&heap, p) };
+    cache.flush(&heap);
+    let q = cache.alloc(&heap, 100_000, 8);
+    assert_eq!(q, p, "the page heap's cached span");
+    // SAFETY: a live large object of ours.
+    assert!(!unsafe { span::is_marked_freed(q, cache.key) });
+    // SAFETY: live, freed once each.
+    unsafe {
+        cache.free(&heap, q);
+        cache.free(&heap, small);
+    }
+    cache.flush(&heap);
+    heap.check_invariants();
+}
+
+/// A listed object resized in place gets the word of its new length (or the record's,
+/// past the lists), so its free goes onto the right list.
+#[test]
+fn a_large_object_resized_in_place_gets_the_word_of_its_new_length() {
+    use crate::page_map::{large_word, listed_large_word};
+    let heap = roomy_heap();
+    let mut cache = cache_with_reserve();
+    let small = cache.alloc(&heap, 64, 8);
+    let p = cache.alloc(&heap, 200 << 10, 8);
+    assert_eq!(
+        first_word(&heap, p),
+        listed_large_word(p as usize, Pages(25))
+    );
+    // SAFETY: a live object; grown in place past the lists (into the free run after it).
+    let q = unsafe { cache.realloc(&heap, p, 8, 600 << 10) };
+    assert_eq!(q, p, "grown in place");
+    assert_eq!(
+        first_word(&heap, q),
+        large_word(heap.page_map().lookup(q as usize))
+    );
+    // SAFETY: live; shrunk in place by more than half, to a listed length.
+    let r = unsafe { cache.realloc(&heap, q, 8, 64 << 10) };
+    assert_eq!(r, p, "shrunk in place");
+    assert_eq!(
+        first_word(&heap, r),
+        listed_large_word(r as usize, Pages(8))
+    );
+    // SAFETY: live, freed once each.
+    unsafe {
+        cache.free(&heap, r);
+        cache.free(&heap, small);
+    }
+    assert_eq!(
+        cache.listed_bytes(),
+        Pages(8).bytes(),
+        "on the list of its new length"
+    );
+    assert_eq!(cache.alloc(&heap, 64 << 10, 8), r);
+    // SAFETY: live, freed once.
+    unsafe { cache.free(&heap, r) };
+    cache.check_invariants(&heap);
+    cache.flush(&heap);
+    heap.check_invariants();
+}
+
+/// The cache walker catches a broken list: an object without the free key, and bytes
+/// that do not add up.
+#[test]
+fn the_cache_walker_catches_a_broken_large_list() {
+    let heap = heap();
+    let mut cache = cache_with_reserve();
+    let small = cache.alloc(&heap, 64, 8);
+    let p = cache.alloc(&heap, 100_000, 8);
+    // SAFETY: live, freed once.
+    unsafe { cache.free(&heap, p) };
+    assert_eq!(cache.invariant_violation(&heap), None);
+    // SAFETY: the listed object's second word, ours; put back below.
+    let key = unsafe { p.cast::<u64>().add(1).read() };
+    // SAFETY: as above.
+    unsafe { p.cast::<u64>().add(1).write(0) };
+    assert_eq!(
+        cache.invariant_violation(&heap),
+        Some("a listed object lacks the free key")
+    );
+    // SAFETY: as above.
+    unsafe { p.cast::<u64>().add(1).write(key) };
+    cache.large_lists.bytes += 8192;
+    assert_eq!(
+        cache.invariant_violation(&heap),
+        Some("the large lists' bytes do not add up")
+    );
+    cache.large_lists.bytes -= 8192;
+    assert_eq!(cache.invariant_violation(&heap), None);
+    // SAFETY: live, freed once.
+    unsafe { cache.free(&heap, small) };
     cache.flush(&heap);
     heap.check_invariants();
 }
