@@ -204,19 +204,25 @@ fn free_of_an_interior_pointer_large_last_byte() {
 // ---------------------------------------------------------------------------------------
 // Double frees.
 
-#[test]
-fn double_free_small_immediate() {
-    death_test("double_free_small_immediate", DOUBLE, || {
+/// Allocates `size` bytes and frees them twice in a row: the second free must stop the
+/// process, naming the object.
+fn freed_twice_at_once(test_name: &str, size: usize) {
+    death_test(test_name, DOUBLE, || {
         warm_up();
         // SAFETY: a live object, then freed twice on purpose.
         unsafe {
-            let p = raw::alloc(64, 8);
+            let p = raw::alloc(size, 8);
             assert!(!p.is_null());
             expect_stop_at(p as usize);
             raw::free(p);
             raw::free(p);
         }
     });
+}
+
+#[test]
+fn double_free_small_immediate() {
+    freed_twice_at_once("double_free_small_immediate", 64);
 }
 
 #[test]
@@ -301,17 +307,7 @@ fn double_free_small_on_two_threads() {
 
 #[test]
 fn double_free_large_immediate() {
-    death_test("double_free_large_immediate", DOUBLE, || {
-        warm_up();
-        // SAFETY: a live object, then freed twice on purpose.
-        unsafe {
-            let p = raw::alloc(LARGE, 8);
-            assert!(!p.is_null());
-            expect_stop_at(p as usize);
-            raw::free(p);
-            raw::free(p);
-        }
-    });
+    freed_twice_at_once("double_free_large_immediate", LARGE);
 }
 
 #[test]
@@ -451,17 +447,7 @@ fn double_free_large_on_two_threads() {
 fn double_free_large_listed_immediate() {
     // 100 000 bytes: a length the thread's large lists keep (32 KiB to 256 KiB); the free
     // goes by the page's listed word, with no span record read.
-    death_test("double_free_large_listed_immediate", DOUBLE, || {
-        warm_up();
-        // SAFETY: a live object, then freed twice on purpose.
-        unsafe {
-            let p = raw::alloc(100_000, 8);
-            assert!(!p.is_null());
-            expect_stop_at(p as usize);
-            raw::free(p);
-            raw::free(p);
-        }
-    });
+    freed_twice_at_once("double_free_large_listed_immediate", 100_000);
 }
 
 #[test]
