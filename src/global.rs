@@ -547,8 +547,10 @@ pub mod raw {
             } else if size < LARGE_THRESHOLD {
                 // SAFETY: the size is in the medium range.
                 return unsafe { alloc_medium(size) };
-            } else {
+            } else if size <= crate::thread_cache::LISTED_MAX_BYTES {
                 return alloc_large(size);
+            } else {
+                return alloc_large_unlisted(size);
             }
         }
         alloc_slow(size, align)
@@ -879,10 +881,11 @@ unsafe fn alloc_medium(size: usize) -> *mut u8 {
     alloc_slow(size, MIN_ALIGN)
 }
 
-/// A large request (at least `LARGE_THRESHOLD` bytes, alignment at most `MIN_ALIGN`) from
-/// a thread with an active cache: charged, then the stash or the page heap, without the
-/// general path's class lookup and dispatch (the stash hit is the common case of programs
-/// that keep replacing large buffers). Anything else takes [`alloc_slow`].
+/// A large request of a length the thread cache's large lists keep (from
+/// `LARGE_THRESHOLD` to `LISTED_MAX_BYTES`, alignment at most `MIN_ALIGN`), without the
+/// general path's class lookup and dispatch: the newest listed object of its length,
+/// charged after the pop as the small fast path does (the common case of programs that
+/// keep replacing large buffers), else [`alloc_large_unlisted`].
 #[inline(never)]
 fn alloc_large(size: usize) -> *mut u8 {
     // SAFETY: our own slot (or the never-written one of exited threads, whose lists are
@@ -901,7 +904,9 @@ fn alloc_large(size: usize) -> *mut u8 {
     alloc_large_unlisted(size)
 }
 
-/// [`alloc_large`] past the listed objects: the stash or the page heap.
+/// A large request past the large lists (a longer one, or one whose list was empty) from
+/// a thread with an active cache: charged, then the stash or the page heap. Anything else
+/// takes [`alloc_slow`].
 #[inline(never)]
 fn alloc_large_unlisted(size: usize) -> *mut u8 {
     let l = local();
@@ -915,7 +920,7 @@ fn alloc_large_unlisted(size: usize) -> *mut u8 {
     if !cache.sampler().charge(size) {
         return alloc_large_crossed(size);
     }
-    cache.alloc_large(&HEAP, size, MIN_ALIGN)
+    cache.alloc_large_unlisted(&HEAP, size, MIN_ALIGN)
 }
 
 /// [`alloc_large`] whose charge crossed the countdown: sampled, or served as usual if the

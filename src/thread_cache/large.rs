@@ -5,6 +5,7 @@
 //! nothing. See `lib.rs` for an overview.
 
 use super::ThreadCache;
+use super::large_lists::listable;
 use super::reserve::{Reserve, STASH_SLOTS};
 use crate::check::fatal_at;
 use crate::heap::Heap;
@@ -23,12 +24,17 @@ impl ThreadCache {
     /// A large object of `size` bytes aligned to `align` from a stashed span of exactly the
     /// pages it needs (the newest such), or `None`. One compare-and-swap on a hit.
     #[inline]
-    pub fn alloc_large_stashed(&mut self, size: usize, align: usize) -> Option<*mut u8> {
+    pub fn alloc_large_stashed<S: PageSource>(
+        &mut self,
+        heap: &Heap<S>,
+        size: usize,
+        align: usize,
+    ) -> Option<*mut u8> {
         if !self.stash_seen {
             return None;
         }
         let pages = Pages::for_bytes(size)?;
-        let span = self.pick_stashed(|s| {
+        let span = self.pick_stashed(heap, |s| {
             (s.object_pages() == pages && s.start_addr() % align == 0).then_some(0)
         })?;
         self.stash_used = true;
@@ -40,7 +46,12 @@ impl ThreadCache {
     /// common case of a program that frees a large buffer and allocates another of the same
     /// size, which the full search would pick too (the newest of the exact fits).
     #[inline(always)]
-    pub(super) fn alloc_large_newest(&mut self, size: usize, align: usize) -> Option<*mut u8> {
+    pub(super) fn alloc_large_newest<S: PageSource>(
+        &mut self,
+        heap: &Heap<S>,
+        size: usize,
+        align: usize,
+    ) -> Option<*mut u8> {
         let i = self.stash_newest;
         let r = self.reserve()?;
         let s = r.stashed(i);
@@ -54,10 +65,8 @@ impl ThreadCache {
             return None;
         }
         // SAFETY: taken out of the stash by us: the span and its free object are ours.
-        unsafe {
-            span.unstash_large();
-            crate::span::mark_allocated(span.start_addr() as *mut u8);
-        }
+        unsafe { span.unstash_large() };
+        Self::unstashed_word(heap, span);
         self.stash_used = true;
         Some(span.start_addr() as *mut u8)
     }
@@ -65,7 +74,11 @@ impl ThreadCache {
     /// Takes out of the stash the span `rank` ranks best (the lowest rank, the newest among
     /// equals; `None`: not a candidate), and clears its stashed mark; `None` when no span is
     /// a candidate or a reclaimer took the chosen one meanwhile.
-    fn pick_stashed(&mut self, rank: impl Fn(&Span) -> Option<usize>) -> Option<*mut Span> {
+    fn pick_stashed<S: PageSource>(
+        &mut self,
+        heap: &Heap<S>,
+        rank: impl Fn(&Span) -> Option<usize>,
+    ) -> Option<*mut Span> {
         let r = self.reserve()?;
         let mut best: Option<(usize, *mut Span, usize)> = None;
         let mut any = false;
@@ -99,7 +112,7 @@ impl ThreadCache {
         // SAFETY: taken out of the stash by us: the span and its free object are ours.
         unsafe {
             (*span).unstash_large();
-            crate::span::mark_allocated((*span).start_addr() as *mut u8);
+            Self::unstashed_word(heap, &*span);
         }
         Some(span)
     }
@@ -140,7 +153,7 @@ impl ThreadCache {
         if !self.stash_seen {
             return None;
         }
-        let span = self.pick_stashed(|s| {
+        let span = self.pick_stashed(heap, |s| {
             let bytes = s.object_bytes();
             (bytes >= room && s.start_addr() % align == 0).then_some(bytes)
         })?;
@@ -207,7 +220,7 @@ impl ThreadCache {
         let Some((reserve, i)) = self.empty_stash_slot_for(s) else {
             return false;
         };
-        Self::release_large_sample(heap, span);
+        crate::sample_table::release_sample(s);
         // SAFETY: per the caller; slot `i` is empty.
         unsafe { self.stash_freed(heap, reserve, i, span) };
         true
@@ -229,7 +242,7 @@ impl ThreadCache {
         // SAFETY: a live span record.
         self.count_large_free(heap, unsafe { span.as_ref() });
         // SAFETY: per the caller.
-        unsafe { self.stash_in(reserve, i, span) };
+        unsafe { self.stash_in(heap, reserve, i, span) };
     }
 
     /// The reserve and an empty stash slot that `s`, a large span being freed, may go to
@@ -275,7 +288,7 @@ impl ThreadCache {
         if unsafe { crate::span::is_marked_freed(s.start_addr() as *mut u8, self.key) } {
             fatal_at("double free detected", s.start_addr());
         }
-        Self::release_large_sample(heap, span);
+        crate::sample_table::release_sample(s);
         self.count_large_free(heap, s);
         let reserve = match self.reserve() {
             Some(r) if self.may_stash(s) => r,
@@ -299,7 +312,7 @@ impl ThreadCache {
             None => (oldest, reserve.unstash_any(oldest)),
         };
         // SAFETY: per the caller; slot `i` is empty now.
-        unsafe { self.stash_in(reserve, i, span) };
+        unsafe { self.stash_in(heap, reserve, i, span) };
         if !evicted.is_null() {
             // SAFETY: taken out of the stash by us (null if a reclaimer took it first): its
             // object is free.
@@ -332,35 +345,41 @@ impl ThreadCache {
         self.forget_lent(NonNull::from(s));
     }
 
-    /// Takes `span`'s heap-profile sample off it, if it has one, and gives its first page
-    /// the word of an unsampled object (the listed word, if its length is listed), since
-    /// the object may be handed out again unsampled.
-    fn release_large_sample<S: PageSource>(heap: &Heap<S>, span: NonNull<Span>) {
-        // SAFETY: the caller's large span, whose object is being freed.
-        let s = unsafe { span.as_ref() };
-        if s.sample() != 0 {
-            crate::sample_table::release_sample(s);
-            Self::set_large_word(heap, span);
+    /// Gives `s`, a span of ours just taken out of the stash, its listed word back if its
+    /// length is listed (the stash gave it the record's word: `stash_in`).
+    fn unstashed_word<S: PageSource>(heap: &Heap<S>, s: &Span) {
+        if listable(s.object_pages()) {
+            Self::set_large_word(heap, NonNull::from(s));
         }
     }
 
-    /// Marks `span` stashed and its object with the free key (stopping the process if it
-    /// was either: a double free) and puts it in slot `i`, the newest.
+    /// Marks `span` stashed (stopping the process if it already was: a double free) and
+    /// puts it in slot `i`, the newest. A span of a listed length first gets the word
+    /// naming its record (see [`ThreadCache::unstashed_word`]).
     ///
     /// # Safety
     /// `reserve` is this cache's, slot `i` is empty, and `span` holds a large object the
     /// caller frees.
     #[inline(always)]
-    unsafe fn stash_in(&mut self, reserve: &Reserve, i: usize, span: NonNull<Span>) {
+    unsafe fn stash_in<S: PageSource>(
+        &mut self,
+        heap: &Heap<S>,
+        reserve: &Reserve,
+        i: usize,
+        span: NonNull<Span>,
+    ) {
         // SAFETY: a live span record.
         let s = unsafe { span.as_ref() };
         if !s.stash_large() {
             fatal_at("double free detected", s.start_addr());
         }
-        // The key lets a free that goes by the listed word, without the record, see that
-        // the object is free (`push_listed`).
-        // SAFETY: the caller's large object, freed: its first two words are ours.
-        unsafe { crate::span::mark_freed(s.start_addr() as *mut u8, self.key) };
+        // A stashed span's free must go by its record, whose mark catches a second free: a
+        // listed word would send it onto a list without a look at the record. Written
+        // before the slot publishes the span (a reclaimer may take it from then on).
+        if listable(s.object_pages()) {
+            heap.page_map()
+                .set_small_words(s.start(), Pages(1), crate::page_map::large_word(s));
+        }
         self.stash_clock = self.stash_clock.wrapping_add(1);
         self.stash_stamps[i] = self.stash_clock;
         // SAFETY: we are the owner and slot `i` is empty (only the owner fills a slot, so

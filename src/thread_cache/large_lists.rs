@@ -27,6 +27,8 @@ use core::ptr::{NonNull, null_mut};
 pub(super) const LISTED_MIN_PAGES: usize = LARGE_THRESHOLD / crate::pages::PAGE_SIZE;
 /// The longest listed object, in pages (256 KiB, TCMalloc's largest size class).
 pub(super) const LISTED_MAX_PAGES: usize = 32;
+/// The longest listed object, in bytes: larger requests need not look at the lists.
+pub const LISTED_MAX_BYTES: usize = LISTED_MAX_PAGES * crate::pages::PAGE_SIZE;
 /// Lists, one per page count from [`LISTED_MIN_PAGES`] to [`LISTED_MAX_PAGES`].
 const LISTS: usize = LISTED_MAX_PAGES - LISTED_MIN_PAGES + 1;
 /// The most bytes of freed objects a cache's lists hold: two of the longest, or one each of
@@ -58,7 +60,7 @@ impl LargeLists {
 
 /// Whether an object of `pages` pages may be listed.
 #[inline(always)]
-fn listable(pages: Pages) -> bool {
+pub(super) fn listable(pages: Pages) -> bool {
     (LISTED_MIN_PAGES..=LISTED_MAX_PAGES).contains(&pages.0)
 }
 
@@ -263,9 +265,7 @@ impl ThreadCache {
         room: usize,
         align: usize,
     ) -> Option<*mut u8> {
-        if self.large_lists.bytes == 0
-            || align > crate::pages::PAGE_SIZE
-            || room > Pages(LISTED_MAX_PAGES).bytes()
+        if self.large_lists.bytes == 0 || align > crate::pages::PAGE_SIZE || room > LISTED_MAX_BYTES
         {
             return None;
         }

@@ -29,6 +29,7 @@ use crate::size_class::{self, CLASS_COUNT, SizeClass};
 use crate::sys::PageSource;
 use bins::Bin;
 use core::ptr::null_mut;
+pub(crate) use large_lists::LISTED_MAX_BYTES;
 pub use reserve::Reserve;
 
 /// Debug builds walk the whole cache on one slow-path call in this many (and at every flush).
@@ -373,7 +374,19 @@ impl ThreadCache {
         if !p.is_null() {
             return p;
         }
-        if let Some(p) = self.alloc_large_newest(size, align) {
+        self.alloc_large_unlisted(heap, size, align)
+    }
+
+    /// [`ThreadCache::alloc_large`] past the large lists (for a caller that looked there
+    /// already): the stash, else the page heap.
+    #[inline(always)]
+    pub fn alloc_large_unlisted<S: PageSource>(
+        &mut self,
+        heap: &Heap<S>,
+        size: usize,
+        align: usize,
+    ) -> *mut u8 {
+        if let Some(p) = self.alloc_large_newest(heap, size, align) {
             return p;
         }
         self.alloc_large_slow(heap, size, align)
@@ -388,7 +401,7 @@ impl ThreadCache {
         align: usize,
     ) -> *mut u8 {
         if self.active {
-            if let Some(p) = self.alloc_large_stashed(size, align) {
+            if let Some(p) = self.alloc_large_stashed(heap, size, align) {
                 return p;
             }
             self.maybe_trim(heap);
