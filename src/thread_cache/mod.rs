@@ -509,7 +509,8 @@ impl ThreadCache {
     /// within its bound; each is the start of an object of a small span of the bin's class
     /// (as the page map says) and carries the free key; the reserve's lists likewise, each
     /// segment as long as it records, their bytes adding up; the large lists (see
-    /// `large_lists.rs`); every stashed span is a large span marked stashed. Walks every object (an expensive check: for tests).
+    /// `large_lists.rs`); every stashed span is a large span marked stashed (one of a
+    /// listed length with the word naming its record). Walks every object (an expensive check: for tests).
     pub fn invariant_violation<S: PageSource>(&self, heap: &Heap<S>) -> Option<&'static str> {
         macro_rules! ensure {
             ($cond:expr, $msg:expr) => {
@@ -630,10 +631,14 @@ impl ThreadCache {
                 // (`unstash_large` releases, `is_stashed_large` acquires), and a span is
                 // freed, and its record recycled, only after its mark is cleared.
                 let s = unsafe { &*p };
-                let sound = s.is_stashed_large() && s.kind() == crate::span::SpanKind::Large;
+                let sound = s.is_stashed_large()
+                    && s.kind() == crate::span::SpanKind::Large
+                    && (!large_lists::listable(s.object_pages())
+                        || heap.page_map().small_word_of(s.start_addr())
+                            == crate::page_map::large_word(s));
                 ensure!(
                     sound || r.stashed(i) != p,
-                    "stashed spans are large spans marked stashed"
+                    "stashed spans are large spans marked stashed, whose word names their record"
                 );
             }
         }
