@@ -503,6 +503,28 @@ fn double_free_large_listed_then_freed_on_another_thread() {
     );
 }
 
+#[test]
+fn double_free_large_listed_while_the_lists_are_full() {
+    // Two of 256 KiB fill the large lists; the first one's second free finds no room on
+    // them and goes by the span record towards the stash, which must not take it.
+    death_test(
+        "double_free_large_listed_while_the_lists_are_full",
+        DOUBLE,
+        || {
+            warm_up();
+            // SAFETY: live objects of ours; the first freed twice on purpose.
+            unsafe {
+                let p: Vec<*mut u8> = (0..2).map(|_| raw::alloc(256 << 10, 8)).collect();
+                assert!(p.iter().all(|p| !p.is_null()));
+                raw::free(p[0]);
+                raw::free(p[1]);
+                expect_stop_at(p[0] as usize);
+                raw::free(p[0]);
+            }
+        },
+    );
+}
+
 extern "C" fn free_in_key_destructor(p: *mut libc::c_void) {
     // SAFETY: the second free of a freed object, on purpose.
     unsafe { raw::free(p.cast()) };

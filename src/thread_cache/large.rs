@@ -120,9 +120,10 @@ impl ThreadCache {
     /// The start of a listed object or a stashed span with at least `room` bytes aligned to
     /// `align` (the shortest listed one, else the shortest stashed one), handed out as a
     /// growing buffer's room: its next growths then need no page heap lock, as a buffer
-    /// freed and built again each round finds its last round's span. Only while no earlier lent span is still out: a buffer that keeps a lent span
-    /// for good (one that stops growing and lives on) pins at most that one span, up to
-    /// `STASH_MAX_GROWN_PAGES`, until it is freed.
+    /// freed and built again each round finds its last round's span. Only while no earlier
+    /// lent span is still out: a buffer that keeps a lent span for good (one that stops
+    /// growing and lives on) pins at most that one span, up to `STASH_MAX_GROWN_PAGES`,
+    /// until it is freed.
     pub(super) fn lend_stashed<S: PageSource>(
         &mut self,
         heap: &Heap<S>,
@@ -265,6 +266,15 @@ impl ThreadCache {
     /// `span` holds a live large object the caller gives up.
     #[inline]
     pub unsafe fn free_large<S: PageSource>(&mut self, heap: &Heap<S>, span: NonNull<Span>) {
+        // A listed object (on some thread's list, the free key on it) freed again by a path
+        // that goes by its record (from a cache that lists nothing, or whose lists are
+        // full): neither the stash's mark nor the page heap would see it.
+        // SAFETY: the caller's live large span; its object's start has at least two words.
+        let start = unsafe { span.as_ref() }.start_addr();
+        // SAFETY: as above.
+        if unsafe { crate::span::is_marked_freed(start as *mut u8, self.key) } {
+            fatal_at("double free detected", start);
+        }
         // SAFETY: per the caller.
         if !unsafe { self.free_large_to_stash(heap, span) } {
             // SAFETY: per the caller; nothing was done with the span.
@@ -281,13 +291,6 @@ impl ThreadCache {
     unsafe fn free_large_slow<S: PageSource>(&mut self, heap: &Heap<S>, span: NonNull<Span>) {
         // SAFETY: a live span record.
         let s = unsafe { span.as_ref() };
-        // A listed object (the free key on it) freed again by a path that went by its
-        // record (an inactive cache's, or one with full lists): the stash's mark below
-        // catches it, the page heap would not.
-        // SAFETY: a large object's start: at least two words.
-        if unsafe { crate::span::is_marked_freed(s.start_addr() as *mut u8, self.key) } {
-            fatal_at("double free detected", s.start_addr());
-        }
         crate::sample_table::release_sample(s);
         self.count_large_free(heap, s);
         let reserve = match self.reserve() {
