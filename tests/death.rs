@@ -475,6 +475,19 @@ fn double_free_large_stashed_past_the_full_lists() {
     );
 }
 
+/// Warms up, then allocates an object of a length the large lists keep and frees it once
+/// (onto this thread's list); returns its address.
+fn freed_onto_a_large_list() -> usize {
+    warm_up();
+    // SAFETY: a live object, freed once.
+    unsafe {
+        let p = raw::alloc(100_000, 8);
+        assert!(!p.is_null());
+        raw::free(p);
+        p as usize
+    }
+}
+
 #[test]
 fn double_free_large_listed_then_freed_on_another_thread() {
     // The second free comes from another thread: whether its cache takes the object onto
@@ -484,14 +497,7 @@ fn double_free_large_listed_then_freed_on_another_thread() {
         "double_free_large_listed_then_freed_on_another_thread",
         DOUBLE,
         || {
-            warm_up();
-            // SAFETY: a live object, freed once (onto this thread's list).
-            let p = unsafe {
-                let p = raw::alloc(100_000, 8);
-                assert!(!p.is_null());
-                raw::free(p);
-                p as usize
-            };
+            let p = freed_onto_a_large_list();
             expect_stop_at(p);
             std::thread::spawn(move || {
                 // SAFETY: the second free, on purpose.
@@ -541,14 +547,7 @@ fn double_free_large_listed_then_freed_after_a_threads_exit_flush() {
         "double_free_large_listed_then_freed_after_a_threads_exit_flush",
         DOUBLE,
         || {
-            warm_up();
-            // SAFETY: a live object, freed once (onto this thread's list).
-            let p = unsafe {
-                let p = raw::alloc(100_000, 8);
-                assert!(!p.is_null());
-                raw::free(p);
-                p as usize
-            };
+            let p = freed_onto_a_large_list();
             let mut key: libc::pthread_key_t = 0;
             // SAFETY: a valid out-pointer; the destructor is an `extern "C" fn`.
             let rc = unsafe { libc::pthread_key_create(&mut key, Some(free_in_key_destructor)) };
