@@ -59,7 +59,7 @@
 //! transparent huge page for the heap's memory.
 
 use crate::fixed_alloc::FixedAlloc;
-use crate::page_map::{PageMap, large_word};
+use crate::page_map::PageMap;
 use crate::pages::{PAGE_SIZE, PageId, Pages};
 use crate::size_class::SizeClass;
 #[cfg(feature = "hardened")]
@@ -1425,13 +1425,11 @@ unsafe fn init_fresh_run(record: NonNull<Span>, start: PageId, pages: Pages) {
     }
 }
 
-/// Writes [`large_word`] into the first page's small-object word of `span`, a span that has
-/// just become a large one in use: the sizeless free then finds its record in one load
-/// (`raw::free_large_fast`). [`PageHeap::free`] clears it.
+/// Names the record of `span`, a span that has just become a large one in use, in its first
+/// page's small-object word (`PageMap::name_large_record`). [`PageHeap::free`] clears it.
 fn mark_large_in_use(map: &PageMap, span: NonNull<Span>) {
     // SAFETY: a live record of ours (the page heap lock is held by our callers).
-    let s = unsafe { span.as_ref() };
-    map.set_small_words(s.start(), Pages(1), large_word(span.as_ptr()));
+    map.name_large_record(unsafe { span.as_ref() });
 }
 
 impl Default for PageHeap {
@@ -1443,6 +1441,7 @@ impl Default for PageHeap {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use crate::page_map::large_word;
     use crate::span::GUARD_PAGES;
     use crate::sync::Ordering;
     use crate::sys::FakePages;

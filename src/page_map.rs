@@ -312,6 +312,14 @@ impl PageMap {
         next
     }
 
+    /// Writes [`large_word`] into the small-object word of the first page of `s`, a large
+    /// span in use: its sizeless free then finds the record in one load. The page heap
+    /// writes it when a span becomes a large one in use; the stash and the heap profiler
+    /// write it over a listed word, whose free would not reach the record.
+    pub fn name_large_record(&self, s: &Span) {
+        self.set_small_words(s.start(), Pages(1), large_word(s));
+    }
+
     /// Writes the small-object word of every page in `[start, start + pages)` (covered by
     /// [`PageMap::ensure`]): [`small_word`] when the pages become a small span, 0 before
     /// they stop being one; for a large span's first page alone, [`large_word`] when it

@@ -321,11 +321,7 @@ impl SampleTable {
         if self.record(heap.source(), span, frames, size, weight) {
             // Its free must find the record (to take the sample off), not go by a listed
             // word to a thread cache's list without reading it.
-            map.set_small_words(
-                span.start(),
-                crate::pages::Pages(1),
-                crate::page_map::large_word(span),
-            );
+            map.name_large_record(span);
         } else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }

@@ -165,12 +165,11 @@ impl ThreadCache {
         Some(start as *mut u8)
     }
 
-    /// Forgets the lent span if `span` is it: its buffer is being freed or moved off, so the
-    /// next growing buffer may be lent a span again.
+    /// Forgets the lent span if it starts at `start`: its buffer is being freed or moved
+    /// off, so the next growing buffer may be lent a span again.
     #[inline]
-    pub(super) fn forget_lent(&mut self, span: NonNull<Span>) {
-        // SAFETY: the caller's live large span.
-        if unsafe { span.as_ref() }.start_addr() == self.lent_start {
+    pub(super) fn forget_lent(&mut self, start: usize) {
+        if start == self.lent_start {
             self.lent_start = 0;
         }
     }
@@ -345,7 +344,7 @@ impl ThreadCache {
     fn count_large_free<S: PageSource>(&mut self, heap: &Heap<S>, s: &Span) {
         self.frees = self.frees.wrapping_add(1);
         self.maybe_fold_counts(heap);
-        self.forget_lent(NonNull::from(s));
+        self.forget_lent(s.start_addr());
     }
 
     /// Gives `s`, a span of ours just taken out of the stash, its listed word back if its
@@ -380,8 +379,7 @@ impl ThreadCache {
         // listed word would send it onto a list without a look at the record. Written
         // before the slot publishes the span (a reclaimer may take it from then on).
         if listable(s.object_pages()) {
-            heap.page_map()
-                .set_small_words(s.start(), Pages(1), crate::page_map::large_word(s));
+            heap.page_map().name_large_record(s);
         }
         self.stash_clock = self.stash_clock.wrapping_add(1);
         self.stash_stamps[i] = self.stash_clock;

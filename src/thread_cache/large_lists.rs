@@ -190,9 +190,7 @@ impl ThreadCache {
         *head = ptr;
         this.large_lists.bytes += bytes;
         this.frees = this.frees.wrapping_add(1);
-        if ptr as usize == this.lent_start {
-            this.lent_start = 0;
-        }
+        this.forget_lent(start);
         true
     }
 

@@ -143,7 +143,7 @@ impl ThreadCache {
                 // pages may be the room the next growth needs.
                 Some(span) => {
                     crate::sample_table::release_sample(span.as_ref());
-                    self.forget_lent(span);
+                    self.forget_lent(span.as_ref().start_addr());
                     self.frees = self.frees.wrapping_add(1);
                     heap.free_large(span)
                 }
