@@ -24,7 +24,7 @@
 //! on the thread cache's fast path, which only takes the default alignment.
 
 use crate::raw;
-use crate::size_class::MIN_ALIGN;
+use crate::size_class::{MIN_ALIGN, SMALL_STEP_LIMIT};
 use core::ffi::{c_int, c_void};
 
 /// The alignment of every block C `malloc` hands out (glibc's `MALLOC_ALIGNMENT`).
@@ -54,6 +54,11 @@ fn page_size() -> usize {
 /// `malloc` without the `errno`: `size` bytes aligned to [`C_ALIGN`], or null.
 #[inline(always)]
 pub fn alloc_c(size: usize) -> *mut c_void {
+    // A small request first: its rounding cannot overflow, so it needs no test for that.
+    if size <= SMALL_STEP_LIMIT {
+        // SAFETY: at most SMALL_STEP_LIMIT, a multiple of C_ALIGN, after rounding.
+        return unsafe { raw::alloc_small((size + C_ALIGN - 1) & !(C_ALIGN - 1)) }.cast();
+    }
     match c_size(size) {
         // SAFETY: MIN_ALIGN is a power of two.
         Some(n) => unsafe { raw::alloc(n, MIN_ALIGN) }.cast(),
@@ -401,18 +406,21 @@ pub unsafe fn free_sized_impl(ptr: *mut c_void, size: usize) {
     if ptr.is_null() {
         return;
     }
-    if let Some(n) = c_size(size) {
-        // The sized fast path: the bin from the size, checked against the page map.
-        // SAFETY: non-null, and per the caller.
-        if unsafe { raw::dealloc_fast(ptr.cast(), n) } {
-            return;
-        }
-        // Debug and hardened builds: the size must name the class the page map knows (the
-        // fast path took only an object of the size's class, as in `raw::dealloc`).
-        if cfg!(debug_assertions) || crate::check::HARDENED {
+    // Debug and hardened builds: the size must name the class the page map knows.
+    if cfg!(debug_assertions) || crate::check::HARDENED {
+        if let Some(n) = c_size(size) {
+            // The sized fast path: the bin from the size, checked against the page map.
+            // SAFETY: non-null, and per the caller.
+            if unsafe { raw::dealloc_fast(ptr.cast(), n) } {
+                return;
+            }
+            // The fast path took only an object of the size's class, as in `raw::dealloc`.
             crate::thread_cache::check_layout(crate::global::heap(), ptr.cast(), n, MIN_ALIGN);
         }
     }
+    // Otherwise the size is not used: it comes from C or C++ at run time, so finding the
+    // bin from it costs a rounding, a table load and a class compare more than the class
+    // the page-map word names, which the free reads anyway (the object-boundary check).
     // SAFETY: non-null, and per the caller.
     unsafe { free_keep_errno(ptr) }
 }

@@ -531,19 +531,8 @@ pub mod raw {
     pub unsafe fn alloc(size: usize, align: usize) -> *mut u8 {
         if align <= MIN_ALIGN {
             if size <= SMALL_STEP_LIMIT {
-                // SAFETY: our own slot (or the never-filled one of exited threads); the fast
-                // path makes no call that could re-enter. `size` is small.
-                let cache = unsafe { &raw mut (*local_for_fast_path()).cache };
-                // SAFETY: as above.
-                let obj = unsafe { ThreadCache::pop_small_raw(cache, size) };
-                if !obj.is_null() {
-                    // SAFETY: it held an object, so it is this thread's own active cache.
-                    if unsafe { ThreadCache::charge_raw(cache, size) } {
-                        return obj;
-                    }
-                    // SAFETY: `obj` was just popped for this request.
-                    return unsafe { sample_popped(obj, size) };
-                }
+                // SAFETY: `size` is small.
+                return unsafe { alloc_small(size) };
             } else if size < LARGE_THRESHOLD {
                 // SAFETY: the size is in the medium range.
                 return unsafe { alloc_medium(size) };
@@ -554,6 +543,29 @@ pub mod raw {
             }
         }
         alloc_slow(size, align)
+    }
+
+    /// [`alloc`] of `size` bytes at most `SMALL_STEP_LIMIT`, aligned to `MIN_ALIGN`: the
+    /// newest object of its bin, else the slow path.
+    ///
+    /// # Safety
+    /// `size <= SMALL_STEP_LIMIT`.
+    #[inline(always)]
+    pub unsafe fn alloc_small(size: usize) -> *mut u8 {
+        // SAFETY: our own slot (or the never-filled one of exited threads); the fast path
+        // makes no call that could re-enter. `size` is small, per the caller.
+        let cache = unsafe { &raw mut (*local_for_fast_path()).cache };
+        // SAFETY: as above.
+        let obj = unsafe { ThreadCache::pop_small_raw(cache, size) };
+        if !obj.is_null() {
+            // SAFETY: it held an object, so it is this thread's own active cache.
+            if unsafe { ThreadCache::charge_raw(cache, size) } {
+                return obj;
+            }
+            // SAFETY: `obj` was just popped for this request.
+            return unsafe { sample_popped(obj, size) };
+        }
+        alloc_slow(size, MIN_ALIGN)
     }
 
     /// Frees `ptr`, allocated with `size` and `align`.

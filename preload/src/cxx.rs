@@ -40,7 +40,8 @@
 //!
 //! `operator new(n)` is `malloc(n)` without `errno` (`n` rounded up to 16, the default
 //! alignment, on the thread cache's fast path; `new(0)` is a unique pointer). Sized
-//! `delete(p, n)` is `free_sized(p, n)`, the same fast path as Rust's `dealloc`. The
+//! `delete(p, n)` is `free_sized(p, n)`, the unsized `free`'s fast path (the size is only
+//! checked, in debug and hardened builds). The
 //! aligned forms are `aligned_alloc(a, n)` and `free_aligned_sized(p, a, n)`; an alignment
 //! that is not a power of two fails (`std::bad_alloc`, or null), as in libstdc++.
 
