@@ -18,7 +18,7 @@
 //! `dlopen` as glibc's `backtrace()` makes on its first call); the rule table's writer
 //! takes it with one compare-and-swap or skips caching, and never waits. The only lock
 //! either walk may take is the dynamic loader's recursive lock around `dl_iterate_phdr`
-//! (once a walk, to read its count of unloaded objects; and in the FDE search on glibc
+//! (once a walk that is not a replay, to read its count of unloaded objects; and in the FDE search on glibc
 //! versions without `_dl_find_object`): no allocation path of ours takes it. The caller holds
 //! no allocator lock while it captures. On macOS the unwinder is the system's libunwind
 //! (reading `__unwind_info`); that it allocates nothing there is expected, not checked
@@ -237,20 +237,18 @@ mod walk {
         rules: &RuleCache,
         memo: Option<&mut WalkMemo>,
     ) -> Option<usize> {
+        let start = (here.pc, here.rsp, here.rbp);
+        // The last walk first: a replay uses no rule, so it needs no count of unloaded
+        // objects (see `memo.rs`), whose reading takes the C library's lock.
+        let mut memo = memo;
+        if let Some(m) = memo.as_deref_mut() {
+            if let Some(n) = m.replay(start, out, skip) {
+                return Some(n);
+            }
+            m.start(start, skip, out.len());
+        }
         let unloads = rules.read_unloads(unloaded_objects);
         let cached = unloads.is_some_and(|u| rules.begin(u));
-        let start = (here.pc, here.rsp, here.rbp);
-        // A memo only under a known count of unloaded objects (see `memo.rs`).
-        let mut memo = match (memo, unloads) {
-            (Some(m), Some(u)) => {
-                if let Some(n) = m.replay(start, out, skip, u) {
-                    return Some(n);
-                }
-                m.start(start, skip, out.len(), u);
-                Some(m)
-            }
-            _ => None,
-        };
         let n = walk_rules(here, out, skip, rules, cached, memo.as_deref_mut());
         if let (Some(m), Some(n)) = (memo, n) {
             m.finish(n);
@@ -996,11 +994,18 @@ mod tests {
 
     #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
     #[test]
-    fn an_unload_empties_the_table_at_the_next_walk() {
+    fn an_unload_empties_the_table_at_the_next_walk_that_is_not_a_replay() {
+        // A walk of a made-up stack (one frame, outermost caller), remembered.
+        let rules = made_up_rules(&[frame16(false, cfi::SavedRbp::Same), cfi::FrameRule::End]);
         let before = walk::unloaded_objects();
-        let rules = fresh_rules();
-        assert!(rules.begin(before));
-        rules.put(0x1000, 7);
+        let mut memo = WalkMemo::new();
+        let mut stack = [0usize; 4];
+        stack[1] = 0x2001;
+        assert_eq!(
+            walk_remembered(&stack, 0, &rules, &mut memo, 8),
+            Some(vec![0x2001])
+        );
+        assert_eq!(memo.replays(), 0);
         // A library of the C library's own that nothing else here loads: loaded, then
         // unloaded.
         // SAFETY: a library with no initialisers of interest, closed once.
@@ -1013,10 +1018,21 @@ mod tests {
             assert_eq!(libc::dlclose(h), 0);
         }
         assert!(walk::unloaded_objects() > before);
-        assert_eq!(rules.get(0x1000), Some(7), "nothing emptied the table yet");
-        let mut out = [0usize; MAX_FRAMES];
-        let n = walk::walk(walk::Registers::here(), &mut out, 0, &rules, None);
-        assert!(n.is_some_and(|n| n > 0));
-        assert_eq!(rules.get(0x1000), None, "the walk emptied the table");
+        assert!(rules.get(0x1000).is_some(), "nothing emptied the table yet");
+        // The same words: replayed, with no rule and no count read.
+        let rule = rules.get(0x1000);
+        assert_eq!(
+            walk_remembered(&stack, 0, &rules, &mut memo, 8),
+            Some(vec![0x2001])
+        );
+        assert_eq!(memo.replays(), 1, "replayed across the unload");
+        assert_eq!(rules.get(0x1000), rule, "a replay reads no count");
+        // Another word where the walk read: a walk, which reads the count first and empties
+        // the table, so the made-up address has no rule any more (the unwind tables have
+        // none for it).
+        stack[1] = 0x3001;
+        assert_eq!(walk_remembered(&stack, 0, &rules, &mut memo, 8), None);
+        assert_eq!(memo.replays(), 1);
+        assert_ne!(rules.get(0x1000), rule, "the walk emptied the table");
     }
 }

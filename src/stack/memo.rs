@@ -10,11 +10,17 @@
 //! walk read them, each only after those before it matched: every address read is one the
 //! walk itself would read now, so the replay reads nothing a walk would not.
 //!
-//! The rules are the same while no object has been unloaded: a return address found on the
-//! stack is in loaded code, but an object unloaded and another loaded at the same place
-//! could have other rules at the same address. The memo keeps the C library's count of
-//! unloaded objects its walk was made under (the count every walk reads first) and is used
-//! only under the same count.
+//! A replay reads no rule, and so does not read the C library's count of unloaded objects
+//! either (a walk does, first: `dl_iterate_phdr` and its lock, about an eighth of a
+//! sample's cost). What it reads is safe without it: only addresses that the recorded walk
+//! of this same thread read, from the same stack pointer, each once the words before it
+//! matched; they lie in this thread's stack, which stays mapped for the thread's life (a
+//! memo is new with each thread's slot). What an unload could change is only the answer:
+//! an object unloaded and another loaded at the same place could have other rules at the
+//! same address, and if the stack then held the very words of the recorded walk, a replay
+//! would repeat the recorded frames where a walk would find others. That costs one
+//! sample's stack in a profile, never a wrong read, and the next walk that is not a replay
+//! reads the count.
 //!
 //! A saved `rbp` matters only if a later frame finds its CFA from `rbp`. In code built
 //! without frame pointers `rbp` holds data, and the copies its callees save differ from
@@ -66,8 +72,6 @@ pub struct WalkMemo {
     rsp: usize,
     rbp: usize,
     check_start_rbp: bool,
-    /// The count of unloaded objects its rules were read under.
-    unloads: u64,
     /// What it was asked for: frames left out, room for frames.
     skip: usize,
     room: usize,
@@ -95,7 +99,6 @@ impl WalkMemo {
             rsp: 0,
             rbp: 0,
             check_start_rbp: false,
-            unloads: 0,
             skip: 0,
             room: 0,
             len: 0,
@@ -113,30 +116,28 @@ impl WalkMemo {
     }
 
     /// Writes the remembered frames into `out` if a walk from `pc`, `rsp` and `rbp` for
-    /// `skip` and `out.len()`, under `unloads`, would read the words the remembered one read
-    /// (checked here, in its order); returns how many. `None`: walk.
+    /// `skip` and `out.len()` would read the words the remembered one read (checked here,
+    /// in its order); returns how many. `None`: walk.
     pub fn replay(
         &mut self,
         (pc, rsp, rbp): (usize, usize, usize),
         out: &mut [usize],
         skip: usize,
-        unloads: u64,
     ) -> Option<usize> {
         if !self.valid
             || self.pc != pc
             || self.rsp != rsp
             || (self.check_start_rbp && self.rbp != rbp)
-            || self.unloads != unloads
             || self.skip != skip
             || self.room != out.len()
         {
             return None;
         }
         for (i, level) in self.levels[..self.depth].iter().enumerate() {
-            // SAFETY: the walk from these registers read this word first once every word
-            // before it matched (as all have): the walk would read it now, and it is an
-            // aligned word of this thread's stack between a frame's stack pointer and its
-            // CFA, which stays put while the capture runs (as in the walk).
+            // SAFETY: the recorded walk, from this stack pointer on this thread, read this
+            // word once every word before it matched (as all have): an aligned word of this
+            // thread's stack, which stays mapped while the thread lives and which no other
+            // thread writes (see the module's documentation).
             if unsafe { core::ptr::read_volatile(level.ra_at as *const usize) } != level.ra {
                 return None;
             }
@@ -156,19 +157,12 @@ impl WalkMemo {
         Some(self.len)
     }
 
-    /// Starts recording a walk from `pc`, `rsp` and `rbp` for `skip` and `room` frames,
-    /// under `unloads`; forgets the last one.
-    pub fn start(
-        &mut self,
-        (pc, rsp, rbp): (usize, usize, usize),
-        skip: usize,
-        room: usize,
-        unloads: u64,
-    ) {
+    /// Starts recording a walk from `pc`, `rsp` and `rbp` for `skip` and `room` frames;
+    /// forgets the last one.
+    pub fn start(&mut self, (pc, rsp, rbp): (usize, usize, usize), skip: usize, room: usize) {
         self.valid = false;
         (self.pc, self.rsp, self.rbp) = (pc, rsp, rbp);
         self.check_start_rbp = false;
-        self.unloads = unloads;
         (self.skip, self.room) = (skip, room);
         self.depth = 0;
         self.check_rbp = 0;
