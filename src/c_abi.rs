@@ -92,11 +92,14 @@ fn memalign_impl(align: usize, size: usize) -> *mut c_void {
     p
 }
 
-/// Frees `ptr` (non-null) keeping `errno` as it was: the free path may make system calls
-/// (`madvise`, `futex`) that set it.
+/// Frees `ptr` keeping `errno` as it was: the free path may make system calls (`madvise`,
+/// `futex`) that set it. Null does nothing, and is found on the slow path: the page map
+/// has no span at address 0, so the fast path's object test fails for it (as TCMalloc's
+/// size-class lookup and mimalloc's segment lookup do), and a free of an object costs no
+/// null test.
 ///
 /// # Safety
-/// `ptr` is non-null; if spanalloc handed it out, it is not used afterwards.
+/// If spanalloc handed `ptr` out, it is not used afterwards.
 #[inline(always)]
 unsafe fn free_keep_errno(ptr: *mut c_void) {
     // The fast path touches no errno; only the slow path may (a system call). The page's
@@ -109,7 +112,7 @@ unsafe fn free_keep_errno(ptr: *mut c_void) {
     }
 }
 
-/// The slow path of [`free_keep_errno`]: a large object into the stash, or the rest with
+/// The slow path of [`free_keep_errno`]: null, a large object into the stash, or the rest with
 /// `errno` saved and restored around it.
 ///
 /// # Safety
@@ -117,6 +120,9 @@ unsafe fn free_keep_errno(ptr: *mut c_void) {
 #[cold]
 #[inline(never)]
 unsafe fn free_slow_keep_errno(ptr: *mut c_void, word: usize) {
+    if ptr.is_null() {
+        return;
+    }
     // A large object onto the thread's large lists (its word says so): no lock, no system
     // call, no errno to keep, and no frame: the stash's path is a call of its own.
     if crate::page_map::word_listed_large(word).is_some() {
@@ -391,10 +397,8 @@ pub unsafe extern "C" fn free_aligned_sized(ptr: *mut c_void, align: usize, size
 /// As [`free`].
 #[inline(always)]
 pub unsafe fn free_impl(ptr: *mut c_void) {
-    if !ptr.is_null() {
-        // SAFETY: non-null, and per the caller.
-        unsafe { free_keep_errno(ptr) };
-    }
+    // SAFETY: per the caller (null included).
+    unsafe { free_keep_errno(ptr) };
 }
 
 /// The body of [`free_sized`] (see [`free_impl`]).
