@@ -557,15 +557,8 @@ pub mod raw {
         let cache = unsafe { &raw mut (*local_for_fast_path()).cache };
         // SAFETY: as above.
         let obj = unsafe { ThreadCache::pop_small_raw(cache, size) };
-        if !obj.is_null() {
-            // SAFETY: it held an object, so it is this thread's own active cache.
-            if unsafe { ThreadCache::charge_raw(cache, size) } {
-                return obj;
-            }
-            // SAFETY: `obj` was just popped for this request.
-            return unsafe { sample_popped(obj, size) };
-        }
-        alloc_slow(size, MIN_ALIGN)
+        // SAFETY: popped from this cache for this request, if anything.
+        unsafe { popped_or_slow(cache, obj, size) }
     }
 
     /// Frees `ptr`, allocated with `size` and `align`.
@@ -878,10 +871,23 @@ unsafe fn alloc_medium(size: usize) -> *mut u8 {
     // SAFETY: per the caller (lets the table index go unchecked).
     unsafe { core::hint::assert_unchecked(size > SMALL_STEP_LIMIT && size < LARGE_THRESHOLD) };
     let class = size_class::class_of_medium(size);
-    // SAFETY: as in `raw::alloc`.
+    // SAFETY: as in `raw::alloc_small`.
     let cache = unsafe { &raw mut (*local_for_fast_path()).cache };
-    // SAFETY: as in `raw::alloc`.
+    // SAFETY: as in `raw::alloc_small`.
     let obj = unsafe { ThreadCache::pop_raw(cache, class) };
+    // SAFETY: popped from this cache for this request, if anything.
+    unsafe { popped_or_slow(cache, obj, size) }
+}
+
+/// The end of a small or medium fast path that popped `obj` (null: the bin was empty) for
+/// `size` bytes at most `MIN_ALIGN` aligned: the object charged to the sampler, or
+/// sampled, or the slow path.
+///
+/// # Safety
+/// `cache` is the calling thread's fast-path cache, and `obj`, if not null, was just
+/// popped from it for this request.
+#[inline(always)]
+unsafe fn popped_or_slow(cache: *mut ThreadCache, obj: *mut u8, size: usize) -> *mut u8 {
     if !obj.is_null() {
         // SAFETY: it held an object, so it is this thread's own active cache.
         if unsafe { ThreadCache::charge_raw(cache, size) } {
