@@ -112,8 +112,8 @@ unsafe fn free_keep_errno(ptr: *mut c_void) {
     }
 }
 
-/// The slow path of [`free_keep_errno`]: null, a large object into the stash, or the rest with
-/// `errno` saved and restored around it.
+/// The slow path of [`free_keep_errno`]: null, a large object into the stash, or the rest
+/// with `errno` saved and restored around it.
 ///
 /// # Safety
 /// As [`free_keep_errno`]; `word` is the small-object word of the page of `ptr`.

@@ -18,11 +18,11 @@
 //! `dlopen` as glibc's `backtrace()` makes on its first call); the rule table's writer
 //! takes it with one compare-and-swap or skips caching, and never waits. The only lock
 //! either walk may take is the dynamic loader's recursive lock around `dl_iterate_phdr`
-//! (once a walk that is not a replay, to read its count of unloaded objects; and in the FDE search on glibc
-//! versions without `_dl_find_object`): no allocation path of ours takes it. The caller holds
-//! no allocator lock while it captures. On macOS the unwinder is the system's libunwind
-//! (reading `__unwind_info`); that it allocates nothing there is expected, not checked
-//! (macOS is untested at run time).
+//! (once a walk that is not a replay, to read its count of unloaded objects; and in the
+//! FDE search on glibc versions without `_dl_find_object`): no allocation path of ours
+//! takes it. The caller holds no allocator lock while it captures. On macOS the unwinder
+//! is the system's libunwind (reading `__unwind_info`); that it allocates nothing there is
+//! expected, not checked (macOS is untested at run time).
 //!
 //! What the program needs for good stacks: unwind tables for its code, which Rust emits on
 //! Linux by default (even with `panic = "abort"`) and GCC and Clang emit on x86-64 by

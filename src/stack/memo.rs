@@ -7,8 +7,9 @@
 //! last walk's start, its reads and its frames, and a walk from the same start checks the
 //! words (a load and a compare each) instead of looking up every frame's rule (a hash, a
 //! sequence-checked lookup and an unpacking each). The words are checked in the order the
-//! walk read them, each only after those before it matched: every address read is one the
-//! walk itself would read now, so the replay reads nothing a walk would not.
+//! walk read them, each only after those before it matched: while the code's rules are the
+//! same, every address read is one the walk itself would read now, so the replay reads
+//! nothing a walk would not.
 //!
 //! A replay reads no rule, and so does not read the C library's count of unloaded objects
 //! either (a walk does, first: `dl_iterate_phdr` and its lock, about an eighth of a
