@@ -407,11 +407,11 @@ pub unsafe fn free_impl(ptr: *mut c_void) {
 /// As [`free_sized`].
 #[inline(always)]
 pub unsafe fn free_sized_impl(ptr: *mut c_void, size: usize) {
-    if ptr.is_null() {
-        return;
-    }
     // Debug and hardened builds: the size must name the class the page map knows.
     if cfg!(debug_assertions) || crate::check::HARDENED {
+        if ptr.is_null() {
+            return;
+        }
         if let Some(n) = c_size(size) {
             // The sized fast path: the bin from the size, checked against the page map.
             // SAFETY: non-null, and per the caller.
@@ -425,7 +425,8 @@ pub unsafe fn free_sized_impl(ptr: *mut c_void, size: usize) {
     // Otherwise the size is not used: it comes from C or C++ at run time, so finding the
     // bin from it costs a rounding, a table load and a class compare more than the class
     // the page-map word names, which the free reads anyway (the object-boundary check).
-    // SAFETY: non-null, and per the caller.
+    // Null, too, is the unsized free's: its slow path returns for it.
+    // SAFETY: per the caller (null included).
     unsafe { free_keep_errno(ptr) }
 }
 

@@ -235,12 +235,11 @@ mod walk {
         out: &mut [usize],
         skip: usize,
         rules: &RuleCache,
-        memo: Option<&mut WalkMemo>,
+        mut memo: Option<&mut WalkMemo>,
     ) -> Option<usize> {
         let start = (here.pc, here.rsp, here.rbp);
         // The last walk first: a replay uses no rule, so it needs no count of unloaded
         // objects (see `memo.rs`), whose reading takes the C library's lock.
-        let mut memo = memo;
         if let Some(m) = memo.as_deref_mut() {
             if let Some(n) = m.replay(start, out, skip) {
                 return Some(n);
