@@ -36,7 +36,7 @@
 use crate::check::fatal;
 use crate::heap::{Heap, LEND_MIN};
 use crate::pages::PAGE_SHIFT;
-use crate::sample_table::SampleTable;
+use crate::sample_table::{SampleTable, Site};
 use crate::size_class::{self, LARGE_THRESHOLD, MAX_SMALL_SIZE, MIN_ALIGN, SMALL_STEP_LIMIT};
 use crate::stack::{RuleCache, WalkMemo};
 use crate::sync::{AtomicU8, AtomicUsize, Lock, Ordering};
@@ -82,6 +82,9 @@ struct Local {
     reserve: Reserve,
     /// The thread's last stack walk for the profiler, used only while `sampling` is BUSY.
     walk_memo: WalkMemo,
+    /// Where the profiler captures a sample's stack, used only while `sampling` is BUSY
+    /// (here, not on the stack, so that no sample clears it first).
+    sample_frames: [usize; crate::stack::MAX_FRAMES],
 }
 
 const SAMPLE_IDLE: u8 = 0;
@@ -99,6 +102,7 @@ thread_local! {
             sampling: SAMPLE_IDLE,
             reserve: Reserve::new(),
             walk_memo: WalkMemo::new(),
+            sample_frames: [0; crate::stack::MAX_FRAMES],
         })
     };
 }
@@ -148,6 +152,7 @@ static DEAD_LOCAL: DeadLocal = DeadLocal(UnsafeCell::new(Local {
     sampling: SAMPLE_IDLE,
     reserve: Reserve::new(),
     walk_memo: WalkMemo::new(),
+    sample_frames: [0; crate::stack::MAX_FRAMES],
 }));
 
 /// Where `Local`s come from and go back to at thread exit. A leaf lock: nothing else is
@@ -293,6 +298,7 @@ fn local_slow(current: *mut Local) -> *mut Local {
             sampling: SAMPLE_IDLE,
             reserve: Reserve::new(),
             walk_memo: WalkMemo::new(),
+            sample_frames: [0; crate::stack::MAX_FRAMES],
         });
         slot::set(l);
         register(l);
@@ -1020,7 +1026,9 @@ unsafe fn sample_popped(obj: *mut u8, size: usize) -> *mut u8 {
 #[inline(never)]
 unsafe fn resample(new: *mut u8, size: usize, align: usize, weight: usize) -> *mut u8 {
     if size_class::class_for(size, align).is_none() {
-        with_sampled_stack(|frames| PROFILE.record_large(&HEAP, new, size, frames, weight));
+        with_sampled_stack(|frames, site| {
+            PROFILE.record_large(&HEAP, new, size, frames, weight, site)
+        });
         return new;
     }
     let sampled = sampled_alloc(size, align, false, weight);
@@ -1051,7 +1059,9 @@ fn sampled_alloc(size: usize, align: usize, zeroed: bool, weight: usize) -> *mut
     if size_class::class_for(size, align).is_none() {
         let p = alloc_unsampled(size, align, zeroed);
         if !p.is_null() {
-            with_sampled_stack(|frames| PROFILE.record_large(&HEAP, p, size, frames, weight));
+            with_sampled_stack(|frames, site| {
+                PROFILE.record_large(&HEAP, p, size, frames, weight, site)
+            });
         }
         return p;
     }
@@ -1063,20 +1073,22 @@ fn sampled_alloc(size: usize, align: usize, zeroed: bool, weight: usize) -> *mut
         let p = unsafe { with_cache(|cache| cache.alloc_large(&HEAP, bytes, align)) };
         core::ptr::NonNull::new(p).map(|p| (p, false))
     };
-    with_sampled_stack(|frames| {
-        PROFILE.alloc_sampled(&HEAP, size, align, zeroed, frames, weight, make_large)
+    with_sampled_stack(|frames, site| {
+        PROFILE.alloc_sampled(&HEAP, size, align, zeroed, frames, weight, make_large, site)
     })
     .filter(|p| !p.is_null())
     .unwrap_or_else(|| alloc_unsampled(size, align, zeroed))
 }
 
 /// Runs `make` with the stack captured here (its caller's frame left out: this is inlined
-/// into it, and capturing takes no lock), the thread marked as sampling so that an
-/// allocation from inside is served unsampled. `None`, without running `make`, when this
+/// into it, and capturing takes no lock) and where `PROFILE` counted those frames last, if
+/// the capture replayed the thread's last walk (`make` sets it to where they are counted
+/// now), the thread marked as sampling so that an allocation from inside is served
+/// unsampled. `None`, without running `make`, when this
 /// thread cannot sample now: it is sampling already (counted), it is writing a profile,
 /// or it has no slot of its own any more.
 #[inline(always)]
-fn with_sampled_stack<R>(make: impl FnOnce(&[usize]) -> R) -> Option<R> {
+fn with_sampled_stack<R>(make: impl FnOnce(&[usize], &mut Site) -> R) -> Option<R> {
     let l = local();
     #[cfg(feature = "small-tls")]
     let shared = l == DEAD_LOCAL.0.get();
@@ -1097,12 +1109,17 @@ fn with_sampled_stack<R>(make: impl FnOnce(&[usize]) -> R) -> Option<R> {
     }
     // SAFETY: our own slot, not shared.
     unsafe { (*l).sampling = SAMPLE_BUSY };
-    let mut frames = [0usize; crate::stack::MAX_FRAMES];
+    // SAFETY: our own slot, not shared; only a BUSY thread's sampling touches the memo and
+    // the frames.
+    let (memo, frames) = unsafe { (&mut (*l).walk_memo, &mut (*l).sample_frames) };
     // Leaves out the caller's frame (this function is inlined into it).
-    // SAFETY: our own slot, not shared; only a BUSY thread's sampling touches the memo.
-    let memo = unsafe { &mut (*l).walk_memo };
-    let depth = crate::stack::capture(&mut frames, 1, &UNWIND_RULES, Some(memo));
-    let made = make(&frames[..depth]);
+    let depth = crate::stack::capture(frames, 1, &UNWIND_RULES, Some(&mut *memo));
+    // SAFETY: the memo's tag is set only here, to the site `PROFILE` returned for the
+    // frames of the walk the memo holds, and a capture keeps it only when it replays that
+    // walk (see `WalkMemo::tag`): null, or the site of these frames in `PROFILE`.
+    let mut site = unsafe { Site::from_tag(memo.tag()) };
+    let made = make(&frames[..depth], &mut site);
+    memo.set_tag(site.tag());
     // SAFETY: our own slot.
     unsafe { (*l).sampling = SAMPLE_IDLE };
     Some(made)

@@ -17,6 +17,10 @@
 //! snapshot adds them up.
 //! A sample's record names its shard, so a free from any thread finds the lock to take.
 //!
+//! Stack records are never freed, so a recording returns where it counted the frames (a
+//! [`Site`]), which a thread sampling again from the same stack passes back to skip the
+//! hash and the search (`global.rs` keeps it with the thread's last stack walk).
+//!
 //! A shard's lock is a leaf: nothing is taken while it is held (its records come from
 //! [`FixedAlloc`]s over the page source, which maps memory without a lock of ours), so it
 //! may be taken under the orphan cache's lock. A sample takes one shard's lock; starting,
@@ -42,9 +46,11 @@ const BUCKETS: usize = PAGE_SIZE / core::mem::size_of::<usize>();
 
 /// One distinct stack and what was allocated from it.
 #[repr(C)]
-struct StackRecord {
+pub struct StackRecord {
     /// The next record in the same bucket.
     next: *mut StackRecord,
+    /// The shard that holds it (its index), for a [`Site`] to be checked against.
+    shard: usize,
     /// The next record of all of them (newest first).
     all: *mut StackRecord,
     hash: u64,
@@ -73,6 +79,44 @@ pub struct LiveSample {
     weight: usize,
 }
 
+/// Where the table counted a sample's stack: its record of those frames. Each recording
+/// sets it; passed back with the same frames, it spares the next recording the hash and
+/// the search of the stack's bucket (a thread sampling again from the place it sampled
+/// last, which a replayed walk tells: `stack::WalkMemo`, whose tag keeps it).
+///
+/// A stack record is never freed or moved while its table lives (a start clears its
+/// totals only), so a site stays a record of its table; passed back with other frames,
+/// the sample would be counted under the wrong stack (a wrong profile, nothing worse), and
+/// with another table's site, under a record of that table, which is why it is made only
+/// by a recording or by the unsafe [`Site::from_tag`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Site(*mut StackRecord);
+
+impl Site {
+    /// No record known: the recording hashes the frames and searches.
+    pub const NONE: Site = Site(null_mut());
+
+    /// The site kept as `tag` ([`Site::tag`]).
+    ///
+    /// # Safety
+    /// `tag` is null, or the tag of a site that a recording into the table it will be
+    /// passed to returned for the frames it will be passed with.
+    pub unsafe fn from_tag(tag: *mut ()) -> Site {
+        Site(tag.cast())
+    }
+
+    /// The site as an untyped pointer, to be kept with the walk that gave its frames.
+    pub fn tag(self) -> *mut () {
+        self.0.cast()
+    }
+}
+
+impl Default for Site {
+    fn default() -> Site {
+        Site::NONE
+    }
+}
+
 /// One shard of the table: its own live samples and stack records, behind its own lock.
 type Shard = Lock<Inner>;
 
@@ -89,6 +133,8 @@ struct Inner {
     samples: FixedAlloc<LiveSample>,
     stacks: FixedAlloc<StackRecord>,
     bucket_bytes: usize,
+    /// Recordings that looked their stack up (hashed and searched), not found by a site.
+    searches: u64,
 }
 
 // SAFETY: the raw pointers point into the table's own metadata memory; the table moves
@@ -271,13 +317,14 @@ impl SampleTable {
         frames: &[usize],
         weight: usize,
         make_large: impl FnOnce(usize, usize) -> Option<(NonNull<u8>, bool)>,
+        site: &mut Site,
     ) -> *mut u8 {
         let bytes = size_class::class_for(size, align).map_or(size, |c| c.size());
         let Some((p, is_zero)) = make_large(bytes, align) else {
             return null_mut();
         };
         let p = p.as_ptr();
-        let on_its_span = self.record_large(heap, p, size, frames, weight);
+        let on_its_span = self.record_large(heap, p, size, frames, weight, site);
         debug_assert!(on_its_span, "a large object starts its span");
         if zeroed && !is_zero {
             // SAFETY: a new object of at least `size` bytes.
@@ -299,6 +346,7 @@ impl SampleTable {
         size: usize,
         frames: &[usize],
         weight: usize,
+        site: &mut Site,
     ) -> bool {
         // The record named by the first page's small-object word, which the large object's
         // free reads too (so it is in the cache when a stashed span is reused), else the
@@ -318,7 +366,7 @@ impl SampleTable {
         if span.kind() != SpanKind::Large || span.start_addr() != p as usize {
             return false;
         }
-        if self.record(heap.source(), span, frames, size, weight) {
+        if self.record(heap.source(), span, frames, size, weight, site) {
             // Its free must find the record (to take the sample off), not go by a listed
             // word to a thread cache's list without reading it.
             map.name_large_record(span);
@@ -330,8 +378,10 @@ impl SampleTable {
 
     /// Records a sampled object of `size` bytes standing for `weight` bytes, allocated from
     /// `frames`, whose span is `span`, and marks the span. `false` when metadata memory ran
-    /// out (nothing is recorded). In the shard of the calling thread, whose stack holds
-    /// `frames` (the sampling path's copy of the stack).
+    /// out (nothing is recorded). In the shard of the calling thread (by where its stack
+    /// is). `site` is where these frames were
+    /// counted before, if known (then no hash and no search): set to where they are now,
+    /// or [`Site::NONE`] if nothing was recorded.
     pub fn record(
         &self,
         source: &impl PageSource,
@@ -339,12 +389,15 @@ impl SampleTable {
         frames: &[usize],
         size: usize,
         weight: usize,
+        site: &mut Site,
     ) -> bool {
-        let shard = Self::shard_at(frames.as_ptr() as usize);
-        self.record_in(shard, source, span, frames, size, weight)
+        let on_stack = 0u8;
+        let shard = Self::shard_at(core::hint::black_box(&on_stack) as *const u8 as usize);
+        self.record_in(shard, source, span, frames, size, weight, site)
     }
 
     /// [`SampleTable::record`] in shard `shard`.
+    #[allow(clippy::too_many_arguments)]
     fn record_in(
         &self,
         shard: usize,
@@ -353,14 +406,32 @@ impl SampleTable {
         frames: &[usize],
         size: usize,
         weight: usize,
+        site: &mut Site,
     ) -> bool {
         let frames = &frames[..frames.len().min(MAX_FRAMES)];
-        let hash = hash_frames(frames);
+        // SAFETY: a site is one of this table's stack records (see `Site`), never freed;
+        // its shard is written once, when it is made, before any site names it.
+        let known = !site.0.is_null() && unsafe { (*site.0).shard } == shard;
+        let index = shard;
         let shard: &Shard = &self.shards[shard];
         let mut inner = shard.lock();
-        let Some(stack) = inner.find_or_add(source, frames, hash) else {
-            return false;
+        let stack = if known {
+            debug_assert!(
+                // SAFETY: as above; its frames are read under its shard's lock, held.
+                unsafe { (&(*site.0).frames)[..(*site.0).depth] == *frames },
+                "a site passed back with other frames"
+            );
+            site.0
+        } else {
+            match inner.find_or_add(index, source, frames, hash_frames(frames)) {
+                Some(stack) => stack,
+                None => {
+                    *site = Site::NONE;
+                    return false;
+                }
+            }
         };
+        *site = Site(stack);
         let Some(rec) = inner.samples.alloc(source) else {
             return false;
         };
@@ -477,6 +548,7 @@ impl Inner {
             samples: FixedAlloc::new(),
             stacks: FixedAlloc::new(),
             bucket_bytes: 0,
+            searches: 0,
         }
     }
 
@@ -505,10 +577,12 @@ impl Inner {
     /// The record of `frames`, made if it is new. `None` when metadata memory ran out.
     fn find_or_add(
         &mut self,
+        shard: usize,
         source: &impl PageSource,
         frames: &[usize],
         hash: u64,
     ) -> Option<*mut StackRecord> {
+        self.searches += 1;
         if self.buckets.is_null() {
             self.buckets = source.map(PAGE_SIZE, PAGE_SIZE)?.as_ptr().cast();
             self.bucket_bytes = PAGE_SIZE;
@@ -532,6 +606,7 @@ impl Inner {
         unsafe {
             rec.write(StackRecord {
                 next: *bucket,
+                shard,
                 all: self.all,
                 hash,
                 depth: frames.len(),
@@ -631,9 +706,29 @@ mod tests {
         let a = [1usize, 2, 3];
         let b = [9usize, 8];
         let pa: Vec<_> = (0..10)
-            .map(|_| table.alloc_sampled(&heap, 100, 8, false, &a, 1000, from_heap(&heap)))
+            .map(|_| {
+                table.alloc_sampled(
+                    &heap,
+                    100,
+                    8,
+                    false,
+                    &a,
+                    1000,
+                    from_heap(&heap),
+                    &mut Site::default(),
+                )
+            })
             .collect();
-        let pb = table.alloc_sampled(&heap, 50_000, 8, true, &b, 60_000, from_heap(&heap));
+        let pb = table.alloc_sampled(
+            &heap,
+            50_000,
+            8,
+            true,
+            &b,
+            60_000,
+            from_heap(&heap),
+            &mut Site::default(),
+        );
         assert!(pa.iter().chain([&pb]).all(|p| !p.is_null()));
         // SAFETY: a new zeroed object of 50 000 bytes.
         let bytes = unsafe { core::slice::from_raw_parts(pb, 50_000) };
@@ -688,9 +783,23 @@ mod tests {
         // Not the start of a large span: interior addresses (on the first page, which the
         // page map knows, and on another), an address of no object, the start of a small
         // span.
-        assert!(!table.record_large(&heap, p.wrapping_add(16), 40_000, &frames, 50_000));
-        assert!(!table.record_large(&heap, p.wrapping_add(8192), 40_000, &frames, 50_000));
-        assert!(!table.record_large(&heap, 8192 as *mut u8, 1, &frames, 1));
+        assert!(!table.record_large(
+            &heap,
+            p.wrapping_add(16),
+            40_000,
+            &frames,
+            50_000,
+            &mut Site::default()
+        ));
+        assert!(!table.record_large(
+            &heap,
+            p.wrapping_add(8192),
+            40_000,
+            &frames,
+            50_000,
+            &mut Site::default()
+        ));
+        assert!(!table.record_large(&heap, 8192 as *mut u8, 1, &frames, 1, &mut Site::default()));
         let mut cache = crate::thread_cache::ThreadCache::new();
         let small = cache.alloc(&heap, 64, 8);
         let crate::heap::Owner::Small(small_span) = heap.owner(small) else {
@@ -698,10 +807,10 @@ mod tests {
         };
         // SAFETY: the page map's record of our live small object's span.
         let small_start = unsafe { small_span.as_ref() }.start_addr() as *mut u8;
-        assert!(!table.record_large(&heap, small_start, 64, &frames, 64));
+        assert!(!table.record_large(&heap, small_start, 64, &frames, 64, &mut Site::default()));
         assert!(totals_for(&table.snapshot(), &frames).is_none());
         assert_eq!(table.live_samples(), 0);
-        assert!(table.record_large(&heap, p, 40_000, &frames, 50_000));
+        assert!(table.record_large(&heap, p, 40_000, &frames, 50_000, &mut Site::default()));
         assert_eq!(table.live_samples(), 1);
         let snap = table.snapshot();
         let metadata: usize = (table.shards.iter())
@@ -732,6 +841,77 @@ mod tests {
     }
 
     #[test]
+    fn a_site_passed_back_finds_its_stack_without_a_search() {
+        let heap = heap();
+        let table = SampleTable::new();
+        table.start(1000, 1, 0);
+        let searches = || table.shards.iter().map(|s| s.lock().searches).sum::<u64>();
+        let (frames, other) = ([21usize, 22, 23], [21usize, 24]);
+        let mut site = Site::NONE;
+        let mut objects = Vec::new();
+        let mut sample = |frames: &[usize], site: &mut Site| {
+            let p = table.alloc_sampled(
+                &heap,
+                40_000,
+                8,
+                false,
+                frames,
+                40_000,
+                from_heap(&heap),
+                site,
+            );
+            assert!(!p.is_null());
+            objects.push(p);
+        };
+        for _ in 0..50 {
+            sample(&frames, &mut site);
+        }
+        assert_ne!(site, Site::NONE);
+        assert_eq!(searches(), 1, "looked up once, then found by its site");
+        let kept = site;
+        // Without a site: looked up, and the site now names the other stack's record.
+        sample(&other, &mut Site::default());
+        let mut other_site = Site::NONE;
+        sample(&other, &mut other_site);
+        assert_eq!(searches(), 3);
+        assert_ne!(other_site, kept);
+        sample(&other, &mut other_site);
+        assert_eq!(searches(), 3);
+        let snap = table.snapshot();
+        assert_eq!(totals_for(&snap, &frames).unwrap().inuse_objects, 50.0);
+        assert_eq!(totals_for(&snap, &other).unwrap().inuse_objects, 3.0);
+        // A site from another shard is not used: looked up in this one.
+        let (p, _) = heap.alloc_large(40_000, 8).unwrap();
+        // SAFETY: the page map's record of our live large object.
+        let span = unsafe { &*heap.page_map().lookup(p.as_ptr() as usize) };
+        // SAFETY: a site of this table.
+        let shard = unsafe { (*kept.0).shard };
+        let mut site = kept;
+        assert!(table.record_in(
+            (shard + 1) % SHARDS,
+            heap.source(),
+            span,
+            &frames,
+            40_000,
+            40_000,
+            &mut site
+        ));
+        assert_eq!(searches(), 4);
+        assert_ne!(site, kept);
+        objects.push(p.as_ptr());
+        for p in objects {
+            // SAFETY: the page map's record of our live large object, freed once.
+            unsafe {
+                let span = &*heap.page_map().lookup(p as usize);
+                release_sample(span);
+                heap.free_large(NonNull::from(span));
+            }
+        }
+        assert_eq!(table.live_samples(), 0);
+        heap.check_invariants();
+    }
+
+    #[test]
     fn a_stack_sampled_in_several_shards_is_one_entry_with_their_sums() {
         let heap = heap();
         let table = SampleTable::new();
@@ -747,13 +927,29 @@ mod tests {
             let (p, _) = heap.alloc_large(size, 8).unwrap();
             // SAFETY: the page map's record of our live large object.
             let span = unsafe { &*heap.page_map().lookup(p.as_ptr() as usize) };
-            assert!(table.record_in(shard, heap.source(), span, &frames, size, weight));
+            assert!(table.record_in(
+                shard,
+                heap.source(),
+                span,
+                &frames,
+                size,
+                weight,
+                &mut Site::default()
+            ));
             spans.push(span);
         }
         let (p, _) = heap.alloc_large(40_000, 8).unwrap();
         // SAFETY: as above.
         let span = unsafe { &*heap.page_map().lookup(p.as_ptr() as usize) };
-        assert!(table.record_in(3, heap.source(), span, &other, 40_000, 40_000));
+        assert!(table.record_in(
+            3,
+            heap.source(),
+            span,
+            &other,
+            40_000,
+            40_000,
+            &mut Site::default()
+        ));
         spans.push(span);
         let snap = table.snapshot();
         assert_eq!(snap.live_samples, 4);
@@ -823,7 +1019,16 @@ mod tests {
                 heap.page_map().lookup(p.as_ptr() as usize),
             ));
         }
-        let q = table.alloc_sampled(&heap, 40_000, 8, true, &[7], 40_000, from_heap(&heap));
+        let q = table.alloc_sampled(
+            &heap,
+            40_000,
+            8,
+            true,
+            &[7],
+            40_000,
+            from_heap(&heap),
+            &mut Site::default(),
+        );
         assert_eq!(q, p.as_ptr(), "the dirty span again");
         // SAFETY: a live object of at least 40 000 bytes.
         let bytes = unsafe { core::slice::from_raw_parts(q, 40_000) };
@@ -843,13 +1048,31 @@ mod tests {
         let table = SampleTable::new();
         table.start(1, 1, 0);
         // Map the heap's first memory, then fail every further mapping.
-        let warm = table.alloc_sampled(&heap, 16, 8, false, &[1], 16, from_heap(&heap));
+        let warm = table.alloc_sampled(
+            &heap,
+            16,
+            8,
+            false,
+            &[1],
+            16,
+            from_heap(&heap),
+            &mut Site::default(),
+        );
         assert!(!warm.is_null());
         let n = table.live_samples();
         heap.source().fail_after(0);
         let mut got = Vec::new();
         for i in 0..10_000usize {
-            let p = table.alloc_sampled(&heap, 16, 8, false, &[i + 2], 16, from_heap(&heap));
+            let p = table.alloc_sampled(
+                &heap,
+                16,
+                8,
+                false,
+                &[i + 2],
+                16,
+                from_heap(&heap),
+                &mut Site::default(),
+            );
             if p.is_null() {
                 break;
             }

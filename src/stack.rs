@@ -63,6 +63,14 @@ impl WalkMemo {
     pub const fn new() -> WalkMemo {
         WalkMemo
     }
+
+    /// Nothing is kept: null.
+    pub fn tag(&self) -> *mut () {
+        core::ptr::null_mut()
+    }
+
+    /// Nothing is kept.
+    pub fn set_tag(&mut self, _tag: *mut ()) {}
 }
 
 use core::ffi::{c_int, c_void};
@@ -824,6 +832,43 @@ mod tests {
             Some(0)
         );
         assert_eq!(memo.replays(), 2);
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    #[test]
+    fn the_tag_stays_with_a_replayed_walk_and_goes_with_a_new_one() {
+        use cfi::{FrameRule, SavedRbp};
+        // One frame that returns to 0x2001 or 0x3001, outermost.
+        let rules = made_up_rules(&[
+            frame16(false, SavedRbp::Same),
+            FrameRule::End,
+            FrameRule::End,
+        ]);
+        let mut memo = WalkMemo::new();
+        let mut stack = [0usize; 4];
+        stack[1] = 0x2001;
+        let walked = |stack: &[usize; 4], memo: &mut WalkMemo| {
+            walk_remembered(stack, 0, &rules, memo, MAX_FRAMES)
+        };
+        let mut tag = 0u8;
+        let tag = (&raw mut tag).cast::<()>();
+        assert_eq!(walked(&stack, &mut memo), Some(vec![0x2001]));
+        assert!(memo.tag().is_null());
+        memo.set_tag(tag);
+        assert_eq!(walked(&stack, &mut memo), Some(vec![0x2001]));
+        assert_eq!((memo.replays(), memo.tag()), (1, tag), "replayed: kept");
+        stack[1] = 0x3001;
+        assert_eq!(walked(&stack, &mut memo), Some(vec![0x3001]));
+        assert_eq!(memo.replays(), 1);
+        assert!(memo.tag().is_null(), "another walk: cleared");
+        // The same words into a buffer of another length: walked, cleared.
+        memo.set_tag(tag);
+        assert_eq!(
+            walk_remembered(&stack, 0, &rules, &mut memo, 4),
+            Some(vec![0x3001])
+        );
+        assert_eq!(memo.replays(), 1);
+        assert!(memo.tag().is_null());
     }
 
     #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]

@@ -87,6 +87,9 @@ pub struct WalkMemo {
     source: RbpSource,
     /// Walks answered by a replay.
     replays: u64,
+    /// The caller's word for this walk's frames (see [`WalkMemo::tag`]); null when a new
+    /// walk starts.
+    tag: *mut (),
 }
 
 const _: () = assert!(MEMO_LEVELS <= u32::BITS as usize);
@@ -108,12 +111,28 @@ impl WalkMemo {
             check_rbp: 0,
             source: RbpSource::Start,
             replays: 0,
+            tag: core::ptr::null_mut(),
         }
     }
 
     /// How many walks a replay answered.
     pub fn replays(&self) -> u64 {
         self.replays
+    }
+
+    /// What the caller kept with the frames of the walk held here ([`WalkMemo::set_tag`]);
+    /// null once a walk starts to be recorded. Every capture with this memo either replays
+    /// the walk held (the tag stays, and so do the frames) or records a new one (the tag is
+    /// cleared), so after a capture the tag, if not null, was set for the frames it gave.
+    /// The profiler keeps there where it counted those frames, to find it again without
+    /// looking the stack up.
+    pub fn tag(&self) -> *mut () {
+        self.tag
+    }
+
+    /// Keeps `tag` with the frames of the walk held here, until a new walk starts.
+    pub fn set_tag(&mut self, tag: *mut ()) {
+        self.tag = tag;
     }
 
     /// Writes the remembered frames into `out` if a walk from `pc`, `rsp` and `rbp` for
@@ -134,7 +153,9 @@ impl WalkMemo {
         {
             return None;
         }
-        for (i, level) in self.levels[..self.depth].iter().enumerate() {
+        // Bit 0: this level's saved `rbp` is checked.
+        let mut check_rbp = self.check_rbp;
+        for level in &self.levels[..self.depth] {
             // SAFETY: the recorded walk, from this stack pointer on this thread, read this
             // word once every word before it matched (as all have): an aligned word of this
             // thread's stack, which stays mapped while the thread lives and which no other
@@ -142,16 +163,18 @@ impl WalkMemo {
             if unsafe { core::ptr::read_volatile(level.ra_at as *const usize) } != level.ra {
                 return None;
             }
-            if self.check_rbp & (1 << i) != 0 {
+            if check_rbp & 1 != 0 {
                 // SAFETY: as above.
                 let rbp = unsafe { core::ptr::read_volatile(level.rbp_at as *const usize) };
                 if rbp != level.rbp {
                     return None;
                 }
             }
+            check_rbp >>= 1;
         }
+        // The walk wrote `len` frames into a buffer of this length (`room`), so both fit.
         let frames = &self.levels[self.skip..self.skip + self.len];
-        for (o, level) in out.iter_mut().zip(frames) {
+        for (o, level) in out[..self.len].iter_mut().zip(frames) {
             *o = level.ra;
         }
         self.replays += 1;
@@ -162,6 +185,7 @@ impl WalkMemo {
     /// forgets the last one.
     pub fn start(&mut self, (pc, rsp, rbp): (usize, usize, usize), skip: usize, room: usize) {
         self.valid = false;
+        self.tag = core::ptr::null_mut();
         (self.pc, self.rsp, self.rbp) = (pc, rsp, rbp);
         self.check_start_rbp = false;
         (self.skip, self.room) = (skip, room);
