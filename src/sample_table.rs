@@ -451,7 +451,9 @@ impl SampleTable {
                 (*head).prev = rec;
             }
             (*stack).alloc_bytes += weight as u64;
-            (*stack).alloc_objects += weight as f64 / size.max(1) as f64;
+            // Both below `isize::MAX` (a weight saturates there, a size is an allocation's):
+            // converted as signed, one instruction each.
+            (*stack).alloc_objects += weight as isize as f64 / size.max(1) as isize as f64;
         }
         inner.live = rec;
         inner.live_count += 1;
