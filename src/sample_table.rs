@@ -46,7 +46,7 @@ const BUCKETS: usize = PAGE_SIZE / core::mem::size_of::<usize>();
 
 /// One distinct stack and what was allocated from it.
 #[repr(C)]
-pub struct StackRecord {
+struct StackRecord {
     /// The next record in the same bucket.
     next: *mut StackRecord,
     /// The shard that holds it (its index), for a [`Site`] to be checked against.
@@ -379,9 +379,8 @@ impl SampleTable {
     /// Records a sampled object of `size` bytes standing for `weight` bytes, allocated from
     /// `frames`, whose span is `span`, and marks the span. `false` when metadata memory ran
     /// out (nothing is recorded). In the shard of the calling thread (by where its stack
-    /// is). `site` is where these frames were
-    /// counted before, if known (then no hash and no search): set to where they are now,
-    /// or [`Site::NONE`] if nothing was recorded.
+    /// is). `site` is where these frames were counted before, if known (then no hash and
+    /// no search): set to where they are now, or [`Site::NONE`] if they have no record.
     pub fn record(
         &self,
         source: &impl PageSource,
