@@ -661,10 +661,11 @@ pub mod raw {
         unsafe { free_fast_with_word(ptr, page_word(ptr)) }
     }
 
-    /// The free of a large object that the thread's stash takes with no lock and no system
-    /// call (see `ThreadCache::free_large_to_stash`), for a caller that tried [`free_fast`]
-    /// first. Returns `false`, having done nothing, for anything else: then call
-    /// [`free_past_fast`].
+    /// The free of a large object that the thread's stash (or, for a sampled object, its
+    /// large lists) takes with no lock and no system call (see
+    /// `ThreadCache::free_large_to_stash`), for a caller that tried [`free_fast`] first.
+    /// Returns `false`, having done nothing (but take a sampled object's record out of the
+    /// profile), for anything else: then call [`free_past_fast`].
     ///
     /// # Safety
     /// As [`free`].

@@ -670,46 +670,55 @@ fn a_sampled_large_object_is_recorded_where_it_is() {
     assert_eq!(profile.dropped, 0);
 }
 
-/// A sampled large object takes the stash's short path when freed (`raw::free_large_fast`,
-/// what the C `free` of a large object tries first), and leaves the profile there.
+/// A sampled large object takes the short path when freed (`raw::free_large_fast`, what
+/// the C `free` of a large object tries first), leaves the profile there, and goes where
+/// its unsampled free would: a length the thread's large lists keep (up to 256 KiB) onto
+/// its list, its first page's word the listed one again at once; a longer one into the
+/// stash. Both are taken back by the next allocation of their length.
 #[test]
-fn a_sampled_large_object_freed_goes_to_the_stash_and_leaves_the_profile() {
+fn a_sampled_large_object_freed_goes_to_the_lists_or_the_stash_and_leaves_the_profile() {
     let _g = serial();
-    // A fresh thread, whose stash has empty slots; sampling on for one allocation only
+    // A fresh thread, whose lists and stash are empty; sampling on for one allocation only
     // (with every allocation sampled, each small one is a page span of its own, and their
     // frees would fill the stash).
     std::thread::spawn(|| {
-        let n = 100 << 10;
-        profiling::start_seeded(1, 11);
-        let v = site_large(n);
-        profiling::stop();
-        let p = v.as_ptr().cast_mut();
-        core::mem::forget(v);
-        assert_eq!(large_objects("site_large"), (1.0, 1.0), "sampled");
-        // SAFETY: the buffer's object, given up here (its Vec forgotten above).
-        let taken = unsafe { spanalloc::raw::free_large_fast(p) };
-        assert!(taken, "the stash's short path took the sampled object");
-        assert_eq!(
-            large_objects("site_large"),
-            (0.0, 1.0),
-            "out of the profile"
-        );
-        let again = site_large(n);
-        assert_eq!(
-            again.as_ptr(),
-            p.cast_const(),
-            "the stashed span, taken back"
-        );
-        // Unsampled now: its first page holds the listed word again (the sample's record
-        // word sent its free to the record), so its free goes onto the large lists.
-        let word = spanalloc::internals::heap()
-            .page_map()
-            .small_word_of(p as usize);
-        assert_eq!(
-            spanalloc::internals::page_map::word_listed_large(word).map(|(start, _)| start),
-            Some(p as usize),
-            "listed again once its sample left"
-        );
+        let listed_start = |p: *const u8| {
+            let word = spanalloc::internals::heap()
+                .page_map()
+                .small_word_of(p as usize);
+            spanalloc::internals::page_map::word_listed_large(word).map(|(start, _)| start)
+        };
+        for (n, listed) in [(100 << 10, true), (300 << 10, false)] {
+            profiling::start_seeded(1, 11);
+            let v = site_large(n);
+            profiling::stop();
+            let p = v.as_ptr().cast_mut();
+            core::mem::forget(v);
+            assert_eq!(large_objects("site_large"), (1.0, 1.0), "sampled");
+            assert_eq!(
+                listed_start(p),
+                None,
+                "its word sends its free to its record"
+            );
+            // SAFETY: the buffer's object, given up here (its Vec forgotten above).
+            let taken = unsafe { spanalloc::raw::free_large_fast(p) };
+            assert!(taken, "the short path took the sampled object of {n} bytes");
+            assert_eq!(
+                large_objects("site_large"),
+                (0.0, 1.0),
+                "out of the profile"
+            );
+            assert_eq!(
+                listed_start(p),
+                listed.then_some(p as usize),
+                "on the list of its length, found by its word, or else stashed"
+            );
+            let again = site_large(n);
+            assert_eq!(again.as_ptr(), p.cast_const(), "the freed span, taken back");
+            if listed {
+                assert_eq!(listed_start(p), Some(p as usize));
+            }
+        }
     })
     .join()
     .unwrap();

@@ -176,8 +176,9 @@ impl ThreadCache {
 
     /// Frees the large object of `span` into an empty stash slot if that is all it takes:
     /// no lock, no system call, nothing given back to the page heap (a cache with a reserve
-    /// and an empty slot, a span short enough). `false`, having done nothing, otherwise:
-    /// then call [`ThreadCache::free_large`]. Stops the process on a double free.
+    /// and an empty slot, a span short enough). `false`, having done nothing (but take a
+    /// sampled object's record out of the profile), otherwise: then call
+    /// [`ThreadCache::free_large`]. Stops the process on a double free.
     ///
     /// # Safety
     /// As [`ThreadCache::free_large`].
@@ -201,10 +202,14 @@ impl ThreadCache {
         true
     }
 
-    /// [`ThreadCache::free_large_to_stash`] for a sampled object: the same, and its record
-    /// leaves the profile's table (under its shard's lock, as on the slow path). Under the
-    /// profiler a sampled object of the stash's sizes is common (one allocation of 256 KiB
-    /// in two at the default mean); apart, so that the unsampled path stays as it was.
+    /// [`ThreadCache::free_large_to_stash`] for a sampled object: its record leaves the
+    /// profile's table (under its shard's lock, as on the slow path), and then it goes
+    /// where its unsampled free would have gone: onto the list of its length if it has one
+    /// and the lists have room (its first page's word back to the listed word), else into
+    /// the stash. Under the profiler a sampled object of these sizes is common (one
+    /// allocation of 256 KiB in two at the default mean); apart, so that the unsampled path
+    /// stays as it was. `false` (the record gone, the object not freed) as
+    /// [`ThreadCache::free_large_to_stash`].
     ///
     /// # Safety
     /// As [`ThreadCache::free_large`].
@@ -217,10 +222,19 @@ impl ThreadCache {
     ) -> bool {
         // SAFETY: a live span record.
         let s = unsafe { span.as_ref() };
+        crate::sample_table::release_sample(s);
+        let (start, pages) = (s.start_addr(), s.object_pages());
+        let listed = crate::page_map::listed_large_word(start, pages);
+        // SAFETY: per the caller, the object at `start` is given up and the cache is this
+        // thread's; `listed` is the listed word of this very object.
+        if listable(pages) && unsafe { self.push_listed(start as *mut u8, listed) } {
+            // Unsampled now: found by its word again, as a listed object is.
+            Self::set_large_word(heap, span);
+            return true;
+        }
         let Some((reserve, i)) = self.empty_stash_slot_for(s) else {
             return false;
         };
-        crate::sample_table::release_sample(s);
         // SAFETY: per the caller; slot `i` is empty.
         unsafe { self.stash_freed(heap, reserve, i, span) };
         true
@@ -276,7 +290,8 @@ impl ThreadCache {
         }
         // SAFETY: per the caller.
         if !unsafe { self.free_large_to_stash(heap, span) } {
-            // SAFETY: per the caller; nothing was done with the span.
+            // SAFETY: per the caller; nothing was done with the span (but for its sample,
+            // which may have left the table).
             unsafe { self.free_large_slow(heap, span) }
         }
     }
