@@ -172,9 +172,8 @@ impl WalkMemo {
             }
             check_rbp >>= 1;
         }
-        // The walk wrote `len` frames into a buffer of this length (`room`), so both fit.
         let frames = &self.levels[self.skip..self.skip + self.len];
-        for (o, level) in out[..self.len].iter_mut().zip(frames) {
+        for (o, level) in out.iter_mut().zip(frames) {
             *o = level.ra;
         }
         self.replays += 1;
