@@ -133,7 +133,9 @@ struct Inner {
     samples: FixedAlloc<LiveSample>,
     stacks: FixedAlloc<StackRecord>,
     bucket_bytes: usize,
-    /// Recordings that looked their stack up (hashed and searched), not found by a site.
+    /// Recordings that looked their stack up (hashed and searched), not found by a site:
+    /// what the tests check the sites by.
+    #[cfg(test)]
     searches: u64,
 }
 
@@ -411,9 +413,8 @@ impl SampleTable {
         // SAFETY: a site is one of this table's stack records (see `Site`), never freed;
         // its shard is written once, when it is made, before any site names it.
         let known = !site.0.is_null() && unsafe { (*site.0).shard } == shard;
-        let index = shard;
-        let shard: &Shard = &self.shards[shard];
-        let mut inner = shard.lock();
+        let lock: &Shard = &self.shards[shard];
+        let mut inner = lock.lock();
         let stack = if known {
             debug_assert!(
                 // SAFETY: as above; its frames are read under its shard's lock, held.
@@ -422,7 +423,7 @@ impl SampleTable {
             );
             site.0
         } else {
-            match inner.find_or_add(index, source, frames, hash_frames(frames)) {
+            match inner.find_or_add(shard, source, frames, hash_frames(frames)) {
                 Some(stack) => stack,
                 None => {
                     *site = Site::NONE;
@@ -441,7 +442,7 @@ impl SampleTable {
             rec.write(LiveSample {
                 prev: null_mut(),
                 next: head,
-                shard,
+                shard: lock,
                 stack,
                 size,
                 weight,
@@ -549,6 +550,7 @@ impl Inner {
             samples: FixedAlloc::new(),
             stacks: FixedAlloc::new(),
             bucket_bytes: 0,
+            #[cfg(test)]
             searches: 0,
         }
     }
@@ -583,7 +585,10 @@ impl Inner {
         frames: &[usize],
         hash: u64,
     ) -> Option<*mut StackRecord> {
-        self.searches += 1;
+        #[cfg(test)]
+        {
+            self.searches += 1;
+        }
         if self.buckets.is_null() {
             self.buckets = source.map(PAGE_SIZE, PAGE_SIZE)?.as_ptr().cast();
             self.bucket_bytes = PAGE_SIZE;
