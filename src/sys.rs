@@ -84,9 +84,12 @@ pub unsafe trait PageSource: Sync {
     fn os_page_size(&self) -> usize;
 
     /// Hardened build (guard pages): makes `[ptr, ptr + bytes)` inaccessible, so that any
-    /// access faults (`accessible == false`), or readable and writable again, its contents
-    /// kept. `ptr` and `bytes` are multiples of [`PageSource::os_page_size`]. `false` when
-    /// the system refuses (Linux: `ENOMEM` past `vm.max_map_count` mappings).
+    /// access faults (`accessible == false`), or readable and writable again, with contents
+    /// the caller may not count on (nothing was stored while it was inaccessible; `mprotect`
+    /// keeps the old bytes, Linux's guard markers, which the real source uses where the
+    /// kernel has them, 6.13 and later, leave zeros: see `sys/linux.rs`). `ptr` and `bytes`
+    /// are multiples of [`PageSource::os_page_size`]. `false` when the system refuses
+    /// (`mprotect`: `ENOMEM` past `vm.max_map_count` mappings).
     ///
     /// # Safety
     /// The range lies inside memory this source mapped; made inaccessible, nothing reads or

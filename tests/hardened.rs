@@ -123,6 +123,71 @@ fn overflow_past_a_large_object_reused_from_the_stash_faults() {
     );
 }
 
+/// Where the kernel has guard markers (`MADV_GUARD_INSTALL`, Linux 6.13), a large object's
+/// guard page is one: guarding 200 large objects adds no kernel mapping, where an
+/// `mprotect` guard splits one each time (about two mappings more per object). In a child,
+/// whose heap and mappings are its own; says `NOT RUN` on an older kernel.
+#[test]
+#[cfg(target_os = "linux")]
+fn guard_pages_add_no_kernel_mapping_where_the_kernel_has_guard_markers() {
+    const NAME: &str = "guard_pages_add_no_kernel_mapping_where_the_kernel_has_guard_markers";
+    let mappings = || {
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .count()
+    };
+    if child_case().as_deref() == Some(NAME) {
+        // SAFETY: a fresh private anonymous page of ours, given a marker and unmapped.
+        let markers = unsafe {
+            let page = libc::mmap(
+                core::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(page, libc::MAP_FAILED);
+            let ok = libc::madvise(page, 4096, 102 /* MADV_GUARD_INSTALL */) == 0;
+            libc::munmap(page, 4096);
+            ok
+        };
+        if !markers {
+            println!("NO-MARKERS");
+            std::process::exit(0);
+        }
+        let before = mappings();
+        // SAFETY: live large objects, each with its guard page; freed below.
+        let objects: Vec<*mut u8> = (0..200)
+            .map(|_| unsafe { raw::alloc(64 << 10, 8) })
+            .collect();
+        assert!(objects.iter().all(|p| !p.is_null()));
+        println!("MAPPINGS-ADDED {}", mappings() - before);
+        for p in objects {
+            // SAFETY: allocated above with this size and alignment.
+            unsafe { raw::dealloc(p, 64 << 10, 8) };
+        }
+        std::process::exit(0);
+    }
+    let r = run_child(NAME, NAME, DEATH_TIMEOUT);
+    assert_eq!(r.status.and_then(|s| s.code()), Some(0), "{r:#?}");
+    if r.stdout.contains("NO-MARKERS") {
+        println!("NOT RUN: this kernel has no guard markers (mprotect guards)");
+        return;
+    }
+    let added: usize = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("MAPPINGS-ADDED "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no count from the child\n{r:#?}"));
+    assert!(
+        added < 20,
+        "200 guarded large objects added {added} kernel mappings\n{r:#?}"
+    );
+}
+
 #[test]
 fn the_last_page_of_a_span_group_faults() {
     fault_test(

@@ -133,3 +133,13 @@ pub(super) fn peak_rss_bytes() -> usize {
     // macOS counts it in bytes (Linux in KiB).
     ru.ru_maxrss as usize
 }
+
+/// A guard page: `mprotect` (see `sys/mmap.rs`).
+///
+/// # Safety
+/// As [`super::PageSource::protect`].
+#[cfg(feature = "hardened")]
+pub(super) unsafe fn protect(ptr: NonNull<u8>, bytes: usize, accessible: bool) -> bool {
+    // SAFETY: per the caller.
+    unsafe { super::mmap::mprotect_guard(ptr, bytes, accessible) }
+}

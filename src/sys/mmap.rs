@@ -122,13 +122,23 @@ unsafe impl PageSource for OsPages {
 
     #[cfg(feature = "hardened")]
     unsafe fn protect(&self, ptr: NonNull<u8>, bytes: usize, accessible: bool) -> bool {
-        let prot = if accessible {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_NONE
-        };
-        // SAFETY: the caller guarantees the range is ours and that nothing uses it while it
-        // is inaccessible; `mprotect` changes no contents.
-        unsafe { libc::mprotect(ptr.as_ptr().cast(), bytes, prot) == 0 }
+        // SAFETY: per the caller (the range is ours; nothing uses it while inaccessible).
+        unsafe { super::os::protect(ptr, bytes, accessible) }
     }
+}
+
+/// `mprotect` to `PROT_NONE` (`accessible == false`) or back to read and write: the
+/// portable guard page. Each one splits a kernel mapping in up to three.
+///
+/// # Safety
+/// The range is part of our mappings, page aligned; made inaccessible, nothing uses it.
+#[cfg(feature = "hardened")]
+pub(super) unsafe fn mprotect_guard(ptr: NonNull<u8>, bytes: usize, accessible: bool) -> bool {
+    let prot = if accessible {
+        libc::PROT_READ | libc::PROT_WRITE
+    } else {
+        libc::PROT_NONE
+    };
+    // SAFETY: per the caller; `mprotect` changes no contents.
+    unsafe { libc::mprotect(ptr.as_ptr().cast(), bytes, prot) == 0 }
 }
