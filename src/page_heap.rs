@@ -38,7 +38,9 @@
 //! sampling every allocation, each sample being a large object) guards the first
 //! `GUARD_BUDGET` of them. GrapheneOS's hardened_malloc, which guards its large
 //! allocations the same way, asks instead for a raised `vm.max_map_count`; a budget keeps
-//! the default working.
+//! the default working. Where guards cost no kernel mapping (Linux's guard markers,
+//! `PageSource::guards_cost_mappings`), the budget does not apply: every large span has
+//! its guard.
 //!
 //! **Span groups.** Each mapping the heap makes for requests shorter than [`GROUP_PAGES`]
 //! is cut into span groups of [`MAP_ALIGN`] (mappings are aligned to it and a multiple of
@@ -1304,9 +1306,12 @@ impl PageHeap {
     }
 
     /// Whether one more guard page (a large span's or a group's) may be made: an OS page
-    /// fits in a page, and the budget the two kinds share is not spent.
+    /// fits in a page, and the budget the two kinds share is not spent, where guards cost
+    /// kernel mappings (`PageSource::guards_cost_mappings`; Linux's guard markers do not).
     fn may_make_guard(&self, source: &impl PageSource) -> bool {
-        source.os_page_size() <= PAGE_SIZE && self.guards + self.group_guards < self.guard_budget
+        source.os_page_size() <= PAGE_SIZE
+            && (self.guards + self.group_guards < self.guard_budget
+                || !source.guards_cost_mappings())
     }
 
     /// Cuts fresh free run `first` (a new mapping, [`MAP_ALIGN`]-aligned) into span groups:
@@ -1662,7 +1667,10 @@ mod tests {
                 group_guards,
                 "the count of group guards"
             );
-            assert!(guarded + group_guards <= self.heap.guard_budget);
+            assert!(
+                guarded + group_guards <= self.heap.guard_budget
+                    || !self.source.guards_cost_mappings()
+            );
         }
     }
 
@@ -2190,6 +2198,28 @@ mod tests {
         // Two groups of GROUP_PAGES - 1 pages, then the last two groups as one run.
         assert!(!f.heap.find(Pages(2 * GROUP_PAGES.0)).is_null());
         f.check(&[(a, SizeClass::LARGE)]);
+    }
+
+    /// Hardened build: where guards cost no kernel mapping (Linux's guard markers), every
+    /// large span has one, the budget spent or not.
+    #[cfg(feature = "hardened")]
+    #[test]
+    fn guards_pass_the_budget_where_they_cost_no_mapping() {
+        let mut f = Fixture::new();
+        f.source.set_guard_markers(true);
+        f.heap.guard_budget = 2;
+        let spans: Vec<NonNull<Span>> = (1..=4).map(|n| alloc_large(&mut f, n).unwrap()).collect();
+        // SAFETY: live records of the fixture's heap.
+        assert!(spans.iter().all(|s| unsafe { s.as_ref().guarded.get() }));
+        assert!(f.heap.guards() + f.heap.group_guards() > 2);
+        let live: Vec<_> = spans.iter().map(|&s| (s, SizeClass::LARGE)).collect();
+        f.check(&live);
+        for s in spans {
+            free(&mut f, s);
+        }
+        f.heap.release(u64::MAX, usize::MAX, &f.map, &f.source);
+        assert_eq!(f.heap.guards(), 0);
+        f.check(&[]);
     }
 
     /// Hardened build: no more guards than the budget; a span made while it is spent goes

@@ -96,6 +96,15 @@ pub unsafe trait PageSource: Sync {
     /// writes it until it is made accessible again.
     #[cfg(feature = "hardened")]
     unsafe fn protect(&self, ptr: NonNull<u8>, bytes: usize, accessible: bool) -> bool;
+
+    /// Hardened build: whether a guard page that [`PageSource::protect`] makes costs kernel
+    /// mappings, which the kernel caps per process: the page heap then keeps the number of
+    /// guards within a budget. `true` unless the source knows otherwise (Linux's guard
+    /// markers, once the real source has found the kernel has them).
+    #[cfg(feature = "hardened")]
+    fn guards_cost_mappings(&self) -> bool {
+        true
+    }
 }
 
 /// The kernel's page size (4, 16 or 64 KiB; 16 KiB on Apple silicon), read once and

@@ -37,6 +37,10 @@ pub struct FakePages {
     /// twice or made accessible when it was not protected, none released while protected).
     #[cfg(feature = "hardened")]
     protected: std::sync::Mutex<std::collections::BTreeSet<usize>>,
+    /// Hardened build: whether it says its guards cost no kernel mapping (as Linux's guard
+    /// markers): off by default.
+    #[cfg(feature = "hardened")]
+    guard_markers: core::sync::atomic::AtomicBool,
     /// Every allocation `map` made (address and layout), freed on drop.
     allocations: std::sync::Mutex<Vec<(usize, std::alloc::Layout)>>,
 }
@@ -116,6 +120,12 @@ impl FakePages {
             (ptr.as_ptr() as usize) % os_page == 0 && bytes % os_page == 0 && bytes > 0,
             "FakePages: a range of whole OS pages"
         );
+    }
+
+    /// Hardened build: makes [`PageSource::guards_cost_mappings`] say `!on`.
+    #[cfg(feature = "hardened")]
+    pub fn set_guard_markers(&self, on: bool) {
+        self.guard_markers.store(on, Ordering::Relaxed);
     }
 
     /// Hardened build: the addresses of the OS pages made inaccessible, in order.
@@ -222,5 +232,10 @@ unsafe impl PageSource for FakePages {
             }
         }
         true
+    }
+
+    #[cfg(feature = "hardened")]
+    fn guards_cost_mappings(&self) -> bool {
+        !self.guard_markers.load(Ordering::Relaxed)
     }
 }

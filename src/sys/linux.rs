@@ -151,3 +151,11 @@ pub(super) unsafe fn protect(ptr: NonNull<u8>, bytes: usize, accessible: bool) -
     // SAFETY: per the caller.
     unsafe { super::mmap::mprotect_guard(ptr, bytes, accessible) }
 }
+
+/// Whether a guard costs kernel mappings: unless guard markers are known to work here (a
+/// guard made so far was one).
+#[cfg(feature = "hardened")]
+pub(super) fn guards_cost_mappings() -> bool {
+    // Relaxed: as in `protect`.
+    GUARD_MARKERS.load(core::sync::atomic::Ordering::Relaxed) != MARKERS
+}

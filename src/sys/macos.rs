@@ -143,3 +143,9 @@ pub(super) unsafe fn protect(ptr: NonNull<u8>, bytes: usize, accessible: bool) -
     // SAFETY: per the caller.
     unsafe { super::mmap::mprotect_guard(ptr, bytes, accessible) }
 }
+
+/// Every guard is an `mprotect`, which costs kernel mappings.
+#[cfg(feature = "hardened")]
+pub(super) fn guards_cost_mappings() -> bool {
+    true
+}

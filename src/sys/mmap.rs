@@ -125,6 +125,11 @@ unsafe impl PageSource for OsPages {
         // SAFETY: per the caller (the range is ours; nothing uses it while inaccessible).
         unsafe { super::os::protect(ptr, bytes, accessible) }
     }
+
+    #[cfg(feature = "hardened")]
+    fn guards_cost_mappings(&self) -> bool {
+        super::os::guards_cost_mappings()
+    }
 }
 
 /// `mprotect` to `PROT_NONE` (`accessible == false`) or back to read and write: the
