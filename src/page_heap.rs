@@ -14,8 +14,8 @@
 //! A large span has [`crate::span::GUARD_PAGES`] (one) more pages than its object needs,
 //! and its last page is made inaccessible (`PageSource::protect`: a guard marker where
 //! Linux has them, 6.13 and later, else `mprotect`), so that a linear overflow past the
-//! object faults. One rule keeps this right through every split and merge: the last page of every
-//! large span, and of every span in the large-span cache (which were large spans), is
+//! object faults. One rule keeps this right through every split and merge: the last page of
+//! every large span, and of every span in the large-span cache (which were large spans), is
 //! inaccessible, and every other page is accessible. So a span becoming large protects its
 //! last page; growing or shrinking in place moves the guard to the new end (a shrunk-off
 //! tail is a large span whose last page is the old guard); a large span going back to the
@@ -27,8 +27,8 @@
 //! large span leave the guard out, as `Span::object_pages` does.
 //!
 //! Each `mprotect` guard splits a mapping into up to three kernel mappings (a guard marker
-//! splits none, but the budget below counts both alike), and the kernel caps their
-//! number per process (`vm.max_map_count`, 65 530 by default); past the cap `mmap` fails and
+//! splits none: see the end of this paragraph), and the kernel caps their number per
+//! process (`vm.max_map_count`, 65 530 by default); past the cap `mmap` fails and
 //! the allocator would run out of memory with memory to spare. So a page heap keeps at most
 //! `GUARD_BUDGET` guards at once (two kernel mappings each: half the default cap, the
 //! other half left to the program and to the heap's own growth); a large span made while the

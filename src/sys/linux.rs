@@ -1,6 +1,7 @@
 //! The Linux side of the platform layer: what differs from macOS. `madvise(MADV_DONTNEED)`
 //! to give pages back, guard markers for the hardened build's guard pages, the futex,
-//! `CLOCK_MONOTONIC_COARSE`, `getrandom`, `pipe2`, errno, and `getrusage`'s unit. See `sys.rs` for the contract and `lib.rs` for an overview.
+//! `CLOCK_MONOTONIC_COARSE`, `getrandom`, `pipe2`, errno, and `getrusage`'s unit. See
+//! `sys.rs` for the contract and `lib.rs` for an overview.
 
 use core::ptr::NonNull;
 use core::sync::atomic::AtomicU32;
@@ -114,7 +115,7 @@ const NO_MARKERS: u8 = 2;
 /// A guard page: guard markers where the kernel has them (Linux 6.13 and later), else
 /// `mprotect`. An `mprotect` guard splits a kernel mapping in up to three, and each change
 /// walks and rewrites the process's mapping tree: with tens of thousands of guarded large
-/// objects, 14 µs a call (under strace) and most of the hardened build's time on the
+/// objects, 11 to 14 µs a call under strace, and most of the hardened build's time on the
 /// random slots of large objects. A marker is an entry in the page table: no mapping, no
 /// split, no merge. The first call finds out which the kernel has (it refuses unknown
 /// advice with `EINVAL`) and every later one uses the same, so a page guarded one way is
