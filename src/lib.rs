@@ -232,7 +232,8 @@
 compile_error!(
     "spanalloc supports Linux and macOS only. A port provides a file beside `sys/linux.rs` \
      and `sys/macos.rs` with: pages (mmap/munmap, a release after which they read as zero, \
-     mprotect), a monotonic clock, a lock's wait and wake without allocating (Linux: futex; \
+     and for the hardened build a guard page, `protect` and `guards_cost_mappings`, which \
+     mprotect serves), a monotonic clock, a lock's wait and wake without allocating (Linux: futex; \
      macOS: __ulock_wait), errno, random bytes, a close-on-exec pipe and the peak RSS; and \
      needs from the system a thread-exit hook (pthread keys), pthread_atfork, write(2), \
      abort, getenv and a load-time constructor (startup.rs)."
